@@ -1,0 +1,65 @@
+"""The exceptions jevsearch raises.
+
+Every error is a :class:`JevsearchError`; the subclasses name what went wrong so callers can
+catch precisely. Messages read ``what: why (hint: what to change)``.
+
+>>> try:
+...     raise InvalidInputError("singles: shape (3, 64) but 4 pages (hint: one vector per page)")
+... except ValueError as e:
+...     print(e)
+singles: shape (3, 64) but 4 pages (hint: one vector per page)
+"""
+
+from __future__ import annotations
+
+
+class JevsearchError(Exception):
+    """Base class of every error raised by jevsearch."""
+
+
+class InvalidInputError(JevsearchError, ValueError):
+    """A caller passed something unusable (wrong shape, NaN, unknown task, ...). Nothing was written."""
+
+
+class IndexExistsError(JevsearchError, FileExistsError):
+    """Creating an index where a non-empty directory already is."""
+
+
+class NotAnIndexError(JevsearchError, ValueError):
+    """Opening a path that holds no jevsearch index."""
+
+
+class FormatVersionError(JevsearchError, ValueError):
+    """The index was written by a newer (or unknown) on-disk format version."""
+
+
+class IndexLockedError(JevsearchError):
+    """Another writer holds the index."""
+
+
+class ReadOnlyIndexError(JevsearchError):
+    """A write was attempted on an index opened with ``readonly=True``."""
+
+
+class CorruptIndexError(JevsearchError):
+    """The index on disk is damaged beyond what open-time repair can fix."""
+
+
+class CheckpointError(JevsearchError, ValueError):
+    """A model checkpoint is missing files or tensors, or has tensors of the wrong shape."""
+
+
+class ModelMismatchError(JevsearchError, ValueError):
+    """The model (or its truncation) differs from the one recorded in the index."""
+
+
+class DocumentError(JevsearchError):
+    """One input document could not be read (corrupt, encrypted, empty, ...).
+
+    Ingest reports these per file and goes on with the rest of the batch.
+    """
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
