@@ -312,28 +312,33 @@ def load_module(snapshot: Path, device, dtype: torch.dtype) -> tuple[JinaV4Modul
 
 
 # ----- identity ----------------------------------------------------------------------------------
-_WINDOWS, _WINDOW = 16, 64 * 1024
+_FULL_HASH_MAX = 256 * 1024 * 1024
+_WINDOWS, _WINDOW = 64, 64 * 1024
 
 
 def fingerprint(snapshot: Path) -> str:
-    """sha256 hex identifying a snapshot's model, cheaply (a few MiB read, whatever the size).
+    """sha256 hex identifying a snapshot's model; cheap even for the real 7.5 GB of weights.
 
-    Hashes config.json and adapters/adapter_config.json in full, and for every weight file (base
-    shards, shard index, adapter weights) its name, size, full safetensors header and 16 evenly spaced
-    64 KiB windows of its data. Changed shapes, dtypes, configs or re-initialised weights change it;
-    an edit confined between windows of a file of unchanged layout would not (a full hash of the real
-    model's 7.5 GB costs tens of seconds per load). A re-sharded copy gets a different fingerprint.
+    Hashes config.json, adapters/adapter_config.json and the shard index in full, and for every
+    weight file (base file or shards, adapter weights) its name and size plus: the whole file when it
+    is at most 256 MiB (the tiny checkpoints, the real adapters), else its full safetensors header
+    and 64 evenly spaced 64 KiB windows of its data (4 MiB per multi-GB shard). Changed configs,
+    shapes, dtypes or retrained weights change it; an edit confined between windows of a large file
+    whose layout is unchanged would not. A re-sharded copy gets a different fingerprint.
     """
     h = hashlib.sha256()
-    for rel in (CONFIG_FILE, ADAPTER_CONFIG):
-        h.update(rel.encode() + b"\0" + (snapshot / rel).read_bytes())
+    for rel in (CONFIG_FILE, ADAPTER_CONFIG, SHARD_INDEX):
+        if (snapshot / rel).is_file():
+            h.update(rel.encode() + b"\0" + (snapshot / rel).read_bytes())
     files, _ = base_weight_files(snapshot)
-    if (snapshot / SHARD_INDEX).is_file():
-        h.update(SHARD_INDEX.encode() + b"\0" + (snapshot / SHARD_INDEX).read_bytes())
     for path in [*files, snapshot / ADAPTER_WEIGHTS]:
         size = path.stat().st_size
         h.update(f"{path.relative_to(snapshot).as_posix()}\0{size}\0".encode())
         with open(path, "rb") as f:
+            if size <= _FULL_HASH_MAX:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                continue
             (n,) = struct.unpack("<Q", f.read(8))
             h.update(f.read(n))
             start = 8 + n

@@ -264,13 +264,8 @@ class JinaV4Encoder:
         qwen = self.module.model
         kwargs = {}
         if batch.pixel_values is not None:
-            grid = batch.image_grid_thw.to(dev)
-            # 3-D rotary positions for image tokens. Without mm_token_type_ids transformers silently
-            # falls back to 1-D positions (outputs off by ~1e-2), so compute them explicitly.
-            position_ids, _ = qwen.get_rope_index(ids, mm_token_type_ids=batch.mm_token_type_ids.to(dev),
-                                                  image_grid_thw=grid, attention_mask=mask)
-            kwargs = dict(pixel_values=batch.pixel_values.to(dev, self.dtype), image_grid_thw=grid,
-                          position_ids=position_ids)
+            kwargs = dict(pixel_values=batch.pixel_values.to(dev, self.dtype), image_grid_thw=batch.image_grid_thw.to(dev),
+                          position_ids=self._rope_positions(batch))
         hidden = qwen(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).last_hidden_state  # [B, L, H]
         multi = F.normalize(self.module.multi_vector_projector(hidden).float(), dim=-1)  # [B, L, multi_dim]
         hidden = hidden.float()
@@ -287,6 +282,18 @@ class JinaV4Encoder:
         lengths = mask.sum(1).tolist()
         multi = multi.cpu().numpy()
         return single, [np.ascontiguousarray(multi[b, :n]) for b, n in enumerate(lengths)]
+
+    def _rope_positions(self, batch) -> torch.Tensor:
+        """3-D rotary position ids [3, B, L] of an image batch (padding positions are 0).
+
+        transformers computes these only when given ``mm_token_type_ids``; without them it silently
+        falls back to 1-D positions (outputs off by ~1e-2), so they are computed here explicitly.
+        """
+        dev = self.device
+        positions, _ = self.module.model.get_rope_index(
+            batch.input_ids.to(dev), mm_token_type_ids=batch.mm_token_type_ids.to(dev),
+            image_grid_thw=batch.image_grid_thw.to(dev), attention_mask=batch.attention_mask.to(dev))
+        return positions
 
     def _activate(self, task: str) -> None:
         if task != self._active_task:
