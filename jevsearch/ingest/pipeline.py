@@ -1,0 +1,292 @@
+"""The streaming ingest pipeline: render pages in a worker thread, encode them in the caller's thread.
+
+    worker thread                        bounded queue              caller's thread
+    hash file -> skip if unchanged  ->   [page, page, ...]    ->    batch by tokens -> encoder
+    open + validate -> render pages                                  collect a document's pages -> sink
+
+At most ``queue_pages`` rasters wait in the queue and one token batch is being encoded, so memory is
+bounded whatever the corpus (never a whole PDF's rasters). A document reaches ``sink`` only once all its
+pages are encoded; a document that fails part-way is dropped and reported, and the batch goes on.
+MuPDF holds the GIL while it renders, but the encoder's torch kernels release it, so the two overlap.
+
+>>> report = ingest(sources, encoder, sink=lambda doc: store(doc), geometry=geom)   # doctest: +SKIP
+>>> report.added, report.skipped, report.failed
+(['/data/a.pdf'], [], [('/data/broken.pdf', 'corrupt PDF: ...')])
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from jevsearch.errors import DocumentError, InvalidInputError
+from jevsearch.ingest.pages import PageGeometry, open_document
+from jevsearch.ingest.sources import Source, file_sha256, os_reason
+
+log = logging.getLogger(__name__)
+
+
+class ImageEncoder(Protocol):
+    """What the pipeline needs of an encoder (``jevsearch.model.JinaV4Encoder`` is one)."""
+
+    def encode_images(self, images, task: str = ..., truncate_dim=None, max_pixels=None): ...
+
+
+@dataclass
+class EncodedDocument:
+    """One document, all pages encoded: what the sink receives."""
+
+    path: str
+    kind: str
+    sha256: str
+    singles: np.ndarray  # [P, D] float32, one L2-normalised vector per page
+    multis: list[np.ndarray]  # P arrays [T_i, multi_dim], L2-normalised rows
+    texts: list[str]  # P page text layers ("" for scans and images)
+    sizes: list[tuple[int, int]]  # P raster sizes (w, h) the encoder saw
+
+    @property
+    def pages(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did. ``failed`` holds ``(path, reason)``; one bad file never stops a batch."""
+
+    added: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    pages: int = 0  # pages encoded and handed to the sink
+    tokens: int = 0  # visual tokens encoded
+    # Seconds: render (worker thread, incl. hashing and opening), encode, store (the sink), wall.
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("render", "encode", "store", "wall"), 0.0))
+
+    def __str__(self) -> str:
+        return (
+            f"added {len(self.added)}, skipped {len(self.skipped)} unchanged, failed {len(self.failed)} "
+            f"({self.pages} pages in {self.timings['wall']:.1f} s)"
+        )
+
+
+# Queue messages from the worker: (kind, source index, payload).
+_START, _PAGE, _END, _SKIP, _FAIL, _DONE = range(6)
+
+
+@dataclass
+class _Pending:
+    """A document whose pages are being encoded."""
+
+    sha256: str
+    page_count: int
+    singles: list = field(default_factory=list)
+    multis: list = field(default_factory=list)
+    texts: list = field(default_factory=list)
+    sizes: list = field(default_factory=list)
+    rendered_all: bool = False
+
+
+def ingest(
+    sources: Sequence[Source],
+    encoder: ImageEncoder,
+    sink: Callable[[EncodedDocument], None],
+    *,
+    geometry: PageGeometry,
+    known: Mapping[str, str] | None = None,
+    task: str = "retrieval",
+    batch_tokens: int = 8192,
+    queue_pages: int = 8,
+    progress: bool = False,
+    report: IngestReport | None = None,
+) -> IngestReport:
+    """Render, encode and hand over ``sources`` one complete document at a time.
+
+    ``known`` maps a path to the SHA-256 already stored for it: an unchanged file is skipped without
+    rendering. ``sink(doc)`` stores a document; a DocumentError or InvalidInputError from it fails that
+    document only. Errors of the encoder or other sink errors stop the ingest (after the worker stops)
+    and propagate: they are not about one file. Pass ``report`` to extend an existing one (e.g. with
+    discovery failures already in it).
+    """
+    if batch_tokens < 1 or queue_pages < 1:
+        raise InvalidInputError(f"ingest: batch_tokens={batch_tokens}, queue_pages={queue_pages} (hint: both >= 1)")
+    from tqdm.auto import tqdm
+
+    report = report if report is not None else IngestReport()
+    known = known or {}
+    q: queue.Queue = queue.Queue(maxsize=queue_pages)
+    stop = threading.Event()
+    t_wall = time.perf_counter()
+    worker = threading.Thread(
+        target=_render_worker, args=(sources, known, geometry, q, stop, report.timings), name="jevsearch-render", daemon=True
+    )
+    pending: dict[int, _Pending] = {}
+    batch: list[tuple[int, object]] = []  # (source index, rendered page)
+    batch_tok = 0
+    bar = tqdm(total=0, unit="page", desc="ingest", disable=not progress, dynamic_ncols=True)
+
+    def finish(idx: int) -> None:
+        doc, src = pending.pop(idx), sources[idx]
+        encoded = EncodedDocument(
+            src.path, src.kind, doc.sha256, np.stack(doc.singles).astype(np.float32, copy=False),
+            doc.multis, doc.texts, doc.sizes,
+        )
+        t0 = time.perf_counter()
+        try:
+            sink(encoded)
+        except (DocumentError, InvalidInputError) as e:
+            report.failed.append((src.path, getattr(e, "reason", None) or str(e)))
+            return
+        finally:
+            report.timings["store"] += time.perf_counter() - t0
+        report.added.append(src.path)
+        report.pages += encoded.pages
+        bar.set_postfix(docs=len(report.added), refresh=False)
+
+    def encode_batch() -> None:
+        nonlocal batch, batch_tok
+        if not batch:
+            return
+        images = [page[0] for _, page in batch]
+        t0 = time.perf_counter()
+        out = encoder.encode_images(images, task=task, max_pixels=geometry.max_pixels)
+        report.timings["encode"] += time.perf_counter() - t0
+        if len(out.multi) != len(batch) or out.single.shape[0] != len(batch):
+            raise RuntimeError(f"encoder returned {out.single.shape[0]} vectors for {len(batch)} pages")
+        report.tokens += batch_tok
+        done = []
+        for j, (idx, (image, text)) in enumerate(batch):
+            doc = pending.get(idx)
+            if doc is None:  # the document failed after this page was rendered
+                continue
+            doc.singles.append(out.single[j])
+            multi = out.multi[j]
+            # A view would keep the encoder's whole padded batch alive until the document is stored.
+            doc.multis.append(multi.copy() if multi.base is not None else multi)
+            doc.texts.append(text)
+            doc.sizes.append(image.size)
+            if doc.rendered_all and len(doc.texts) == doc.page_count:
+                done.append(idx)
+        bar.update(len(batch))
+        batch, batch_tok = [], 0
+        for idx in done:
+            finish(idx)
+
+    worker.start()
+    try:
+        while True:
+            try:
+                kind, idx, payload = q.get_nowait()
+            except queue.Empty:
+                encode_batch()  # nothing rendered right now: encode what we have rather than wait idle
+                kind, idx, payload = q.get()
+            if kind == _PAGE:
+                image, text = payload
+                tok = geometry.tokens(*image.size)
+                if batch and batch_tok + tok > batch_tokens:
+                    encode_batch()
+                batch.append((idx, (image, text)))
+                batch_tok += tok
+            elif kind == _START:
+                sha256, page_count = payload
+                pending[idx] = _Pending(sha256, page_count)
+                bar.total += page_count
+                bar.refresh()
+            elif kind == _END:
+                doc = pending[idx]
+                doc.rendered_all = True
+                if len(doc.texts) == doc.page_count:
+                    finish(idx)
+            elif kind == _SKIP:
+                report.skipped.append(sources[idx].path)
+            elif kind == _FAIL:
+                doc = pending.pop(idx, None)
+                if doc is not None:
+                    in_batch = sum(1 for i, _ in batch if i == idx)
+                    bar.total -= doc.page_count - len(doc.texts) - in_batch
+                    bar.refresh()
+                report.failed.append((sources[idx].path, payload))
+                log.info("%s: %s", sources[idx].path, payload)
+            elif kind == _DONE:
+                if payload is not None:  # the worker itself broke: not one file's fault
+                    raise payload
+                encode_batch()
+                break
+    finally:
+        stop.set()
+        _drain(q)
+        worker.join()
+        bar.close()
+        report.timings["wall"] += time.perf_counter() - t_wall
+    return report
+
+
+def _render_worker(
+    sources: Sequence[Source],
+    known: Mapping[str, str],
+    geometry: PageGeometry,
+    q: queue.Queue,
+    stop: threading.Event,
+    timings: dict[str, float],
+) -> None:
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    error: BaseException | None = None
+    spent = 0.0
+    try:
+        for idx, src in enumerate(sources):
+            t0 = time.perf_counter()
+            try:
+                sha256 = file_sha256(src.path)
+                if known.get(src.path) == sha256:
+                    spent += time.perf_counter() - t0
+                    if not put((_SKIP, idx, None)):
+                        return
+                    continue
+                with open_document(src) as doc:
+                    spent += time.perf_counter() - t0
+                    if not put((_START, idx, (sha256, doc.page_count))):
+                        return
+                    for i in range(doc.page_count):
+                        t0 = time.perf_counter()
+                        page = (doc.render(i, geometry), doc.text(i))
+                        spent += time.perf_counter() - t0
+                        if not put((_PAGE, idx, page)):
+                            return
+                t0 = time.perf_counter()
+                if not put((_END, idx, None)):
+                    return
+            except DocumentError as e:
+                if not put((_FAIL, idx, e.reason)):
+                    return
+            except OSError as e:
+                if not put((_FAIL, idx, os_reason(e))):
+                    return
+            except MemoryError:
+                if not put((_FAIL, idx, "out of memory while rendering")):
+                    return
+    except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, which re-raises it
+        error = e
+    finally:
+        timings["render"] += spent
+        put((_DONE, -1, error))
+
+
+def _drain(q: queue.Queue) -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
+
