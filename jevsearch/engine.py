@@ -122,13 +122,15 @@ class Engine:
     # -- lifecycle ------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path, *, single_dim: int = 128, multi_dim: int = 128, multi_dtype: str = "float16",
+    def create(cls, path, *, single_dim: int = 128, single_full_dim: int | None = None, multi_dim: int = 128,
+               multi_dtype: str = "float16",
                hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128,
                model_info: dict | None = None, threads: int = 1) -> "Engine":
         """Create an empty index at ``path`` (which must not exist or be an empty directory).
 
         single_dim: truncation of the single vectors indexed in the HNSW (Matryoshka); the full
-        vectors (any D >= single_dim, fixed by the first document) are kept in LMDB.
+        vectors are kept in LMDB. single_full_dim: their D (>= single_dim), or None to take it from
+        the first document; later documents must match it.
         multi_dim / multi_dtype: per-token vector size and storage dtype ("float16" or "float32").
         hnsw_m / ef_construction / ef_search: HNSW parameters (ef_search is raised to the number of
         candidates asked for). model_info: JSON object describing the encoder, kept in the manifest.
@@ -140,6 +142,9 @@ class Engine:
         for name, v in (("single_dim", single_dim), ("multi_dim", multi_dim), ("hnsw_m", hnsw_m),
                         ("ef_construction", ef_construction), ("ef_search", ef_search)):
             validate.check_k(v, name)
+        if single_full_dim is not None and validate.check_k(single_full_dim, "single_full_dim") < single_dim:
+            raise InvalidInputError(f"single_full_dim: {single_full_dim} < single_dim {single_dim} "
+                                    "(hint: the index truncates the full vectors to single_dim)")
         if multi_dtype not in ("float16", "float32"):
             raise InvalidInputError(f"multi_dtype: {multi_dtype!r} (hint: 'float16' or 'float32')")
         model_info = None if model_info is None else validate.check_metadata(model_info)
@@ -149,7 +154,7 @@ class Engine:
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "created": time.time(),
-                    "single_dim": single_dim, "single_full_dim": None, "single_dtype": "float32",
+                    "single_dim": single_dim, "single_full_dim": single_full_dim, "single_dtype": "float32",
                     "multi_dim": multi_dim, "multi_dtype": multi_dtype, "metric": "inner_product",
                     "hnsw": {"M": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search},
                     "model": model_info}
@@ -378,8 +383,10 @@ class Engine:
                                      "(hint: Engine.open(path) to write; one writer at a time)")
 
     def _check_open(self) -> None:
+        """Refuse a closed engine; follow a compaction (maybe by another process) to the new store."""
         if self._store is None:
             raise JevsearchError(f"{self.path}: engine is closed (hint: Engine.open it again)")
+        self._store.reopen_if_replaced()
 
     # -- the in-memory HNSW view --------------------------------------------------------------------
 
@@ -471,25 +478,33 @@ class Engine:
                 raise InvalidInputError(f"q_single: {len(singles)} queries but q_multi has {len(queries)}")
         with self._mutex:
             self._check_open()
-            self._store.reopen_if_replaced()
             with self._store.read() as txn, torch.no_grad(), torch_threads(self.threads):
                 self._refresh(txn)
                 qt = pad_queries(queries, self._dtype, self._device)  # [Q, L, d]
                 if exhaustive:
                     found = self._exhaustive(txn, qt, k)
                 else:
-                    found = self._two_stage(txn, qt, truncate_normalize(singles, self._manifest["single_dim"]),
-                                            k, candidates)
+                    found = self._two_stage(txn, qt, [len(x) for x in queries],
+                                            truncate_normalize(singles, self._manifest["single_dim"]), k, candidates)
                 results = [self._hits(txn, ids, scores, k) for ids, scores in found]
         return results if batch else results[0]
 
-    def _two_stage(self, txn, qt: torch.Tensor, qsingle: np.ndarray, k: int, candidates: int):
+    def _two_stage(self, txn, qt: torch.Tensor, q_lens: list[int], qsingle: np.ndarray, k: int, candidates: int):
         cand, _ = self._graph.search(qsingle, candidates, exclude=self._exclude)  # [Q, candidates]
         union = np.unique(cand[cand >= 0])
-        ids, raws, lens = self._fetch(txn, union)
-        scores = self._score(qt, raws, lens)  # [Q, U]
         out = []
-        for q in range(len(qsingle)):
+        if len(union) * len(cand) > 2 * int((cand >= 0).sum()):
+            # Little overlap between the queries' candidates: scoring the union against every query
+            # would multiply the work by ~Q (measured: 433 ms instead of ~30 ms per query at Q=50).
+            for q in range(len(cand)):
+                ids, raws, lens = self._fetch(txn, cand[q][cand[q] >= 0])
+                scores = self._score(qt[q:q + 1, : q_lens[q]], raws, lens)[0]  # [C]
+                sel = top_with_ties(scores, k)
+                out.append((ids[sel], scores[sel]))
+            return out
+        ids, raws, lens = self._fetch(txn, union)
+        scores = self._score(qt, raws, lens)  # [Q, U]: overlapping candidates are fetched and scored once
+        for q in range(len(cand)):
             own = np.isin(ids, cand[q])  # rerank only this query's candidates
             sel = np.flatnonzero(own)[top_with_ties(scores[q, own], k)]
             out.append((ids[sel], scores[q, sel]))
