@@ -51,6 +51,15 @@ class Embeddings:
     def __len__(self) -> int:
         return len(self.multi)
 
+    def truncated(self, dim: int) -> "Embeddings":
+        """Matryoshka: single vectors cut to their first ``dim`` values and renormalised (multi unchanged).
+
+        Equal to encoding with ``truncate_dim=dim``; lets a caller keep both the full and the short vectors.
+        """
+        single = np.ascontiguousarray(self.single[:, :dim])
+        single /= np.linalg.norm(single, axis=1, keepdims=True).clip(min=1e-12)
+        return Embeddings(single, self.multi)
+
 
 def plan_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Group item indices into forward batches by padded-token budget.
@@ -251,11 +260,8 @@ class JinaV4Encoder:
                 single[idx] = s
                 for i, rows in zip(idx, m):
                     multi[i] = rows
-        if truncate_dim is not None:
-            single = single[:, :truncate_dim]
-            single /= np.linalg.norm(single, axis=1, keepdims=True).clip(min=1e-12)
-            single = np.ascontiguousarray(single)
-        return Embeddings(single, multi)
+        e = Embeddings(single, multi)
+        return e if truncate_dim is None else e.truncated(truncate_dim)
 
     @torch.inference_mode()
     def _forward(self, batch, pool: str) -> tuple[np.ndarray, list[np.ndarray]]:
