@@ -65,17 +65,17 @@ def plan_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Group item indices into forward batches by padded-token budget.
 
     Items are sorted longest first; a batch grows while ``count * longest <= max_tokens`` and the
-    next item is at least half the batch's longest (so no row is more than half padding). An item
-    longer than the budget gets a batch of its own.
+    next item is at least 3/4 of the batch's longest (so no row is more than a quarter padding). An
+    item longer than the budget gets a batch of its own.
 
     >>> plan_batches([5, 100, 90, 7, 60], max_tokens=200)
-    [[1, 2], [4], [3, 0]]
+    [[1, 2], [4], [3], [0]]
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     for i in order:
         b = batches[-1] if batches else None
-        if b and (len(b) + 1) * lengths[b[0]] <= max_tokens and 2 * lengths[i] >= lengths[b[0]]:
+        if b and (len(b) + 1) * lengths[b[0]] <= max_tokens and 4 * lengths[i] >= 3 * lengths[b[0]]:
             b.append(i)
         else:
             batches.append([i])
