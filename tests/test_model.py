@@ -215,6 +215,17 @@ def test_bad_text_arguments(enc, kwargs, word):
         enc.encode_texts(["x"], **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(device="tpu9"), "device"),
+    (dict(dtype="int8"), "dtype"),
+    (dict(dtype="float31"), "dtype"),
+    (dict(max_batch_tokens=-5), "max_batch_tokens"),
+])
+def test_bad_load_arguments(kwargs, word):
+    with pytest.raises(InvalidInputError, match=word):
+        JinaV4Encoder.from_pretrained(CKPT, **kwargs)
+
+
 def test_bad_text_containers(enc):
     with pytest.raises(InvalidInputError, match="wrap one in a list"):
         enc.encode_texts("a single string")
@@ -280,3 +291,14 @@ def test_unreadable_images_name_the_file(enc, tmp_path):
         enc.encode_images(Image.new("RGB", (8, 8)))
     with pytest.raises(InvalidInputError, match="max_pixels"):
         enc.encode_images([Image.new("RGB", (8, 8))], max_pixels=10)
+
+
+def test_bfloat16_path_stays_close_to_float32():
+    """The GPU default dtype, run on CPU: same shapes and float32 outputs, cosine to the fp32 reference >= 0.999."""
+    enc16 = JinaV4Encoder.from_pretrained(CKPT, device="cpu", dtype="bfloat16")
+    e = enc16.encode_texts(_inputs("queries.json"), task="code")
+    assert e.single.dtype == np.float32
+    assert np.sum(e.single * np.load(EXP / "fp32/code/text_query_single.npy"), axis=1).min() >= 0.999
+    i = enc16.encode_images(_image_paths()[:1], task="code")
+    assert np.sum(i.single * np.load(EXP / "fp32/code/image_single.npy")[:1], axis=1).min() >= 0.999
+    assert i.multi[0].shape == (165, 128) and i.multi[0].dtype == np.float32
