@@ -21,7 +21,7 @@ import shutil
 import sys
 import textwrap
 
-from jevsearch.errors import JevsearchError
+from jevsearch.errors import InvalidInputError, JevsearchError
 
 EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 1, 2, 3, 130
 DEFAULT_MODEL = "jinaai/jina-embeddings-v4"
@@ -52,10 +52,11 @@ def _fail(message: str) -> None:
 # ----- commands ----------------------------------------------------------------------------------
 def _cmd_index(args) -> int:
     from jevsearch.engine import Engine
+    from jevsearch.errors import NotAnIndexError
 
-    if Engine.exists(args.index):
+    try:
         eng = Engine.open(args.index, model=args.model)
-    else:
+    except NotAnIndexError:
         eng = Engine.create(args.index, model=args.model or DEFAULT_MODEL)
     with eng:
         report = eng.add(args.paths, progress=not args.quiet)
@@ -102,8 +103,10 @@ def _cmd_delete(args) -> int:
     from jevsearch.engine import Engine
 
     with Engine.open(args.index) as eng:
-        doc_id = eng.resolve_document(args.doc)
-        eng.delete(doc_id)
+        # As indexed (an absolute path), or a path relative to here.
+        doc_id = args.doc if eng.document(args.doc) is not None else os.path.abspath(args.doc)
+        if not eng.delete(doc_id):
+            raise InvalidInputError(f"{args.doc}: not in the index (hint: `jevsearch search` shows indexed paths)")
     if not args.quiet:
         print(f"deleted {doc_id}")
     return 0

@@ -24,7 +24,7 @@ from tests.ingest_corpus import (
     make_truncated_pdf,
     make_zero_page_pdf,
     picture,
-    tiny_model_dir,
+    tiny_encoder,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +34,8 @@ MAX_PIXELS = 128 * 28 * 28
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model_dir()
+    """The tiny model, loaded once: Engine.create accepts a loaded encoder (it records its snapshot)."""
+    return tiny_encoder()
 
 
 @pytest.fixture
@@ -125,8 +126,8 @@ def test_reopen_uses_recorded_model_and_refuses_another(tmp_path, corpus, model)
         _create(tmp_path / "idx2", model, single_dim=100)
 
 
-def _index_cmd(corpus, index, model):
-    return [sys.executable, "-m", "jevsearch", "index", str(corpus), "--index", str(index), "--model", model, "-q"]
+def _index_cmd(corpus, index):
+    return [sys.executable, "-m", "jevsearch", "index", str(corpus), "--index", str(index), "-q"]
 
 
 def _env():
@@ -143,7 +144,7 @@ def test_kill_mid_ingest_then_resume_equals_clean_run(tmp_path, model):
     for name in ("crashed", "clean"):
         _create(tmp_path / name, model).close()
 
-    proc = subprocess.Popen(_index_cmd(corpus, tmp_path / "crashed", model), env=_env(), cwd=REPO,
+    proc = subprocess.Popen(_index_cmd(corpus, tmp_path / "crashed"), env=_env(), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen, deadline = 0, time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -160,7 +161,7 @@ def test_kill_mid_ingest_then_resume_equals_clean_run(tmp_path, model):
         eng.verify()
         partial = eng.stats()["documents"]
     assert seen <= partial < total
-    rerun = subprocess.run(_index_cmd(corpus, tmp_path / "crashed", model), env=_env(), cwd=REPO,
+    rerun = subprocess.run(_index_cmd(corpus, tmp_path / "crashed"), env=_env(), cwd=REPO,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
 
