@@ -18,6 +18,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "Engine",
+    "Hit",
     "CorruptIndexError",
     "DocumentError",
     "FormatVersionError",
@@ -30,3 +32,12 @@ __all__ = [
     "ReadOnlyIndexError",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy: `import jevsearch` stays cheap (no torch/faiss/lmdb import) until the engine is used.
+    if name in ("Engine", "Hit"):
+        from jevsearch import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'jevsearch' has no attribute {name!r}")

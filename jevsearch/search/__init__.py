@@ -1,0 +1,1 @@
+"""Scoring: MaxSim as pure tensor functions (:mod:`.maxsim`) and page packing (:mod:`.pack`)."""

@@ -1,0 +1,606 @@
+"""The facade: a persistent index of page embeddings and its two-stage search.
+
+An index is a directory::
+
+    <index>/CURRENT      names the live LMDB directory (replaced atomically by compact)
+    <index>/store-<n>/   LMDB: the truth (vectors, pages, documents, manifest) -- jevsearch.store.lmdbstore
+    <index>/hnsw.bin     FAISS HNSW over truncated single vectors, a rebuildable cache -- jevsearch.store.hnsw
+    <index>/writer.lock  flock held by the one writer -- jevsearch.store.lock
+
+>>> import numpy as np, tempfile, os
+>>> rng = np.random.default_rng(0)
+>>> unit = lambda *s: (lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True))(rng.standard_normal(s))
+>>> path = os.path.join(tempfile.mkdtemp(), "demo")
+>>> with Engine.create(path, single_dim=64) as eng:
+...     eng.add_embeddings("a.pdf", unit(2, 256), [unit(5, 128), unit(7, 128)], metadata={"title": "A"})
+...     eng.add_embeddings("b.pdf", unit(1, 256), [unit(4, 128)], page_texts=["hello"])
+...     hits = eng.search_embeddings(unit(256), unit(3, 128), k=2)
+2
+1
+>>> len(hits), hits[0].page >= 1
+(2, True)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Iterator
+
+import faiss
+import numpy as np
+import torch
+
+from jevsearch.errors import (
+    CorruptIndexError,
+    FormatVersionError,
+    IndexExistsError,
+    InvalidInputError,
+    JevsearchError,
+    NotAnIndexError,
+    ReadOnlyIndexError,
+)
+from jevsearch.search.maxsim import SIM_BLOCK_ELEMENTS, maxsim, pad_queries, scoring_device, top_with_ties
+from jevsearch.search.pack import PagePacker
+from jevsearch.store import validate
+from jevsearch.store.hnsw import HnswGraph, truncate_normalize
+from jevsearch.store.lmdbstore import PageStore, current_env, fsync_dir
+from jevsearch.store.lock import WriterLock
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "jevsearch-index"
+FORMAT_VERSION = 1
+# The HNSW file is rewritten after this many added pages (and on flush/close); a crash re-adds at
+# most this many pages from LMDB at the next open.
+SAVE_EVERY_PAGES = 10_000
+_BULK = 4096  # pages per batch when (re)building the HNSW from LMDB
+
+
+@dataclass
+class Hit:
+    """One search result: a page of a document.
+
+    ``page`` is 1-based; ``metadata`` is the document's metadata; ``text`` the page text given to
+    ``add_embeddings(page_texts=...)``, or None when none was stored. New optional fields (a source
+    ``path``, a ``snippet``) go at the end with defaults so positional construction keeps working.
+    """
+
+    doc_id: str
+    page: int
+    score: float
+    metadata: dict = field(default_factory=dict)
+    text: str | None = None
+
+
+class Engine:
+    """A persistent page index with two-stage search (HNSW candidates, MaxSim rerank).
+
+    Create with :meth:`create`, reopen with :meth:`open`. One writer per index (another raises
+    IndexLockedError); any number of ``readonly=True`` readers, in this or other processes, see
+    whole documents only and pick up the writer's commits at their next search.
+    Not for concurrent use from several threads beyond what its internal lock serialises.
+    """
+
+    def __init__(self, path: str, store: PageStore, lock: WriterLock | None):
+        # Private: use Engine.create / Engine.open.
+        self.path = path
+        self.readonly = lock is None
+        self._store = store
+        self._writer_lock = lock
+        self._mutex = threading.RLock()
+        self._graph: HnswGraph | None = None
+        self._graph_epoch = -1
+        self._graph_next = 0  # every live page with a smaller id is in the graph
+        self._gen = -1  # LMDB generation the in-memory view reflects
+        self._tombs = np.zeros(0, dtype=np.int64)
+        self._exclude = None  # faiss selector skipping tombstones (kept alive here: FAISS holds a raw pointer)
+        self._unsaved = 0
+        self._graph_from_disk = False
+        with store.read() as txn:
+            manifest = store.manifest(txn)
+            self._check_manifest(manifest)
+            self._manifest = manifest
+            self._refresh(txn)
+        self._device, self._dtype = scoring_device()
+        self._packer = PagePacker(self._manifest["multi_dim"], np.dtype(self._manifest["multi_dtype"]),
+                                  self._device, self._dtype)
+        if not self.readonly and not self._graph_from_disk:
+            self.flush()  # repaired at open: persist so the next open is fast
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path, *, single_dim: int = 128, multi_dim: int = 128, multi_dtype: str = "float16",
+               hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128,
+               model_info: dict | None = None) -> "Engine":
+        """Create an empty index at ``path`` (which must not exist or be an empty directory).
+
+        single_dim: truncation of the single vectors indexed in the HNSW (Matryoshka); the full
+        vectors (any D >= single_dim, fixed by the first document) are kept in LMDB.
+        multi_dim / multi_dtype: per-token vector size and storage dtype ("float16" or "float32").
+        hnsw_m / ef_construction / ef_search: HNSW parameters (ef_search is raised to the number of
+        candidates asked for). model_info: JSON object describing the encoder, kept in the manifest.
+        The index is built in a temporary sibling directory and renamed into place, so a crash never
+        leaves a half-created index. Returns the engine opened for writing.
+        """
+        path = os.fspath(path)
+        for name, v in (("single_dim", single_dim), ("multi_dim", multi_dim), ("hnsw_m", hnsw_m),
+                        ("ef_construction", ef_construction), ("ef_search", ef_search)):
+            validate.check_k(v, name)
+        if multi_dtype not in ("float16", "float32"):
+            raise InvalidInputError(f"multi_dtype: {multi_dtype!r} (hint: 'float16' or 'float32')")
+        model_info = None if model_info is None else validate.check_metadata(model_info)
+        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+            raise IndexExistsError(f"{path}: already exists and is not empty "
+                                   "(hint: Engine.open it, or pick a new path)")
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "created": time.time(),
+                    "single_dim": single_dim, "single_full_dim": None, "single_dtype": "float32",
+                    "multi_dim": multi_dim, "multi_dtype": multi_dtype, "metric": "inner_product",
+                    "hnsw": {"M": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search},
+                    "model": model_info}
+        state = {"next_page_id": 0, "gen": 0, "epoch": 0, "docs": 0, "pages": 0, "tokens": 0, "tombs": 0}
+        tmp = tempfile.mkdtemp(prefix=".jevsearch-create-", dir=parent)
+        try:
+            PageStore.initialise(tmp, manifest, state)
+            HnswGraph(single_dim, hnsw_m, ef_construction, ef_search).save(tmp, epoch=0, next_page_id=0)
+            os.rename(tmp, path)  # POSIX rename replaces an empty directory atomically
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if os.path.exists(path):
+                raise IndexExistsError(f"{path}: appeared while creating ({e}) (hint: pick a new path)") from e
+            raise
+        fsync_dir(parent)
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path, *, readonly: bool = False) -> "Engine":
+        """Open an existing index; ``readonly=True`` for readers (no lock, writes raise ReadOnlyIndexError).
+
+        A writer repairs the HNSW from LMDB when they disagree (after a crash). Raises
+        NotAnIndexError, FormatVersionError, IndexLockedError (another writer).
+        """
+        path = os.fspath(path)
+        current_env(path)  # NotAnIndexError before touching anything (no lock file in a random dir)
+        lock = None if readonly else WriterLock(path)
+        store = None
+        try:
+            store = PageStore(path)
+            if lock is not None:
+                HnswGraph.remove_stale_temp(path)
+                store.remove_stale()
+            return cls(path, store, lock)
+        except BaseException:
+            if store is not None:
+                store.close()
+            if lock is not None:
+                lock.release()
+            raise
+
+    def close(self) -> None:
+        """Persist the HNSW (writer), release the lock and the LMDB handle. Idempotent."""
+        with self._mutex:
+            if self._store is None:
+                return
+            try:
+                if not self.readonly:
+                    self.flush()
+            finally:
+                self._store.close()
+                self._store = None
+                if self._writer_lock is not None:
+                    self._writer_lock.release()
+                self._graph = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Engine({self.path!r}, readonly={self.readonly})"
+
+    def flush(self) -> None:
+        """Write the in-memory HNSW to disk (atomically). LMDB commits are already durable."""
+        with self._mutex:
+            self._check_writable()
+            self._graph.save(self.path, epoch=self._graph_epoch, next_page_id=self._graph_next)
+            self._unsaved = 0
+
+    # -- manifest -------------------------------------------------------------------------------
+
+    @property
+    def manifest(self) -> MappingProxyType:
+        """Read-only view of the manifest: format_version, single_dim, single_full_dim, multi_dim,
+        multi_dtype, hnsw {M, ef_construction, ef_search}, model (the encoder identity or None)."""
+        return MappingProxyType(json.loads(json.dumps(self._manifest)))
+
+    def set_model_info(self, model_info: dict) -> None:
+        """Record the encoder identity (a JSON object) in the manifest."""
+        model_info = validate.check_metadata(model_info)
+        with self._mutex:
+            self._check_writable()
+            with self._store.write() as txn:
+                manifest, state = self._store.manifest(txn), self._store.state(txn)
+                manifest["model"] = model_info
+                state["gen"] += 1
+                self._store.put_manifest(txn, manifest)
+                self._store.put_state(txn, state)
+            self._manifest, self._gen = manifest, state["gen"]
+
+    @staticmethod
+    def _check_manifest(m: dict) -> None:
+        if m.get("format") != FORMAT_NAME:
+            raise NotAnIndexError(f"manifest: format {m.get('format')!r} is not {FORMAT_NAME!r} "
+                                  "(hint: this is not a jevsearch index)")
+        v = m.get("format_version")
+        if not isinstance(v, int) or v > FORMAT_VERSION:
+            raise FormatVersionError(f"index format version {v!r} is newer than this jevsearch reads "
+                                     f"({FORMAT_VERSION}) (hint: upgrade jevsearch)")
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def add_embeddings(self, doc_id: str, singles, multis, metadata: dict | None = None,
+                       page_texts: list[str] | None = None) -> int:
+        """Add (or atomically replace) a document; returns its page count.
+
+        singles: float [P, D], one L2-normalised vector per page; D >= single_dim, and the same D for
+            every document of the index (fixed by the first one).
+        multis: P float arrays [T_i, multi_dim] (or one [P, T, multi_dim] array), L2-normalised rows.
+        metadata: JSON object returned on hits. page_texts: optional P strings, returned as Hit.text.
+        Vectors within validate.NORM_TOLERANCE of unit norm are renormalised; anything else invalid
+        raises InvalidInputError and writes nothing. One LMDB commit per call; the HNSW file is saved
+        every SAVE_EVERY_PAGES pages and on flush()/close() (a crash is repaired from LMDB at open).
+        Example: ``eng.add_embeddings("report.pdf", singles, multis, metadata={"title": "Q3"})``.
+        """
+        doc_id = validate.check_doc_id(doc_id)
+        metadata = validate.check_metadata(metadata)
+        with self._mutex:
+            self._check_writable()
+            full = self._manifest["single_full_dim"]
+            singles = validate.check_singles(singles, self._manifest["single_dim"], full)
+            pages = singles.shape[0]
+            multis = validate.check_multis(multis, pages, self._manifest["multi_dim"])
+            texts = validate.check_texts(page_texts, pages)
+            stored = np.dtype(self._manifest["multi_dtype"])
+            multis = [m.astype(stored) for m in multis]
+            truncated = truncate_normalize(singles, self._manifest["single_dim"])
+            tokens = sum(m.shape[0] for m in multis)
+            with self._store.write() as txn:
+                state = self._store.state(txn)
+                manifest = self._manifest
+                if full is None:
+                    manifest = dict(self._manifest, single_full_dim=singles.shape[1])
+                    self._store.put_manifest(txn, manifest)
+                removed = self._remove(txn, state, doc_id)
+                doc = {"doc_id": doc_id, "first": state["next_page_id"], "pages": pages, "tokens": tokens,
+                       "metadata": metadata, "text": texts is not None}
+                self._store.put_document(txn, doc, singles, multis, texts)
+                state["next_page_id"] += pages
+                state["docs"] += 1
+                state["pages"] += pages
+                state["tokens"] += tokens
+                state["gen"] += 1
+                self._store.put_state(txn, state)
+            self._manifest = manifest
+            self._after_commit(state, removed, np.arange(doc["first"], doc["first"] + pages), truncated)
+            return pages
+
+    def delete(self, doc_id: str) -> bool:
+        """Delete a document; returns False if it was not there. Its pages become tombstones that
+        search skips until :meth:`compact`."""
+        doc_id = validate.check_doc_id(doc_id)
+        with self._mutex:
+            self._check_writable()
+            with self._store.write() as txn:
+                state = self._store.state(txn)
+                removed = self._remove(txn, state, doc_id)
+                if not removed:
+                    return False
+                state["gen"] += 1
+                self._store.put_state(txn, state)
+            self._after_commit(state, removed, None, None)
+            return True
+
+    def compact(self) -> None:
+        """Rebuild the HNSW from live pages (dropping tombstones) and shrink the LMDB file."""
+        with self._mutex:
+            self._check_writable()
+            with self._store.read() as txn:
+                state = self._store.state(txn)
+                graph = self._new_graph()
+                self._add_pages(txn, graph, 0)
+            epoch = state["epoch"] + 1
+            # File first, then LMDB: a crash in between leaves epochs that differ -> rebuilt at open.
+            graph.save(self.path, epoch=epoch, next_page_id=state["next_page_id"])
+            with self._store.write() as txn:
+                state = self._store.state(txn)
+                state.update(epoch=epoch, tombs=0, gen=state["gen"] + 1)
+                self._store.clear_tombstones(txn)
+                self._store.put_state(txn, state)
+            self._graph, self._graph_epoch, self._gen, self._unsaved = graph, epoch, state["gen"], 0
+            self._set_tombstones(np.zeros(0, dtype=np.int64))
+            self._store.compact_file()
+
+    def _remove(self, txn, state: dict, doc_id: str) -> list[int]:
+        old = self._store.document(txn, doc_id)
+        if old is None:
+            return []
+        removed = self._store.remove_document(txn, old)
+        state["docs"] -= 1
+        state["pages"] -= old["pages"]
+        state["tokens"] -= old["tokens"]
+        state["tombs"] += len(removed)
+        return removed
+
+    def _after_commit(self, state: dict, removed: list[int], ids, vecs) -> None:
+        """Mirror a committed LMDB write into the in-memory HNSW view."""
+        try:
+            if ids is not None:
+                self._graph.add(ids, vecs)
+                self._unsaved += len(ids)
+            self._graph_next = state["next_page_id"]
+            if removed:
+                self._set_tombstones(np.concatenate([self._tombs, np.asarray(removed, dtype=np.int64)]))
+            self._gen = state["gen"]
+        except BaseException:
+            self._graph_epoch = -1  # LMDB is ahead of memory: rebuild the view at the next call
+            raise
+        if self._unsaved >= SAVE_EVERY_PAGES:
+            self.flush()
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise ReadOnlyIndexError(f"{self.path}: opened with readonly=True "
+                                     "(hint: Engine.open(path) to write; one writer at a time)")
+
+    def _check_open(self) -> None:
+        if self._store is None:
+            raise JevsearchError(f"{self.path}: engine is closed (hint: Engine.open it again)")
+
+    # -- the in-memory HNSW view --------------------------------------------------------------------
+
+    def _new_graph(self) -> HnswGraph:
+        h = self._manifest["hnsw"]
+        return HnswGraph(self._manifest["single_dim"], h["M"], h["ef_construction"], h["ef_search"])
+
+    def _refresh(self, txn) -> None:
+        """Bring the HNSW view up to the LMDB snapshot ``txn`` (reader catch-up, crash repair)."""
+        state = self._store.state(txn)
+        if state["gen"] == self._gen:
+            return
+        self._manifest = self._store.manifest(txn)
+        if state["epoch"] != self._graph_epoch:
+            self._graph, self._graph_next, self._graph_from_disk = None, 0, False
+            try:
+                graph, header = HnswGraph.load(self.path, self._manifest["hnsw"]["ef_search"])
+                # A writer never sees a file ahead of LMDB unless something is off; a reader may
+                # (its snapshot predates the writer's latest save): pages it cannot see are skipped.
+                ahead = header["next_page_id"] > state["next_page_id"]
+                if header["epoch"] == state["epoch"] and header["dim"] == self._manifest["single_dim"] \
+                        and (self.readonly or not ahead):
+                    self._graph, self._graph_next, self._graph_from_disk = graph, header["next_page_id"], True
+                else:
+                    log.warning("%s: HNSW file is from another state of the index; rebuilding from LMDB",
+                                self.path)
+            except CorruptIndexError as e:
+                log.warning("%s: %s; rebuilding the HNSW from LMDB", self.path, e)
+            if self._graph is None:
+                self._graph = self._new_graph()
+            self._graph_epoch = state["epoch"]
+        if self._graph_next < state["next_page_id"]:
+            added = self._add_pages(txn, self._graph, self._graph_next)
+            if added:
+                self._graph_from_disk = False
+                log.info("%s: added %d pages from LMDB to the HNSW", self.path, added)
+            self._graph_next = state["next_page_id"]
+        self._set_tombstones(self._store.tombstones(txn) if state["tombs"] else np.zeros(0, np.int64))
+        self._gen = state["gen"]
+
+    def _add_pages(self, txn, graph: HnswGraph, start: int) -> int:
+        """Add every live page with id >= start from LMDB to ``graph``; returns how many."""
+        dim, full = self._manifest["single_dim"], self._manifest["single_full_dim"]
+        ids, vecs, n = [], [], 0
+        for pid, _, _, _ in self._store.iter_pages(txn, start):
+            ids.append(pid)
+            vecs.append(np.frombuffer(self._store.single_raw(txn, pid), dtype=np.float32, count=full))
+            if len(ids) == _BULK:
+                graph.add(np.array(ids), truncate_normalize(np.stack(vecs), dim))
+                n += len(ids)
+                ids, vecs = [], []
+        if ids:
+            graph.add(np.array(ids), truncate_normalize(np.stack(vecs), dim))
+            n += len(ids)
+        return n
+
+    def _set_tombstones(self, tombs: np.ndarray) -> None:
+        self._tombs = tombs
+        self._exclude = faiss.IDSelectorNot(faiss.IDSelectorBatch(tombs)) if len(tombs) else None
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int = 100,
+                          exhaustive: bool = False) -> list[Hit] | list[list[Hit]]:
+        """Search with query embeddings.
+
+        One query: q_single [D] (D >= single_dim; may be None when exhaustive) and q_multi
+        [L, multi_dim] -> list[Hit]. A batch: q_single [Q, D] and q_multi a list of Q [L_i, multi_dim]
+        -> list of Q lists (scored together).
+        Two-stage: the ``candidates`` nearest pages in the HNSW (truncated singles) reranked by
+        MaxSim. ``exhaustive=True``: exact MaxSim over every page, streamed in chunks.
+        Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
+        fewer pages). ``candidates`` below k is raised to k.
+        """
+        k = validate.check_k(k)
+        candidates = max(validate.check_k(candidates, "candidates"), k)
+        batch = isinstance(q_multi, (list, tuple))
+        queries = validate.check_query_multis(q_multi, self._manifest["multi_dim"])
+        singles = None
+        if not exhaustive or q_single is not None:
+            if q_single is None:
+                raise InvalidInputError("q_single: required for two-stage search (hint: or exhaustive=True)")
+            qs = np.asarray(q_single.detach().float().cpu() if hasattr(q_single, "detach") else q_single)
+            if qs.ndim != (2 if batch else 1):
+                raise InvalidInputError(f"q_single: shape {qs.shape}; expected [D] with q_multi [L, d], or "
+                                        "[Q, D] with q_multi a list of Q arrays")
+            singles = validate.check_singles(np.atleast_2d(qs), self._manifest["single_dim"], what="q_single")
+            if len(singles) != len(queries):
+                raise InvalidInputError(f"q_single: {len(singles)} queries but q_multi has {len(queries)}")
+        with self._mutex:
+            self._check_open()
+            self._store.reopen_if_replaced()
+            with self._store.read() as txn, torch.inference_mode():
+                self._refresh(txn)
+                qt = pad_queries(queries, self._dtype, self._device)  # [Q, L, d]
+                if exhaustive:
+                    found = self._exhaustive(txn, qt, k)
+                else:
+                    found = self._two_stage(txn, qt, truncate_normalize(singles, self._manifest["single_dim"]),
+                                            k, candidates)
+                results = [self._hits(txn, ids, scores, k) for ids, scores in found]
+        return results if batch else results[0]
+
+    def _two_stage(self, txn, qt: torch.Tensor, qsingle: np.ndarray, k: int, candidates: int):
+        cand, _ = self._graph.search(qsingle, candidates, exclude=self._exclude)  # [Q, candidates]
+        union = np.unique(cand[cand >= 0])
+        ids, raws, lens = self._fetch(txn, union)
+        scores = self._score(qt, raws, lens)  # [Q, U]
+        out = []
+        for q in range(len(qsingle)):
+            own = np.isin(ids, cand[q])  # rerank only this query's candidates
+            sel = np.flatnonzero(own)[top_with_ties(scores[q, own], k)]
+            out.append((ids[sel], scores[q, sel]))
+        return out
+
+    def _exhaustive(self, txn, qt: torch.Tensor, k: int):
+        nq = qt.shape[0]
+        best = [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(nq)]
+        budget = max(1, SIM_BLOCK_ELEMENTS // (qt.shape[0] * qt.shape[1]))  # page tokens per chunk
+        ids, raws, lens, chunk_tokens = [], [], [], 0
+
+        def score_chunk():
+            s = self._score(qt, raws, lens)
+            cid = np.array(ids, dtype=np.int64)
+            for q in range(nq):
+                all_ids = np.concatenate([best[q][0], cid])
+                all_s = np.concatenate([best[q][1], s[q]])
+                keep = top_with_ties(all_s, k)
+                best[q] = (all_ids[keep], all_s[keep])
+
+        for pid, _, _, tokens in self._store.iter_pages(txn):
+            ids.append(pid)
+            raws.append(self._store.multi_raw(txn, pid))
+            lens.append(tokens)
+            chunk_tokens += tokens
+            if chunk_tokens >= budget:
+                score_chunk()
+                ids, raws, lens, chunk_tokens = [], [], [], 0
+        if ids:
+            score_chunk()
+        return best
+
+    def _fetch(self, txn, page_ids: np.ndarray):
+        """Zero-copy multi-vectors of the pages still live in ``txn`` (others are skipped)."""
+        ids, raws, lens = [], [], []
+        for pid in page_ids.tolist():
+            rec = self._store.page(txn, pid)
+            if rec is not None:
+                ids.append(pid)
+                raws.append(self._store.multi_raw(txn, pid))
+                lens.append(rec[2])
+        return np.array(ids, dtype=np.int64), raws, lens
+
+    def _score(self, qt: torch.Tensor, raws: list, lens: list[int]) -> np.ndarray:
+        """MaxSim of queries [Q, L, d] against stored pages -> float32 [Q, C], in bounded blocks."""
+        out = np.empty((qt.shape[0], len(raws)), dtype=np.float32)
+        rows = qt.shape[0] * qt.shape[1]
+        start = 0
+        while start < len(raws):
+            # Block size from the longest page in it so the [Q*L, C*T] block stays bounded.
+            stop = start + 1
+            longest = lens[start]
+            while stop < len(raws) and rows * max(longest, lens[stop]) * (stop - start + 1) <= SIM_BLOCK_ELEMENTS:
+                longest = max(longest, lens[stop])
+                stop += 1
+            pages = self._packer.pack(raws[start:stop], lens[start:stop])  # [C, T, d]
+            out[:, start:stop] = maxsim(qt, pages).cpu().numpy()
+            start = stop
+        return out
+
+    def _hits(self, txn, ids: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
+        docs: dict[bytes, dict] = {}
+        hits = []
+        for pid, score in zip(ids.tolist(), scores.tolist()):
+            key, page_no, _ = self._store.page(txn, pid)
+            doc = docs.get(key) or docs.setdefault(key, self._store.document_by_key(txn, key))
+            text = self._store.text(txn, pid) if doc["text"] else None
+            hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text))
+        hits.sort(key=lambda h: (-h.score, h.doc_id, h.page))
+        return hits[:k]
+
+    # -- inspection -----------------------------------------------------------------------------
+
+    def document(self, doc_id: str) -> dict | None:
+        """{"doc_id", "pages", "tokens", "metadata"} of a document, or None if it is not indexed."""
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                doc = self._store.document(txn, validate.check_doc_id(doc_id))
+        if doc is None:
+            return None
+        return {"doc_id": doc["doc_id"], "pages": doc["pages"], "tokens": doc["tokens"],
+                "metadata": doc["metadata"]}
+
+    def documents(self) -> Iterator[str]:
+        """The indexed document ids, sorted."""
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                ids = sorted(d["doc_id"] for d in self._store.iter_documents(txn))
+        return iter(ids)
+
+    def stats(self) -> dict:
+        """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, and
+        bytes {"lmdb_file", "hnsw_file", plus LMDB pages used per table: multi, single, ...}."""
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                state = self._store.state(txn)
+            hnsw = os.path.join(self.path, "hnsw.bin")
+            sizes = {"lmdb_file": self._store.file_bytes(),
+                     "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0}
+            sizes.update(self._store.table_bytes())
+            return {"documents": state["docs"], "pages": state["pages"], "tokens": state["tokens"],
+                    "tombstones": state["tombs"], "hnsw_vectors": self._graph.ntotal, "bytes": sizes}
+
+    def verify(self, *, deep: bool = False) -> dict:
+        """Check the index is consistent; raises CorruptIndexError listing the problems.
+
+        Checks every document's pages, vector sizes, counters, orphans, and that the HNSW holds
+        every live page (after open-time repair it always should). ``deep=True`` also reads every
+        vector and checks it is finite and unit norm. Returns the counts checked.
+        """
+        from jevsearch.store.verify import check_index
+
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                self._refresh(txn)
+                report, problems = check_index(self._store, txn, self._manifest, self._graph.ids(),
+                                               self._tombs, deep=deep)
+        if problems:
+            more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
+            raise CorruptIndexError(f"{self.path}: " + "; ".join(problems[:20]) + more +
+                                    " (hint: restore from a backup, or re-add the listed documents)")
+        return report

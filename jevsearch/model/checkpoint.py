@@ -1,0 +1,349 @@
+"""Read a jina-embeddings-v4 snapshot into the stock Qwen2.5-VL classes + peft LoRA, strictly.
+
+A snapshot is the Hugging Face repo ``jinaai/jina-embeddings-v4`` on disk::
+
+    config.json                      Qwen2.5-VL config + task_names, matryoshka_dims, multi_vector_projector_dim
+    model.safetensors                base weights, or model-0000K-of-0000N.safetensors + model.safetensors.index.json
+    adapters/adapter_config.json     LoRA r, alpha, target regex, exclude_modules
+    adapters/adapter_model.safetensors  base_model.model.<module>.lora_{A,B}.<task>.weight
+    tokenizer.json, preprocessor_config.json, ...
+
+Base keys come in the pre-v5 layout (``model.layers.*``, ``visual.*``) or the v5 one
+(``model.language_model.*``, ``model.visual.*``); both map onto :class:`JinaV4Module`. Every tensor
+in the files must land on exactly one parameter of the right shape and every parameter must get one:
+anything else is a :class:`CheckpointError` naming the keys, raised before any weight is copied.
+
+>>> snap = resolve_snapshot("tests/fixtures/jina-v4-tiny/ckpt")
+>>> module, config = load_module(snap, device="cpu", dtype=torch.float32)
+>>> config["task_names"]
+['retrieval', 'text-matching', 'code']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from jevsearch.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+SINGLE_WEIGHTS = "model.safetensors"
+SHARD_INDEX = "model.safetensors.index.json"
+ADAPTER_CONFIG = "adapters/adapter_config.json"
+ADAPTER_WEIGHTS = "adapters/adapter_model.safetensors"
+#: The jina-specific keys config.json must have besides the Qwen2.5-VL ones.
+JINA_KEYS = ("task_names", "matryoshka_dims", "multi_vector_projector_dim")
+_ADAPTER_PREFIX = "base_model.model."
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class JinaV4Module(nn.Module):
+    """The network: stock ``Qwen2_5_VLModel`` as ``model`` plus the ``multi_vector_projector`` linear.
+
+    Attribute names mirror the reference, so peft's module paths (``model.language_model.layers...``,
+    ``multi_vector_projector``) are the adapter file's keys minus ``base_model.model.``.
+    """
+
+    def __init__(self, qwen_config, multi_dim: int):
+        super().__init__()
+        from transformers import Qwen2_5_VLModel
+
+        self.model = Qwen2_5_VLModel(qwen_config)
+        self.multi_vector_projector = nn.Linear(qwen_config.text_config.hidden_size, multi_dim)
+
+
+# ----- locating files ----------------------------------------------------------------------------
+def resolve_snapshot(name: str | os.PathLike) -> Path:
+    """A local snapshot directory for ``name``: the directory itself, or a hub download.
+
+    A hub id is fetched with ``huggingface_hub.snapshot_download`` (only when ``name`` is not an
+    existing path); without network the error says to download the snapshot and pass its path.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{name}: not a directory (hint: pass the snapshot directory, not a file in it)")
+    if not _HUB_ID.match(str(name)):
+        raise CheckpointError(f"{name}: no such directory (hint: pass a model snapshot directory or a hub id)")
+    try:
+        from huggingface_hub import constants, snapshot_download
+
+        offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+        return Path(snapshot_download(repo_id=str(name), local_files_only=offline))
+    except ImportError as e:
+        raise CheckpointError(f"{name}: huggingface_hub is not installed (hint: pip install huggingface_hub, "
+                              "or download the snapshot and pass its path)") from e
+    except Exception as e:  # offline, unknown repo, HTTP errors: all mean "no snapshot here"
+        raise CheckpointError(
+            f"{name}: not a local directory and the Hugging Face hub download failed ({type(e).__name__}: {e}) "
+            f"(hint: download the snapshot and pass its path, e.g. `hf download {name} --local-dir DIR` "
+            "on a machine with network)"
+        ) from e
+
+
+def read_json(snapshot: Path, rel: str) -> dict:
+    f = snapshot / rel
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing (hint: copy the complete model snapshot)")
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{f}: unreadable JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{f}: expected a JSON object")
+    return data
+
+
+def read_model_config(snapshot: Path) -> dict:
+    """config.json, checked for the keys the encoder needs."""
+    config = read_json(snapshot, CONFIG_FILE)
+    for key in (*JINA_KEYS, "text_config", "vision_config", "image_token_id", "vision_start_token_id",
+                "vision_end_token_id"):
+        if key not in config:
+            raise CheckpointError(f"{snapshot / CONFIG_FILE}: no {key!r} (hint: not a jina-embeddings-v4 config)")
+    return config
+
+
+def base_weight_files(snapshot: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The base safetensors files, and the shard index's weight map when sharded."""
+    single, index = snapshot / SINGLE_WEIGHTS, snapshot / SHARD_INDEX
+    if single.is_file() and index.is_file():
+        raise CheckpointError(f"{snapshot}: both {SINGLE_WEIGHTS} and {SHARD_INDEX} (hint: keep one of them)")
+    if single.is_file():
+        return [single], None
+    if not index.is_file():
+        raise CheckpointError(f"{snapshot}: missing {SINGLE_WEIGHTS} (or {SHARD_INDEX} with its shards) "
+                              "(hint: copy the complete model snapshot)")
+    weight_map = read_json(snapshot, SHARD_INDEX).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: no weight_map")
+    files = []
+    for name in sorted(set(weight_map.values())):
+        shard = snapshot / name
+        if not shard.is_file():
+            raise CheckpointError(f"{shard}: missing (listed in {SHARD_INDEX})")
+        files.append(shard)
+    return files, weight_map
+
+
+# ----- key layouts -------------------------------------------------------------------------------
+def base_key_to_param(key: str) -> str:
+    """Parameter name in :class:`JinaV4Module` for a base checkpoint key (either layout)."""
+    if key.startswith(("model.language_model.", "model.visual.")):
+        return key
+    if key.startswith("model."):
+        return "model.language_model." + key[len("model."):]
+    if key.startswith("visual."):
+        return "model." + key
+    return key
+
+
+def param_to_old_key(name: str) -> str:
+    """The pre-v5 checkpoint key of a :class:`JinaV4Module` parameter (the real repo's layout)."""
+    if name.startswith("model.language_model."):
+        return "model." + name[len("model.language_model."):]
+    if name.startswith("model.visual."):
+        return name[len("model."):]
+    return name
+
+
+def adapter_key_to_param(key: str) -> str | None:
+    if not key.startswith(_ADAPTER_PREFIX):
+        return None
+    return base_key_to_param(key[len(_ADAPTER_PREFIX):])
+
+
+# ----- strict loading ----------------------------------------------------------------------------
+def _headers(path: Path) -> dict:
+    """A safetensors file's tensor table: {key: {"dtype", "shape", ...}}."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            table = json.loads(f.read(n))
+    except (OSError, struct.error, ValueError) as e:
+        raise CheckpointError(f"{path}: not a safetensors file: {e}") from e
+    table.pop("__metadata__", None)
+    return table
+
+
+def _some(keys, k: int = 5) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:k]) + (f" and {len(keys) - k} more" if len(keys) > k else "")
+
+
+def load_strict(params: dict[str, nn.Parameter], files: list[Path], to_param, what: str,
+                weight_map: dict[str, str] | None = None) -> int:
+    """Copy every tensor of ``files`` into ``params`` (keys mapped by ``to_param``), all or nothing.
+
+    Checks before copying anything: each key maps to a parameter, no parameter is fed twice or not at
+    all, shapes agree, dtypes are floating, and a shard index matches its shards. Returns the count.
+    """
+    from safetensors import safe_open
+
+    plan: dict[str, tuple[Path, str]] = {}
+    unexpected, wrong_shape, wrong_dtype, seen = [], [], [], set()
+    for path in files:
+        for key, info in _headers(path).items():
+            seen.add(key)
+            if weight_map is not None and weight_map.get(key) != path.name:
+                raise CheckpointError(f"{path}: tensor {key} is not listed for this shard in {SHARD_INDEX}")
+            name = to_param(key)
+            if name is None or name not in params:
+                unexpected.append(key)
+                continue
+            if name in plan:
+                raise CheckpointError(f"{what}: {key} and {plan[name][1]} both load {name} (hint: mixed key layouts)")
+            shape = tuple(params[name].shape)
+            if tuple(info["shape"]) != shape:
+                wrong_shape.append(f"{key} has shape {tuple(info['shape'])}, expected {shape}")
+            if info["dtype"] not in ("F32", "F16", "BF16", "F64"):
+                wrong_dtype.append(f"{key} ({info['dtype']})")
+            plan[name] = (path, key)
+    if weight_map is not None and set(weight_map) - seen:
+        raise CheckpointError(f"{what}: {SHARD_INDEX} lists tensors no shard has: {_some(set(weight_map) - seen)}")
+    missing = set(params) - set(plan)
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {_some(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors {_some(unexpected)}")
+    if wrong_shape:
+        problems.append("mis-shaped tensors " + "; ".join(wrong_shape[:5]))
+    if wrong_dtype:
+        problems.append("non-float tensors " + _some(wrong_dtype))
+    if problems:
+        raise CheckpointError(f"{what}: " + "; ".join(problems) +
+                              " (hint: the files do not match config.json, or are damaged: re-download the snapshot)")
+    by_file: dict[Path, list[tuple[str, str]]] = {}
+    for name, (path, key) in plan.items():
+        by_file.setdefault(path, []).append((name, key))
+    with torch.no_grad():
+        for path, items in by_file.items():
+            with safe_open(str(path), framework="pt") as f:
+                for name, key in items:
+                    params[name].copy_(f.get_tensor(key))
+    return len(plan)
+
+
+def qwen_config(config: dict, dtype: torch.dtype):
+    """The stock ``Qwen2_5_VLConfig`` for a jina config.json (sdpa attention, the given dtype)."""
+    from transformers import Qwen2_5_VLConfig
+
+    def sub(d: dict) -> dict:
+        d = {k: v for k, v in d.items() if k not in ("torch_dtype", "dtype")}
+        d["dtype"] = dtype
+        return d
+
+    keep = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "tie_word_embeddings")
+    qc = Qwen2_5_VLConfig(text_config=sub(config["text_config"]), vision_config=sub(config["vision_config"]),
+                          **{k: config[k] for k in keep if k in config})
+    # flash-attention in the reference config is a GPU-only choice; sdpa is exact and runs everywhere.
+    qc._attn_implementation = "sdpa"
+    return qc
+
+
+def build_module(config: dict, adapter_config: dict, device, dtype: torch.dtype, init: bool = False) -> JinaV4Module:
+    """:class:`JinaV4Module` with one LoRA per task injected (random weights if ``init``, else empty)."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from transformers.initialization import no_init_weights
+
+    qc = qwen_config(config, dtype)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # the projector and anything outside transformers' dtype handling
+    try:
+        with torch.device(device):
+            if init:
+                module = JinaV4Module(qc, int(config["multi_vector_projector_dim"]))
+            else:
+                with no_init_weights():
+                    module = JinaV4Module(qc, int(config["multi_vector_projector_dim"]))
+    finally:
+        torch.set_default_dtype(prev)
+    fields = set(LoraConfig.__dataclass_fields__)
+    try:
+        lora = LoraConfig(**{k: v for k, v in adapter_config.items() if k in fields})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{ADAPTER_CONFIG}: not a usable LoRA config: {e}") from e
+    if str(lora.peft_type).split(".")[-1] != "LORA" or lora.use_dora:
+        raise CheckpointError(f"{ADAPTER_CONFIG}: peft_type {lora.peft_type}, use_dora {lora.use_dora} "
+                              "(hint: only plain LoRA adapters are supported)")
+    # Empty LoRA weights (init False) unless asked for random ones; strict loading fills them all.
+    lora.init_lora_weights = "gaussian" if init else False
+    lora.inference_mode = True
+    with warnings.catch_warnings():
+        # Injecting a second and third adapter is exactly what we want; peft warns about it.
+        warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+        for task in config["task_names"]:
+            inject_adapter_in_model(lora, module, adapter_name=task)
+    return module
+
+
+def load_module(snapshot: Path, device, dtype: torch.dtype) -> tuple[JinaV4Module, dict]:
+    """Build the module for ``snapshot`` and load every base and adapter tensor, strictly."""
+    config = read_model_config(snapshot)
+    adapter_config = read_json(snapshot, ADAPTER_CONFIG)
+    adapter_file = snapshot / ADAPTER_WEIGHTS
+    if not adapter_file.is_file():
+        raise CheckpointError(f"{adapter_file}: missing (hint: copy the complete model snapshot, adapters/ included)")
+    files, weight_map = base_weight_files(snapshot)
+    module = build_module(config, adapter_config, device, dtype)
+    named = dict(module.named_parameters())
+    lora = {n: p for n, p in named.items() if ".lora_" in n}
+    # peft moved each adapted Linear's weights to `<module>.base_layer.*`; the files name `<module>.*`.
+    base = {n.replace(".base_layer.", "."): p for n, p in named.items() if ".lora_" not in n}
+    n_base = load_strict(base, files, base_key_to_param, "base weights", weight_map)
+    n_lora = load_strict(lora, [adapter_file], adapter_key_to_param, str(adapter_file))
+    log.info("loaded %s: %d base and %d adapter tensors", snapshot, n_base, n_lora)
+    module.eval()
+    module.requires_grad_(False)
+    return module, config
+
+
+# ----- identity ----------------------------------------------------------------------------------
+_FULL_HASH_MAX = 256 * 1024 * 1024
+_WINDOWS, _WINDOW = 64, 64 * 1024
+
+
+def fingerprint(snapshot: Path) -> str:
+    """sha256 hex identifying a snapshot's model; cheap even for the real 7.5 GB of weights.
+
+    Hashes config.json, adapters/adapter_config.json and the shard index in full, and for every
+    weight file (base file or shards, adapter weights) its name and size plus: the whole file when it
+    is at most 256 MiB (the tiny checkpoints, the real adapters), else its full safetensors header
+    and 64 evenly spaced 64 KiB windows of its data (4 MiB per multi-GB shard). Changed configs,
+    shapes, dtypes or retrained weights change it; an edit confined between windows of a large file
+    whose layout is unchanged would not. A re-sharded copy gets a different fingerprint.
+    """
+    h = hashlib.sha256()
+    for rel in (CONFIG_FILE, ADAPTER_CONFIG, SHARD_INDEX):
+        if (snapshot / rel).is_file():
+            h.update(rel.encode() + b"\0" + (snapshot / rel).read_bytes())
+    files, _ = base_weight_files(snapshot)
+    for path in [*files, snapshot / ADAPTER_WEIGHTS]:
+        size = path.stat().st_size
+        h.update(f"{path.relative_to(snapshot).as_posix()}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            if size <= _FULL_HASH_MAX:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                continue
+            (n,) = struct.unpack("<Q", f.read(8))
+            h.update(f.read(n))
+            start = 8 + n
+            span = max(size - start - _WINDOW, 0)
+            for i in range(_WINDOWS):
+                f.seek(start + span * i // (_WINDOWS - 1))
+                h.update(f.read(_WINDOW))
+    return h.hexdigest()

@@ -1,0 +1,148 @@
+"""Checks on embeddings where they enter the index; every failure is an InvalidInputError (a ValueError).
+
+Model outputs in bf16/fp16 are only approximately unit norm, so vectors whose L2 norm is within
+``NORM_TOLERANCE`` of 1 are renormalised; anything further off (unnormalised output, a wrong layer,
+garbage) is refused rather than silently "fixed".
+
+>>> import numpy as np
+>>> check_singles(np.full((1, 4), 0.5), 4).tolist()
+[[0.5, 0.5, 0.5, 0.5]]
+>>> check_singles(np.ones((1, 4)), 4)
+Traceback (most recent call last):
+...
+jevsearch.errors.InvalidInputError: singles: row 0 has L2 norm 2 (must be 1 +- 0.05) (hint: L2-normalise the model output)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import numpy as np
+
+from jevsearch.errors import InvalidInputError
+
+NORM_TOLERANCE = 0.05
+
+
+def _as_float_array(x, what: str, ndim: int) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor, possibly bf16 / on a GPU
+        x = x.detach().float().cpu().numpy()
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"{what}: not an array ({e}) (hint: pass a numpy array or tensor)") from e
+    if a.dtype.kind not in "fiu" or a.dtype.kind == "f" and a.dtype.itemsize < 2:
+        raise InvalidInputError(f"{what}: dtype {a.dtype} is not a float array (hint: pass float32/float16)")
+    if a.ndim != ndim:
+        raise InvalidInputError(f"{what}: expected a {ndim}-d array, got shape {a.shape}")
+    return a.astype(np.float32, copy=False)
+
+
+def _unit_rows(a: np.ndarray, what: str) -> np.ndarray:
+    """Finite check + renormalise rows of float32 ``a`` [N, d] within NORM_TOLERANCE (copies)."""
+    if not np.isfinite(a).all():
+        bad = int(np.argwhere(~np.isfinite(a))[0][0])
+        raise InvalidInputError(f"{what}: row {bad} has NaN or Inf (hint: check the model output dtype)")
+    norms = np.linalg.norm(a, axis=1)
+    off = np.abs(norms - 1.0) > NORM_TOLERANCE
+    if off.any():
+        i = int(np.argmax(off))
+        raise InvalidInputError(f"{what}: row {i} has L2 norm {norms[i]:.4g} (must be 1 +- {NORM_TOLERANCE}) "
+                                "(hint: L2-normalise the model output)")
+    return a / norms[:, None]
+
+
+def check_singles(singles, min_dim: int, full_dim: int | None = None, what: str = "singles") -> np.ndarray:
+    """Validate [P, D] page (or query) single vectors -> float32 unit rows.
+
+    ``min_dim``: the index's truncation; ``full_dim``: the D fixed by the first document (if any).
+    """
+    a = _as_float_array(singles, what, 2)
+    if a.shape[0] == 0:
+        raise InvalidInputError(f"{what}: no rows (hint: a document needs at least one page)")
+    d = a.shape[1]
+    if d < min_dim:
+        raise InvalidInputError(f"{what}: dimension {d} is below the index's single_dim {min_dim} "
+                                "(hint: pass the full model output; the index truncates)")
+    if full_dim is not None and d != full_dim:
+        raise InvalidInputError(f"{what}: dimension {d} but this index stores {full_dim}-d single vectors "
+                                "(hint: use the same model and output for every document)")
+    return _unit_rows(a, what)
+
+
+def check_multis(multis, pages: int, dim: int) -> list[np.ndarray]:
+    """Validate P per-page token matrices [T_i, dim] -> list of float32 arrays with unit rows."""
+    if isinstance(multis, np.ndarray) or hasattr(multis, "detach"):
+        if multis.ndim != 3:
+            raise InvalidInputError(f"multis: expected a list of [T, {dim}] arrays or a [P, T, {dim}] array, "
+                                    f"got shape {tuple(multis.shape)}")
+        multis = list(multis)
+    if not isinstance(multis, Sequence):
+        raise InvalidInputError(f"multis: expected a list of {pages} arrays, got {type(multis).__name__}")
+    if len(multis) != pages:
+        raise InvalidInputError(f"multis: {len(multis)} pages but singles has {pages} "
+                                "(hint: one multi-vector matrix per page, in page order)")
+    out = []
+    for i, m in enumerate(multis):
+        a = _as_float_array(m, f"multis[{i}]", 2)
+        if a.shape[1] != dim:
+            raise InvalidInputError(f"multis[{i}]: token dimension {a.shape[1]} but the index stores {dim} "
+                                    "(hint: pass the model's multi-vector output)")
+        if a.shape[0] == 0:
+            raise InvalidInputError(f"multis[{i}]: page {i + 1} has no tokens (hint: drop empty pages "
+                                    "before adding, or render them)")
+        out.append(_unit_rows(a, f"multis[{i}]"))
+    return out
+
+
+def check_query_multis(q_multi, dim: int) -> list[np.ndarray]:
+    """A query's token matrix [L, dim], or a list of them for a batch -> list of float32 arrays."""
+    if isinstance(q_multi, (list, tuple)):
+        if not q_multi:
+            raise InvalidInputError("q_multi: empty query batch")
+        return [_unit_rows(_check_tokens(m, f"q_multi[{i}]", dim), f"q_multi[{i}]")
+                for i, m in enumerate(q_multi)]
+    return [_unit_rows(_check_tokens(q_multi, "q_multi", dim), "q_multi")]
+
+
+def _check_tokens(m, what: str, dim: int) -> np.ndarray:
+    a = _as_float_array(m, what, 2)
+    if a.shape[1] != dim or a.shape[0] == 0:
+        raise InvalidInputError(f"{what}: shape {a.shape}, expected [tokens >= 1, {dim}] "
+                                "(hint: pass the model's multi-vector query output)")
+    return a
+
+
+def check_k(k, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidInputError(f"{name}: {k!r} is not a positive integer")
+    return int(k)
+
+
+def check_doc_id(doc_id) -> str:
+    if not isinstance(doc_id, str) or not doc_id:
+        raise InvalidInputError(f"doc_id: {doc_id!r} is not a non-empty string (hint: use the PDF's path)")
+    return doc_id
+
+
+def check_texts(page_texts, pages: int) -> list[str] | None:
+    if page_texts is None:
+        return None
+    if isinstance(page_texts, str) or not isinstance(page_texts, Sequence) or len(page_texts) != pages \
+            or not all(isinstance(t, str) for t in page_texts):
+        raise InvalidInputError(f"page_texts: expected a list of {pages} strings (one per page) or None")
+    return list(page_texts)
+
+
+def check_metadata(metadata) -> dict:
+    """Metadata must be a JSON object (stored as JSON: no pickle, so nothing that could run code)."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidInputError(f"metadata: expected a dict, got {type(metadata).__name__}")
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"metadata: not JSON-serialisable ({e}) (hint: use str/int/float/list/dict values)") from e
+    return metadata
