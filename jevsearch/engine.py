@@ -47,6 +47,7 @@ from jevsearch.errors import (
     NotAnIndexError,
     ReadOnlyIndexError,
 )
+from jevsearch.ingest import modelinfo
 from jevsearch.search.maxsim import SIM_BLOCK_ELEMENTS, maxsim, pad_queries, scoring_device, top_with_ties
 from jevsearch.search.pack import PagePacker
 from jevsearch.search.threads import torch_threads
@@ -71,8 +72,8 @@ class Hit:
     """One search result: a page of a document.
 
     ``page`` is 1-based; ``metadata`` is the document's metadata; ``text`` the page text given to
-    ``add_embeddings(page_texts=...)``, or None when none was stored. New optional fields (a source
-    ``path``, a ``snippet``) go at the end with defaults so positional construction keeps working.
+    ``add_embeddings(page_texts=...)``, or None when none was stored; ``snippet`` (set by
+    :meth:`Engine.search`) a short window of it around the query's words; ``path`` the document's file.
     """
 
     doc_id: str
@@ -80,6 +81,12 @@ class Hit:
     score: float
     metadata: dict = field(default_factory=dict)
     text: str | None = None
+    snippet: str = ""
+
+    @property
+    def path(self) -> str:
+        """The document's file: a document added by :meth:`Engine.add` has its absolute path as id."""
+        return self.doc_id
 
 
 class Engine:
@@ -108,6 +115,8 @@ class Engine:
         self._exclude = None  # faiss selector skipping tombstones (kept alive here: FAISS holds a raw pointer)
         self._unsaved = 0
         self._graph_from_disk = False
+        self._encoder = None  # loaded on first use (Engine.encoder): info/delete/verify never need it
+        self._model_args: tuple = (None, None)  # device, dtype for that load
         with store.read() as txn:
             manifest = store.manifest(txn)
             self._check_manifest(manifest)
@@ -122,11 +131,17 @@ class Engine:
     # -- lifecycle ------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path, *, single_dim: int = 128, single_full_dim: int | None = None, multi_dim: int = 128,
-               multi_dtype: str = "float16",
-               hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128,
-               model_info: dict | None = None, threads: int = 1) -> "Engine":
+    def create(cls, path, *, model=None, single_dim: int | None = None, single_full_dim: int | None = None,
+               multi_dim: int = 128, multi_dtype: str = "float16", hnsw_m: int = 32, ef_construction: int = 200,
+               ef_search: int = 128, model_info: dict | None = None, max_pixels: int | None = None, device=None,
+               dtype=None, threads: int = 1) -> "Engine":
         """Create an empty index at ``path`` (which must not exist or be an empty directory).
+
+        model: hub id, local snapshot path or loaded JinaV4Encoder; loaded now (device/dtype as in
+        ``JinaV4Encoder.from_pretrained``). The manifest records its source, identity (fingerprint) and
+        ``max_pixels`` (page pixel budget, default the model's); ``multi_dim`` comes from it and
+        ``single_dim`` defaults to 128 if it is a Matryoshka dim of the model, else the largest one below.
+        Without a model the index takes the caller's embeddings (add_embeddings); single_dim default 128.
 
         single_dim: truncation of the single vectors indexed in the HNSW (Matryoshka); the full
         vectors are kept in LMDB. single_full_dim: their D (>= single_dim), or None to take it from
@@ -139,6 +154,18 @@ class Engine:
         leaves a half-created index. Returns the engine opened for writing.
         """
         path = os.fspath(path)
+        encoder = None
+        if model is not None:
+            if model_info is not None:
+                raise InvalidInputError("model_info: given with model= (hint: pass one of them)")
+            # Loaded before anything is written: a bad model path leaves no half-made index.
+            encoder = modelinfo.load_encoder(model, device, dtype)
+            single_dim = modelinfo.choose_single_dim(encoder.matryoshka_dims, single_dim)
+            multi_dim = encoder.multi_dim
+            model_info = modelinfo.record(encoder, model, max_pixels)
+        elif max_pixels is not None:
+            raise InvalidInputError("max_pixels: only with model= (hint: it sets how pages are rendered)")
+        single_dim = modelinfo.DEFAULT_SINGLE_DIM if single_dim is None else single_dim
         for name, v in (("single_dim", single_dim), ("multi_dim", multi_dim), ("hnsw_m", hnsw_m),
                         ("ef_construction", ef_construction), ("ef_search", ef_search)):
             validate.check_k(v, name)
@@ -170,11 +197,18 @@ class Engine:
                 raise IndexExistsError(f"{path}: appeared while creating ({e}) (hint: pick a new path)") from e
             raise
         fsync_dir(parent)
-        return cls.open(path, threads=threads)
+        eng = cls.open(path, threads=threads)
+        eng._encoder, eng._model_args = encoder, (device, dtype)
+        return eng
 
     @classmethod
-    def open(cls, path, *, readonly: bool = False, threads: int = 1) -> "Engine":
+    def open(cls, path, *, readonly: bool = False, model=None, single_dim: int | None = None,
+             device=None, dtype=None, threads: int = 1) -> "Engine":
         """Open an existing index; ``readonly=True`` for readers (no lock, writes raise ReadOnlyIndexError).
+
+        The model recorded at create is loaded on first use (add/search). ``model``: load this one now
+        instead (e.g. the snapshot moved); ModelMismatchError unless it is the recorded model (same
+        fingerprint). ``single_dim``, if given, must be the recorded truncation (else ModelMismatchError).
 
         threads: torch intra-op threads used while the engine converts and scores (restored after
         each call). 1 by default: on small shared machines torch's OpenMP team costs more than it
@@ -194,13 +228,24 @@ class Engine:
             if lock is not None:
                 HnswGraph.remove_stale_temp(path)
                 store.remove_stale()
-            return cls(path, store, lock, threads)
+            eng = cls(path, store, lock, threads)
         except BaseException:
             if store is not None:
                 store.close()
             if lock is not None:
                 lock.release()
             raise
+        try:
+            modelinfo.check_single_dim(eng._manifest["single_dim"], single_dim)
+            eng._model_args = (device, dtype)
+            if model is not None:
+                encoder = modelinfo.load_encoder(model, device, dtype)
+                modelinfo.check_same_model(modelinfo.recorded_model(eng._manifest), encoder)
+                eng._encoder = encoder
+        except BaseException:
+            eng.close()
+            raise
+        return eng
 
     def close(self) -> None:
         """Persist the HNSW (writer), release the lock and the LMDB handle. Idempotent."""
@@ -575,6 +620,111 @@ class Engine:
             hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text))
         hits.sort(key=lambda h: (-h.score, h.doc_id, h.page))
         return hits[:k]
+
+    # -- documents and queries (the model's side) --------------------------------------------------
+
+    @property
+    def encoder(self):
+        """The index's model (a JinaV4Encoder), loaded on first use and checked against the record."""
+        if self._encoder is None:
+            recorded = modelinfo.recorded_model(self._manifest)
+            encoder = modelinfo.load_encoder(recorded["source"], *self._model_args, recorded=True)
+            modelinfo.check_same_model(recorded, encoder)
+            self._encoder = encoder
+        return self._encoder
+
+    @property
+    def page_geometry(self):
+        """How pages are rendered for this index's model (pixel budget, 28 px token grid)."""
+        return modelinfo.page_geometry(self.encoder, self._manifest["model"])
+
+    def add(self, paths, *, progress: bool = False):
+        """Index PDFs and images (files, or folders searched recursively); returns an IngestReport.
+
+        A document's id is its absolute path; its SHA-256 is kept in its metadata. Unchanged files are
+        skipped, changed ones replaced, bad ones reported in ``report.failed`` as (path, reason) while
+        the rest goes on. Each document is committed whole, so after a crash (even kill -9) rerunning
+        the same call finishes the job without duplicates.
+
+        >>> report = eng.add(["papers/", "scan.png"])          # doctest: +SKIP
+        >>> report.added, report.skipped, report.failed
+        """
+        from jevsearch.ingest import IngestReport, discover, ingest
+
+        self._check_writable()
+        encoder, geometry = self.encoder, self.page_geometry
+        sources, failed = discover(paths)
+        known = {}
+        for src in sources:
+            doc = self.document(src.path)
+            if doc is not None and "sha256" in doc["metadata"]:
+                known[src.path] = doc["metadata"]["sha256"]
+
+        def store(doc) -> None:
+            self.add_embeddings(doc.path, doc.singles, doc.multis, page_texts=doc.texts,
+                                metadata={"sha256": doc.sha256, "kind": doc.kind})
+
+        report = ingest(sources, encoder, store, geometry=geometry, known=known, progress=progress,
+                        report=IngestReport(failed=failed), batch_tokens=encoder.max_batch_tokens,
+                        multi_dtype=np.dtype(self._manifest["multi_dtype"]))
+        self.flush()
+        return report
+
+    def search(self, query, k: int = 10, *, candidates: int = 100) -> list[Hit]:
+        """Search with a text (task retrieval, prompt "query") or a PIL image; best pages first.
+
+        Hits carry ``path``, ``page`` (1-based), ``score`` (MaxSim), ``snippet`` (page text around the
+        query's words), ``metadata``.
+
+        >>> hits = eng.search("quarterly revenue by region", k=10)   # doctest: +SKIP
+        >>> hits[0].path, hits[0].page, hits[0].score, hits[0].snippet
+        """
+        from PIL import Image
+
+        from jevsearch.ingest.pages import prepare_image
+        from jevsearch.search.snippets import snippet
+
+        if isinstance(query, str):
+            if not query.strip():
+                raise InvalidInputError("query: empty text (hint: pass words to search for)")
+            emb = self.encoder.encode_texts([query], task=modelinfo.TASK, prompt_name="query")
+        elif isinstance(query, Image.Image):
+            geometry = self.page_geometry
+            try:  # the same preparation as indexed images: the same picture gives the same embedding
+                image = prepare_image(query, geometry)
+            except (ValueError, OSError) as e:
+                raise InvalidInputError(f"query image: {e}") from e
+            emb = self.encoder.encode_images([image], task=modelinfo.TASK, max_pixels=geometry.max_pixels)
+        else:
+            raise InvalidInputError(f"query: {type(query).__name__} (hint: a str or a PIL image)")
+        hits = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates)
+        for hit in hits:
+            hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
+        return hits
+
+    def render(self, hit: Hit, dpi: float = 100):
+        """The page of ``hit`` as a PIL image (from the file on disk), for display."""
+        from jevsearch.ingest import Source, open_document
+        from jevsearch.ingest.sources import kind_of
+
+        if not (isinstance(dpi, (int, float)) and 0 < dpi <= 1200):
+            raise InvalidInputError(f"dpi: {dpi!r} (hint: a number in (0, 1200], e.g. 100)")
+        kind = hit.metadata.get("kind") or kind_of(hit.path)
+        with open_document(Source(hit.path, kind)) as doc:
+            return doc.render_dpi(hit.page - 1, dpi)
+
+    def info(self) -> dict:
+        """A flat summary for people: counts, dims, model and bytes on disk (no model load)."""
+        stats, m = self.stats(), self._manifest
+        model = m.get("model") or {}
+        return {"path": os.path.abspath(self.path), "format_version": m["format_version"],
+                "documents": stats["documents"], "pages": stats["pages"], "tokens": stats["tokens"],
+                "tombstones": stats["tombstones"], "model": model.get("source"),
+                "model_fingerprint": model.get("identity", {}).get("fingerprint"),
+                "max_pixels": model.get("max_pixels"), "single_dim": m["single_dim"],
+                "single_full_dim": m["single_full_dim"], "multi_dim": m["multi_dim"],
+                "multi_dtype": m["multi_dtype"],
+                "bytes_on_disk": stats["bytes"]["lmdb_file"] + stats["bytes"]["hnsw_file"]}
 
     # -- inspection -----------------------------------------------------------------------------
 

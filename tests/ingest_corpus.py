@@ -107,3 +107,29 @@ def make_corpus(root, docs: int = 10, pages_per_doc: int = 20, seed: int = 0) ->
         make_pdf(path, pages_per_doc, seed=seed + d, rotate={1: 90} if pages_per_doc > 1 else None)
         paths.append(path)
     return paths
+
+
+# ----- the tiny model, loaded once per test process ------------------------------------------------
+_TINY: dict = {}
+
+
+def tiny_model_dir() -> str:
+    """A tiny random checkpoint (jevsearch.model.tiny), written once per test process."""
+    if "dir" not in _TINY:
+        import tempfile
+
+        from jevsearch.model.tiny import write_tiny_checkpoint
+
+        path = os.path.join(tempfile.mkdtemp(prefix="jevsearch-tiny-"), "tiny")
+        write_tiny_checkpoint(path, seed=0)
+        _TINY["dir"] = path
+    return _TINY["dir"]
+
+
+def tiny_encoder():
+    """The real encoder on the tiny checkpoint (random weights: only agreement matters)."""
+    if "encoder" not in _TINY:
+        from jevsearch.model import JinaV4Encoder
+
+        _TINY["encoder"] = JinaV4Encoder.from_pretrained(tiny_model_dir())
+    return _TINY["encoder"]

@@ -47,9 +47,9 @@ def test_search_leaves_torch_threads_as_the_caller_set_them(tmp_path):
 
 def test_hit_is_a_small_extendable_dataclass():
     names = [f.name for f in dataclasses.fields(Hit)]
-    assert names == ["doc_id", "page", "score", "metadata", "text"]
+    assert names[:5] == ["doc_id", "page", "score", "metadata", "text"]  # positional order is the contract
     h = Hit("a.pdf", 1, 0.5)
-    assert (h.metadata, h.text) == ({}, None)
+    assert (h.metadata, h.text, h.path) == ({}, None, "a.pdf")
 
 
 def test_closed_engine_refuses_calls(tmp_path):

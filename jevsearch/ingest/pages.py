@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 MAX_ASPECT_RATIO = 200
 # The text layer is kept for snippets only; a page of dense tables can hold megabytes of text.
 MAX_PAGE_TEXT_CHARS = 32_000
+# Display renders (Engine.render) of huge pages are scaled down to this many pixels.
+MAX_DISPLAY_PIXELS = 40_000_000
 # MuPDF messages that mean a page's content could not be read (as opposed to harmless font notices).
 _DAMAGE = re.compile(r"error|premature end|cannot load|cannot find|truncated", re.IGNORECASE)
 _mupdf_lock = threading.Lock()  # MuPDF's message store is process-global
@@ -153,11 +155,15 @@ class PdfDocument:
         return image
 
     def render_dpi(self, index: int, dpi: float) -> Image.Image:
-        """Page ``index`` (0-based) at ``dpi`` (for display)."""
+        """Page ``index`` (0-based) at ``dpi`` (for display), at most MAX_DISPLAY_PIXELS (huge pages shrink)."""
         import pymupdf
 
         page = self._load(index)
-        return self._pixmap(index, page, pymupdf.Matrix(dpi / 72, dpi / 72))
+        zoom = dpi / 72
+        area = page.rect.width * page.rect.height * zoom * zoom
+        if area > MAX_DISPLAY_PIXELS:
+            zoom *= math.sqrt(MAX_DISPLAY_PIXELS / area)
+        return self._pixmap(index, page, pymupdf.Matrix(zoom, zoom))
 
     def text(self, index: int) -> str:
         """The page's text layer (may be empty: scans have none); capped at MAX_PAGE_TEXT_CHARS."""
@@ -215,20 +221,14 @@ class ImageDocument:
     def render(self, index: int, geometry: PageGeometry) -> Image.Image:
         """The image as RGB at the processor's target size (``geometry.fit_image``)."""
         self._check(index)
-        img = self._image
         try:
-            target = geometry.fit_image(*_oriented_size(img))
             # JPEG can decode at 1/2, 1/4, 1/8 scale: a huge scan is never fully decoded.
-            img.draft("RGB", (target[0], target[1]))
-            img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img)
-            if img.size != target:
-                img = img.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
+            self._image.draft("RGB", geometry.fit_image(*_oriented_size(self._image)))
+            return prepare_image(self._image, geometry)
         except ValueError as e:
             raise DocumentError(self.path, f"page 1: {e}") from None
         except (OSError, Image.DecompressionBombError) as e:
             raise DocumentError(self.path, f"cannot decode image: {_first_line(e)}") from None
-        return img
 
     def render_dpi(self, index: int, dpi: float) -> Image.Image:
         """The image itself, RGB (an image has no physical size to scale by ``dpi``)."""
@@ -253,6 +253,19 @@ class ImageDocument:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def prepare_image(img: Image.Image, geometry: PageGeometry) -> Image.Image:
+    """An image as the encoder should see it: EXIF-oriented, RGB on white, at ``geometry.fit_image`` size.
+
+    Ingest and image queries both go through here, so the same picture gives the same pixels (and the
+    same embedding) either way. Raises ValueError for an unusable shape, OSError for undecodable data.
+    """
+    target = geometry.fit_image(*_oriented_size(img))
+    img = _to_rgb(ImageOps.exif_transpose(img))
+    if img.size != target:
+        img = img.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return img
 
 
 def _oriented_size(img: Image.Image) -> tuple[int, int]:

@@ -3,7 +3,7 @@
 >>> enc = JinaV4Encoder.from_pretrained("tests/fixtures/jina-v4-tiny/ckpt")   # random tiny weights
 >>> e = enc.encode_texts(["what is a transformer?"], task="retrieval", prompt_name="query")
 >>> e.single.shape, e.multi[0].shape
-((1, 64), (13, 128))
+((1, 64), (7, 128))
 >>> enc.encode_images(["page.png"], truncate_dim=32).single.shape
 (1, 32)
 
@@ -51,22 +51,31 @@ class Embeddings:
     def __len__(self) -> int:
         return len(self.multi)
 
+    def truncated(self, dim: int) -> "Embeddings":
+        """Matryoshka: single vectors cut to their first ``dim`` values and renormalised (multi unchanged).
+
+        Equal to encoding with ``truncate_dim=dim``; lets a caller keep both the full and the short vectors.
+        """
+        single = np.ascontiguousarray(self.single[:, :dim])
+        single /= np.linalg.norm(single, axis=1, keepdims=True).clip(min=1e-12)
+        return Embeddings(single, self.multi)
+
 
 def plan_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Group item indices into forward batches by padded-token budget.
 
     Items are sorted longest first; a batch grows while ``count * longest <= max_tokens`` and the
-    next item is at least half the batch's longest (so no row is more than half padding). An item
-    longer than the budget gets a batch of its own.
+    next item is at least 3/4 of the batch's longest (so no row is more than a quarter padding). An
+    item longer than the budget gets a batch of its own.
 
     >>> plan_batches([5, 100, 90, 7, 60], max_tokens=200)
-    [[1, 2], [4], [3, 0]]
+    [[1, 2], [4], [3], [0]]
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     for i in order:
         b = batches[-1] if batches else None
-        if b and (len(b) + 1) * lengths[b[0]] <= max_tokens and 2 * lengths[i] >= lengths[b[0]]:
+        if b and (len(b) + 1) * lengths[b[0]] <= max_tokens and 4 * lengths[i] >= 3 * lengths[b[0]]:
             b.append(i)
         else:
             batches.append([i])
@@ -127,13 +136,20 @@ class JinaV4Encoder:
         Raises :class:`~jevsearch.errors.CheckpointError` naming the missing file, or the missing,
         unexpected or mis-shaped tensors.
         """
-        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        except (RuntimeError, TypeError) as e:
+            raise InvalidInputError(f"device: {device!r} is not a torch device (hint: 'cpu' or 'cuda')") from e
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InvalidInputError("device: cuda requested but torch sees no CUDA device (hint: device='cpu')")
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         elif isinstance(dtype, str):
             dtype = getattr(torch, dtype.removeprefix("torch."), None)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise InvalidInputError(f"dtype: {dtype!r} is not a floating torch dtype (hint: float32 or bfloat16)")
+        if max_batch_tokens is not None:
+            _check_budget(max_batch_tokens)
         snapshot = checkpoint.resolve_snapshot(path_or_hub_id)
         config = checkpoint.read_model_config(snapshot)
         processor = JinaV4Processor.from_dir(snapshot, image_token_id=config["image_token_id"])
@@ -251,11 +267,8 @@ class JinaV4Encoder:
                 single[idx] = s
                 for i, rows in zip(idx, m):
                     multi[i] = rows
-        if truncate_dim is not None:
-            single = single[:, :truncate_dim]
-            single /= np.linalg.norm(single, axis=1, keepdims=True).clip(min=1e-12)
-            single = np.ascontiguousarray(single)
-        return Embeddings(single, multi)
+        e = Embeddings(single, multi)
+        return e if truncate_dim is None else e.truncated(truncate_dim)
 
     @torch.inference_mode()
     def _forward(self, batch, pool: str) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -303,11 +316,7 @@ class JinaV4Encoder:
             self._active_task = task
 
     def _budget(self, max_batch_tokens: int | None) -> int:
-        if max_batch_tokens is None:
-            return self.max_batch_tokens
-        if isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
-            raise InvalidInputError(f"max_batch_tokens: {max_batch_tokens!r} is not a positive int")
-        return max_batch_tokens
+        return self.max_batch_tokens if max_batch_tokens is None else _check_budget(max_batch_tokens)
 
     def _check_task(self, task) -> None:
         if task not in self.task_names:
@@ -326,6 +335,12 @@ class JinaV4Encoder:
 
     def _empty(self, truncate_dim) -> Embeddings:
         return Embeddings(np.zeros((0, truncate_dim or self.hidden_size), dtype=np.float32), [])
+
+
+def _check_budget(max_batch_tokens) -> int:
+    if isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
+        raise InvalidInputError(f"max_batch_tokens: {max_batch_tokens!r} is not a positive int")
+    return max_batch_tokens
 
 
 def _open_image(path):

@@ -1,0 +1,171 @@
+"""Ingest throughput end to end: render -> encode -> store, with baselines measured in the same run.
+
+    python benchmarks/ingest.py                       # 12 PDFs x 20 pages (240 pages), tiny checkpoint
+    python benchmarks/ingest.py --docs 30 --pages 10 --model /models/jina-embeddings-v4
+
+Corpus: ``tests/ingest_corpus.make_corpus`` (seeded): A4 pages with ~40 words of text in a text box and a
+generated bar-chart picture, page 2 of each PDF rotated 90 degrees, in nested folders. Pages are rendered
+at the model's full pixel budget (~736 visual tokens for A4 with the real preprocessor config).
+
+Reported, all from this run:
+- render only: open + render + text layer, one thread, no encoder (the pipeline's producer alone);
+- encoder only: the encoder on pre-rendered pages (same batches as the pipeline);
+- end to end: ``Engine.add`` wall time, pages/s, its split (render in the worker thread, overlapped;
+  encode and store in the caller's thread), the share of wall time outside the encoder, the overlap
+  (sum of the parts / wall), and RSS (before, peak during, growth);
+- an estimate for the real jina-embeddings-v4 (3.8 B parameters, ~768 visual tokens per page): its
+  encoder time per page from FLOPs (H100 at an assumed 40 % of bf16 peak; this CPU at the bf16 matmul
+  rate measured here), with this run's render and store costs per page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+from jevsearch import Engine  # noqa: E402
+from jevsearch.ingest import discover, open_document  # noqa: E402
+from tests.ingest_corpus import make_corpus  # noqa: E402
+
+# Real model, per page of 768 visual tokens (3072 patches of 14 px before the 2x2 merge) + 11 prompt
+# tokens. Parameters from the Qwen2.5-VL-3B config: vision tower 32 blocks x 1280 wide (~0.67 B),
+# language model 36 layers x 2048 wide (~2.77 B without the tied 151936 x 2048 embedding).
+VISION_PARAMS, LM_PARAMS = 0.67e9, 2.77e9
+PATCHES, LM_TOKENS = 768 * 4, 768 + 11
+# 2 FLOPs per parameter per token, plus attention (4 full-attention vision blocks over all patches;
+# the other vision blocks use 112 px windows of 64 patches; causal LM attention over 779 tokens).
+FLOPS_PER_PAGE = (
+    2 * VISION_PARAMS * PATCHES
+    + 4 * (4 * PATCHES**2 * 1280) + 28 * (4 * PATCHES * 64 * 1280)
+    + 2 * LM_PARAMS * LM_TOKENS + 36 * (2 * LM_TOKENS**2 * 2048)
+)
+H100_BF16_PEAK, H100_MFU = 989e12, 0.40
+
+
+class PeakRSS:
+    """Samples this process's RSS every 20 ms while active."""
+
+    def __init__(self):
+        self.proc = psutil.Process()
+        self.before = self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def cpu_bf16_flops(n: int = 2048, reps: int = 5) -> float:
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    a @ a  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, default=12)
+    ap.add_argument("--pages", type=int, default=20, help="pages per document")
+    ap.add_argument("--model", help="model snapshot (default: a fresh tiny checkpoint, random weights)")
+    ap.add_argument("--max-pixels", type=int, help="page pixel budget (default: the model's)")
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="jevsearch-bench-")
+    corpus = os.path.join(tmp, "corpus")
+    make_corpus(corpus, args.docs, args.pages)
+    model = args.model
+    if model is None:
+        from jevsearch.model.tiny import write_tiny_checkpoint
+
+        model = os.path.join(tmp, "tiny")
+        write_tiny_checkpoint(model, seed=0)
+    eng = Engine.create(os.path.join(tmp, "index"), model=model, max_pixels=args.max_pixels)
+    enc, geom = eng.encoder, eng.page_geometry
+    sources, _ = discover([corpus])
+
+    # Baseline 1: the producer alone.
+    t0 = time.perf_counter()
+    pages = 0
+    for src in sources:
+        with open_document(src) as doc:
+            for i in range(doc.page_count):
+                doc.render(i, geom), doc.text(i)
+                pages += 1
+    render_alone = time.perf_counter() - t0
+
+    # Baseline 2: the encoder alone on the first document's pages (warm-up on one page first).
+    with open_document(sources[0]) as doc:
+        sample = [doc.render(i, geom) for i in range(doc.page_count)]
+    enc.encode_images(sample[:1], max_pixels=geom.max_pixels)
+    t0 = time.perf_counter()
+    enc.encode_images(sample, max_pixels=geom.max_pixels)
+    encode_per_page = (time.perf_counter() - t0) / len(sample)
+    del sample
+
+    with PeakRSS() as rss:
+        report = eng.add([corpus])
+    eng.close()
+    t = report.timings
+    assert report.pages == pages and not report.failed, report
+    wall = t["wall"]
+    outside = 1 - t["encode"] / wall
+    tokens_per_page = report.tokens / pages
+
+    print(f"corpus: {len(sources)} PDFs, {pages} pages, {tokens_per_page:.0f} visual tokens/page; "
+          f"model {model}; torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
+    print(f"{'stage':<34}{'seconds':>9}{'ms/page':>10}{'pages/s':>10}")
+    rows = [
+        ("render only (1 thread, baseline)", render_alone),
+        ("encoder only (baseline, est.)", encode_per_page * pages),
+        ("end to end: wall", wall),
+        ("  render (worker thread, overlapped)", t["render"]),
+        ("  encode", t["encode"]),
+        ("  store (LMDB + HNSW)", t["store"]),
+    ]
+    for name, s in rows:
+        print(f"{name:<34}{s:>9.2f}{1000 * s / pages:>10.1f}{pages / s:>10.1f}")
+    print(f"share of wall time outside the encoder: {100 * outside:.1f} %")
+    print(f"end to end / encoder alone: {encode_per_page * pages / wall:.2f} "
+          f"(1.0 = the pipeline adds nothing to the encoder's own time)")
+    print(f"overlap: (render + encode + store) / wall = {(t['render'] + t['encode'] + t['store']) / wall:.2f}")
+    print(f"RSS: {rss.before / 2**20:.0f} MiB before add, peak {rss.peak / 2**20:.0f} MiB during "
+          f"(+{(rss.peak - rss.before) / 2**20:.0f} MiB); process peak (ru_maxrss) "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+    # Real-size estimate: encoder time from FLOPs; render and store per page as measured here.
+    render_pp, store_pp = t["render"] / pages, t["store"] / pages
+    print(f"\nreal jina-embeddings-v4 estimate: {FLOPS_PER_PAGE / 1e12:.1f} TFLOP per page (768 visual tokens)")
+    for where, flops in (("H100 (40% of bf16 peak)", H100_BF16_PEAK * H100_MFU),
+                         ("this CPU (bf16 matmul rate)", cpu_bf16_flops())):
+        enc_pp = FLOPS_PER_PAGE / flops
+        # Render runs in the worker thread: it costs wall time only where it exceeds the encoder's.
+        wall_pp = max(enc_pp, render_pp) + store_pp
+        print(f"  {where:<28} encoder {1000 * enc_pp:9.1f} ms/page -> {1 / wall_pp:7.2f} pages/s; outside the "
+              f"encoder {100 * (1 - enc_pp / wall_pp):.1f} % (no overlap at all: "
+              f"{100 * (render_pp + store_pp) / (enc_pp + render_pp + store_pp):.1f} %)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""What an index records about the model that fills it, and the checks when it is reopened.
+
+The manifest's ``model`` entry::
+
+    {"source": "/models/jina-embeddings-v4" (absolute path) or "jinaai/jina-embeddings-v4" (hub id),
+     "identity": encoder.identity (name, fingerprint of configs + weights, hidden_size, multi_dim, ...),
+     "max_pixels": the page pixel budget pages were rendered to, "task": "retrieval"}
+
+Embeddings of two models (or of one model at two truncations) are not comparable, so reopening an index
+with another model or ``single_dim`` is refused with a message that says why and what to do.
+
+>>> choose_single_dim((128, 256, 512, 1024, 2048), None), choose_single_dim((4, 8, 16, 32, 64), None)
+(128, 64)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from jevsearch.errors import CheckpointError, InvalidInputError, ModelMismatchError
+from jevsearch.ingest.pages import PageGeometry
+
+log = logging.getLogger(__name__)
+
+TASK = "retrieval"
+DEFAULT_SINGLE_DIM = 128
+
+
+def load_encoder(source, device=None, dtype=None, *, recorded: bool = False):
+    """``JinaV4Encoder.from_pretrained(source)``, or ``source`` itself if it is a loaded encoder.
+
+    For a recorded source, a loading error says how to point at the snapshot's new place.
+    """
+    from jevsearch.model import JinaV4Encoder
+
+    if isinstance(source, JinaV4Encoder):
+        return source
+    try:
+        return JinaV4Encoder.from_pretrained(source, device=device, dtype=dtype)
+    except CheckpointError as e:
+        if not recorded:
+            raise
+        raise CheckpointError(f"{e} (the index records model {source!r}; if the snapshot moved, pass its "
+                              "path: Engine.open(path, model=...) or --model)") from e
+
+
+def choose_single_dim(matryoshka_dims, single_dim: int | None) -> int:
+    """``single_dim`` checked against the model's Matryoshka dims; default 128, else the largest below it."""
+    dims = sorted(int(d) for d in matryoshka_dims)
+    if single_dim is None:
+        below = [d for d in dims if d <= DEFAULT_SINGLE_DIM]
+        return DEFAULT_SINGLE_DIM if DEFAULT_SINGLE_DIM in dims else (below[-1] if below else dims[0])
+    if single_dim not in dims:
+        raise InvalidInputError(f"single_dim {single_dim} is not one of the model's Matryoshka dims {dims} "
+                                "(hint: pick one of them, or omit single_dim)")
+    return single_dim
+
+
+def record(encoder, source, max_pixels: int | None) -> dict:
+    """The manifest's ``model`` entry for an index filled by ``encoder`` loaded from ``source``."""
+    source = encoder.identity["name"] if source is encoder else os.fspath(source)
+    if os.path.isdir(source):
+        source = os.path.abspath(source)  # so the index opens from any working directory
+    if max_pixels is None:
+        max_pixels = encoder.max_pixels
+    elif not isinstance(max_pixels, int) or not encoder.min_pixels <= max_pixels <= encoder.max_pixels:
+        raise InvalidInputError(f"max_pixels {max_pixels!r}: must be an int in [{encoder.min_pixels}, "
+                                f"{encoder.max_pixels}] (hint: omit it to use the model's own budget)")
+    return {"source": source, "identity": encoder.identity, "max_pixels": max_pixels, "task": TASK}
+
+
+def recorded_model(manifest) -> dict:
+    """The manifest's ``model`` entry; an index made without a model has none to search or add with."""
+    recorded = manifest.get("model")
+    if not recorded or "identity" not in recorded:
+        raise InvalidInputError("this index holds embeddings added by the caller, not by a model "
+                                "(hint: use add_embeddings/search_embeddings, or create an index with model=...)")
+    return recorded
+
+
+def check_same_model(recorded: dict, encoder) -> None:
+    """Refuse ``encoder`` unless it is the model ``recorded`` in the index (compared by fingerprint)."""
+    want, got = recorded["identity"], encoder.identity
+    if want["fingerprint"] != got["fingerprint"]:
+        raise ModelMismatchError(
+            f"model {got['name']!r} (fingerprint {got['fingerprint'][:12]}) is not the model this index "
+            f"was built with, {recorded['source']!r} (fingerprint {want['fingerprint'][:12]}): their embeddings "
+            "are not comparable (hint: open without a model to use the recorded one, or build a new index)"
+        )
+
+
+def check_single_dim(recorded_dim: int, single_dim: int | None) -> None:
+    if single_dim is not None and single_dim != recorded_dim:
+        raise ModelMismatchError(
+            f"single_dim {single_dim}: this index truncates single vectors to {recorded_dim}; another "
+            "truncation would need every page re-indexed (hint: omit single_dim, or build a new index)"
+        )
+
+
+def page_geometry(encoder, recorded: dict) -> PageGeometry:
+    """The raster rules pages of this index are rendered with."""
+    p = encoder.processor
+    return PageGeometry(recorded["max_pixels"], encoder.min_pixels, p.patch_size * p.merge_size)

@@ -1,0 +1,77 @@
+"""Snippets: a short window of a page's text layer, around the query's words when they occur.
+
+Pure string functions (no I/O); the text comes from the page's PDF text layer stored at ingest.
+
+>>> snippet("Intro. " + "filler " * 40 + "Revenue by region grew 12% in Q3. " + "more " * 40, "quarterly revenue by region", width=60)
+'… filler filler Revenue by region grew 12% in Q3. more …'
+>>> snippet("", "anything")
+''
+"""
+
+from __future__ import annotations
+
+import re
+
+# Words too common to locate anything on a page.
+_STOP = frozenset(
+    "a an and are as at be by for from has have how in into is it its of on or that the this to was were "
+    "what when where which who why will with".split()
+)
+_WORD = re.compile(r"\w+", re.UNICODE)
+_MAX_MATCHES = 2000  # bounds the window search on huge pages
+
+
+def query_terms(query: str) -> list[str]:
+    """Lower-case content words of a query, in order, without duplicates or stop words."""
+    seen: dict[str, None] = {}
+    for w in _WORD.findall(query.lower()):
+        if len(w) > 1 and w not in _STOP:
+            seen.setdefault(w)
+    return list(seen)
+
+
+def snippet(text: str, query: str | None = None, width: int = 160) -> str:
+    """About ``width`` characters of ``text``, centred on the densest cluster of query terms.
+
+    Terms match at word starts, so ``revenue`` finds ``revenues``. Without a query, or when no term
+    occurs (e.g. an image query, a scanned page), the start of the page. Cuts fall on word boundaries
+    and are marked with an ellipsis.
+    """
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    terms = query_terms(query) if query else []
+    start = _best_window(text, terms, width) if terms else 0
+    end = min(len(text), start + width)
+    if start > 0:  # move to the next word start, so no word is cut in half
+        space = text.find(" ", start, end)
+        start = space + 1 if space != -1 else start
+    if end < len(text):
+        space = text.rfind(" ", start, end)
+        end = space if space > start else end
+    return ("… " if start > 0 else "") + text[start:end] + (" …" if end < len(text) else "")
+
+
+def _best_window(text: str, terms: list[str], width: int) -> int:
+    pattern = re.compile(r"\b(" + "|".join(re.escape(t) for t in terms) + ")", re.IGNORECASE)
+    matches = []
+    for m in pattern.finditer(text):
+        matches.append((m.start(), m.end(), m.group(1).lower()))
+        if len(matches) >= _MAX_MATCHES:
+            break
+    if not matches:
+        return 0
+    best, best_key = matches[0], (-1, -1)
+    right = 0
+    # Two pointers: the window opening at match i holds matches i..right-1 (all ending within width).
+    for i, first in enumerate(matches):
+        right = max(right, i)
+        while right < len(matches) and matches[right][1] - first[0] <= width:
+            right += 1
+        inside = matches[i:right]
+        key = (len({m[2] for m in inside}), len(inside))
+        if key > best_key:
+            best, best_key = (first[0], inside[-1][1] if inside else first[1], first[2]), key
+    # Centre the cluster in the window.
+    cluster_start, cluster_end = best[0], best[1]
+    return max(0, min(len(text) - width, cluster_start - (width - (cluster_end - cluster_start)) // 2))
