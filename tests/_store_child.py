@@ -9,6 +9,8 @@ this child only (the library has no test hooks):
   after_commit after the 4th document's LMDB commit, before the HNSW learns about it
   mid_save     while saving hnsw.bin (temp file written, not yet renamed) at the flush after doc 4
   mid_compact  after compact() wrote the new hnsw.bin, before LMDB records the new epoch
+  mid_copy     after compact() copied LMDB to store-<n+1>/, before CURRENT names it
+  after_swap   after CURRENT names the compacted store, before the old store-<n>/ is deleted
   none         no injected crash (the parent kills at a random moment)
 """
 
@@ -93,6 +95,21 @@ def _install_crash(point: str) -> None:
             if epoch > 0:
                 _kill()
         engine.HnswGraph.save = save
+    elif point in ("mid_copy", "after_swap"):
+        orig_write, orig_rmtree = lmdbstore.write_atomic, lmdbstore.shutil.rmtree
+
+        def write_atomic(path, data):
+            if point == "mid_copy" and path.endswith(lmdbstore.CURRENT) and data != b"store-0\n":
+                _kill()
+            orig_write(path, data)
+
+        def rmtree(path, *a, **kw):
+            if point == "after_swap" and os.path.isdir(path) \
+                    and os.path.basename(path).startswith(lmdbstore.ENV_PREFIX):
+                _kill()
+            orig_rmtree(path, *a, **kw)
+        lmdbstore.write_atomic = write_atomic
+        lmdbstore.shutil = type("patched_shutil", (), {"rmtree": staticmethod(rmtree)})
 
 
 def write(index: str, docs: int, crash: str) -> None:

@@ -59,7 +59,7 @@ def _check_recovered(path: str, lines: list[str]) -> None:
     assert len(leftovers) == 1 and leftovers[0].startswith("store-"), leftovers  # stale copies removed
 
 
-@pytest.mark.parametrize("point", ["mid_txn", "after_commit", "mid_save", "mid_compact"])
+@pytest.mark.parametrize("point", ["mid_txn", "after_commit", "mid_save", "mid_compact", "mid_copy", "after_swap"])
 def test_kill9_at_injected_points(tmp_path, point):
     path = str(tmp_path / "idx")
     proc = _child("write", path, "--docs", "8", "--crash", point)
