@@ -46,7 +46,7 @@ from jevsearch.errors import (
     ReadOnlyIndexError,
 )
 from jevsearch.ingest import modelinfo
-from jevsearch.search.maxsim import SIM_BLOCK_ELEMENTS, maxsim, pad_queries, scoring_device, top_with_ties
+from jevsearch.search.maxsim import block_tokens, maxsim, pad_queries, scoring_device, top_with_ties
 from jevsearch.search.pack import PagePacker
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import validate
@@ -134,8 +134,8 @@ class Engine:
         vectors are kept in LMDB. single_full_dim: their D (>= single_dim), or None to take it from
         the first document; later documents must match it.
         multi_dim / multi_dtype: per-token vector size and storage dtype ("float16" or "float32").
-        hnsw_m / ef_construction / ef_search: HNSW parameters (ef_search is raised to the number of
-        candidates asked for). model_info: JSON object describing the encoder, kept in the manifest.
+        hnsw_m / ef_construction / ef_search: HNSW parameters (the search beam is raised to 4x the
+        number of candidates asked for, see jevsearch.store.hnsw). model_info: JSON object describing the encoder, kept in the manifest.
         threads: torch threads for the engine's own tensor work (see :meth:`open`).
         The index is built in a temporary sibling directory and renamed into place, so a crash never
         leaves a half-created index. Returns the engine opened for writing.
@@ -306,8 +306,10 @@ class Engine:
         multis: P float arrays [T_i, multi_dim] (or one [P, T, multi_dim] array), L2-normalised rows.
         metadata: JSON object returned on hits. page_texts: optional P strings, returned as Hit.text.
         Vectors within validate.NORM_TOLERANCE of unit norm are renormalised; anything else invalid
-        raises InvalidInputError and writes nothing. One LMDB commit per call; the HNSW file is saved
-        every SAVE_EVERY_PAGES pages and on flush()/close() (a crash is repaired from LMDB at open).
+        raises InvalidInputError and writes nothing. One LMDB commit per call (the document is durable
+        and visible to readers when this returns); the in-memory HNSW takes the new pages in one batch
+        before the next search/flush, and its file is saved every SAVE_EVERY_PAGES pages and on
+        flush()/close() (a crash is repaired from LMDB at open).
         Example: ``eng.add_embeddings("report.pdf", singles, multis, metadata={"title": "Q3"})``.
         """
         doc_id = validate.check_doc_id(doc_id)
@@ -479,7 +481,7 @@ class Engine:
     def _exhaustive(self, txn, qt: torch.Tensor, k: int):
         nq = qt.shape[0]
         best = [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(nq)]
-        budget = max(1, SIM_BLOCK_ELEMENTS // (qt.shape[0] * qt.shape[1]))  # page tokens per chunk
+        budget = block_tokens(qt.shape[0] * qt.shape[1])  # page tokens per streamed chunk
         ids, raws, lens, chunk_tokens = [], [], [], 0
 
         def score_chunk():
@@ -517,13 +519,13 @@ class Engine:
     def _score(self, qt: torch.Tensor, raws: list, lens: list[int]) -> np.ndarray:
         """MaxSim of queries [Q, L, d] against stored pages -> float32 [Q, C], in bounded blocks."""
         out = np.empty((qt.shape[0], len(raws)), dtype=np.float32)
-        rows = qt.shape[0] * qt.shape[1]
+        budget = block_tokens(qt.shape[0] * qt.shape[1])
         start = 0
         while start < len(raws):
-            # Block size from the longest page in it so the [Q*L, C*T] block stays bounded.
+            # Padded size C * T (T = longest page in the block) stays within the budget.
             stop = start + 1
             longest = lens[start]
-            while stop < len(raws) and rows * max(longest, lens[stop]) * (stop - start + 1) <= SIM_BLOCK_ELEMENTS:
+            while stop < len(raws) and max(longest, lens[stop]) * (stop - start + 1) <= budget:
                 longest = max(longest, lens[stop])
                 stop += 1
             pages = self._packer.pack(raws[start:stop], lens[start:stop])  # [C, T, d]
@@ -680,7 +682,7 @@ class Engine:
                      "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0}
             sizes.update(self._store.table_bytes())
             return {"documents": state["docs"], "pages": state["pages"], "tokens": state["tokens"],
-                    "tombstones": state["tombs"], "hnsw_vectors": self._view.graph.ntotal, "bytes": sizes}
+                    "tombstones": state["tombs"], "hnsw_vectors": self._view.settle().ntotal, "bytes": sizes}
 
     def verify(self, *, deep: bool = False) -> dict:
         """Check the index is consistent; raises CorruptIndexError listing the problems.
@@ -695,7 +697,7 @@ class Engine:
             self._check_open()
             with self._store.read() as txn:
                 self._refresh(txn)
-                report, problems = check_index(self._store, txn, self._manifest, self._view.graph.ids(),
+                report, problems = check_index(self._store, txn, self._manifest, self._view.settle().ids(),
                                                self._view.tombs, deep=deep)
         if problems:
             more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""

@@ -6,7 +6,7 @@
 Crash points kill the process with SIGKILL at a precise place by wrapping a library function in
 this child only (the library has no test hooks):
   mid_txn      inside the LMDB write transaction of the 4th document, after its pages were put
-  after_commit after the 4th document's LMDB commit, before the HNSW learns about it
+  after_commit after the 4th document's LMDB commit, before the in-memory HNSW view learns about it
   mid_save     while saving hnsw.bin (temp file written, not yet renamed) at the flush after doc 4
   mid_compact  after compact() wrote the new hnsw.bin, before LMDB records the new epoch
   mid_copy     after compact() copied LMDB to store-<n+1>/, before CURRENT names it
@@ -68,15 +68,17 @@ def _install_crash(point: str) -> None:
                 _kill()
         lmdbstore.PageStore.put_document = put_document
     elif point == "after_commit":
-        orig_add = hnsw.HnswGraph.add
+        from jevsearch.store import graphview
+
+        orig_committed = graphview.GraphView.committed
         calls = {"n": 0}
 
-        def add(self, ids, vecs):
+        def committed(self, state, removed, ids=None, vecs=None):
             calls["n"] += 1
             if calls["n"] == 4:
                 _kill()
-            orig_add(self, ids, vecs)
-        hnsw.HnswGraph.add = add
+            return orig_committed(self, state, removed, ids, vecs)
+        graphview.GraphView.committed = committed
     elif point == "mid_save":
         orig_replace = os.replace
 

@@ -105,6 +105,8 @@ def test_reader_process_while_writer_adds(tmp_path):
             if i % 6 == 5:
                 eng.delete(f"w{i - 3}")  # deletes are seen too
                 eng.add_embeddings(f"w{i - 3}", singles, multis, metadata={"pages": len(multis)})
+            if i == 12:
+                eng.compact()  # the reader must follow CURRENT to the new LMDB directory
             time.sleep(0.02)
         out, err = reader.communicate(timeout=120)
     assert reader.returncode == 0, (out, err)
