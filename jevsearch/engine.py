@@ -24,7 +24,6 @@ An index is a directory::
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -34,7 +33,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Iterator
 
-import faiss
 import numpy as np
 import torch
 
@@ -52,18 +50,14 @@ from jevsearch.search.maxsim import SIM_BLOCK_ELEMENTS, maxsim, pad_queries, sco
 from jevsearch.search.pack import PagePacker
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import validate
+from jevsearch.store.graphview import GraphView
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbstore import PageStore, current_env, fsync_dir
 from jevsearch.store.lock import WriterLock
 
-log = logging.getLogger(__name__)
 
 FORMAT_NAME = "jevsearch-index"
 FORMAT_VERSION = 1
-# The HNSW file is rewritten after this many added pages (and on flush/close); a crash re-adds at
-# most this many pages from LMDB at the next open.
-SAVE_EVERY_PAGES = 10_000
-_BULK = 4096  # pages per batch when (re)building the HNSW from LMDB
 _TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
 
 
@@ -107,14 +101,7 @@ class Engine:
         self._store = store
         self._writer_lock = lock
         self._mutex = threading.RLock()
-        self._graph: HnswGraph | None = None
-        self._graph_epoch = -1
-        self._graph_next = 0  # every live page with a smaller id is in the graph
-        self._gen = -1  # LMDB generation the in-memory view reflects
-        self._tombs = np.zeros(0, dtype=np.int64)
-        self._exclude = None  # faiss selector skipping tombstones (kept alive here: FAISS holds a raw pointer)
-        self._unsaved = 0
-        self._graph_from_disk = False
+        self._view = GraphView(path, store, readonly=lock is None)
         self._encoder = None  # loaded on first use (Engine.encoder): info/delete/verify never need it
         self._model_args: tuple = (None, None)  # device, dtype for that load
         with store.read() as txn:
@@ -125,7 +112,7 @@ class Engine:
         self._device, self._dtype = scoring_device()
         self._packer = PagePacker(self._manifest["multi_dim"], np.dtype(self._manifest["multi_dtype"]),
                                   self._device, self._dtype)
-        if not self.readonly and not self._graph_from_disk:
+        if not self.readonly and not self._view.clean:
             self.flush()  # repaired at open: persist so the next open is fast
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -260,7 +247,7 @@ class Engine:
                 self._store = None
                 if self._writer_lock is not None:
                     self._writer_lock.release()
-                self._graph = None
+                self._view = None
 
     def __enter__(self) -> "Engine":
         return self
@@ -275,8 +262,7 @@ class Engine:
         """Write the in-memory HNSW to disk (atomically). LMDB commits are already durable."""
         with self._mutex:
             self._check_writable()
-            self._graph.save(self.path, epoch=self._graph_epoch, next_page_id=self._graph_next)
-            self._unsaved = 0
+            self._view.save()
 
     # -- manifest -------------------------------------------------------------------------------
 
@@ -297,7 +283,7 @@ class Engine:
                 state["gen"] += 1
                 self._store.put_manifest(txn, manifest)
                 self._store.put_state(txn, state)
-            self._manifest, self._gen = manifest, state["gen"]
+            self._manifest, self._view.gen = manifest, state["gen"]
 
     @staticmethod
     def _check_manifest(m: dict) -> None:
@@ -380,8 +366,8 @@ class Engine:
             self._check_writable()
             with self._store.read() as txn:
                 state = self._store.state(txn)
-                graph = self._new_graph()
-                self._add_pages(txn, graph, 0)
+                graph = GraphView.new_graph(self._manifest)
+                self._view.add_pages(txn, graph, 0, self._manifest)
             epoch = state["epoch"] + 1
             # File first, then LMDB: a crash in between leaves epochs that differ -> rebuilt at open.
             graph.save(self.path, epoch=epoch, next_page_id=state["next_page_id"])
@@ -390,8 +376,7 @@ class Engine:
                 state.update(epoch=epoch, tombs=0, gen=state["gen"] + 1)
                 self._store.clear_tombstones(txn)
                 self._store.put_state(txn, state)
-            self._graph, self._graph_epoch, self._gen, self._unsaved = graph, epoch, state["gen"], 0
-            self._set_tombstones(np.zeros(0, dtype=np.int64))
+            self._view.replace(graph, epoch, state["gen"])
             self._store.compact_file()
 
     def _remove(self, txn, state: dict, doc_id: str) -> list[int]:
@@ -406,19 +391,7 @@ class Engine:
         return removed
 
     def _after_commit(self, state: dict, removed: list[int], ids, vecs) -> None:
-        """Mirror a committed LMDB write into the in-memory HNSW view."""
-        try:
-            if ids is not None:
-                self._graph.add(ids, vecs)
-                self._unsaved += len(ids)
-            self._graph_next = state["next_page_id"]
-            if removed:
-                self._set_tombstones(np.concatenate([self._tombs, np.asarray(removed, dtype=np.int64)]))
-            self._gen = state["gen"]
-        except BaseException:
-            self._graph_epoch = -1  # LMDB is ahead of memory: rebuild the view at the next call
-            raise
-        if self._unsaved >= SAVE_EVERY_PAGES:
+        if self._view.committed(state, removed, ids, vecs):
             self.flush()
 
     def _check_writable(self) -> None:
@@ -433,64 +406,12 @@ class Engine:
             raise JevsearchError(f"{self.path}: engine is closed (hint: Engine.open it again)")
         self._store.reopen_if_replaced()
 
-    # -- the in-memory HNSW view --------------------------------------------------------------------
-
-    def _new_graph(self) -> HnswGraph:
-        h = self._manifest["hnsw"]
-        return HnswGraph(self._manifest["single_dim"], h["M"], h["ef_construction"], h["ef_search"])
-
     def _refresh(self, txn) -> None:
-        """Bring the HNSW view up to the LMDB snapshot ``txn`` (reader catch-up, crash repair)."""
+        """Bring the manifest and the HNSW view up to the LMDB snapshot ``txn``."""
         state = self._store.state(txn)
-        if state["gen"] == self._gen:
-            return
-        self._manifest = self._store.manifest(txn)
-        if state["epoch"] != self._graph_epoch:
-            self._graph, self._graph_next, self._graph_from_disk = None, 0, False
-            try:
-                graph, header = HnswGraph.load(self.path, self._manifest["hnsw"]["ef_search"])
-                # A writer never sees a file ahead of LMDB unless something is off; a reader may
-                # (its snapshot predates the writer's latest save): pages it cannot see are skipped.
-                ahead = header["next_page_id"] > state["next_page_id"]
-                if header["epoch"] == state["epoch"] and header["dim"] == self._manifest["single_dim"] \
-                        and (self.readonly or not ahead):
-                    self._graph, self._graph_next, self._graph_from_disk = graph, header["next_page_id"], True
-                else:
-                    log.warning("%s: HNSW file is from another state of the index; rebuilding from LMDB",
-                                self.path)
-            except CorruptIndexError as e:
-                log.warning("%s: %s; rebuilding the HNSW from LMDB", self.path, e)
-            if self._graph is None:
-                self._graph = self._new_graph()
-            self._graph_epoch = state["epoch"]
-        if self._graph_next < state["next_page_id"]:
-            added = self._add_pages(txn, self._graph, self._graph_next)
-            if added:
-                self._graph_from_disk = False
-                log.info("%s: added %d pages from LMDB to the HNSW", self.path, added)
-            self._graph_next = state["next_page_id"]
-        self._set_tombstones(self._store.tombstones(txn) if state["tombs"] else np.zeros(0, np.int64))
-        self._gen = state["gen"]
-
-    def _add_pages(self, txn, graph: HnswGraph, start: int) -> int:
-        """Add every live page with id >= start from LMDB to ``graph``; returns how many."""
-        dim, full = self._manifest["single_dim"], self._manifest["single_full_dim"]
-        ids, vecs, n = [], [], 0
-        for pid, _, _, _ in self._store.iter_pages(txn, start):
-            ids.append(pid)
-            vecs.append(np.frombuffer(self._store.single_raw(txn, pid), dtype=np.float32, count=full))
-            if len(ids) == _BULK:
-                graph.add(np.array(ids), truncate_normalize(np.stack(vecs), dim))
-                n += len(ids)
-                ids, vecs = [], []
-        if ids:
-            graph.add(np.array(ids), truncate_normalize(np.stack(vecs), dim))
-            n += len(ids)
-        return n
-
-    def _set_tombstones(self, tombs: np.ndarray) -> None:
-        self._tombs = tombs
-        self._exclude = faiss.IDSelectorNot(faiss.IDSelectorBatch(tombs)) if len(tombs) else None
+        if state["gen"] != self._view.gen:
+            self._manifest = self._store.manifest(txn)
+            self._view.refresh(txn, state, self._manifest)
 
     # -- search ---------------------------------------------------------------------------------
 
@@ -535,7 +456,7 @@ class Engine:
         return results if batch else results[0]
 
     def _two_stage(self, txn, qt: torch.Tensor, q_lens: list[int], qsingle: np.ndarray, k: int, candidates: int):
-        cand, _ = self._graph.search(qsingle, candidates, exclude=self._exclude)  # [Q, candidates]
+        cand = self._view.search(qsingle, candidates)  # [Q, candidates]
         union = np.unique(cand[cand >= 0])
         out = []
         if len(union) * len(cand) > 2 * int((cand >= 0).sum()):
@@ -759,7 +680,7 @@ class Engine:
                      "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0}
             sizes.update(self._store.table_bytes())
             return {"documents": state["docs"], "pages": state["pages"], "tokens": state["tokens"],
-                    "tombstones": state["tombs"], "hnsw_vectors": self._graph.ntotal, "bytes": sizes}
+                    "tombstones": state["tombs"], "hnsw_vectors": self._view.graph.ntotal, "bytes": sizes}
 
     def verify(self, *, deep: bool = False) -> dict:
         """Check the index is consistent; raises CorruptIndexError listing the problems.
@@ -774,8 +695,8 @@ class Engine:
             self._check_open()
             with self._store.read() as txn:
                 self._refresh(txn)
-                report, problems = check_index(self._store, txn, self._manifest, self._graph.ids(),
-                                               self._tombs, deep=deep)
+                report, problems = check_index(self._store, txn, self._manifest, self._view.graph.ids(),
+                                               self._view.tombs, deep=deep)
         if problems:
             more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
             raise CorruptIndexError(f"{self.path}: " + "; ".join(problems[:20]) + more +
