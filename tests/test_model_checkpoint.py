@@ -134,6 +134,21 @@ def test_hub_id_without_network_says_what_to_do(monkeypatch):
         JinaV4Encoder.from_pretrained("./no/such/dir")
 
 
+def test_hub_id_resolves_through_snapshot_download(monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(repo_id, **kwargs):  # stands in for the network; the rest runs for real
+        calls.append((repo_id, kwargs))
+        return str(CKPT)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    enc = JinaV4Encoder.from_pretrained("jinaai/jina-embeddings-v4", device="cpu")
+    assert calls[0][0] == "jinaai/jina-embeddings-v4" and "adapters/*" in calls[0][1]["allow_patterns"]
+    assert enc.identity["name"] == "jinaai/jina-embeddings-v4"
+
+
 def test_fingerprint_follows_content_not_path(tmp_path):
     a = JinaV4Encoder.from_pretrained(CKPT, device="cpu").identity
     ckpt = _copy(tmp_path)

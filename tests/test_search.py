@@ -97,12 +97,13 @@ def test_exhaustive_is_independent_of_chunking(corpus, monkeypatch):
 def test_batch_equals_single_queries_and_k_is_bounded(corpus):
     eng, docs = corpus
     qs = [query_for(docs[d][1], docs[d][0], 0, seed=i) for i, d in enumerate(["doc01", "doc06", "doc11"])]
-    batch = eng.search_embeddings(np.stack([q[0] for q in qs]), [q[1] for q in qs], k=4, candidates=8)
-    assert len(batch) == 3
-    for (s, m), hits in zip(qs, batch):
-        assert _key(hits) == _key(eng.search_embeddings(s, m, k=4, candidates=8))
-    assert [h[0].doc_id for h in batch] == ["doc01", "doc06", "doc11"]
     pages = eng.stats()["pages"]
+    for cand in (8, pages):  # little overlap: scored per query; full overlap: the union scored once
+        batch = eng.search_embeddings(np.stack([q[0] for q in qs]), [q[1] for q in qs], k=4, candidates=cand)
+        assert len(batch) == 3
+        for (s, m), hits in zip(qs, batch):
+            assert _key(hits) == _key(eng.search_embeddings(s, m, k=4, candidates=cand))
+    assert [h[0].doc_id for h in batch] == ["doc01", "doc06", "doc11"]
     everything = eng.search_embeddings(qs[0][0], qs[0][1], k=1000, candidates=5)
     assert len(everything) == pages  # candidates raised to k, k capped by what exists
     assert len(eng.search_embeddings(None, qs[0][1], k=1000, exhaustive=True)) == pages

@@ -44,6 +44,8 @@ ADAPTER_CONFIG = "adapters/adapter_config.json"
 ADAPTER_WEIGHTS = "adapters/adapter_model.safetensors"
 #: The jina-specific keys config.json must have besides the Qwen2.5-VL ones.
 JINA_KEYS = ("task_names", "matryoshka_dims", "multi_vector_projector_dim")
+#: Files fetched for a hub id.
+HUB_FILES = ["*.json", "model*.safetensors", "adapters/*", "*.txt"]
 _ADAPTER_PREFIX = "base_model.model."
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -81,7 +83,8 @@ def resolve_snapshot(name: str | os.PathLike) -> Path:
         from huggingface_hub import constants, snapshot_download
 
         offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-        return Path(snapshot_download(repo_id=str(name), local_files_only=offline))
+        # Only what loading reads: no ONNX exports, no remote code.
+        return Path(snapshot_download(repo_id=str(name), local_files_only=offline, allow_patterns=HUB_FILES))
     except ImportError as e:
         raise CheckpointError(f"{name}: huggingface_hub is not installed (hint: pip install huggingface_hub, "
                               "or download the snapshot and pass its path)") from e

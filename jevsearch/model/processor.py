@@ -60,7 +60,10 @@ class Batch:
 class JinaV4Processor:
     """Tokenizer + image preprocessing of a jina-embeddings-v4 snapshot (no weights).
 
-    Build it with :meth:`from_dir`; the encoder owns one as ``encoder.processor``.
+    Build it with :meth:`from_dir`; the encoder owns one as ``encoder.processor``. Public
+    attributes (from preprocessor_config.json): ``patch_size`` (14), ``merge_size`` (2; a token is
+    a ``patch_size * merge_size`` square of pixels), ``temporal_patch_size``, ``min_pixels``,
+    ``max_pixels``; and ``image_token_id``, ``pad_token_id``, ``tokenizer`` (a ``tokenizers.Tokenizer``).
     """
 
     def __init__(self, tokenizer, image_config: dict, image_token_id: int):
@@ -170,7 +173,7 @@ class JinaV4Processor:
     def text_batch(self, token_ids: Sequence[Sequence[int]]) -> Batch:
         """Right-pad token id lists into one batch."""
         ids, mask = self._pad(token_ids)
-        return Batch(ids, mask, torch.zeros_like(ids, dtype=torch.int32))
+        return Batch(ids, mask, torch.full_like(ids, TEXT_TYPE, dtype=torch.int32))
 
     # ----- images ----------------------------------------------------------------------------
     def image_batch(self, images: Sequence, max_pixels: int | None = None, names: Sequence[str] | None = None) -> Batch:
@@ -192,7 +195,7 @@ class JinaV4Processor:
             n = gh * gw // self.merge_size**2
             rows.append(self._prompt_head + [self.image_token_id] * n + self._prompt_tail)
         ids, mask = self._pad(rows)
-        mm_types = (ids == self.image_token_id).to(torch.int32) * IMAGE_TYPE
+        mm_types = torch.where(ids == self.image_token_id, IMAGE_TYPE, TEXT_TYPE).to(torch.int32)
         return Batch(ids, mask, mm_types, torch.cat(patches), torch.tensor(grids, dtype=torch.long))
 
     def _patchify(self, rgb: np.ndarray, max_pixels: int, name: str) -> tuple[torch.Tensor, int, int]:

@@ -124,8 +124,12 @@ class _EnvRegistry:
             if entry is None:
                 # Opened writable whenever possible so a later writer in this process can share it;
                 # read-only Engines never start a write transaction.
+                # metasync=False: one fsync per commit instead of two (measured here: 17 -> 9 ms per
+                # 2 MB document). LMDB stays consistent; an OS crash (not a process crash) may undo
+                # the last commit. OS readahead stays on: a page's ~200 KB of multi-vectors are
+                # contiguous overflow pages, read whole.
                 env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(DB_NAMES), create=False,
-                                readonly=not os.access(real, os.W_OK), readahead=False, max_readers=256)
+                                readonly=not os.access(real, os.W_OK), max_readers=256, metasync=False)
                 try:
                     entry = [env, self._open_dbs(env, real), 0]
                 except BaseException:

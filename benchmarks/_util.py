@@ -1,0 +1,44 @@
+"""Small helpers shared by the benchmarks: timers, percentiles, peak RSS, a plain-text table."""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Callable
+
+
+def timed(fn: Callable, *args, **kwargs) -> tuple[float, object]:
+    """(seconds, result) of one call."""
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - t, out
+
+
+def repeat_ms(fn: Callable, n: int, warmup: int = 2) -> list[float]:
+    """Milliseconds of ``n`` calls of ``fn()`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def print_table(title: str, rows: list[tuple]) -> None:
+    """rows: (metric, value, unit/notes); values formatted to 4 significant digits."""
+    print(f"\n== {title}")
+    width = max(len(str(r[0])) for r in rows)
+    for metric, value, note in rows:
+        v = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"  {metric:<{width}}  {v:>12}  {note}")

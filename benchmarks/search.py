@@ -1,0 +1,265 @@
+"""Benchmark of the storage core and two-stage search on a synthetic jina-v4-shaped corpus.
+
+    python benchmarks/search.py                    # 10k pages (~2 GB on disk, a few minutes)
+    python benchmarks/search.py --pages 100000     # ~20 GB on disk; check `df -h` first
+
+Synthetic corpus (deterministic from --seed; same flags => same corpus, so runs are comparable):
+  * topics: pages // 20 unit "topic" vectors c_t in R^128; page p belongs to topic p % n_topics.
+  * page centre u_p = normalize(c_t + 1.0 * n_p), n_p a random unit vector.
+  * page tokens: T_p ~ U[700, 840] (mean ~770, the jina-v4 token count of a rendered page);
+    x_pj = normalize(u_p + 1.5 * n_pj)  -- token . centre ~ 0.55, like late-interaction tokens of one page.
+  * single vector: s_p = normalize(W mean_j x_pj + 0.3 * n), W a fixed random 2048 x 128 matrix with
+    orthonormal columns, so the 2048-d single is correlated with the page's tokens and its first 128
+    dims (the Matryoshka truncation the HNSW indexes) carry part of that signal.
+  * queries: a random target page; L = --query-tokens tokens, each one of the target's tokens plus
+    noise (normalize(x + 1.0 * n)); q_single = normalize(W mean(q) + 0.3 * n).
+  Documents have --doc-pages pages each and are added with one add_embeddings call per document.
+
+Baselines measured in the same run (this machine is shared and noisy: read ratios, not absolutes):
+  * matmul floor: torch fp32 matmul of the same shape as one query's MaxSim over C pages, data already
+    in fp32 in memory; memcpy floor: copying the stored fp16 bytes of those C pages.
+  * ideal two-stage: exact inner product on the truncated singles (numpy, no HNSW) for the same number
+    of candidates, then exact MaxSim: isolates what the HNSW loses from what stage 1 itself loses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._util import pct, peak_rss_mb, print_table, repeat_ms, timed  # noqa: E402
+from jevsearch import Engine  # noqa: E402
+from jevsearch.search.maxsim import maxsim, pad_queries  # noqa: E402
+from jevsearch.search.threads import torch_threads  # noqa: E402
+from jevsearch.store.lmdbstore import MAP_SIZE  # noqa: E402
+
+DM, D_FULL = 128, 2048
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class Corpus:
+    """The generator described in the module docstring."""
+
+    def __init__(self, pages: int, seed: int):
+        rng = np.random.default_rng(seed)
+        self.pages, self.seed = pages, seed
+        self.topics = _unit(rng.standard_normal((max(1, pages // 20), DM), dtype=np.float32))
+        self.w = np.linalg.qr(rng.standard_normal((D_FULL, DM)))[0].astype(np.float32)  # [2048, 128]
+        self.lengths = rng.integers(700, 841, size=pages)
+
+    def page(self, p: int) -> tuple[np.ndarray, np.ndarray]:
+        """(single [2048], tokens [T_p, 128]) of page p."""
+        rng = np.random.default_rng((self.seed, p))
+        u = _unit(self.topics[p % len(self.topics)] + _unit(rng.standard_normal(DM, dtype=np.float32)))
+        noise = _unit(rng.standard_normal((self.lengths[p], DM), dtype=np.float32))
+        tokens = _unit(u + 1.5 * noise)
+        single = _unit(self.w @ tokens.mean(0) + 0.3 * _unit(rng.standard_normal(D_FULL, dtype=np.float32)))
+        return single, tokens
+
+    def query(self, i: int, n_tokens: int) -> tuple[np.ndarray, np.ndarray, int]:
+        rng = np.random.default_rng((self.seed + 1, i))
+        target = int(rng.integers(self.pages))
+        _, tokens = self.page(target)
+        q = _unit(tokens[rng.choice(len(tokens), n_tokens, replace=False)]
+                  + _unit(rng.standard_normal((n_tokens, DM), dtype=np.float32)))
+        single = _unit(self.w @ q.mean(0) + 0.3 * _unit(rng.standard_normal(D_FULL, dtype=np.float32)))
+        return single, q, target
+
+
+def build(eng: Engine, corpus: Corpus, doc_pages: int) -> dict:
+    add_s = gen_s = 0.0
+    payload = 0
+    truncated = np.empty((corpus.pages, 128), dtype=np.float32)  # for the ideal stage 1
+    for first in range(0, corpus.pages, doc_pages):
+        t = time.perf_counter()
+        pages = [corpus.page(p) for p in range(first, min(first + doc_pages, corpus.pages))]
+        singles = np.stack([s for s, _ in pages])
+        multis = [m for _, m in pages]
+        truncated[first:first + len(pages)] = _unit(singles[:, :128])
+        gen_s += time.perf_counter() - t
+        dt, _ = timed(eng.add_embeddings, f"doc{first // doc_pages:06d}.pdf", singles, multis,
+                      metadata={"first_page": first})
+        add_s += dt
+        payload += sum(m.shape[0] for m in multis) * DM * 2 + singles.nbytes
+        done = first + len(pages)
+        if done % max(doc_pages, corpus.pages // 10) < doc_pages:
+            print(f"  added {done} pages ({done / add_s:.0f} pages/s in add_embeddings)", flush=True)
+    flush_s, _ = timed(eng.flush)
+    return {"add_s": add_s, "gen_s": gen_s, "flush_s": flush_s, "payload": payload, "truncated": truncated}
+
+
+def rerank_ids(eng: Engine, q: np.ndarray, page_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact MaxSim of one query over the given page ids (private engine API: benchmark only)."""
+    with eng._store.read() as txn, torch.no_grad():
+        ids, raws, lens = eng._fetch(txn, page_ids)
+        scores = eng._score(pad_queries([q], torch.float32, torch.device("cpu")), raws, lens)[0]
+    return ids, scores
+
+
+def lmdb_floor(root: str, doc_bytes: int, docs: int = 100) -> float:
+    """pages/s of bare LMDB commits of documents of the same size (same env flags, one commit each):
+    the disk's fsync-bound floor for add_embeddings."""
+    import lmdb
+
+    env = lmdb.open(os.path.join(root, "floor"), map_size=MAP_SIZE, metasync=False)
+    page = np.random.default_rng(0).bytes(doc_bytes // 10)
+    t = time.perf_counter()
+    for d in range(docs):
+        with env.begin(write=True) as txn:
+            for p in range(10):
+                txn.put((d * 10 + p).to_bytes(8, "big"), page, append=True)
+    dt = time.perf_counter() - t
+    env.close()
+    shutil.rmtree(os.path.join(root, "floor"))
+    return docs * 10 / dt
+
+
+def floors(eng: Engine, n_pages: int, q: np.ndarray) -> dict:
+    """ms of the real MaxSim path over n stored pages vs matmul and memcpy floors of the same size,
+    all with the engine's torch thread count."""
+    with torch_threads(eng.threads):
+        return _floors(eng, n_pages, q)
+
+
+def _floors(eng: Engine, n_pages: int, q: np.ndarray) -> dict:
+    ids = np.arange(n_pages, dtype=np.int64)
+    real = repeat_ms(lambda: rerank_ids(eng, q, ids), 10)
+    with eng._store.read() as txn:
+        _, raws, lens = eng._fetch(txn, ids)
+        host16 = np.concatenate([np.frombuffer(r, dtype=np.float16) for r in raws])
+    pages32 = torch.from_numpy(host16.astype(np.float32)).view(-1, DM)  # [sum T, d]
+    qt = torch.from_numpy(q)  # [L, d]
+    mm = repeat_ms(lambda: torch.matmul(qt, pages32.T), 10)
+    src, dst = torch.from_numpy(host16), torch.empty(host16.shape, dtype=torch.float16)
+    cp = repeat_ms(lambda: dst.copy_(src), 10)
+    padded = eng._packer.pack(raws, lens).clone()
+    kernel = repeat_ms(lambda: maxsim(qt[None], padded), 10)
+    return {"real": pct(real, 50), "kernel": pct(kernel, 50), "matmul": pct(mm, 50), "memcpy": pct(cp, 50),
+            "tokens": int(sum(lens))}
+
+
+def recall(a: list[set], b: list[set]) -> float:
+    return float(np.mean([len(x & y) / max(1, len(y)) for x, y in zip(a, b)]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pages", type=int, default=10_000)
+    ap.add_argument("--doc-pages", type=int, default=10, help="pages per add_embeddings call")
+    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--exhaustive-queries", type=int, default=None,
+                    help="queries scored exhaustively (default: --queries, capped at 10 above 20k pages)")
+    ap.add_argument("--query-tokens", type=int, default=24)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dir", default=None, help="where to build the index (default: a temp dir, removed)")
+    args = ap.parse_args()
+    n_ex = args.exhaustive_queries or (args.queries if args.pages <= 20_000 else min(args.queries, 10))
+
+    root = tempfile.mkdtemp(prefix="jev-bench-", dir=args.dir)
+    path = os.path.join(root, "idx")
+    print(f"jevsearch search benchmark: {args.pages} pages, engine threads 1 (torch default here "
+          f"{torch.get_num_threads()}), load average {os.getloadavg()[0]:.1f}, index at {path}", flush=True)
+    corpus = Corpus(args.pages, args.seed)
+    try:
+        eng = Engine.create(path, single_dim=128)
+        b = build(eng, corpus, args.doc_pages)
+        eng.close()
+        open_s, eng = timed(Engine.open, path, readonly=True)
+        st = eng.stats()
+        pages = st["pages"]
+        floor = lmdb_floor(root, b["payload"] * args.doc_pages // pages)
+        write_rows = [
+            ("pages", pages, f"{st['tokens'] / pages:.0f} tokens/page, {args.doc_pages} pages/document"),
+            ("write rate", pages / b["add_s"], "pages/s (add_embeddings only; generation excluded)"),
+            ("write rate MB/s", b["payload"] / b["add_s"] / 1e6, "MB/s of fp16 multis + fp32 singles"),
+            ("bare LMDB commit floor", floor, "pages/s (same bytes per commit, same fsync policy)"),
+            ("write rate / floor", pages / b["add_s"] / floor, "x"),
+            ("flush (HNSW save) s", b["flush_s"], "s"),
+            ("open (readonly) s", open_s, "s"),
+            ("bytes on disk / page", (st["bytes"]["lmdb_file"] + st["bytes"]["hnsw_file"]) / pages,
+             "B (LMDB file + HNSW file)"),
+            ("  multi / page", st["bytes"]["multi"] / pages, "B"),
+            ("  single / page", st["bytes"]["single"] / pages, "B"),
+            ("  hnsw / page", st["bytes"]["hnsw_file"] / pages, "B"),
+        ]
+        print_table("write", write_rows)
+
+        queries = [corpus.query(i, args.query_tokens) for i in range(args.queries)]
+        rows, two_sets, p50 = [], {}, {}
+        for qs, qm, _ in queries[:3]:  # warm-up: page cache, buffers
+            eng.search_embeddings(qs, qm, k=args.k, candidates=200)
+        for cand in (50, 100, 200):
+            lat = []
+            sets = []
+            for qs, qm, _ in queries:
+                t = time.perf_counter()
+                hits = eng.search_embeddings(qs, qm, k=args.k, candidates=cand)
+                lat.append((time.perf_counter() - t) * 1e3)
+                sets.append({(h.doc_id, h.page) for h in hits})
+            two_sets[cand], p50[cand] = sets, pct(lat, 50)
+            rows.append((f"two-stage c={cand} p50", pct(lat, 50), "ms/query"))
+            rows.append((f"two-stage c={cand} p95", pct(lat, 95), "ms/query"))
+        batch_s, _ = timed(eng.search_embeddings, np.stack([q[0] for q in queries]), [q[1] for q in queries],
+                           k=args.k, candidates=100)
+        rows.append(("two-stage c=100 batch", batch_s * 1e3 / len(queries), f"ms/query in one batch of {len(queries)}"))
+
+        ex_s, ex_hits = timed(eng.search_embeddings, None, [q[1] for q in queries[:n_ex]], k=args.k,
+                              exhaustive=True)
+        ex_sets = [{(h.doc_id, h.page) for h in hits} for hits in ex_hits]
+        ex_ms = ex_s * 1e3 / n_ex
+        rows.append(("exhaustive", ex_ms, f"ms/query ({n_ex} queries in one streamed pass)"))
+        rows.append(("speedup c=100 vs exhaustive", ex_ms / p50[100], "x (exhaustive / two-stage p50)"))
+        print_table("search latency", rows)
+
+        qrows = []
+        for cand in (50, 100, 200):
+            ideal = []
+            for qs, qm, _ in queries:
+                stage1 = np.argsort(-(b["truncated"] @ _unit(qs[:128])), kind="stable")[:cand]
+                ids, scores = rerank_ids(eng, qm, stage1)
+                top = ids[np.lexsort((ids, -scores))[: args.k]]
+                ideal.append({(f"doc{p // args.doc_pages:06d}.pdf", p % args.doc_pages + 1) for p in top.tolist()})
+            qrows.append((f"recall@{args.k} c={cand} vs exhaustive", recall(two_sets[cand][:n_ex], ex_sets), ""))
+            qrows.append((f"recall@{args.k} c={cand} vs ideal two-stage", recall(two_sets[cand], ideal), ""))
+            qrows.append((f"ideal two-stage c={cand} vs exhaustive", recall(ideal[:n_ex], ex_sets), ""))
+        target_hit = np.mean([any(h == (f"doc{t // args.doc_pages:06d}.pdf", t % args.doc_pages + 1) for h in s)
+                              for s, (_, _, t) in zip(two_sets[100], queries)])
+        qrows.append(("target page in top-10 (c=100)", float(target_hit), "sanity: queries are built from it"))
+        print_table("quality", qrows)
+
+        q = queries[0][1]
+        frows = []
+        for n in (100, 400):
+            f = floors(eng, min(n, pages), q)
+            frows += [
+                (f"MaxSim {n} pages: full path", f["real"], "ms (LMDB fetch + fp16->fp32 pack + matmul/amax/sum)"),
+                (f"  kernel only", f["kernel"], "ms (maxsim() on packed fp32)"),
+                (f"  matmul floor", f["matmul"], "ms (same-shape fp32 matmul, data in memory)"),
+                (f"  memcpy floor", f["memcpy"], "ms (copy of the stored fp16 bytes)"),
+                (f"  full / matmul", f["real"] / f["matmul"], "x"),
+                (f"  full / (matmul + memcpy)", f["real"] / (f["matmul"] + f["memcpy"]), "x"),
+                (f"  throughput", f["tokens"] / f["real"] / 1e3, "M page-tokens/s"),
+            ]
+        frows.append(("peak RSS", peak_rss_mb(), "MB (includes LMDB pages mapped from the page cache)"))
+        frows.append(("load average at end", os.getloadavg()[0], "(2 cores, shared)"))
+        print_table("MaxSim vs floor (one query)", frows)
+        eng.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
