@@ -156,3 +156,21 @@ def test_encoder_failure_stops_cleanly_and_propagates(enc, geom, tmp_path):
 def test_bad_batch_parameters_are_refused(enc, geom):
     with pytest.raises(ValueError, match="batch_tokens=0"):
         ingest([], enc, lambda d: None, geometry=geom, batch_tokens=0)
+
+
+def test_store_failure_stops_the_ingest_and_keeps_what_was_stored(enc, geom, tmp_path):
+    for i in range(4):
+        make_pdf(tmp_path / f"d{i}.pdf", 1, seed=i)
+    sources, _ = discover([tmp_path])
+    stored = []
+
+    def sink(doc):  # the disk fills up at the second document
+        if stored:
+            raise OSError(28, "No space left on device")
+        stored.append(doc.path)
+
+    before = threading.active_count()
+    with pytest.raises(OSError, match="No space left"):
+        ingest(sources, enc, sink, geometry=geom)
+    assert [os.path.basename(p) for p in stored] == ["d0.pdf"]
+    assert threading.active_count() == before  # render and store threads both joined

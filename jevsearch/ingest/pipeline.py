@@ -1,13 +1,15 @@
 """The streaming ingest pipeline: render pages in a worker thread, encode them in the caller's thread.
 
-    worker thread                        bounded queue              caller's thread
-    hash file -> skip if unchanged  ->   [page, page, ...]    ->    batch by tokens -> encoder
-    open + validate -> render pages                                  collect a document's pages -> sink
+    render thread                     caller's thread                          store thread
+    hash file, skip if unchanged  ->  batch pages by tokens -> encoder   ->   sink(document)
+    open, validate, render pages      collect each document's pages           (e.g. LMDB + HNSW)
+               [queue_pages rasters]                             [2 documents]
 
-At most ``queue_pages`` rasters wait in the queue and one token batch is being encoded, so memory is
-bounded whatever the corpus (never a whole PDF's rasters). A document reaches ``sink`` only once all its
-pages are encoded; a document that fails part-way is dropped and reported, and the batch goes on.
-MuPDF holds the GIL while it renders, but the encoder's torch kernels release it, so the two overlap.
+The queues are bounded: at most ``queue_pages`` rasters wait, one token batch is encoded, two complete
+documents wait for the sink, so memory is bounded whatever the corpus (never a whole PDF's rasters). A
+document reaches ``sink`` only once all its pages are encoded; a document that fails part-way is dropped
+and reported, and the batch goes on. Rendering and storing overlap encoding: MuPDF holds the GIL while it
+renders, but torch kernels, numpy casts, LMDB commits and FAISS inserts release it.
 
 >>> report = ingest(sources, encoder, sink=lambda doc: store(doc), geometry=geom)   # doctest: +SKIP
 >>> report.added, report.skipped, report.failed
@@ -46,7 +48,7 @@ class EncodedDocument:
     kind: str
     sha256: str
     singles: np.ndarray  # [P, D] float32, one L2-normalised vector per page
-    multis: list[np.ndarray]  # P arrays [T_i, multi_dim] (multi_dtype), L2-normalised rows
+    multis: list[np.ndarray]  # P arrays [T_i, multi_dim], L2-normalised rows
     texts: list[str]  # P page text layers ("" for scans and images)
     sizes: list[tuple[int, int]]  # P raster sizes (w, h) the encoder saw
 
@@ -103,7 +105,6 @@ def ingest(
     queue_pages: int = 8,
     progress: bool = False,
     report: IngestReport | None = None,
-    multi_dtype=np.float32,
 ) -> IngestReport:
     """Render, encode and hand over ``sources`` one complete document at a time.
 
@@ -111,8 +112,10 @@ def ingest(
     rendering. ``sink(doc)`` stores a document; a DocumentError or InvalidInputError from it fails that
     document only. Errors of the encoder or other sink errors stop the ingest (after the worker stops)
     and propagate: they are not about one file. Pass ``report`` to extend an existing one (e.g. with
-    discovery failures already in it). ``multi_dtype``: the dtype multi-vectors are kept in until
-    their document is complete (float16 halves the memory of a long document in flight).
+    discovery failures already in it).
+
+    Memory: besides the bounded queues, the embeddings of the document being encoded are held until it
+    is complete (float32: ~0.4 MB per page at 768 visual tokens; ~400 MB for a 1000-page PDF).
     """
     if batch_tokens < 1 or queue_pages < 1:
         raise InvalidInputError(f"ingest: batch_tokens={batch_tokens}, queue_pages={queue_pages} (hint: both >= 1)")
@@ -131,23 +134,14 @@ def ingest(
     batch_tok = 0
     bar = tqdm(total=0, unit="page", desc="ingest", disable=not progress, dynamic_ncols=True)
 
+    storer = _StoreThread(sink, report)
+
     def finish(idx: int) -> None:
         doc, src = pending.pop(idx), sources[idx]
-        encoded = EncodedDocument(
+        storer.put(EncodedDocument(
             src.path, src.kind, doc.sha256, np.stack(doc.singles).astype(np.float32, copy=False),
             doc.multis, doc.texts, doc.sizes,
-        )
-        t0 = time.perf_counter()
-        try:
-            sink(encoded)
-        except (DocumentError, InvalidInputError) as e:
-            report.failed.append((src.path, getattr(e, "reason", None) or str(e)))
-            return
-        finally:
-            report.timings["store"] += time.perf_counter() - t0
-        report.added.append(src.path)
-        report.pages += encoded.pages
-        bar.set_postfix(docs=len(report.added), refresh=False)
+        ))
 
     def encode_batch() -> None:
         nonlocal batch, batch_tok
@@ -160,6 +154,7 @@ def ingest(
         if len(out.multi) != len(batch) or out.single.shape[0] != len(batch):
             raise RuntimeError(f"encoder returned {out.single.shape[0]} vectors for {len(batch)} pages")
         report.tokens += batch_tok
+        storer.check()
         done = []
         for j, (idx, (image, text)) in enumerate(batch):
             doc = pending.get(idx)
@@ -167,15 +162,13 @@ def ingest(
                 continue
             doc.singles.append(out.single[j])
             multi = out.multi[j]
-            if multi.dtype != multi_dtype:  # e.g. float16 when the index stores float16: half the memory
-                multi = multi.astype(multi_dtype)
-            elif multi.base is not None:  # a view would keep the encoder's whole batch alive
-                multi = multi.copy()
-            doc.multis.append(multi)
+            # A view would keep the encoder's whole padded batch alive until the document is stored.
+            doc.multis.append(multi.copy() if multi.base is not None else multi)
             doc.texts.append(text)
             doc.sizes.append(image.size)
             if doc.rendered_all and len(doc.texts) == doc.page_count:
                 done.append(idx)
+        bar.set_postfix(docs=len(report.added), refresh=False)
         bar.update(len(batch))
         batch, batch_tok = [], 0
         for idx in done:
@@ -221,13 +214,68 @@ def ingest(
                     raise payload
                 encode_batch()
                 break
+        storer.close()
+        storer.check()
     finally:
         stop.set()
         _drain(q)
         worker.join()
+        storer.close()  # complete documents already handed over are still stored
         bar.close()
         report.timings["wall"] += time.perf_counter() - t_wall
     return report
+
+
+class _StoreThread:
+    """Runs the sink on its own thread, one document at a time in hand-over order, so storing
+    overlaps encoding. Document errors go to the report; any other error is re-raised by check()."""
+
+    def __init__(self, sink: Callable[[EncodedDocument], None], report: IngestReport, depth: int = 2):
+        self._sink, self._report = sink, report
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="jevsearch-store", daemon=True)
+        self._thread.start()
+
+    def put(self, doc: EncodedDocument) -> None:
+        while True:
+            self.check()
+            try:
+                self._q.put(doc, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Store what is queued, then stop the thread (idempotent)."""
+        while self._thread.is_alive():
+            try:
+                self._q.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+
+    def _run(self) -> None:
+        report = self._report
+        while (doc := self._q.get()) is not None:
+            if self.error is not None:
+                continue  # after a failure, only drain until close()
+            t0 = time.perf_counter()
+            try:
+                self._sink(doc)
+                report.added.append(doc.path)
+                report.pages += doc.pages
+            except (DocumentError, InvalidInputError) as e:
+                report.failed.append((doc.path, getattr(e, "reason", None) or str(e)))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread by check()
+                self.error = e
+            finally:
+                report.timings["store"] += time.perf_counter() - t0
 
 
 def _render_worker(
