@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 import numpy as np
@@ -174,3 +175,29 @@ def test_store_failure_stops_the_ingest_and_keeps_what_was_stored(enc, geom, tmp
         ingest(sources, enc, sink, geometry=geom)
     assert [os.path.basename(p) for p in stored] == ["d0.pdf"]
     assert threading.active_count() == before  # render and store threads both joined
+
+
+def test_a_renderer_crash_fails_that_file_and_a_new_renderer_goes_on(geom, tmp_path):
+    from jevsearch.ingest.renderer import DONE, END, FAIL, START, RenderProcess
+
+    for i in range(3):
+        make_pdf(tmp_path / f"d{i}.pdf", 4, seed=i)
+    sources, _ = discover([tmp_path])
+    renderer = RenderProcess(sources, {}, geom, queue_pages=1)
+    seen, reasons = [], {}
+    try:
+        while True:
+            kind, idx, payload = renderer.queue.get(timeout=120)
+            seen.append((kind, idx))
+            if (kind, idx) == (START, 0):  # MuPDF segfaulting on a hostile file, mid-document
+                os.kill(renderer._proc.pid, signal.SIGSEGV)
+            if kind == FAIL:
+                reasons[idx] = payload
+            if kind == DONE:
+                assert payload is None
+                break
+    finally:
+        renderer.close()
+    assert reasons == {0: "renderer crashed (exit status -11)"}
+    assert (END, 0) not in seen and (END, 1) in seen and (END, 2) in seen
+    assert renderer.render_seconds > 0
