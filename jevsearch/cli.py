@@ -118,7 +118,8 @@ def _cmd_verify(args) -> int:
     with Engine.open(args.index, readonly=True) as eng:
         summary = eng.verify()
     if not args.quiet:
-        print(f"{args.index}: ok {summary}" if summary else f"{args.index}: ok")
+        counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in (summary or {}).items())
+        print(f"{args.index}: ok" + (f" ({counts})" if counts else ""))
     return 0
 
 

@@ -142,6 +142,9 @@ class Engine:
         leaves a half-created index. Returns the engine opened for writing.
         """
         path = os.fspath(path)
+        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+            raise IndexExistsError(f"{path}: already exists and is not empty "
+                                   "(hint: Engine.open it, or pick a new path)")
         encoder = None
         if model is not None:
             if model_info is not None:
@@ -161,9 +164,6 @@ class Engine:
         if multi_dtype not in ("float16", "float32"):
             raise InvalidInputError(f"multi_dtype: {multi_dtype!r} (hint: 'float16' or 'float32')")
         model_info = None if model_info is None else validate.check_metadata(model_info)
-        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-            raise IndexExistsError(f"{path}: already exists and is not empty "
-                                   "(hint: Engine.open it, or pick a new path)")
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "created": time.time(),
