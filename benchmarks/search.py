@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._util import pct, peak_rss_mb, print_table, repeat_ms, timed  # noqa: E402
 from jevsearch import Engine  # noqa: E402
+from jevsearch.search import rerank  # noqa: E402
 from jevsearch.search.maxsim import maxsim, pad_queries  # noqa: E402
 from jevsearch.search.threads import torch_threads  # noqa: E402
 from jevsearch.store.lmdbstore import MAP_SIZE  # noqa: E402
@@ -104,7 +105,7 @@ def rerank_ids(eng: Engine, q: np.ndarray, page_ids: np.ndarray) -> tuple[np.nda
     """Exact MaxSim of one query over the given page ids (private engine API: benchmark only)."""
     with eng._store.read() as txn, torch.no_grad():
         ids, raws, lens = eng._fetch(txn, page_ids)
-        scores = eng._score(pad_queries([q], torch.float32, torch.device("cpu")), raws, lens)[0]
+        scores = rerank.score_pages(pad_queries([q], torch.float32, torch.device("cpu")), raws, lens, eng._packer)[0]
     return ids, scores
 
 

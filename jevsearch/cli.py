@@ -89,7 +89,7 @@ def _cmd_info(args) -> int:
     from jevsearch.engine import Engine
 
     with Engine.open(args.index, readonly=True) as eng:
-        info = eng.info()
+        info = _info(eng)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
@@ -118,7 +118,8 @@ def _cmd_verify(args) -> int:
     with Engine.open(args.index, readonly=True) as eng:
         summary = eng.verify()
     if not args.quiet:
-        print(f"{args.index}: ok {summary}" if summary else f"{args.index}: ok")
+        counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in (summary or {}).items())
+        print(f"{args.index}: ok" + (f" ({counts})" if counts else ""))
     return 0
 
 
@@ -135,6 +136,19 @@ def _cmd_make_tiny_model(args) -> int:
 
 
 # ----- output ------------------------------------------------------------------------------------
+def _info(eng) -> dict:
+    """A flat summary for people: counts, dims, model and bytes on disk (the model is not loaded)."""
+    stats, m = eng.stats(), eng.manifest
+    model = m.get("model") or {}
+    return {"path": os.path.abspath(eng.path), "format_version": m["format_version"],
+            "documents": stats["documents"], "pages": stats["pages"], "tokens": stats["tokens"],
+            "tombstones": stats["tombstones"], "model": model.get("source"),
+            "model_fingerprint": model.get("identity", {}).get("fingerprint"),
+            "max_pixels": model.get("max_pixels"), "single_dim": m["single_dim"],
+            "single_full_dim": m["single_full_dim"], "multi_dim": m["multi_dim"], "multi_dtype": m["multi_dtype"],
+            "bytes_on_disk": stats["bytes"]["lmdb_file"] + stats["bytes"]["hnsw_file"]}
+
+
 def _table(hits) -> str:
     """rank, score, file, page, snippet; fitted to the terminal (the snippet takes what is left)."""
     cols = shutil.get_terminal_size((120, 24)).columns

@@ -46,7 +46,8 @@ from jevsearch.errors import (
     ReadOnlyIndexError,
 )
 from jevsearch.ingest import modelinfo
-from jevsearch.search.maxsim import block_tokens, maxsim, pad_queries, scoring_device, top_with_ties
+from jevsearch.search import rerank
+from jevsearch.search.maxsim import pad_queries, scoring_device, top_with_ties
 from jevsearch.search.pack import PagePacker
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import validate
@@ -141,15 +142,16 @@ class Engine:
         leaves a half-created index. Returns the engine opened for writing.
         """
         path = os.fspath(path)
+        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+            raise IndexExistsError(f"{path}: already exists and is not empty "
+                                   "(hint: Engine.open it, or pick a new path)")
         encoder = None
         if model is not None:
             if model_info is not None:
                 raise InvalidInputError("model_info: given with model= (hint: pass one of them)")
             # Loaded before anything is written: a bad model path leaves no half-made index.
-            encoder = modelinfo.load_encoder(model, device, dtype)
-            single_dim = modelinfo.choose_single_dim(encoder.matryoshka_dims, single_dim)
+            encoder, single_dim, model_info = modelinfo.prepare(model, single_dim, max_pixels, device, dtype)
             multi_dim = encoder.multi_dim
-            model_info = modelinfo.record(encoder, model, max_pixels)
         elif max_pixels is not None:
             raise InvalidInputError("max_pixels: only with model= (hint: it sets how pages are rendered)")
         single_dim = modelinfo.DEFAULT_SINGLE_DIM if single_dim is None else single_dim
@@ -162,9 +164,6 @@ class Engine:
         if multi_dtype not in ("float16", "float32"):
             raise InvalidInputError(f"multi_dtype: {multi_dtype!r} (hint: 'float16' or 'float32')")
         model_info = None if model_info is None else validate.check_metadata(model_info)
-        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-            raise IndexExistsError(f"{path}: already exists and is not empty "
-                                   "(hint: Engine.open it, or pick a new path)")
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "created": time.time(),
@@ -223,12 +222,8 @@ class Engine:
                 lock.release()
             raise
         try:
-            modelinfo.check_single_dim(eng._manifest["single_dim"], single_dim)
             eng._model_args = (device, dtype)
-            if model is not None:
-                encoder = modelinfo.load_encoder(model, device, dtype)
-                modelinfo.check_same_model(modelinfo.recorded_model(eng._manifest), encoder)
-                eng._encoder = encoder
+            eng._encoder = modelinfo.check_open(eng._manifest, model, single_dim, device, dtype)
         except BaseException:
             eng.close()
             raise
@@ -433,17 +428,8 @@ class Engine:
         candidates = max(validate.check_k(candidates, "candidates"), k)
         batch = isinstance(q_multi, (list, tuple))
         queries = validate.check_query_multis(q_multi, self._manifest["multi_dim"])
-        singles = None
-        if not exhaustive or q_single is not None:
-            if q_single is None:
-                raise InvalidInputError("q_single: required for two-stage search (hint: or exhaustive=True)")
-            qs = np.asarray(q_single.detach().float().cpu() if hasattr(q_single, "detach") else q_single)
-            if qs.ndim != (2 if batch else 1):
-                raise InvalidInputError(f"q_single: shape {qs.shape}; expected [D] with q_multi [L, d], or "
-                                        "[Q, D] with q_multi a list of Q arrays")
-            singles = validate.check_singles(np.atleast_2d(qs), self._manifest["single_dim"], what="q_single")
-            if len(singles) != len(queries):
-                raise InvalidInputError(f"q_single: {len(singles)} queries but q_multi has {len(queries)}")
+        singles = validate.check_query_singles(q_single, len(queries), batch, self._manifest["single_dim"],
+                                               required=not exhaustive)
         with self._mutex:
             self._check_open()
             with self._store.read() as txn, torch.no_grad(), torch_threads(self.threads):
@@ -460,50 +446,22 @@ class Engine:
     def _two_stage(self, txn, qt: torch.Tensor, q_lens: list[int], qsingle: np.ndarray, k: int, candidates: int):
         cand = self._view.search(qsingle, candidates)  # [Q, candidates]
         union = np.unique(cand[cand >= 0])
-        out = []
         if len(union) * len(cand) > 2 * int((cand >= 0).sum()):
             # Little overlap between the queries' candidates: scoring the union against every query
             # would multiply the work by ~Q (measured: 433 ms instead of ~30 ms per query at Q=50).
+            out = []
             for q in range(len(cand)):
                 ids, raws, lens = self._fetch(txn, cand[q][cand[q] >= 0])
-                scores = self._score(qt[q:q + 1, : q_lens[q]], raws, lens)[0]  # [C]
+                scores = rerank.score_pages(qt[q:q + 1, : q_lens[q]], raws, lens, self._packer)[0]  # [C]
                 sel = top_with_ties(scores, k)
                 out.append((ids[sel], scores[sel]))
             return out
-        ids, raws, lens = self._fetch(txn, union)
-        scores = self._score(qt, raws, lens)  # [Q, U]: overlapping candidates are fetched and scored once
-        for q in range(len(cand)):
-            own = np.isin(ids, cand[q])  # rerank only this query's candidates
-            sel = np.flatnonzero(own)[top_with_ties(scores[q, own], k)]
-            out.append((ids[sel], scores[q, sel]))
-        return out
+        ids, raws, lens = self._fetch(txn, union)  # overlapping candidates are fetched and scored once
+        return rerank.select_candidates(cand, ids, rerank.score_pages(qt, raws, lens, self._packer), k)
 
     def _exhaustive(self, txn, qt: torch.Tensor, k: int):
-        nq = qt.shape[0]
-        best = [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(nq)]
-        budget = block_tokens(qt.shape[0] * qt.shape[1])  # page tokens per streamed chunk
-        ids, raws, lens, chunk_tokens = [], [], [], 0
-
-        def score_chunk():
-            s = self._score(qt, raws, lens)
-            cid = np.array(ids, dtype=np.int64)
-            for q in range(nq):
-                all_ids = np.concatenate([best[q][0], cid])
-                all_s = np.concatenate([best[q][1], s[q]])
-                keep = top_with_ties(all_s, k)
-                best[q] = (all_ids[keep], all_s[keep])
-
-        for pid, _, _, tokens in self._store.iter_pages(txn):
-            ids.append(pid)
-            raws.append(self._store.multi_raw(txn, pid))
-            lens.append(tokens)
-            chunk_tokens += tokens
-            if chunk_tokens >= budget:
-                score_chunk()
-                ids, raws, lens, chunk_tokens = [], [], [], 0
-        if ids:
-            score_chunk()
-        return best
+        pages = ((pid, self._store.multi_raw(txn, pid), tokens) for pid, _, _, tokens in self._store.iter_pages(txn))
+        return rerank.exhaustive(pages, qt, k, self._packer)
 
     def _fetch(self, txn, page_ids: np.ndarray):
         """Zero-copy multi-vectors of the pages still live in ``txn`` (others are skipped)."""
@@ -515,23 +473,6 @@ class Engine:
                 raws.append(self._store.multi_raw(txn, pid))
                 lens.append(rec[2])
         return np.array(ids, dtype=np.int64), raws, lens
-
-    def _score(self, qt: torch.Tensor, raws: list, lens: list[int]) -> np.ndarray:
-        """MaxSim of queries [Q, L, d] against stored pages -> float32 [Q, C], in bounded blocks."""
-        out = np.empty((qt.shape[0], len(raws)), dtype=np.float32)
-        budget = block_tokens(qt.shape[0] * qt.shape[1])
-        start = 0
-        while start < len(raws):
-            # Padded size C * T (T = longest page in the block) stays within the budget.
-            stop = start + 1
-            longest = lens[start]
-            while stop < len(raws) and max(longest, lens[stop]) * (stop - start + 1) <= budget:
-                longest = max(longest, lens[stop])
-                stop += 1
-            pages = self._packer.pack(raws[start:stop], lens[start:stop])  # [C, T, d]
-            out[:, start:stop] = maxsim(qt, pages).cpu().numpy()
-            start = stop
-        return out
 
     def _hits(self, txn, ids: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
         docs: dict[bytes, dict] = {}
@@ -588,8 +529,7 @@ class Engine:
                                 metadata={"sha256": doc.sha256, "kind": doc.kind})
 
         report = ingest(sources, encoder, store, geometry=geometry, known=known, progress=progress,
-                        report=IngestReport(failed=failed), batch_tokens=encoder.max_batch_tokens,
-                        multi_dtype=np.dtype(self._manifest["multi_dtype"]))
+                        report=IngestReport(failed=failed), batch_tokens=encoder.max_batch_tokens)
         self.flush()
         return report
 
@@ -602,24 +542,9 @@ class Engine:
         >>> hits = eng.search("quarterly revenue by region", k=10)   # doctest: +SKIP
         >>> hits[0].path, hits[0].page, hits[0].score, hits[0].snippet
         """
-        from PIL import Image
-
-        from jevsearch.ingest.pages import prepare_image
         from jevsearch.search.snippets import snippet
 
-        if isinstance(query, str):
-            if not query.strip():
-                raise InvalidInputError("query: empty text (hint: pass words to search for)")
-            emb = self.encoder.encode_texts([query], task=modelinfo.TASK, prompt_name="query")
-        elif isinstance(query, Image.Image):
-            geometry = self.page_geometry
-            try:  # the same preparation as indexed images: the same picture gives the same embedding
-                image = prepare_image(query, geometry)
-            except (ValueError, OSError) as e:
-                raise InvalidInputError(f"query image: {e}") from e
-            emb = self.encoder.encode_images([image], task=modelinfo.TASK, max_pixels=geometry.max_pixels)
-        else:
-            raise InvalidInputError(f"query: {type(query).__name__} (hint: a str or a PIL image)")
+        emb = modelinfo.encode_query(self.encoder, query, self.page_geometry)
         hits = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates)
         for hit in hits:
             hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
@@ -627,27 +552,9 @@ class Engine:
 
     def render(self, hit: Hit, dpi: float = 100):
         """The page of ``hit`` as a PIL image (from the file on disk), for display."""
-        from jevsearch.ingest import Source, open_document
-        from jevsearch.ingest.sources import kind_of
+        from jevsearch.ingest.pages import render_page
 
-        if not (isinstance(dpi, (int, float)) and 0 < dpi <= 1200):
-            raise InvalidInputError(f"dpi: {dpi!r} (hint: a number in (0, 1200], e.g. 100)")
-        kind = hit.metadata.get("kind") or kind_of(hit.path)
-        with open_document(Source(hit.path, kind)) as doc:
-            return doc.render_dpi(hit.page - 1, dpi)
-
-    def info(self) -> dict:
-        """A flat summary for people: counts, dims, model and bytes on disk (no model load)."""
-        stats, m = self.stats(), self._manifest
-        model = m.get("model") or {}
-        return {"path": os.path.abspath(self.path), "format_version": m["format_version"],
-                "documents": stats["documents"], "pages": stats["pages"], "tokens": stats["tokens"],
-                "tombstones": stats["tombstones"], "model": model.get("source"),
-                "model_fingerprint": model.get("identity", {}).get("fingerprint"),
-                "max_pixels": model.get("max_pixels"), "single_dim": m["single_dim"],
-                "single_full_dim": m["single_full_dim"], "multi_dim": m["multi_dim"],
-                "multi_dtype": m["multi_dtype"],
-                "bytes_on_disk": stats["bytes"]["lmdb_file"] + stats["bytes"]["hnsw_file"]}
+        return render_page(hit.path, hit.page, dpi, kind=hit.metadata.get("kind"))
 
     # -- inspection -----------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 import numpy as np
@@ -156,3 +157,47 @@ def test_encoder_failure_stops_cleanly_and_propagates(enc, geom, tmp_path):
 def test_bad_batch_parameters_are_refused(enc, geom):
     with pytest.raises(ValueError, match="batch_tokens=0"):
         ingest([], enc, lambda d: None, geometry=geom, batch_tokens=0)
+
+
+def test_store_failure_stops_the_ingest_and_keeps_what_was_stored(enc, geom, tmp_path):
+    for i in range(4):
+        make_pdf(tmp_path / f"d{i}.pdf", 1, seed=i)
+    sources, _ = discover([tmp_path])
+    stored = []
+
+    def sink(doc):  # the disk fills up at the second document
+        if stored:
+            raise OSError(28, "No space left on device")
+        stored.append(doc.path)
+
+    before = threading.active_count()
+    with pytest.raises(OSError, match="No space left"):
+        ingest(sources, enc, sink, geometry=geom)
+    assert [os.path.basename(p) for p in stored] == ["d0.pdf"]
+    assert threading.active_count() == before  # render and store threads both joined
+
+
+def test_a_renderer_crash_fails_that_file_and_a_new_renderer_goes_on(geom, tmp_path):
+    from jevsearch.ingest.renderer import DONE, END, FAIL, START, RenderProcess
+
+    for i in range(3):
+        make_pdf(tmp_path / f"d{i}.pdf", 4, seed=i)
+    sources, _ = discover([tmp_path])
+    renderer = RenderProcess(sources, {}, geom, queue_pages=1)
+    seen, reasons = [], {}
+    try:
+        while True:
+            kind, idx, payload = renderer.queue.get(timeout=120)
+            seen.append((kind, idx))
+            if (kind, idx) == (START, 0):  # MuPDF segfaulting on a hostile file, mid-document
+                os.kill(renderer._proc.pid, signal.SIGSEGV)
+            if kind == FAIL:
+                reasons[idx] = payload
+            if kind == DONE:
+                assert payload is None
+                break
+    finally:
+        renderer.close()
+    assert reasons == {0: "renderer crashed (exit status -11)"}
+    assert (END, 0) not in seen and (END, 1) in seen and (END, 2) in seen
+    assert renderer.render_seconds > 0

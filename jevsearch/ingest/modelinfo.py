@@ -90,6 +90,41 @@ def check_same_model(recorded: dict, encoder) -> None:
         )
 
 
+def prepare(model, single_dim: int | None, max_pixels: int | None, device=None, dtype=None):
+    """Load ``model`` for a new index -> (encoder, single_dim checked or chosen, the manifest's model entry)."""
+    encoder = load_encoder(model, device, dtype)
+    return encoder, choose_single_dim(encoder.matryoshka_dims, single_dim), record(encoder, model, max_pixels)
+
+
+def check_open(manifest, model, single_dim: int | None, device=None, dtype=None):
+    """Checks of ``Engine.open(path, model=..., single_dim=...)``; -> the given model loaded, or None."""
+    check_single_dim(manifest["single_dim"], single_dim)
+    if model is None:
+        return None
+    encoder = load_encoder(model, device, dtype)
+    check_same_model(recorded_model(manifest), encoder)
+    return encoder
+
+
+def encode_query(encoder, query, geometry: PageGeometry):
+    """Embed a text (task retrieval, prompt "query") or a PIL image (prepared exactly as indexed images)."""
+    from PIL import Image
+
+    from jevsearch.ingest.pages import prepare_image
+
+    if isinstance(query, str):
+        if not query.strip():
+            raise InvalidInputError("query: empty text (hint: pass words to search for)")
+        return encoder.encode_texts([query], task=TASK, prompt_name="query")
+    if isinstance(query, Image.Image):
+        try:  # the same preparation as an indexed image: the same picture gives the same embedding
+            image = prepare_image(query, geometry)
+        except (ValueError, OSError) as e:
+            raise InvalidInputError(f"query image: {e}") from e
+        return encoder.encode_images([image], task=TASK, max_pixels=geometry.max_pixels)
+    raise InvalidInputError(f"query: {type(query).__name__} (hint: a str or a PIL image)")
+
+
 def check_single_dim(recorded_dim: int, single_dim: int | None) -> None:
     if single_dim is not None and single_dim != recorded_dim:
         raise ModelMismatchError(

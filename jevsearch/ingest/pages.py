@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from jevsearch.errors import DocumentError
-from jevsearch.ingest.sources import Source, os_reason
+from jevsearch.errors import DocumentError, InvalidInputError
+from jevsearch.ingest.sources import Source, kind_of, os_reason
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,15 @@ class PageGeometry:
 def open_document(source: Source) -> "PdfDocument | ImageDocument":
     """Open and validate one document; raise DocumentError(path, reason) if it cannot be ingested."""
     return PdfDocument(source.path) if source.kind == "pdf" else ImageDocument(source.path)
+
+
+def render_page(path: str, page: int, dpi: float = 100, kind: str | None = None) -> Image.Image:
+    """Page ``page`` (1-based) of the file at ``path`` at ``dpi``, for display (``kind`` from the suffix)."""
+
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not 0 < dpi <= 1200:
+        raise InvalidInputError(f"dpi: {dpi!r} (hint: a number in (0, 1200], e.g. 100)")
+    with open_document(Source(path, kind or kind_of(path) or "pdf")) as doc:
+        return doc.render_dpi(page - 1, dpi)
 
 
 class PdfDocument:

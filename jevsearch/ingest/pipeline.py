@@ -1,13 +1,16 @@
-"""The streaming ingest pipeline: render pages in a worker thread, encode them in the caller's thread.
+"""The streaming ingest pipeline: render in a child process, encode in the caller's thread, store in another.
 
-    worker thread                        bounded queue              caller's thread
-    hash file -> skip if unchanged  ->   [page, page, ...]    ->    batch by tokens -> encoder
-    open + validate -> render pages                                  collect a document's pages -> sink
+    render process                    caller's thread                          store thread
+    hash file, skip if unchanged  ->  batch pages by tokens -> encoder   ->   sink(document)
+    open, validate, render pages      collect each document's pages           (e.g. LMDB + HNSW)
+               [queue_pages rasters]                             [2 documents]
 
-At most ``queue_pages`` rasters wait in the queue and one token batch is being encoded, so memory is
-bounded whatever the corpus (never a whole PDF's rasters). A document reaches ``sink`` only once all its
-pages are encoded; a document that fails part-way is dropped and reported, and the batch goes on.
-MuPDF holds the GIL while it renders, but the encoder's torch kernels release it, so the two overlap.
+The queues are bounded: at most ``queue_pages`` rasters wait, one token batch is encoded, two complete
+documents wait for the sink, so memory is bounded whatever the corpus (never a whole PDF's rasters). A
+document reaches ``sink`` only once all its pages are encoded; a document that fails part-way is dropped
+and reported, and the batch goes on. Rendering and storing overlap encoding: rendering in its own process
+because MuPDF holds the GIL while it renders (see :mod:`.renderer`); storing in a thread because LMDB
+commits, FAISS inserts and array conversions release it.
 
 >>> report = ingest(sources, encoder, sink=lambda doc: store(doc), geometry=geom)   # doctest: +SKIP
 >>> report.added, report.skipped, report.failed
@@ -26,8 +29,9 @@ from typing import Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from jevsearch.errors import DocumentError, InvalidInputError
-from jevsearch.ingest.pages import PageGeometry, open_document
-from jevsearch.ingest.sources import Source, file_sha256, os_reason
+from jevsearch.ingest.pages import PageGeometry
+from jevsearch.ingest.renderer import DONE, END, FAIL, PAGE, SKIP, START, RenderProcess
+from jevsearch.ingest.sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,7 @@ class EncodedDocument:
     kind: str
     sha256: str
     singles: np.ndarray  # [P, D] float32, one L2-normalised vector per page
-    multis: list[np.ndarray]  # P arrays [T_i, multi_dim] (multi_dtype), L2-normalised rows
+    multis: list[np.ndarray]  # P arrays [T_i, multi_dim], L2-normalised rows
     texts: list[str]  # P page text layers ("" for scans and images)
     sizes: list[tuple[int, int]]  # P raster sizes (w, h) the encoder saw
 
@@ -64,7 +68,7 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     pages: int = 0  # pages encoded and handed to the sink
     tokens: int = 0  # visual tokens encoded
-    # Seconds: render (worker thread, incl. hashing and opening), encode, store (the sink), wall.
+    # Seconds: render (in the render process: hashing, opening, rendering), encode, store (the sink), wall.
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("render", "encode", "store", "wall"), 0.0))
 
     def __str__(self) -> str:
@@ -72,10 +76,6 @@ class IngestReport:
             f"added {len(self.added)}, skipped {len(self.skipped)} unchanged, failed {len(self.failed)} "
             f"({self.pages} pages in {self.timings['wall']:.1f} s)"
         )
-
-
-# Queue messages from the worker: (kind, source index, payload).
-_START, _PAGE, _END, _SKIP, _FAIL, _DONE = range(6)
 
 
 @dataclass
@@ -103,7 +103,6 @@ def ingest(
     queue_pages: int = 8,
     progress: bool = False,
     report: IngestReport | None = None,
-    multi_dtype=np.float32,
 ) -> IngestReport:
     """Render, encode and hand over ``sources`` one complete document at a time.
 
@@ -111,8 +110,10 @@ def ingest(
     rendering. ``sink(doc)`` stores a document; a DocumentError or InvalidInputError from it fails that
     document only. Errors of the encoder or other sink errors stop the ingest (after the worker stops)
     and propagate: they are not about one file. Pass ``report`` to extend an existing one (e.g. with
-    discovery failures already in it). ``multi_dtype``: the dtype multi-vectors are kept in until
-    their document is complete (float16 halves the memory of a long document in flight).
+    discovery failures already in it).
+
+    Memory: besides the bounded queues, the embeddings of the document being encoded are held until it
+    is complete (float32: ~0.4 MB per page at 768 visual tokens; ~400 MB for a 1000-page PDF).
     """
     if batch_tokens < 1 or queue_pages < 1:
         raise InvalidInputError(f"ingest: batch_tokens={batch_tokens}, queue_pages={queue_pages} (hint: both >= 1)")
@@ -120,34 +121,30 @@ def ingest(
 
     report = report if report is not None else IngestReport()
     known = known or {}
-    q: queue.Queue = queue.Queue(maxsize=queue_pages)
-    stop = threading.Event()
     t_wall = time.perf_counter()
-    worker = threading.Thread(
-        target=_render_worker, args=(sources, known, geometry, q, stop, report.timings), name="jevsearch-render", daemon=True
-    )
+    renderer = RenderProcess(sources, known, geometry, queue_pages)
+    q = renderer.queue
     pending: dict[int, _Pending] = {}
     batch: list[tuple[int, object]] = []  # (source index, rendered page)
     batch_tok = 0
-    bar = tqdm(total=0, unit="page", desc="ingest", disable=not progress, dynamic_ncols=True)
+    # Two bars: documents (total known up front, so a real ETA) and pages encoded (total grows as
+    # documents are opened; its rate is the throughput).
+    docs_bar = tqdm(total=len(sources), unit="doc", desc="documents", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=0, unit="page", desc="pages encoded", disable=not progress, dynamic_ncols=True, position=1)
+    done_before = len(report.added) + len(report.skipped) + len(report.failed)
+
+    def show_docs() -> None:
+        docs_bar.n = len(report.added) + len(report.skipped) + len(report.failed) - done_before
+        docs_bar.refresh()
+
+    storer = _StoreThread(sink, report)
 
     def finish(idx: int) -> None:
         doc, src = pending.pop(idx), sources[idx]
-        encoded = EncodedDocument(
+        storer.put(EncodedDocument(
             src.path, src.kind, doc.sha256, np.stack(doc.singles).astype(np.float32, copy=False),
             doc.multis, doc.texts, doc.sizes,
-        )
-        t0 = time.perf_counter()
-        try:
-            sink(encoded)
-        except (DocumentError, InvalidInputError) as e:
-            report.failed.append((src.path, getattr(e, "reason", None) or str(e)))
-            return
-        finally:
-            report.timings["store"] += time.perf_counter() - t0
-        report.added.append(src.path)
-        report.pages += encoded.pages
-        bar.set_postfix(docs=len(report.added), refresh=False)
+        ))
 
     def encode_batch() -> None:
         nonlocal batch, batch_tok
@@ -160,6 +157,7 @@ def ingest(
         if len(out.multi) != len(batch) or out.single.shape[0] != len(batch):
             raise RuntimeError(f"encoder returned {out.single.shape[0]} vectors for {len(batch)} pages")
         report.tokens += batch_tok
+        storer.check()
         done = []
         for j, (idx, (image, text)) in enumerate(batch):
             doc = pending.get(idx)
@@ -167,11 +165,8 @@ def ingest(
                 continue
             doc.singles.append(out.single[j])
             multi = out.multi[j]
-            if multi.dtype != multi_dtype:  # e.g. float16 when the index stores float16: half the memory
-                multi = multi.astype(multi_dtype)
-            elif multi.base is not None:  # a view would keep the encoder's whole batch alive
-                multi = multi.copy()
-            doc.multis.append(multi)
+            # A view would keep the encoder's whole padded batch alive until the document is stored.
+            doc.multis.append(multi.copy() if multi.base is not None else multi)
             doc.texts.append(text)
             doc.sizes.append(image.size)
             if doc.rendered_all and len(doc.texts) == doc.page_count:
@@ -180,8 +175,8 @@ def ingest(
         batch, batch_tok = [], 0
         for idx in done:
             finish(idx)
+        show_docs()
 
-    worker.start()
     try:
         while True:
             try:
@@ -189,26 +184,27 @@ def ingest(
             except queue.Empty:
                 encode_batch()  # nothing rendered right now: encode what we have rather than wait idle
                 kind, idx, payload = q.get()
-            if kind == _PAGE:
+            if kind == PAGE:
                 image, text = payload
                 tok = geometry.tokens(*image.size)
                 if batch and batch_tok + tok > batch_tokens:
                     encode_batch()
                 batch.append((idx, (image, text)))
                 batch_tok += tok
-            elif kind == _START:
+            elif kind == START:
                 sha256, page_count = payload
                 pending[idx] = _Pending(sha256, page_count)
                 bar.total += page_count
                 bar.refresh()
-            elif kind == _END:
+            elif kind == END:
                 doc = pending[idx]
                 doc.rendered_all = True
                 if len(doc.texts) == doc.page_count:
                     finish(idx)
-            elif kind == _SKIP:
+            elif kind == SKIP:
                 report.skipped.append(sources[idx].path)
-            elif kind == _FAIL:
+                show_docs()
+            elif kind == FAIL:
                 doc = pending.pop(idx, None)
                 if doc is not None:
                     in_batch = sum(1 for i, _ in batch if i == idx)
@@ -216,82 +212,72 @@ def ingest(
                     bar.refresh()
                 report.failed.append((sources[idx].path, payload))
                 log.info("%s: %s", sources[idx].path, payload)
-            elif kind == _DONE:
+                show_docs()
+            elif kind == DONE:
                 if payload is not None:  # the worker itself broke: not one file's fault
                     raise payload
                 encode_batch()
                 break
+        storer.close()
+        storer.check()
+        show_docs()
     finally:
-        stop.set()
-        _drain(q)
-        worker.join()
+        renderer.close()
+        report.timings["render"] += renderer.render_seconds
+        storer.close()  # complete documents already handed over are still stored
         bar.close()
+        docs_bar.close()
         report.timings["wall"] += time.perf_counter() - t_wall
     return report
 
 
-def _render_worker(
-    sources: Sequence[Source],
-    known: Mapping[str, str],
-    geometry: PageGeometry,
-    q: queue.Queue,
-    stop: threading.Event,
-    timings: dict[str, float],
-) -> None:
-    def put(item) -> bool:
-        while not stop.is_set():
+class _StoreThread:
+    """Runs the sink on its own thread, one document at a time in hand-over order, so storing
+    overlaps encoding. Document errors go to the report; any other error is re-raised by check()."""
+
+    def __init__(self, sink: Callable[[EncodedDocument], None], report: IngestReport, depth: int = 2):
+        self._sink, self._report = sink, report
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="jevsearch-store", daemon=True)
+        self._thread.start()
+
+    def put(self, doc: EncodedDocument) -> None:
+        while True:
+            self.check()
             try:
-                q.put(item, timeout=0.1)
-                return True
+                self._q.put(doc, timeout=0.1)
+                return
             except queue.Full:
                 continue
-        return False
 
-    error: BaseException | None = None
-    spent = 0.0
-    try:
-        for idx, src in enumerate(sources):
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Store what is queued, then stop the thread (idempotent)."""
+        while self._thread.is_alive():
+            try:
+                self._q.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+
+    def _run(self) -> None:
+        report = self._report
+        while (doc := self._q.get()) is not None:
+            if self.error is not None:
+                continue  # after a failure, only drain until close()
             t0 = time.perf_counter()
             try:
-                sha256 = file_sha256(src.path)
-                if known.get(src.path) == sha256:
-                    spent += time.perf_counter() - t0
-                    if not put((_SKIP, idx, None)):
-                        return
-                    continue
-                with open_document(src) as doc:
-                    spent += time.perf_counter() - t0
-                    if not put((_START, idx, (sha256, doc.page_count))):
-                        return
-                    for i in range(doc.page_count):
-                        t0 = time.perf_counter()
-                        page = (doc.render(i, geometry), doc.text(i))
-                        spent += time.perf_counter() - t0
-                        if not put((_PAGE, idx, page)):
-                            return
-                t0 = time.perf_counter()
-                if not put((_END, idx, None)):
-                    return
-            except DocumentError as e:
-                if not put((_FAIL, idx, e.reason)):
-                    return
-            except OSError as e:
-                if not put((_FAIL, idx, os_reason(e))):
-                    return
-            except MemoryError:
-                if not put((_FAIL, idx, "out of memory while rendering")):
-                    return
-    except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, which re-raises it
-        error = e
-    finally:
-        timings["render"] += spent
-        put((_DONE, -1, error))
-
-
-def _drain(q: queue.Queue) -> None:
-    while True:
-        try:
-            q.get_nowait()
-        except queue.Empty:
-            return
-
+                self._sink(doc)
+                report.added.append(doc.path)
+                report.pages += doc.pages
+            except (DocumentError, InvalidInputError) as e:
+                report.failed.append((doc.path, getattr(e, "reason", None) or str(e)))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread by check()
+                self.error = e
+            finally:
+                report.timings["store"] += time.perf_counter() - t0

@@ -106,6 +106,22 @@ def check_query_multis(q_multi, dim: int) -> list[np.ndarray]:
     return [_unit_rows(_check_tokens(q_multi, "q_multi", dim), "q_multi")]
 
 
+def check_query_singles(q_single, queries: int, batch: bool, min_dim: int, required: bool) -> np.ndarray | None:
+    """A query's single vector [D], or [Q, D] for a batch -> float32 [Q, D] unit rows (None if allowed)."""
+    if q_single is None:
+        if required:
+            raise InvalidInputError("q_single: required for two-stage search (hint: or exhaustive=True)")
+        return None
+    qs = np.asarray(q_single.detach().float().cpu() if hasattr(q_single, "detach") else q_single)
+    if qs.ndim != (2 if batch else 1):
+        raise InvalidInputError(f"q_single: shape {qs.shape}; expected [D] with q_multi [L, d], or "
+                                "[Q, D] with q_multi a list of Q arrays")
+    singles = check_singles(np.atleast_2d(qs), min_dim, what="q_single")
+    if len(singles) != queries:
+        raise InvalidInputError(f"q_single: {len(singles)} queries but q_multi has {queries}")
+    return singles
+
+
 def _check_tokens(m, what: str, dim: int) -> np.ndarray:
     a = _as_float_array(m, what, 2)
     if a.shape[1] != dim or a.shape[0] == 0:
