@@ -74,7 +74,7 @@ def test_kill9_at_random_moments(tmp_path):
     path = str(tmp_path / "idx")
     rng = random.Random(5)
     lines: list[str] = []
-    for round_ in range(3):
+    for round_ in range(2):
         proc = _child("write", path, "--docs", "12")
         got = []
         # Each round re-adds doc-0..: kill after a random number of acknowledged commits + a random delay.
