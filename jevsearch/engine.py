@@ -135,8 +135,8 @@ class Engine:
         vectors are kept in LMDB. single_full_dim: their D (>= single_dim), or None to take it from
         the first document; later documents must match it.
         multi_dim / multi_dtype: per-token vector size and storage dtype ("float16" or "float32").
-        hnsw_m / ef_construction / ef_search: HNSW parameters (ef_search is raised to the number of
-        candidates asked for). model_info: JSON object describing the encoder, kept in the manifest.
+        hnsw_m / ef_construction / ef_search: HNSW parameters (the search beam is raised to 4x the
+        number of candidates asked for, see jevsearch.store.hnsw). model_info: JSON object describing the encoder, kept in the manifest.
         threads: torch threads for the engine's own tensor work (see :meth:`open`).
         The index is built in a temporary sibling directory and renamed into place, so a crash never
         leaves a half-created index. Returns the engine opened for writing.
@@ -301,8 +301,10 @@ class Engine:
         multis: P float arrays [T_i, multi_dim] (or one [P, T, multi_dim] array), L2-normalised rows.
         metadata: JSON object returned on hits. page_texts: optional P strings, returned as Hit.text.
         Vectors within validate.NORM_TOLERANCE of unit norm are renormalised; anything else invalid
-        raises InvalidInputError and writes nothing. One LMDB commit per call; the HNSW file is saved
-        every SAVE_EVERY_PAGES pages and on flush()/close() (a crash is repaired from LMDB at open).
+        raises InvalidInputError and writes nothing. One LMDB commit per call (the document is durable
+        and visible to readers when this returns); the in-memory HNSW takes the new pages in one batch
+        before the next search/flush, and its file is saved every SAVE_EVERY_PAGES pages and on
+        flush()/close() (a crash is repaired from LMDB at open).
         Example: ``eng.add_embeddings("report.pdf", singles, multis, metadata={"title": "Q3"})``.
         """
         doc_id = validate.check_doc_id(doc_id)
@@ -588,7 +590,7 @@ class Engine:
                      "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0}
             sizes.update(self._store.table_bytes())
             return {"documents": state["docs"], "pages": state["pages"], "tokens": state["tokens"],
-                    "tombstones": state["tombs"], "hnsw_vectors": self._view.graph.ntotal, "bytes": sizes}
+                    "tombstones": state["tombs"], "hnsw_vectors": self._view.settle().ntotal, "bytes": sizes}
 
     def verify(self, *, deep: bool = False) -> dict:
         """Check the index is consistent; raises CorruptIndexError listing the problems.
@@ -603,7 +605,7 @@ class Engine:
             self._check_open()
             with self._store.read() as txn:
                 self._refresh(txn)
-                report, problems = check_index(self._store, txn, self._manifest, self._view.graph.ids(),
+                report, problems = check_index(self._store, txn, self._manifest, self._view.settle().ids(),
                                                self._view.tombs, deep=deep)
         if problems:
             more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""

@@ -6,9 +6,11 @@
 Crash points kill the process with SIGKILL at a precise place by wrapping a library function in
 this child only (the library has no test hooks):
   mid_txn      inside the LMDB write transaction of the 4th document, after its pages were put
-  after_commit after the 4th document's LMDB commit, before the HNSW learns about it
+  after_commit after the 4th document's LMDB commit, before the in-memory HNSW view learns about it
   mid_save     while saving hnsw.bin (temp file written, not yet renamed) at the flush after doc 4
   mid_compact  after compact() wrote the new hnsw.bin, before LMDB records the new epoch
+  mid_copy     after compact() copied LMDB to store-<n+1>/, before CURRENT names it
+  after_swap   after CURRENT names the compacted store, before the old store-<n>/ is deleted
   none         no injected crash (the parent kills at a random moment)
 """
 
@@ -66,15 +68,17 @@ def _install_crash(point: str) -> None:
                 _kill()
         lmdbstore.PageStore.put_document = put_document
     elif point == "after_commit":
-        orig_add = hnsw.HnswGraph.add
+        from jevsearch.store import graphview
+
+        orig_committed = graphview.GraphView.committed
         calls = {"n": 0}
 
-        def add(self, ids, vecs):
+        def committed(self, state, removed, ids=None, vecs=None):
             calls["n"] += 1
             if calls["n"] == 4:
                 _kill()
-            orig_add(self, ids, vecs)
-        hnsw.HnswGraph.add = add
+            return orig_committed(self, state, removed, ids, vecs)
+        graphview.GraphView.committed = committed
     elif point == "mid_save":
         orig_replace = os.replace
 
@@ -93,6 +97,21 @@ def _install_crash(point: str) -> None:
             if epoch > 0:
                 _kill()
         engine.HnswGraph.save = save
+    elif point in ("mid_copy", "after_swap"):
+        orig_write, orig_rmtree = lmdbstore.write_atomic, lmdbstore.shutil.rmtree
+
+        def write_atomic(path, data):
+            if point == "mid_copy" and path.endswith(lmdbstore.CURRENT) and data != b"store-0\n":
+                _kill()
+            orig_write(path, data)
+
+        def rmtree(path, *a, **kw):
+            if point == "after_swap" and os.path.isdir(path) \
+                    and os.path.basename(path).startswith(lmdbstore.ENV_PREFIX):
+                _kill()
+            orig_rmtree(path, *a, **kw)
+        lmdbstore.write_atomic = write_atomic
+        lmdbstore.shutil = type("patched_shutil", (), {"rmtree": staticmethod(rmtree)})
 
 
 def write(index: str, docs: int, crash: str) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from _store_child import make_doc, query_for, unit
 from jevsearch import Engine
-from jevsearch.search import rerank
+from jevsearch.search import maxsim as maxsim_module
 from jevsearch.search.maxsim import maxsim, pad_queries, top_with_ties
 from jevsearch.search.pack import PagePacker
 
@@ -90,7 +90,7 @@ def test_exhaustive_is_independent_of_chunking(corpus, monkeypatch):
     eng, _ = corpus
     qm = unit(np.random.default_rng(3), 5, 128)
     whole = eng.search_embeddings(None, qm, k=7, exhaustive=True)
-    monkeypatch.setattr(rerank, "SIM_BLOCK_ELEMENTS", 5 * 64)  # ~1 page per chunk and per block
+    monkeypatch.setattr(maxsim_module, "BLOCK_TOKENS", 64)  # ~1 page per chunk and per block
     assert _key(eng.search_embeddings(None, qm, k=7, exhaustive=True)) == _key(whole)
 
 

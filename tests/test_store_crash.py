@@ -59,7 +59,7 @@ def _check_recovered(path: str, lines: list[str]) -> None:
     assert len(leftovers) == 1 and leftovers[0].startswith("store-"), leftovers  # stale copies removed
 
 
-@pytest.mark.parametrize("point", ["mid_txn", "after_commit", "mid_save", "mid_compact"])
+@pytest.mark.parametrize("point", ["mid_txn", "after_commit", "mid_save", "mid_compact", "mid_copy", "after_swap"])
 def test_kill9_at_injected_points(tmp_path, point):
     path = str(tmp_path / "idx")
     proc = _child("write", path, "--docs", "8", "--crash", point)
@@ -105,6 +105,8 @@ def test_reader_process_while_writer_adds(tmp_path):
             if i % 6 == 5:
                 eng.delete(f"w{i - 3}")  # deletes are seen too
                 eng.add_embeddings(f"w{i - 3}", singles, multis, metadata={"pages": len(multis)})
+            if i == 12:
+                eng.compact()  # the reader must follow CURRENT to the new LMDB directory
             time.sleep(0.02)
         out, err = reader.communicate(timeout=120)
     assert reader.returncode == 0, (out, err)

@@ -24,10 +24,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-# Elements of the [Q*L, C*T] similarity block computed at once: bounds memory (~32 MB in fp32)
-# whatever the number of queries and candidates.
+# Bounds on one scoring block, whatever the number of queries and candidates: elements of the
+# [Q*L, C*T] similarity matrix (~32 MB in fp32) and page tokens packed (~64 MB in fp32 at d=128;
+# ~170 average pages, so a 100-candidate rerank is one block).
 SIM_BLOCK_ELEMENTS = 8 * 1024 * 1024
-
+BLOCK_TOKENS = 128 * 1024
 
 def maxsim(queries: torch.Tensor, pages: torch.Tensor) -> torch.Tensor:
     """MaxSim of every query against every page -> float32 [Q, C].
@@ -43,9 +44,9 @@ def maxsim(queries: torch.Tensor, pages: torch.Tensor) -> torch.Tensor:
     return best.view(q, l, c).sum(dim=1, dtype=torch.float32)  # [Q, C]
 
 
-def pages_per_block(query_rows: int, page_tokens: int) -> int:
-    """How many pages of ``page_tokens`` tokens fit one similarity block for Q*L = ``query_rows``."""
-    return max(1, SIM_BLOCK_ELEMENTS // max(1, query_rows * page_tokens))
+def block_tokens(query_rows: int) -> int:
+    """Padded page tokens (C * T) one block may hold when Q*L = ``query_rows``."""
+    return max(1, min(SIM_BLOCK_ELEMENTS // max(1, query_rows), BLOCK_TOKENS))
 
 
 def pad_queries(queries: list[np.ndarray], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -11,20 +11,20 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from jevsearch.search.maxsim import SIM_BLOCK_ELEMENTS, maxsim, top_with_ties
+from jevsearch.search.maxsim import block_tokens, maxsim, top_with_ties
 from jevsearch.search.pack import PagePacker
 
 
 def score_pages(qt: torch.Tensor, raws: list, lens: list[int], packer: PagePacker) -> np.ndarray:
     """MaxSim of queries qt [Q, L, d] against stored pages -> float32 [Q, C], in bounded blocks."""
     out = np.empty((qt.shape[0], len(raws)), dtype=np.float32)
-    rows = qt.shape[0] * qt.shape[1]
+    budget = block_tokens(qt.shape[0] * qt.shape[1])
     start = 0
     while start < len(raws):
-        # Block size from the longest page in it so the [Q*L, C*T] block stays bounded.
+        # Padded size C * T (T = longest page in the block) stays within the budget.
         stop = start + 1
         longest = lens[start]
-        while stop < len(raws) and rows * max(longest, lens[stop]) * (stop - start + 1) <= SIM_BLOCK_ELEMENTS:
+        while stop < len(raws) and max(longest, lens[stop]) * (stop - start + 1) <= budget:
             longest = max(longest, lens[stop])
             stop += 1
         pages = packer.pack(raws[start:stop], lens[start:stop])  # [C, T, d]
@@ -52,7 +52,7 @@ def exhaustive(pages: Iterable[tuple[int, object, int]], qt: torch.Tensor, k: in
     chunks of bounded size. -> Q pairs (page ids, scores)."""
     nq = qt.shape[0]
     best = [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(nq)]
-    budget = max(1, SIM_BLOCK_ELEMENTS // (qt.shape[0] * qt.shape[1]))  # page tokens per chunk
+    budget = block_tokens(qt.shape[0] * qt.shape[1])  # page tokens per streamed chunk
     ids, raws, lens, chunk_tokens = [], [], [], 0
 
     def score_chunk():

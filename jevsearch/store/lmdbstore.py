@@ -172,8 +172,20 @@ class PageStore:
         self._open()
 
     def _open(self) -> None:
-        self.env_dir, self._current_ino = current_env(self.index_dir)
-        self.env, self._db = _REGISTRY.acquire(self.env_dir)
+        for _ in range(5):
+            before = current_env(self.index_dir)[1]
+            try:
+                env_dir, ino = current_env(self.index_dir)
+                self.env, self._db = _REGISTRY.acquire(env_dir)
+            except (lmdb.Error, OSError, NotAnIndexError):
+                # A compaction in another process may have swapped stores and deleted the old one
+                # between reading CURRENT and opening it: follow CURRENT again.
+                if current_env(self.index_dir)[1] != before:
+                    continue
+                raise
+            self.env_dir, self._current_ino = env_dir, ino
+            return
+        raise CorruptIndexError(f"{self.index_dir}: {CURRENT} keeps changing (hint: retry; is a compaction looping?)")
 
     @staticmethod
     def initialise(index_dir: str, manifest: dict, state: dict) -> None:
@@ -192,8 +204,10 @@ class PageStore:
         write_atomic(os.path.join(index_dir, CURRENT), (ENV_PREFIX + "0\n").encode())
 
     def remove_stale(self) -> None:
-        """Delete LMDB directories other than the live one: an interrupted or finished compaction's
-        leftovers (call with the writer lock held)."""
+        """Clean up after crashed processes (call with the writer lock held): LMDB directories other
+        than the live one (an interrupted compaction's leftovers), and reader slots of killed
+        readers, whose old snapshots would otherwise keep LMDB from reusing freed pages."""
+        self.env.reader_check()
         live = os.path.basename(self.env_dir)
         for name in os.listdir(self.index_dir):
             if name.startswith(ENV_PREFIX) and name != live:
