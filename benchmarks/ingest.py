@@ -34,7 +34,8 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from jevsearch import Engine  # noqa: E402
-from jevsearch.ingest import discover, open_document  # noqa: E402
+from jevsearch.ingest import discover, modelinfo, open_document  # noqa: E402
+from jevsearch.search.threads import torch_threads  # noqa: E402
 from tests.ingest_corpus import make_corpus  # noqa: E402
 # The real model's FLOPs per page and the hardware rates: the encoder benchmark's, so both agree.
 from benchmarks.encode import H100_BF16_DENSE, H100_MFU, REAL, flops_per_page, matmul_flops  # noqa: E402
@@ -104,11 +105,14 @@ def main() -> None:
         enc.encode_images(sample, max_pixels=geom.max_pixels)
         return (time.perf_counter() - t0) / len(sample)
 
-    before = encoder_alone()
+    threads = modelinfo.ingest_threads(enc)  # what Engine.add runs the encoder with
+    with torch_threads(threads):
+        before = encoder_alone()
     with PeakRSS() as rss:
         report = eng.add([corpus])
     eng.close()
-    encode_per_page = min(before, encoder_alone())
+    with torch_threads(threads):
+        encode_per_page = min(before, encoder_alone())
     del sample
     t = report.timings
     assert report.pages == pages and not report.failed, report
@@ -117,7 +121,7 @@ def main() -> None:
     tokens_per_page = report.tokens / pages
 
     print(f"corpus: {len(sources)} PDFs, {pages} pages, {tokens_per_page:.0f} visual tokens/page; "
-          f"model {model}; torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
+          f"model {model}; encoder torch threads {threads}, cores {os.cpu_count()}")
     print(f"{'stage':<36}{'seconds':>9}{'ms/page':>10}{'pages/s':>10}")
     rows = [
         ("render only (1 thread, baseline)", render_alone),

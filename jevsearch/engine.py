@@ -528,8 +528,9 @@ class Engine:
             self.add_embeddings(doc.path, doc.singles, doc.multis, page_texts=doc.texts,
                                 metadata={"sha256": doc.sha256, "kind": doc.kind})
 
-        report = ingest(sources, encoder, store, geometry=geometry, known=known, progress=progress,
-                        report=IngestReport(failed=failed), batch_tokens=encoder.max_batch_tokens)
+        with torch_threads(modelinfo.ingest_threads(encoder)):
+            report = ingest(sources, encoder, store, geometry=geometry, known=known, progress=progress,
+                            report=IngestReport(failed=failed), batch_tokens=encoder.max_batch_tokens)
         self.flush()
         return report
 
