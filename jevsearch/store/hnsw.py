@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 
 from jevsearch.errors import CorruptIndexError
-from jevsearch.store.lmdbstore import fsync_dir
+from jevsearch.store.lmdbstore import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -108,20 +108,7 @@ class HnswGraph:
         header = json.dumps({"epoch": epoch, "next_page_id": next_page_id, "dim": self.dim,
                              "ntotal": self.ntotal}).encode()
         body = faiss.serialize_index(self.index)
-        path = os.path.join(index_dir, FILE_NAME)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(_MAGIC + _LEN.pack(len(header)) + header)
-                f.write(memoryview(body))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        fsync_dir(index_dir)
+        write_atomic(os.path.join(index_dir, FILE_NAME), _MAGIC + _LEN.pack(len(header)) + header, memoryview(body))
 
     @staticmethod
     def remove_stale_temp(index_dir: str) -> None:

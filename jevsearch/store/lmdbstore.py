@@ -65,12 +65,14 @@ def _loads(buf) -> dict:
     return json.loads(bytes(buf))
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, ``os.replace``, fsync of the directory."""
+def write_atomic(path: str, *chunks) -> None:
+    """Replace ``path`` with the concatenated ``chunks`` (bytes-like): temp file, fsync, ``os.replace``,
+    fsync of the directory. A crash leaves the old file or the new one, never half of one."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
