@@ -41,10 +41,12 @@ def _as_float_array(x, what: str, ndim: int) -> np.ndarray:
 
 def _unit_rows(a: np.ndarray, what: str) -> np.ndarray:
     """Finite check + renormalise rows of float32 ``a`` [N, d] within NORM_TOLERANCE (copies)."""
-    if not np.isfinite(a).all():
-        bad = int(np.argwhere(~np.isfinite(a))[0][0])
+    # One pass over the data: a NaN or Inf anywhere in a row makes its sum of squares non-finite.
+    sq = np.einsum("ij,ij->i", a, a)
+    if not np.isfinite(sq).all():
+        bad = int(np.argmax(~np.isfinite(sq)))
         raise InvalidInputError(f"{what}: row {bad} has NaN or Inf (hint: check the model output dtype)")
-    norms = np.linalg.norm(a, axis=1)
+    norms = np.sqrt(sq)
     off = np.abs(norms - 1.0) > NORM_TOLERANCE
     if off.any():
         i = int(np.argmax(off))
