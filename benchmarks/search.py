@@ -101,6 +101,27 @@ def build(eng: Engine, corpus: Corpus, doc_pages: int) -> dict:
     return {"add_s": add_s, "gen_s": gen_s, "flush_s": flush_s, "payload": payload, "truncated": truncated}
 
 
+def batched_writes(root: str, corpus: Corpus, doc_pages: int, batch_docs: int, pages: int) -> tuple[float, float]:
+    """pages/s writing the first ``pages`` pages into fresh indexes: one add_embeddings per document vs
+    add_embeddings_many with ``batch_docs`` documents per commit (same data, same run)."""
+    docs = []
+    for first in range(0, min(pages, corpus.pages), doc_pages):
+        page = [corpus.page(p) for p in range(first, min(first + doc_pages, corpus.pages))]
+        docs.append((f"doc{first // doc_pages:06d}.pdf", np.stack([s for s, _ in page]), [m for _, m in page]))
+    n = sum(len(d[2]) for d in docs)
+    rates = []
+    for name, step in (("per-doc", 1), ("batched", batch_docs)):
+        eng = Engine.create(os.path.join(root, f"writes-{name}"), single_dim=128)
+        t = time.perf_counter()
+        for i in range(0, len(docs), step):
+            eng.add_embeddings_many(docs[i:i + step])
+        eng.flush()
+        rates.append(n / (time.perf_counter() - t))
+        eng.close()
+        shutil.rmtree(os.path.join(root, f"writes-{name}"))
+    return rates[0], rates[1]
+
+
 def rerank_ids(eng: Engine, q: np.ndarray, page_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact MaxSim of one query over the given page ids (private engine API: benchmark only)."""
     with eng._store.read() as txn, torch.no_grad():
@@ -159,6 +180,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pages", type=int, default=10_000)
     ap.add_argument("--doc-pages", type=int, default=10, help="pages per add_embeddings call")
+    ap.add_argument("--batch-docs", type=int, default=10, help="documents per add_embeddings_many commit")
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--exhaustive-queries", type=int, default=None,
                     help="queries scored exhaustively (default: --queries, capped at 10 above 20k pages)")
@@ -187,6 +209,7 @@ def main() -> None:
         st = eng.stats()
         pages = st["pages"]
         floor = lmdb_floor(root, b["payload"] * args.doc_pages // pages)
+        per_doc, batched = batched_writes(root, corpus, args.doc_pages, args.batch_docs, 2000)
         write_rows = [
             ("pages", pages, f"{st['tokens'] / pages:.0f} tokens/page, {args.doc_pages} pages/document"),
             ("write rate", pages / (b["add_s"] + b["flush_s"]),
@@ -194,6 +217,9 @@ def main() -> None:
             ("write rate MB/s", b["payload"] / (b["add_s"] + b["flush_s"]) / 1e6, "MB/s of fp16 multis + fp32 singles"),
             ("bare LMDB commit floor", floor, "pages/s (same bytes per commit, same fsync policy)"),
             ("write rate / floor", pages / (b["add_s"] + b["flush_s"]) / floor, "x"),
+            ("  same, fresh index, per-doc", per_doc, f"pages/s (first {min(2000, pages)} pages, one commit per document)"),
+            ("  batched commits", batched, f"pages/s (add_embeddings_many, {args.batch_docs} documents per commit)"),
+            ("  batched / per-doc", batched / per_doc, "x"),
             ("final flush s", b["flush_s"], "s (queued HNSW inserts + save)"),
             ("open (readonly) s", open_s, "s"),
             ("bytes on disk / page", (st["bytes"]["lmdb_file"] + st["bytes"]["hnsw_file"]) / pages,

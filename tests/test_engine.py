@@ -59,3 +59,45 @@ def test_closed_engine_refuses_calls(tmp_path):
     for call in (lambda: eng.stats(), lambda: eng.documents(), lambda: eng.add_embeddings("x", *make_doc(1, 1))):
         with pytest.raises(JevsearchError, match="closed"):
             call()
+
+
+def _hits(eng, singles, multis):
+    return [(h.doc_id, h.page, round(h.score, 4))
+            for h in eng.search_embeddings(*query_for(multis, singles, 1), k=5, candidates=50)]
+
+
+def test_add_embeddings_many_is_one_all_or_nothing_commit(tmp_path):
+    docs = [(f"d{i}.pdf", *make_doc(i, 3), {"n": i}) for i in range(4)]
+    with Engine.create(tmp_path / "one", single_dim=64) as eng:
+        for doc in docs:
+            eng.add_embeddings(*doc)
+        expected = _hits(eng, docs[2][1], docs[2][2])
+    with Engine.create(tmp_path / "many", single_dim=64) as eng:
+        bad = ("bad.pdf", *make_doc(9, 2))
+        bad[2][1][0, 0] = np.nan
+        with pytest.raises(InvalidInputError, match=r"docs\[2\] \('bad.pdf'\): multis\[1\]: row 0 has NaN"):
+            eng.add_embeddings_many(docs[:2] + [bad])
+        assert eng.stats()["documents"] == 0  # nothing of the refused batch was written
+        with pytest.raises(InvalidInputError, match="appears twice"):
+            eng.add_embeddings_many([docs[0], docs[0]])
+        with pytest.raises(InvalidInputError, match="expected a tuple"):
+            eng.add_embeddings_many(["d0.pdf"])
+        gen = eng._view.gen
+        assert eng.add_embeddings_many(docs) == [3, 3, 3, 3]
+        assert eng._view.gen == gen + 1  # one commit for the whole batch
+        assert sorted(eng.documents()) == [d[0] for d in docs]
+        assert eng.document("d3.pdf")["metadata"] == {"n": 3}
+        assert _hits(eng, docs[2][1], docs[2][2]) == expected
+        eng.verify()
+    with Engine.open(tmp_path / "many") as eng:  # durable, and the same after reopening
+        assert _hits(eng, docs[2][1], docs[2][2]) == expected
+
+
+def test_add_embeddings_many_fixes_the_full_dim_from_its_first_document(tmp_path):
+    with Engine.create(tmp_path / "i", single_dim=64) as eng:
+        s0, m0 = make_doc(0, 2)
+        s1, m1 = make_doc(1, 2)
+        short = s1[:, :128] / np.linalg.norm(s1[:, :128], axis=1, keepdims=True)
+        with pytest.raises(InvalidInputError, match=f"stores {s0.shape[1]}-d"):
+            eng.add_embeddings_many([("a", s0, m0), ("b", short, m1)])
+        assert eng.manifest["single_full_dim"] is None  # the refused batch fixed nothing
