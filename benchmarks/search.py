@@ -38,8 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._util import pct, peak_rss_mb, print_table, repeat_ms, timed  # noqa: E402
 from jevsearch import Engine  # noqa: E402
-from jevsearch.search import rerank  # noqa: E402
-from jevsearch.search.maxsim import maxsim, pad_queries  # noqa: E402
+from jevsearch.search.maxsim import CPU_BLOCK_TOKENS, maxsim_concat, pad_queries  # noqa: E402
+from jevsearch.search.pack import ConcatPacker  # noqa: E402
 from jevsearch.search.threads import torch_threads  # noqa: E402
 from jevsearch.store.lmdbstore import MAP_SIZE  # noqa: E402
 
@@ -122,11 +122,12 @@ def batched_writes(root: str, corpus: Corpus, doc_pages: int, batch_docs: int, p
     return rates[0], rates[1]
 
 
-def rerank_ids(eng: Engine, q: np.ndarray, page_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact MaxSim of one query over the given page ids (private engine API: benchmark only)."""
-    with eng._store.read() as txn, torch.no_grad():
+def rerank_ids(eng: Engine, q: np.ndarray, page_ids: np.ndarray, workers: int = 1):
+    """(ids, scores): exact MaxSim of one query over the given page ids (private engine API: benchmark
+    only), as a search runs it: torch on 1 thread, ``workers`` scorer threads."""
+    with eng._store.read() as txn, torch.no_grad(), torch_threads(1):
         ids, raws, lens = eng._fetch(txn, page_ids)
-        scores = rerank.score_pages(pad_queries([q], torch.float32, torch.device("cpu")), raws, lens, eng._packer)[0]
+        scores = eng._scorer.score(pad_queries([q], torch.float32, torch.device("cpu")), raws, lens, workers)[0]
     return ids, scores
 
 
@@ -149,26 +150,31 @@ def lmdb_floor(root: str, doc_bytes: int, docs: int = 100) -> float:
 
 
 def floors(eng: Engine, n_pages: int, q: np.ndarray) -> dict:
-    """ms of the real MaxSim path over n stored pages vs matmul and memcpy floors of the same size,
-    all with the engine's torch thread count."""
-    with torch_threads(eng.threads):
-        return _floors(eng, n_pages, q)
-
-
-def _floors(eng: Engine, n_pages: int, q: np.ndarray) -> dict:
+    """ms of the real MaxSim path over n stored pages (1 and 2 scorer workers) vs floors of the same
+    size, all on 1 torch thread:
+    * in-cache matmul: one CPU block's fp32 matmul (data already in cache), times the blocks needed;
+    * one-shot matmul: a single fp32 matmul over all the pages' tokens, data in memory;
+    * memcpy: copying the stored fp16 bytes of those pages."""
     ids = np.arange(n_pages, dtype=np.int64)
     real = repeat_ms(lambda: rerank_ids(eng, q, ids), 10)
-    with eng._store.read() as txn:
+    real2 = repeat_ms(lambda: rerank_ids(eng, q, ids, 2), 10)
+    with torch_threads(1), eng._store.read() as txn:
         _, raws, lens = eng._fetch(txn, ids)
         host16 = np.concatenate([np.frombuffer(r, dtype=np.float16) for r in raws])
-    pages32 = torch.from_numpy(host16.astype(np.float32)).view(-1, DM)  # [sum T, d]
-    qt = torch.from_numpy(q)  # [L, d]
-    mm = repeat_ms(lambda: torch.matmul(qt, pages32.T), 10)
-    src, dst = torch.from_numpy(host16), torch.empty(host16.shape, dtype=torch.float16)
-    cp = repeat_ms(lambda: dst.copy_(src), 10)
-    padded = eng._packer.pack(raws, lens).clone()
-    kernel = repeat_ms(lambda: maxsim(qt[None], padded), 10)
-    return {"real": pct(real, 50), "kernel": pct(kernel, 50), "matmul": pct(mm, 50), "memcpy": pct(cp, 50),
+        pages32 = torch.from_numpy(host16.astype(np.float32)).view(-1, DM)  # [sum T, d]
+        qt = torch.from_numpy(q)  # [L, d]
+        block = pages32[:CPU_BLOCK_TOKENS]
+        sim = torch.empty(len(qt), len(block))
+        per_block = pct(repeat_ms(lambda: torch.mm(qt, block.T, out=sim), 50), 50)
+        mm = repeat_ms(lambda: torch.matmul(qt, pages32.T), 10)
+        src, dst = torch.from_numpy(host16), torch.empty(host16.shape, dtype=torch.float16)
+        cp = repeat_ms(lambda: dst.copy_(src), 10)
+        packer = ConcatPacker(DM, np.float16)
+        tokens, starts = packer.pack(raws[:6], lens[:6])  # one CPU block (~4.6k tokens), in cache
+        out = packer.sim(len(qt), len(tokens))
+        per_kernel = pct(repeat_ms(lambda: maxsim_concat(qt[None], tokens, starts, out=out), 50), 50)
+    return {"real": pct(real, 50), "real2": pct(real2, 50), "kernel": per_kernel * len(pages32) / len(tokens),
+            "cache_mm": per_block * len(pages32) / len(block), "matmul": pct(mm, 50), "memcpy": pct(cp, 50),
             "tokens": int(sum(lens))}
 
 
@@ -197,7 +203,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="jev-bench-", dir=args.dir)
     path = os.path.join(root, "idx")
     print(f"jevsearch search benchmark: {args.pages} pages, HNSW M={args.m} efC={args.ef_construction} "
-          f"efS={args.ef_search}, engine threads 1 (torch default here "
+          f"efS={args.ef_search}, engine threads 1 unless a row says (torch default here "
           f"{torch.get_num_threads()}), load average {os.getloadavg()[0]:.1f}, index at {path}", flush=True)
     corpus = Corpus(args.pages, args.seed)
     try:
@@ -234,17 +240,28 @@ def main() -> None:
         rows, two_sets, p50 = [], {}, {}
         for qs, qm, _ in queries[:3]:  # warm-up: page cache, buffers
             eng.search_embeddings(qs, qm, k=args.k, candidates=200)
-        for cand in (50, 100, 200):
-            lat = []
-            sets = []
+        def latencies(cand: int) -> tuple[list[float], list[set]]:
+            lat, sets = [], []
             for qs, qm, _ in queries:
                 t = time.perf_counter()
                 hits = eng.search_embeddings(qs, qm, k=args.k, candidates=cand)
                 lat.append((time.perf_counter() - t) * 1e3)
                 sets.append({(h.doc_id, h.page) for h in hits})
-            two_sets[cand], p50[cand] = sets, pct(lat, 50)
+            return lat, sets
+
+        for cand in (50, 100, 200):
+            lat, two_sets[cand] = latencies(cand)
+            p50[cand] = pct(lat, 50)
             rows.append((f"two-stage c={cand} p50", pct(lat, 50), "ms/query"))
             rows.append((f"two-stage c={cand} p95", pct(lat, 95), "ms/query"))
+        stage1 = [timed(eng._view.search, _unit(qs[None, :128]), 100)[0] * 1e3 for qs, _, _ in queries]
+        rows.append(("  of which stage 1 (HNSW) c=100 p50", pct(stage1, 50), "ms/query"))
+        eng.threads = 2
+        lat, sets2 = latencies(100)
+        eng.threads = 1
+        rows.append(("two-stage c=100 p50, threads=2", pct(lat, 50), "ms/query (2 MaxSim workers)"))
+        rows.append(("two-stage c=100 p95, threads=2", pct(lat, 95), "ms/query"))
+        rows.append(("  same hits as threads=1", float(sets2 == two_sets[100]), "(1 = identical)"))
         batch_s, _ = timed(eng.search_embeddings, np.stack([q[0] for q in queries]), [q[1] for q in queries],
                            k=args.k, candidates=100)
         rows.append(("two-stage c=100 batch", batch_s * 1e3 / len(queries), f"ms/query in one batch of {len(queries)}"))
@@ -278,13 +295,14 @@ def main() -> None:
         for n in (100, 400):
             f = floors(eng, min(n, pages), q)
             frows += [
-                (f"MaxSim {n} pages: full path", f["real"], "ms (LMDB fetch + fp16->fp32 pack + matmul/amax/sum)"),
-                (f"  kernel only", f["kernel"], "ms (maxsim() on packed fp32)"),
-                (f"  matmul floor", f["matmul"], "ms (same-shape fp32 matmul, data in memory)"),
-                (f"  memcpy floor", f["memcpy"], "ms (copy of the stored fp16 bytes)"),
-                (f"  full / matmul", f["real"] / f["matmul"], "x"),
-                (f"  full / (matmul + memcpy)", f["real"] / (f["matmul"] + f["memcpy"]), "x"),
-                (f"  throughput", f["tokens"] / f["real"] / 1e3, "M page-tokens/s"),
+                (f"MaxSim {n} pages: full path", f["real"], "ms (LMDB fetch + fp16->fp32 pack + matmul/max/sum)"),
+                ("  full path, 2 workers", f["real2"], "ms (threads=2)"),
+                ("  kernel only, in cache", f["kernel"], "ms (maxsim_concat() on one packed block, times the blocks)"),
+                ("  matmul floor, in cache", f["cache_mm"], f"ms (fp32 matmul of {CPU_BLOCK_TOKENS}-token blocks already in cache)"),
+                ("  matmul, one shot", f["matmul"], "ms (one fp32 matmul over all the tokens, data in memory)"),
+                ("  memcpy floor", f["memcpy"], "ms (copy of the stored fp16 bytes)"),
+                ("  full / (in-cache matmul + memcpy)", f["real"] / (f["cache_mm"] + f["memcpy"]), "x"),
+                ("  throughput", f["tokens"] / f["real"] / 1e3, "M page-tokens/s"),
             ]
         frows.append(("peak RSS", peak_rss_mb(), "MB (includes LMDB pages mapped from the page cache)"))
         frows.append(("load average at end", os.getloadavg()[0], "(2 cores, shared)"))

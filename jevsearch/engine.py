@@ -48,7 +48,6 @@ from jevsearch.errors import (
 from jevsearch.ingest import modelinfo
 from jevsearch.search import rerank
 from jevsearch.search.maxsim import pad_queries, scoring_device, top_with_ties
-from jevsearch.search.pack import PagePacker
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import validate
 from jevsearch.store.graphview import GraphView
@@ -111,8 +110,8 @@ class Engine:
             self._manifest = manifest
             self._refresh(txn)
         self._device, self._dtype = scoring_device()
-        self._packer = PagePacker(self._manifest["multi_dim"], np.dtype(self._manifest["multi_dtype"]),
-                                  self._device, self._dtype)
+        self._scorer = rerank.Scorer(self._manifest["multi_dim"], np.dtype(self._manifest["multi_dtype"]),
+                                     self._device, self._dtype)
         if not self.readonly and not self._view.clean:
             self.flush()  # repaired at open: persist so the next open is fast
 
@@ -196,10 +195,11 @@ class Engine:
         instead (e.g. the snapshot moved); ModelMismatchError unless it is the recorded model (same
         fingerprint). ``single_dim``, if given, must be the recorded truncation (else ModelMismatchError).
 
-        threads: torch intra-op threads used while the engine converts and scores (restored after
-        each call). 1 by default: on small shared machines torch's OpenMP team costs more than it
-        gains on per-query work (measured 3x slower reranks with 2 threads on 2 busy cores); raise
-        it for big exhaustive evaluations on an idle machine. FAISS uses 1 thread per query too.
+        threads: CPU threads for the engine's own tensor work: worker threads sharing a search's MaxSim
+        blocks, and torch intra-op threads while add_embeddings converts (restored after each call).
+        1 by default: on a small shared machine the other cores may be busy (torch's OpenMP team on 2
+        busy cores once made reranks 3x slower). Set it to the cores you can spare for searching.
+        FAISS uses 1 thread per query.
 
         A writer repairs the HNSW from LMDB when they disagree (after a crash). Raises
         NotAnIndexError, FormatVersionError, IndexLockedError (another writer).
@@ -238,6 +238,7 @@ class Engine:
                 if not self.readonly:
                     self.flush()
             finally:
+                self._scorer.close()
                 self._store.close()
                 self._store = None
                 if self._writer_lock is not None:
@@ -471,7 +472,8 @@ class Engine:
                                                required=not exhaustive)
         with self._mutex:
             self._check_open()
-            with self._store.read() as txn, torch.no_grad(), torch_threads(self.threads):
+            # One torch thread: the scorer's own workers (self.threads of them) are the parallelism.
+            with self._store.read() as txn, torch.no_grad(), torch_threads(1):
                 self._refresh(txn)
                 qt = pad_queries(queries, self._dtype, self._device)  # [Q, L, d]
                 if exhaustive:
@@ -491,16 +493,16 @@ class Engine:
             out = []
             for q in range(len(cand)):
                 ids, raws, lens = self._fetch(txn, cand[q][cand[q] >= 0])
-                scores = rerank.score_pages(qt[q:q + 1, : q_lens[q]], raws, lens, self._packer)[0]  # [C]
+                scores = self._scorer.score(qt[q:q + 1, : q_lens[q]], raws, lens, self.threads)[0]  # [C]
                 sel = top_with_ties(scores, k)
                 out.append((ids[sel], scores[sel]))
             return out
         ids, raws, lens = self._fetch(txn, union)  # overlapping candidates are fetched and scored once
-        return rerank.select_candidates(cand, ids, rerank.score_pages(qt, raws, lens, self._packer), k)
+        return rerank.select_candidates(cand, ids, self._scorer.score(qt, raws, lens, self.threads), k)
 
     def _exhaustive(self, txn, qt: torch.Tensor, k: int):
         pages = ((pid, self._store.multi_raw(txn, pid), tokens) for pid, _, _, tokens in self._store.iter_pages(txn))
-        return rerank.exhaustive(pages, qt, k, self._packer)
+        return rerank.exhaustive(pages, qt, k, self._scorer, self.threads)
 
     def _fetch(self, txn, page_ids: np.ndarray):
         """Zero-copy multi-vectors of the pages still live in ``txn`` (others are skipped)."""

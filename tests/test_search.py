@@ -11,6 +11,7 @@ from jevsearch import Engine
 from jevsearch.search import maxsim as maxsim_module
 from jevsearch.search.maxsim import maxsim, pad_queries, top_with_ties
 from jevsearch.search.pack import PagePacker
+from jevsearch.search.rerank import Scorer
 
 
 def reference(q: np.ndarray, page: np.ndarray) -> float:
@@ -35,6 +36,30 @@ def test_maxsim_matches_float64_reference_on_ragged_input():
     again = maxsim(pad_queries(queries[:1], torch.float32, torch.device("cpu")),
                    packer.pack([p.tobytes() for p in pages[2:4]], [17, 64])).numpy()
     np.testing.assert_allclose(again, want[:1, 2:4], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_cpu_scorer_matches_float64_reference_in_any_blocking(monkeypatch, workers):
+    """The CPU path (pages end to end, reduceat per page, blocks shared among workers) is exact
+    whatever the block size and the number of workers, including batched queries of unequal length."""
+    rng = np.random.default_rng(4)
+    queries = [unit(rng, n, 128) for n in (5, 2, 9)]
+    pages = [unit(rng, n, 128).astype(np.float16) for n in (1, 40, 17, 64, 5, 33, 2, 80)]
+    pages.append((-np.abs(unit(rng, 9, 128)) * np.sign(queries[0].sum(0))).astype(np.float16))
+    want = np.array([[reference(q, p) for p in pages] for q in queries])
+    qt = pad_queries(queries, torch.float32, torch.device("cpu"))
+    scorer = Scorer(128, np.float16, torch.device("cpu"), torch.float32)
+    try:
+        for block in (1, 50, 100, 4096):  # 1 token: a page per block; 4096: all pages in one block
+            monkeypatch.setattr(maxsim_module, "CPU_BLOCK_TOKENS", block)
+            got = scorer.score(qt, [p.tobytes() for p in pages], [len(p) for p in pages], workers)
+            assert got.shape == (3, 9) and got.dtype == np.float32
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        # Reused buffers: a later, smaller call is not polluted by the earlier, larger one.
+        again = scorer.score(qt[:1], [pages[2].tobytes(), pages[6].tobytes()], [17, 2], workers)
+        np.testing.assert_allclose(again, want[:1, [2, 6]], rtol=1e-5, atol=1e-5)
+    finally:
+        scorer.close()
 
 
 def test_maxsim_in_bf16_is_close_but_not_exact():
@@ -90,8 +115,26 @@ def test_exhaustive_is_independent_of_chunking(corpus, monkeypatch):
     eng, _ = corpus
     qm = unit(np.random.default_rng(3), 5, 128)
     whole = eng.search_embeddings(None, qm, k=7, exhaustive=True)
-    monkeypatch.setattr(maxsim_module, "BLOCK_TOKENS", 64)  # ~1 page per chunk and per block
+    monkeypatch.setattr(maxsim_module, "BLOCK_TOKENS", 64)  # ~1 page per chunk
+    monkeypatch.setattr(maxsim_module, "CPU_BLOCK_TOKENS", 64)  # and per block
     assert _key(eng.search_embeddings(None, qm, k=7, exhaustive=True)) == _key(whole)
+
+
+def test_search_with_two_threads_equals_one(corpus, monkeypatch):
+    eng, docs = corpus
+    monkeypatch.setattr(maxsim_module, "CPU_BLOCK_TOKENS", 64)  # many blocks, so both workers score
+    rng = np.random.default_rng(5)
+    qs, qm = unit(rng, 256), unit(rng, 6, 128)
+    pages = eng.stats()["pages"]
+    before = torch.get_num_threads()
+    one = [eng.search_embeddings(qs, qm, k=5, candidates=pages), eng.search_embeddings(None, qm, k=5, exhaustive=True)]
+    eng.threads = 2
+    try:
+        two = [eng.search_embeddings(qs, qm, k=5, candidates=pages), eng.search_embeddings(None, qm, k=5, exhaustive=True)]
+    finally:
+        eng.threads = 1
+    assert [_key(h) for h in two] == [_key(h) for h in one]
+    assert torch.get_num_threads() == before  # searching runs torch on 1 thread, then restores the caller's
 
 
 def test_batch_equals_single_queries_and_k_is_bounded(corpus):

@@ -1,36 +1,108 @@
-"""Stage 2 of a search: MaxSim over fetched pages, top-k per query. Pure functions (no I/O).
+"""Stage 2 of a search: MaxSim over fetched pages, top-k per query. No I/O.
 
 Pages arrive as raw stored buffers (zero-copy LMDB views) with their token counts; the engine fetches
-them, these functions pack and score them in bounded blocks and keep the best.
+them, a :class:`Scorer` packs and scores them in bounded blocks, and the functions below keep the best.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 import numpy as np
 import torch
 
-from jevsearch.search.maxsim import block_tokens, maxsim, top_with_ties
-from jevsearch.search.pack import PagePacker
+from jevsearch.search.maxsim import block_tokens, maxsim, maxsim_concat, top_with_ties
+from jevsearch.search.pack import ConcatPacker, PagePacker
 
 
-def score_pages(qt: torch.Tensor, raws: list, lens: list[int], packer: PagePacker) -> np.ndarray:
-    """MaxSim of queries qt [Q, L, d] against stored pages -> float32 [Q, C], in bounded blocks."""
-    out = np.empty((qt.shape[0], len(raws)), dtype=np.float32)
-    budget = block_tokens(qt.shape[0] * qt.shape[1])
-    start = 0
-    while start < len(raws):
-        # Padded size C * T (T = longest page in the block) stays within the budget.
-        stop = start + 1
-        longest = lens[start]
-        while stop < len(raws) and max(longest, lens[stop]) * (stop - start + 1) <= budget:
-            longest = max(longest, lens[stop])
+def _one_thread() -> None:
+    # OpenMP's thread count is per thread: a fresh worker would run oneDNN's matmul with every core
+    # and oversubscribe the machine (measured: 2 workers no faster than 1 until each set 1 thread).
+    torch.set_num_threads(1)
+
+
+class Scorer:
+    """MaxSim of queries against stored pages, in blocks of bounded size, on one device.
+
+    CPU: pages laid end to end in cache-sized blocks (:func:`~jevsearch.search.maxsim.maxsim_concat`),
+    the blocks shared among ``workers`` threads, each with its own buffers. GPU: large padded blocks
+    (:func:`~jevsearch.search.maxsim.maxsim`) on the calling thread.
+    Not thread-safe: one call at a time (the engine serialises them).
+
+    >>> import numpy as np, torch
+    >>> s = Scorer(dim=2, stored=np.float16, device=torch.device("cpu"), dtype=torch.float32)
+    >>> page = np.array([[1, 0], [0.6, 0.8]], np.float16).tobytes()
+    >>> s.score(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), [page], [2]).round(3)
+    array([[1.8]], dtype=float32)
+    """
+
+    def __init__(self, dim: int, stored: np.dtype, device: torch.device, dtype: torch.dtype):
+        self.dim, self.stored, self.device, self.dtype = dim, stored, device, dtype
+        self._packers: list = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
+
+    def score(self, qt: torch.Tensor, raws: list, lens: list[int], workers: int = 1) -> np.ndarray:
+        """MaxSim of queries qt [Q, L, d] against pages ``raws`` of ``lens`` tokens -> float32 [Q, C].
+
+        On the CPU, the caller runs this with torch set to 1 intra-op thread: the parallelism is the
+        ``workers`` threads, one block at a time each.
+        """
+        out = np.empty((qt.shape[0], len(raws)), dtype=np.float32)
+        if not raws:
+            return out
+        cpu = self.device.type == "cpu"
+        blocks = _blocks(lens, block_tokens(qt.shape[0] * qt.shape[1], cpu), padded=not cpu)
+        workers = max(1, min(workers if cpu else 1, len(blocks)))
+        while len(self._packers) < workers:
+            self._packers.append(ConcatPacker(self.dim, self.stored) if cpu
+                                 else PagePacker(self.dim, self.stored, self.device, self.dtype))
+
+        def run(w: int) -> None:
+            packer = self._packers[w]
+            for start, stop in blocks[w::workers]:  # round robin: each worker gets a share of every size
+                if cpu:
+                    tokens, starts = packer.pack(raws[start:stop], lens[start:stop])  # [N, d], [C]
+                    sim = packer.sim(qt.shape[0] * qt.shape[1], tokens.shape[0])
+                    out[:, start:stop] = maxsim_concat(qt, tokens, starts, out=sim)
+                else:
+                    pages = packer.pack(raws[start:stop], lens[start:stop])  # [C, T, d]
+                    out[:, start:stop] = maxsim(qt, pages).cpu().numpy()
+
+        if workers == 1:
+            run(0)
+        else:
+            if self._pool_size < workers:
+                self.close()
+                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="jevsearch-maxsim",
+                                                initializer=_one_thread)
+                self._pool_size = workers
+            for f in [self._pool.submit(run, w) for w in range(workers)]:
+                f.result()
+        return out
+
+    def close(self) -> None:
+        """Stop the worker threads (started again on demand)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool, self._pool_size = None, 0
+
+
+def _blocks(lens: list[int], budget: int, padded: bool) -> list[tuple[int, int]]:
+    """Split pages into consecutive (start, stop) runs of at most ``budget`` tokens (C * longest page
+    when ``padded``), one page at least."""
+    blocks, start = [], 0
+    while start < len(lens):
+        stop, longest, total = start + 1, lens[start], lens[start]
+        while stop < len(lens):
+            longest, total = max(longest, lens[stop]), total + lens[stop]
+            if (longest * (stop - start + 1) if padded else total) > budget:
+                break
             stop += 1
-        pages = packer.pack(raws[start:stop], lens[start:stop])  # [C, T, d]
-        out[:, start:stop] = maxsim(qt, pages).cpu().numpy()
+        blocks.append((start, stop))
         start = stop
-    return out
+    return blocks
 
 
 def select_candidates(cand: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int):
@@ -47,7 +119,8 @@ def select_candidates(cand: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: 
     return out
 
 
-def exhaustive(pages: Iterable[tuple[int, object, int]], qt: torch.Tensor, k: int, packer: PagePacker):
+def exhaustive(pages: Iterable[tuple[int, object, int]], qt: torch.Tensor, k: int, scorer: Scorer,
+               workers: int = 1):
     """Exact top k (with ties) over every page of ``pages`` ((page id, raw, tokens) tuples), streamed in
     chunks of bounded size. -> Q pairs (page ids, scores)."""
     nq = qt.shape[0]
@@ -56,7 +129,7 @@ def exhaustive(pages: Iterable[tuple[int, object, int]], qt: torch.Tensor, k: in
     ids, raws, lens, chunk_tokens = [], [], [], 0
 
     def score_chunk():
-        s = score_pages(qt, raws, lens, packer)
+        s = scorer.score(qt, raws, lens, workers)
         cid = np.array(ids, dtype=np.int64)
         for q in range(nq):
             all_ids = np.concatenate([best[q][0], cid])
