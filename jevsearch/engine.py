@@ -239,6 +239,7 @@ class Engine:
                     self.flush()
             finally:
                 self._scorer.close()
+                self._view.close()
                 self._store.close()
                 self._store = None
                 if self._writer_lock is not None:

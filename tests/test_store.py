@@ -277,3 +277,62 @@ def test_long_doc_ids_and_unicode(tmp_path):
         hit = eng.search_embeddings(None, make_doc(1, 1)[1][0], k=1, exhaustive=True)[0]
         assert (hit.doc_id, hit.text) == (long_id, "été ✓")
         assert eng.delete(long_id) and list(eng.documents()) == []
+
+
+def _graph_ids(eng) -> set[int]:
+    return set(eng._view.settle().ids().tolist())  # private: what the in-memory HNSW holds
+
+
+def test_background_hnsw_inserts_cover_every_page(tmp_path, monkeypatch):
+    """Queued pages go to the background inserter every few pages; search, stats, verify and the saved
+    file all see every page."""
+    from jevsearch.store import graphview
+
+    monkeypatch.setattr(graphview, "BACKGROUND_PAGES", 4)
+    path = str(tmp_path / "idx")
+    calls = []
+    real_add = graphview.HnswGraph.add
+
+    def add(self, ids, vecs, threads=None):
+        calls.append(threads)
+        return real_add(self, ids, vecs, threads)
+
+    monkeypatch.setattr(graphview.HnswGraph, "add", add)
+    with Engine.create(path, single_dim=64) as eng:
+        docs = {f"d{i}": make_doc(i, 3) for i in range(10)}
+        for name, (s, m) in docs.items():
+            eng.add_embeddings(name, s, m)
+        assert graphview.BACKGROUND_THREADS in calls  # the background thread really inserted
+        assert eng.stats()["hnsw_vectors"] == eng.stats()["pages"] == 30
+        s, m = docs["d7"]
+        qs, qm = query_for(m, s, 2)
+        assert (eng.search_embeddings(qs, qm, k=1)[0].doc_id, eng.search_embeddings(qs, qm, k=1)[0].page) == ("d7", 3)
+        eng.verify(deep=True)
+    with Engine.open(path, readonly=True) as ro:
+        assert ro._view.clean and _graph_ids(ro) == set(range(30))  # the saved file was complete
+
+
+def test_failed_background_insert_keeps_the_commit_and_is_repaired(tmp_path, monkeypatch, caplog):
+    from jevsearch.store import graphview
+
+    monkeypatch.setattr(graphview, "BACKGROUND_PAGES", 4)
+    real_add = graphview.HnswGraph.add
+
+    def add(self, ids, vecs, threads=None):
+        if threads == graphview.BACKGROUND_THREADS and 5 in ids:
+            raise MemoryError("injected")
+        return real_add(self, ids, vecs, threads)
+
+    monkeypatch.setattr(graphview.HnswGraph, "add", add)
+    path = str(tmp_path / "idx")
+    with Engine.create(path, single_dim=64) as eng:
+        for i in range(6):  # the batch holding page 5 fails in the background; no add raises
+            eng.add_embeddings(f"d{i}", *make_doc(i, 3))
+        monkeypatch.setattr(graphview.HnswGraph, "add", real_add)
+        hits = eng.search_embeddings(*query_for(make_doc(1, 3)[1], make_doc(1, 3)[0], 2), k=1)
+        assert (hits[0].doc_id, hits[0].page) == ("d1", 3)  # page id 5, restored from LMDB
+        assert _graph_ids(eng) == set(range(18))
+        eng.verify()
+    assert "inserting into the HNSW failed" in caplog.text
+    with Engine.open(path, readonly=True) as ro:
+        assert _graph_ids(ro) == set(range(18))

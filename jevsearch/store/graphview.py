@@ -5,16 +5,21 @@ LMDB is the truth; this view mirrors it into a :class:`~jevsearch.store.hnsw.Hns
 * at open it loads ``hnsw.bin`` and adds the pages LMDB has beyond the file (crash repair), or
   rebuilds from LMDB when the file is missing, damaged or from another epoch (compaction);
 * a reader catches up the same way whenever LMDB's generation moved (another process wrote);
-* the writer's own commits are queued (:meth:`committed`) and inserted in one multi-threaded batch
-  before the next search, save or check (:meth:`settle`): HNSW insertion is memory-latency bound
-  (measured 2.2 ms per vector at 100k pages), so per-document inserts made ingest 3x slower than
-  its LMDB commits; the graph is saved every SAVE_EVERY_PAGES pages and on flush/close;
+* the writer's own commits are queued (:meth:`committed`) and inserted in batches: HNSW insertion
+  is memory-latency bound (measured 2.2 ms per vector at 100k pages; 0.7-1 ms at 10k on one thread),
+  so per-document inserts made ingest 3x slower than its LMDB commits. Every BACKGROUND_PAGES queued
+  pages go to a background thread, which inserts while the writer waits on its next fsync (FAISS
+  releases the GIL); the rest goes in before the next search, save or check (:meth:`settle`), which
+  first waits for the background batch. The graph is saved every SAVE_EVERY_PAGES pages and on
+  flush/close;
 * deleted pages stay in the graph as tombstones, skipped by a FAISS selector until compaction.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import faiss
 import numpy as np
@@ -29,6 +34,10 @@ log = logging.getLogger(__name__)
 # most this many pages from LMDB at the next open.
 SAVE_EVERY_PAGES = 10_000
 _BULK = 4096  # pages per batch when (re)building from LMDB
+# Queued pages handed to the background inserter at once, and its threads: the writer keeps a core
+# for validating, converting and committing the next documents.
+BACKGROUND_PAGES = 1024
+BACKGROUND_THREADS = max(1, (os.cpu_count() or 1) - 1)
 
 
 class GraphView:
@@ -43,6 +52,9 @@ class GraphView:
         self.unsaved = 0
         self.clean = False  # the graph equals hnsw.bin (nothing to save)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # committed, not yet in the graph
+        self._queued = 0  # pages in _pending
+        self._pool: ThreadPoolExecutor | None = None  # the background inserter (writer only)
+        self._job: Future | None = None  # its batch in flight
 
     @staticmethod
     def new_graph(manifest: dict) -> HnswGraph:
@@ -51,8 +63,9 @@ class GraphView:
 
     def refresh(self, txn, state: dict, manifest: dict) -> None:
         """Mirror the LMDB snapshot ``txn`` (whose state record is ``state``)."""
+        self._wait(quiet=True)  # the graph must be still while it changes; a failed batch: reload it
         if state["epoch"] != self.epoch:
-            self.graph, self.next_page_id, self.clean, self._pending = None, 0, False, []
+            self.graph, self.next_page_id, self.clean, self._pending, self._queued = None, 0, False, [], 0
             try:
                 graph, header = HnswGraph.load(self.index_dir, manifest["hnsw"]["ef_search"])
                 # A writer never sees a file ahead of LMDB unless something is off; a reader may
@@ -98,10 +111,22 @@ class GraphView:
                   vecs: np.ndarray | None = None) -> bool:
         """Mirror the writer's own commit (pages ``ids`` with truncated vectors ``vecs``, ``removed``
         page ids); returns True when the graph is due to be saved."""
+        if self.epoch == -1:
+            return False  # broken: the next refresh rebuilds the view from LMDB, this commit included
         if ids is not None:
             self._pending.append((ids, vecs))
+            self._queued += len(ids)
             self.unsaved += len(ids)
             self.clean = False
+            if self._queued >= BACKGROUND_PAGES and (self._job is None or self._job.done()):
+                # The commit is durable: a failed batch must not fail it; the view is rebuilt instead.
+                self._wait(quiet=True)
+                if self.epoch == -1:
+                    return False
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="jevsearch-hnsw")
+                ids_, vecs_ = self._take()
+                self._job = self._pool.submit(self.graph.add, ids_, vecs_, BACKGROUND_THREADS)
         self.next_page_id = state["next_page_id"]
         if removed:
             self._set_tombstones(np.concatenate([self.tombs, np.asarray(removed, dtype=np.int64)]))
@@ -109,24 +134,57 @@ class GraphView:
         return self.unsaved >= SAVE_EVERY_PAGES
 
     def settle(self) -> HnswGraph:
-        """Insert the queued pages (one batch: FAISS parallelises it); returns the complete graph."""
+        """Wait for the background batch, insert the rest of the queue (one batch: FAISS parallelises
+        it); returns the complete graph."""
+        self._wait()
         if self._pending:
-            pending, self._pending = self._pending, []
             try:
-                self.graph.add(np.concatenate([i for i, _ in pending]), np.concatenate([v for _, v in pending]))
+                self.graph.add(*self._take())
             except BaseException:
-                self.epoch = -1  # LMDB is ahead of memory: rebuild the view at the next refresh
+                self._broken()
                 raise
         return self.graph
 
+    def close(self) -> None:
+        """Stop the background inserter (after its batch in flight); the view is unusable after."""
+        self._wait(quiet=True)
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _take(self) -> tuple[np.ndarray, np.ndarray]:
+        pending, self._pending, self._queued = self._pending, [], 0
+        return np.concatenate([i for i, _ in pending]), np.concatenate([v for _, v in pending])
+
+    def _wait(self, quiet: bool = False) -> None:
+        job, self._job = self._job, None
+        if job is None:
+            return
+        try:
+            job.result()
+        except BaseException:
+            self._broken()
+            if not quiet:
+                raise
+            log.warning("%s: inserting into the HNSW failed; it will be rebuilt from LMDB", self.index_dir,
+                        exc_info=True)
+
+    def _broken(self) -> None:
+        # LMDB is ahead of the graph: never save it; the next refresh reloads and repairs the view.
+        self.epoch = self.gen = -1
+
     def replace(self, graph: HnswGraph, epoch: int, gen: int) -> None:
         """Adopt a graph rebuilt by compaction (already saved under ``epoch``), with no tombstones."""
+        self._wait(quiet=True)
         self.graph, self.epoch, self.gen, self.unsaved, self.clean = graph, epoch, gen, 0, True
-        self._pending = []
+        self._pending, self._queued = [], 0
         self._set_tombstones(np.zeros(0, dtype=np.int64))
 
     def save(self) -> None:
-        self.settle().save(self.index_dir, epoch=self.epoch, next_page_id=self.next_page_id)
+        graph = self.settle()
+        if self.epoch == -1:
+            return  # a broken view: the file on disk stays older, and open repairs it from LMDB
+        graph.save(self.index_dir, epoch=self.epoch, next_page_id=self.next_page_id)
         self.unsaved, self.clean = 0, True
 
     def search(self, queries: np.ndarray, n: int) -> np.ndarray:

@@ -84,10 +84,13 @@ class HnswGraph:
     def ids(self) -> np.ndarray:
         return faiss.vector_to_array(self.index.id_map).astype(np.int64, copy=False)
 
-    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        """Add float32 [N, dim] unit vectors under ``ids`` [N]."""
+    def add(self, ids: np.ndarray, vecs: np.ndarray, threads: int | None = None) -> None:
+        """Add float32 [N, dim] unit vectors under ``ids`` [N], on ``threads`` OpenMP threads (default:
+        1 for small batches, every core for large ones)."""
         if len(ids):
-            with faiss_threads(1 if len(ids) < 1000 else faiss.omp_get_max_threads()):
+            if threads is None:
+                threads = 1 if len(ids) < 1000 else faiss.omp_get_max_threads()
+            with faiss_threads(threads):
                 self.index.add_with_ids(vecs, np.ascontiguousarray(ids, dtype=np.int64))
 
     def search(self, queries: np.ndarray, n: int, exclude: faiss.IDSelector | None = None):

@@ -340,8 +340,8 @@ class PageStore:
             k = page_key(doc["first"] + i)
             # append=True: ids only grow, so each put lands at the B-tree's right edge.
             txn.put(k, PAGE_REC.pack(dkey, i + 1, m.shape[0]), db=pages, append=True)
-            txn.put(k, singles[i].tobytes(), db=single, append=True)
-            txn.put(k, m.tobytes(), db=multi, append=True)
+            txn.put(k, np.ascontiguousarray(singles[i]), db=single, append=True)  # a buffer: no bytes copy
+            txn.put(k, np.ascontiguousarray(m), db=multi, append=True)
             if texts is not None:
                 txn.put(k, texts[i].encode("utf-8"), db=text, append=True)
         txn.put(dkey, _dumps(doc), db=self._db["docs"])
