@@ -28,7 +28,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Iterator
@@ -38,11 +37,9 @@ import torch
 
 from jevsearch.errors import (
     CorruptIndexError,
-    FormatVersionError,
     IndexExistsError,
     InvalidInputError,
     JevsearchError,
-    NotAnIndexError,
     ReadOnlyIndexError,
 )
 from jevsearch.ingest import modelinfo
@@ -54,11 +51,9 @@ from jevsearch.store.graphview import GraphView
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbstore import PageStore, current_env, fsync_dir
 from jevsearch.store.lock import WriterLock
+from jevsearch.store.manifest import check_manifest, new_manifest
 
 
-FORMAT_NAME = "jevsearch-index"
-FORMAT_VERSION = 1
-_TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass
@@ -95,7 +90,7 @@ class Engine:
     def __init__(self, path: str, store: PageStore, lock: WriterLock | None, threads: int):
         # Private: use Engine.create / Engine.open.
         self.path = path
-        #: torch threads for the engine's tensor work (see jevsearch.search.threads); settable.
+        #: CPU threads for the engine's tensor work (see :meth:`open`); settable.
         self.threads = threads
         self.readonly = lock is None
         self._store = store
@@ -106,7 +101,7 @@ class Engine:
         self._model_args: tuple = (None, None)  # device, dtype for that load
         with store.read() as txn:
             manifest = store.manifest(txn)
-            self._check_manifest(manifest)
+            check_manifest(manifest)
             self._manifest = manifest
             self._refresh(txn)
         self._device, self._dtype = scoring_device()
@@ -136,7 +131,7 @@ class Engine:
         multi_dim / multi_dtype: per-token vector size and storage dtype ("float16" or "float32").
         hnsw_m / ef_construction / ef_search: HNSW parameters (the search beam is raised to 4x the
         number of candidates asked for, see jevsearch.store.hnsw). model_info: JSON object describing the encoder, kept in the manifest.
-        threads: torch threads for the engine's own tensor work (see :meth:`open`).
+        threads: CPU threads for the engine's own tensor work (see :meth:`open`).
         The index is built in a temporary sibling directory and renamed into place, so a crash never
         leaves a half-created index. Returns the engine opened for writing.
         """
@@ -154,31 +149,20 @@ class Engine:
         elif max_pixels is not None:
             raise InvalidInputError("max_pixels: only with model= (hint: it sets how pages are rendered)")
         single_dim = modelinfo.DEFAULT_SINGLE_DIM if single_dim is None else single_dim
-        for name, v in (("single_dim", single_dim), ("multi_dim", multi_dim), ("hnsw_m", hnsw_m),
-                        ("ef_construction", ef_construction), ("ef_search", ef_search)):
-            validate.check_k(v, name)
-        if single_full_dim is not None and validate.check_k(single_full_dim, "single_full_dim") < single_dim:
-            raise InvalidInputError(f"single_full_dim: {single_full_dim} < single_dim {single_dim} "
-                                    "(hint: the index truncates the full vectors to single_dim)")
-        if multi_dtype not in ("float16", "float32"):
-            raise InvalidInputError(f"multi_dtype: {multi_dtype!r} (hint: 'float16' or 'float32')")
-        model_info = None if model_info is None else validate.check_metadata(model_info)
+        manifest = new_manifest(single_dim=single_dim, single_full_dim=single_full_dim, multi_dim=multi_dim,
+                                multi_dtype=multi_dtype, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                                ef_search=ef_search, model_info=model_info)
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "created": time.time(),
-                    "single_dim": single_dim, "single_full_dim": single_full_dim, "single_dtype": "float32",
-                    "multi_dim": multi_dim, "multi_dtype": multi_dtype, "metric": "inner_product",
-                    "hnsw": {"M": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search},
-                    "model": model_info}
         state = {"next_page_id": 0, "gen": 0, "epoch": 0, "docs": 0, "pages": 0, "tokens": 0, "tombs": 0}
         tmp = tempfile.mkdtemp(prefix=".jevsearch-create-", dir=parent)
         try:
             PageStore.initialise(tmp, manifest, state)
             HnswGraph(single_dim, hnsw_m, ef_construction, ef_search).save(tmp, epoch=0, next_page_id=0)
             os.rename(tmp, path)  # POSIX rename replaces an empty directory atomically
-        except OSError as e:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            if os.path.exists(path):
+            if isinstance(e, OSError) and os.path.exists(path):
                 raise IndexExistsError(f"{path}: appeared while creating ({e}) (hint: pick a new path)") from e
             raise
         fsync_dir(parent)
@@ -282,16 +266,6 @@ class Engine:
                 self._store.put_state(txn, state)
             self._manifest, self._view.gen = manifest, state["gen"]
 
-    @staticmethod
-    def _check_manifest(m: dict) -> None:
-        if m.get("format") != FORMAT_NAME:
-            raise NotAnIndexError(f"manifest: format {m.get('format')!r} is not {FORMAT_NAME!r} "
-                                  "(hint: this is not a jevsearch index)")
-        v = m.get("format_version")
-        if not isinstance(v, int) or v > FORMAT_VERSION:
-            raise FormatVersionError(f"index format version {v!r} is newer than this jevsearch reads "
-                                     f"({FORMAT_VERSION}) (hint: upgrade jevsearch)")
-
     # -- writes ---------------------------------------------------------------------------------
 
     def add_embeddings(self, doc_id: str, singles, multis, metadata: dict | None = None,
@@ -319,32 +293,16 @@ class Engine:
         :meth:`add_embeddings`, with distinct doc ids. Every document is validated before anything is
         written, and the commit is all or nothing: a bad document (or a crash) leaves none of the batch
         in the index. One fsync for the batch instead of one per document, so small documents are
-        written faster (measured 1.28x at 10 pages x 770 tokens per document: benchmarks/search.py).
+        written faster (measured 1.1-1.7x at 10 pages x 770 tokens per document: benchmarks/search.py).
         Example: ``eng.add_embeddings_many([("a.pdf", s_a, m_a), ("b.pdf", s_b, m_b, {"title": "B"})])``.
         """
         with self._mutex:
             self._check_writable()
-            prepared, seen = [], set()
-            full = self._manifest["single_full_dim"]
-            docs = list(docs)
-            for i, doc in enumerate(docs):
-                if not isinstance(doc, tuple) or not 3 <= len(doc) <= 5:
-                    raise InvalidInputError(f"docs[{i}]: expected a tuple (doc_id, singles, multis[, metadata"
-                                            f"[, page_texts]]), got {type(doc).__name__}")
-                try:
-                    item = self._prepare(*doc, full_dim=full)
-                except InvalidInputError as e:
-                    if len(docs) == 1:
-                        raise
-                    raise InvalidInputError(f"docs[{i}] ({doc[0]!r}): {e}") from e
-                if item["doc_id"] in seen:
-                    raise InvalidInputError(f"docs[{i}]: document {item['doc_id']!r} appears twice in one batch "
-                                            "(hint: pass each document once)")
-                seen.add(item["doc_id"])
-                full = item["singles"].shape[1]  # the first document fixes D for the rest of the batch
-                prepared.append(item)
+            with torch_threads(self.threads):  # torch converts to the stored dtype ~10x faster than numpy
+                prepared = validate.prepare_documents(docs, self._manifest)
             if not prepared:
                 return []
+            full = prepared[0]["singles"].shape[1]
             manifest, removed, ids, vecs = self._manifest, [], [], []
             with self._store.write() as txn:
                 state = self._store.state(txn)
@@ -368,19 +326,6 @@ class Engine:
             self._manifest = manifest
             self._after_commit(state, removed, np.concatenate(ids), np.concatenate(vecs))
             return [len(item["multis"]) for item in prepared]
-
-    def _prepare(self, doc_id, singles, multis, metadata=None, page_texts=None, *, full_dim) -> dict:
-        """Validate one document and convert it to its stored form (no I/O)."""
-        doc_id = validate.check_doc_id(doc_id)
-        metadata = validate.check_metadata(metadata)
-        singles = validate.check_singles(singles, self._manifest["single_dim"], full_dim)
-        multis = validate.check_multis(multis, singles.shape[0], self._manifest["multi_dim"])
-        texts = validate.check_texts(page_texts, singles.shape[0])
-        stored = _TORCH_DTYPE[self._manifest["multi_dtype"]]
-        with torch_threads(self.threads):  # torch converts ~10x faster than numpy's astype
-            multis = [torch.from_numpy(m).to(stored).numpy() for m in multis]
-        return {"doc_id": doc_id, "metadata": metadata, "singles": singles, "multis": multis, "texts": texts,
-                "truncated": truncate_normalize(singles, self._manifest["single_dim"])}
 
     def delete(self, doc_id: str) -> bool:
         """Delete a document; returns False if it was not there. Its pages become tombstones that

@@ -1,4 +1,5 @@
-"""Checks on embeddings where they enter the index; every failure is an InvalidInputError (a ValueError).
+"""Checks on embeddings where they enter the index, and their conversion to the stored form; every
+failure is an InvalidInputError (a ValueError).
 
 Model outputs in bf16/fp16 are only approximately unit norm, so vectors whose L2 norm is within
 ``NORM_TOLERANCE`` of 1 are renormalised; anything further off (unnormalised output, a wrong layer,
@@ -19,8 +20,10 @@ import json
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from jevsearch.errors import InvalidInputError
+from jevsearch.store.hnsw import truncate_normalize
 
 NORM_TOLERANCE = 0.05
 
@@ -164,3 +167,47 @@ def check_metadata(metadata) -> dict:
     except (TypeError, ValueError) as e:
         raise InvalidInputError(f"metadata: not JSON-serialisable ({e}) (hint: use str/int/float/list/dict values)") from e
     return metadata
+
+
+_TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
+
+
+def prepare_documents(docs, manifest: dict) -> list[dict]:
+    """Check a batch of ``(doc_id, singles, multis[, metadata[, page_texts]])`` tuples against the
+    index ``manifest`` and convert them to their stored form (no I/O): a list of dicts with doc_id,
+    metadata, singles [P, D] float32, multis (P arrays in the stored dtype), texts, truncated [P, dim].
+
+    Everything is checked before the caller writes anything; a doc id repeated in the batch is
+    refused; the first document fixes D when the index has none yet.
+    """
+    docs = list(docs)
+    out, seen, full = [], set(), manifest["single_full_dim"]
+    stored = _TORCH_DTYPE[manifest["multi_dtype"]]
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, tuple) or not 3 <= len(doc) <= 5:
+            raise InvalidInputError(f"docs[{i}]: expected a tuple (doc_id, singles, multis[, metadata"
+                                    f"[, page_texts]]), got {type(doc).__name__}")
+        try:
+            item = _prepare(*doc, manifest=manifest, full_dim=full, stored=stored)
+        except InvalidInputError as e:
+            if len(docs) == 1:
+                raise
+            raise InvalidInputError(f"docs[{i}] ({doc[0]!r}): {e}") from e
+        if item["doc_id"] in seen:
+            raise InvalidInputError(f"docs[{i}]: document {item['doc_id']!r} appears twice in one batch "
+                                    "(hint: pass each document once)")
+        seen.add(item["doc_id"])
+        full = item["singles"].shape[1]
+        out.append(item)
+    return out
+
+
+def _prepare(doc_id, singles, multis, metadata=None, page_texts=None, *, manifest, full_dim, stored) -> dict:
+    doc_id = check_doc_id(doc_id)
+    metadata = check_metadata(metadata)
+    singles = check_singles(singles, manifest["single_dim"], full_dim)
+    multis = check_multis(multis, singles.shape[0], manifest["multi_dim"])
+    texts = check_texts(page_texts, singles.shape[0])
+    return {"doc_id": doc_id, "metadata": metadata, "singles": singles, "texts": texts,
+            "multis": [torch.from_numpy(m).to(stored).numpy() for m in multis],
+            "truncated": truncate_normalize(singles, manifest["single_dim"])}

@@ -1,0 +1,50 @@
+"""The index manifest: what an index is (format, dims, dtypes, HNSW parameters, model) and its checks.
+
+Stored as one JSON record in LMDB (:class:`~jevsearch.store.lmdbstore.PageStore`), written with the
+index's first commit and changed only in whole-record commits.
+
+>>> m = new_manifest(single_dim=128, single_full_dim=None, multi_dim=128, multi_dtype="float16",
+...                  hnsw_m=32, ef_construction=200, ef_search=128, model_info=None)
+>>> check_manifest(m); m["format_version"], m["hnsw"]["M"]
+(1, 32)
+"""
+
+from __future__ import annotations
+
+import time
+
+from jevsearch.errors import FormatVersionError, InvalidInputError, NotAnIndexError
+from jevsearch.store import validate
+
+FORMAT_NAME = "jevsearch-index"
+FORMAT_VERSION = 1
+MULTI_DTYPES = ("float16", "float32")
+
+
+def new_manifest(*, single_dim: int, single_full_dim: int | None, multi_dim: int, multi_dtype: str,
+                 hnsw_m: int, ef_construction: int, ef_search: int, model_info: dict | None) -> dict:
+    """The manifest of a new index, every parameter checked (InvalidInputError names the bad one)."""
+    for name, v in (("single_dim", single_dim), ("multi_dim", multi_dim), ("hnsw_m", hnsw_m),
+                    ("ef_construction", ef_construction), ("ef_search", ef_search)):
+        validate.check_k(v, name)
+    if single_full_dim is not None and validate.check_k(single_full_dim, "single_full_dim") < single_dim:
+        raise InvalidInputError(f"single_full_dim: {single_full_dim} < single_dim {single_dim} "
+                                "(hint: the index truncates the full vectors to single_dim)")
+    if multi_dtype not in MULTI_DTYPES:
+        raise InvalidInputError(f"multi_dtype: {multi_dtype!r} (hint: 'float16' or 'float32')")
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "created": time.time(),
+            "single_dim": single_dim, "single_full_dim": single_full_dim, "single_dtype": "float32",
+            "multi_dim": multi_dim, "multi_dtype": multi_dtype, "metric": "inner_product",
+            "hnsw": {"M": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search},
+            "model": None if model_info is None else validate.check_metadata(model_info)}
+
+
+def check_manifest(m: dict) -> None:
+    """Refuse what this version cannot read: NotAnIndexError, FormatVersionError."""
+    if m.get("format") != FORMAT_NAME:
+        raise NotAnIndexError(f"manifest: format {m.get('format')!r} is not {FORMAT_NAME!r} "
+                              "(hint: this is not a jevsearch index)")
+    v = m.get("format_version")
+    if not isinstance(v, int) or v > FORMAT_VERSION:
+        raise FormatVersionError(f"index format version {v!r} is newer than this jevsearch reads "
+                                 f"({FORMAT_VERSION}) (hint: upgrade jevsearch)")
