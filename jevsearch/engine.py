@@ -54,8 +54,6 @@ from jevsearch.store.lock import WriterLock
 from jevsearch.store.manifest import check_manifest, new_manifest
 
 
-
-
 @dataclass
 class Hit:
     """One search result: a page of a document.
