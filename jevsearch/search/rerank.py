@@ -26,7 +26,8 @@ class Scorer:
     """MaxSim of queries against stored pages, in blocks of bounded size, on one device.
 
     CPU: pages laid end to end in cache-sized blocks (:func:`~jevsearch.search.maxsim.maxsim_concat`),
-    the blocks shared among ``workers`` threads, each with its own buffers. GPU: large padded blocks
+    the blocks shared among ``workers`` threads (the caller's and ``workers - 1`` helpers), each with
+    its own buffers. GPU: large padded blocks
     (:func:`~jevsearch.search.maxsim.maxsim`) on the calling thread.
     Not thread-safe: one call at a time (the engine serialises them).
 
@@ -59,9 +60,11 @@ class Scorer:
             self._packers.append(ConcatPacker(self.dim, self.stored) if cpu
                                  else PagePacker(self.dim, self.stored, self.device, self.dtype))
 
+        todo = iter(blocks)  # shared: a worker takes the next block when free, so a busy core takes fewer
+
         def run(w: int) -> None:
             packer = self._packers[w]
-            for start, stop in blocks[w::workers]:  # round robin: each worker gets a share of every size
+            for start, stop in todo:
                 if cpu:
                     tokens, starts = packer.pack(raws[start:stop], lens[start:stop])  # [N, d], [C]
                     sim = packer.sim(qt.shape[0] * qt.shape[1], tokens.shape[0])
@@ -70,15 +73,18 @@ class Scorer:
                     pages = packer.pack(raws[start:stop], lens[start:stop])  # [C, T, d]
                     out[:, start:stop] = maxsim(qt, pages).cpu().numpy()
 
-        if workers == 1:
-            run(0)
-        else:
-            if self._pool_size < workers:
+        helpers = []
+        if workers > 1:
+            if self._pool_size < workers - 1:
                 self.close()
-                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="jevsearch-maxsim",
+                self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="jevsearch-maxsim",
                                                 initializer=_one_thread)
-                self._pool_size = workers
-            for f in [self._pool.submit(run, w) for w in range(workers)]:
+                self._pool_size = workers - 1
+            helpers = [self._pool.submit(run, w) for w in range(1, workers)]
+        try:
+            run(0)  # the calling thread is worker 0
+        finally:
+            for f in helpers:  # they write into ``out`` and use the packers: never return before them
                 f.result()
         return out
 
