@@ -88,7 +88,6 @@ class Engine:
     def __init__(self, path: str, store: PageStore, lock: WriterLock | None, threads: int):
         # Private: use Engine.create / Engine.open.
         self.path = path
-        #: CPU threads for the engine's tensor work (see :meth:`open`); settable.
         self.threads = threads
         self.readonly = lock is None
         self._store = store
@@ -107,6 +106,15 @@ class Engine:
                                      self._device, self._dtype)
         if not self.readonly and not self._view.clean:
             self.flush()  # repaired at open: persist so the next open is fast
+
+    @property
+    def threads(self) -> int:
+        """CPU threads for the engine's tensor work (see :meth:`open`); settable, e.g. ``eng.threads = 2``."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, n: int) -> None:
+        self._threads = validate.check_k(n, "threads")
 
     # -- lifecycle ------------------------------------------------------------------------------
 

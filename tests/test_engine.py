@@ -43,6 +43,8 @@ def test_search_leaves_torch_threads_as_the_caller_set_them(tmp_path):
             torch.set_num_threads(before)
     with pytest.raises(InvalidInputError, match="threads"):
         Engine.open(tmp_path / "i", threads=0)
+    with Engine.open(tmp_path / "i", readonly=True) as eng, pytest.raises(InvalidInputError, match="threads"):
+        eng.threads = -1
 
 
 def test_hit_is_a_small_extendable_dataclass():
