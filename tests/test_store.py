@@ -148,6 +148,29 @@ def test_hnsw_file_damaged_or_missing_is_rebuilt(index):
     assert not os.path.exists(os.path.join(path, "hnsw.bin"))
 
 
+def test_hnsw_file_with_float32_vectors_still_loads(index, caplog):
+    """Graphs saved before the HNSW stored float16 vectors (IndexHNSWFlat) open as they are, unrebuilt."""
+    import faiss
+
+    from jevsearch.store.hnsw import HnswGraph, truncate_normalize
+
+    path, eng, docs = index
+    qs, qm = query_for(docs["c.pdf"][1], docs["c.pdf"][0], 3)
+    want = [(h.doc_id, h.page) for h in eng.search_embeddings(qs, qm, k=3)]
+    eng.close()
+    flat = faiss.IndexIDMap(faiss.IndexHNSWFlat(64, 32, faiss.METRIC_INNER_PRODUCT))
+    old = HnswGraph(64, 32, 200, 128, index=flat)
+    for name, first in (("a.pdf", 0), ("b.pdf", 3), ("c.pdf", 5)):
+        singles = docs[name][0]
+        old.add(np.arange(first, first + len(singles)), truncate_normalize(singles, 64))
+    old.save(path, epoch=0, next_page_id=9)
+    with Engine.open(path) as again:
+        assert isinstance(faiss.downcast_index(again._view.graph.index.index), faiss.IndexHNSWFlat)
+        assert [(h.doc_id, h.page) for h in again.search_embeddings(qs, qm, k=3)] == want
+        again.verify()
+    assert "rebuilding" not in caplog.text
+
+
 def test_create_refuses_existing(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("user data")
