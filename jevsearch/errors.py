@@ -14,7 +14,28 @@ from __future__ import annotations
 
 
 class JevsearchError(Exception):
-    """Base class of every error raised by jevsearch."""
+    """Base class of every error raised by jevsearch.
+
+    ``cli_hint``: what to do, said as ``jevsearch`` commands, for errors whose Python hint (e.g.
+    "Engine.open it") would mislead a user of the command line; :meth:`cli_message` puts it in place
+    of the message's own ``(hint: ...)``.
+
+    >>> e = JevsearchError("idx: not an index (hint: Engine.create it)", cli_hint="jevsearch index FILES --index idx")
+    >>> e.cli_message()
+    'idx: not an index (hint: jevsearch index FILES --index idx)'
+    """
+
+    def __init__(self, *args, cli_hint: str | None = None):
+        super().__init__(*args)
+        self.cli_hint = cli_hint
+
+    def cli_message(self) -> str:
+        """The message for a command-line user: the CLI hint replaces the Python one when there is one."""
+        text = str(self)
+        if not self.cli_hint:
+            return text
+        cut = text.rfind(" (hint: ")
+        return (text[:cut] if cut >= 0 else text) + f" (hint: {self.cli_hint})"
 
 
 class InvalidInputError(JevsearchError, ValueError):
