@@ -3,7 +3,8 @@
 score(q, d) = sum_i max_j q_i . d_j over the query's tokens i and the page's tokens j.
 
 Queries [Q, L, d] are zero-padded along L and flattened to [Q*L, d]: max_j 0 . d_j = 0, so a padding
-token adds exactly 0. Two kernels, one per device:
+token adds exactly 0. Pages arrive stored by a codec (:mod:`jevsearch.search.codecs`) and are unpacked
+block by block. Kernels, per device:
 
 * :func:`maxsim_concat` (CPU): pages laid end to end, [N, d]; one matmul, then the per-page max by
   ``np.maximum.reduceat`` over each page's run of columns. No padding is written or scored. Measured
@@ -12,6 +13,8 @@ token adds exactly 0. Two kernels, one per device:
   padded [C, T, d] batch, whose 40 MB buffer made the matmul memory-bound. Padding a page costs more
   than copying it (an 18 us indexed write against 12 us), and ``reduceat`` takes 14 us for 4 pages
   against 28 us for ``amax`` over a padded axis (``scatter_reduce``/``segment_reduce``: 150-230 us).
+* :func:`maxsim_concat_int8` (CPU, the ``binary`` codec): the same layout with int8 pages and int8
+  query rows, an exact int32 matmul, the query rows' scales applied after the max.
 * :func:`maxsim` (GPU, and the reference): pages [C, T, d] padded by repeating one of the page's own
   tokens (a duplicate never changes a max), one batched matmul + ``amax`` + ``sum``.
 
@@ -73,6 +76,30 @@ def maxsim_concat(queries: torch.Tensor, tokens: torch.Tensor, starts: np.ndarra
     sim = torch.mm(queries.reshape(q * l, d), tokens.T, out=out)  # [Q*L, N]
     best = np.maximum.reduceat(sim.numpy(), starts, axis=1)  # [Q*L, C]
     return best.reshape(q, l, len(starts)).sum(axis=1, dtype=np.float32)  # [Q, C]
+
+
+def maxsim_concat_int8(q_codes: torch.Tensor, q_scales: np.ndarray, n_queries: int, tokens: torch.Tensor,
+                       starts: np.ndarray, out: torch.Tensor | None = None) -> np.ndarray:
+    """MaxSim of int8 query rows against int8 pages laid end to end (CPU) -> float32 [Q, C].
+
+    q_codes:  [Q*L, d] int8, the queries' rows quantised (``codecs.quantize_rows``), zero rows as padding.
+    q_scales: [Q*L] float32, each row's scale times the codec's ``token_scale``.
+    tokens:   [N, d] int8, the pages' unpacked codes one page after another; starts [C] as in
+              :func:`maxsim_concat`; out: optional reused [Q*L, N] int32 buffer.
+
+    The dot products are exact int32; a row's scale is positive, so it is applied after the max:
+    ``max_j (s_i * a_ij) = s_i * max_j a_ij``.
+
+    >>> q = torch.tensor([[2, 0], [0, 1]], dtype=torch.int8)
+    >>> pages = torch.tensor([[1, 1], [-1, 1], [1, -1]], dtype=torch.int8)
+    >>> maxsim_concat_int8(q, np.array([0.5, 1.0], np.float32), 1, pages, np.array([0, 2]))
+    array([[2., 0.]], dtype=float32)
+    """
+    rows = q_codes.shape[0]
+    sim = torch._int_mm(q_codes, tokens.T, out=out)  # [Q*L, N] int32
+    best = np.maximum.reduceat(sim.numpy(), starts, axis=1)  # [Q*L, C] int32
+    scored = np.multiply(best, q_scales[:, None], dtype=np.float32)  # [Q*L, C]; |a_ij| < 2^24: exact in float32
+    return scored.reshape(n_queries, rows // n_queries, len(starts)).sum(axis=1, dtype=np.float32)  # [Q, C]
 
 
 def block_tokens(query_rows: int, cpu: bool = False) -> int:

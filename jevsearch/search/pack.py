@@ -1,4 +1,4 @@
-"""Packing stored pages (raw fp16 bytes, zero-copy LMDB views) into reused tensors for scoring.
+"""Packing stored pages (codec values, zero-copy LMDB views) into reused tensors for scoring.
 
 Two layouts, one per device (see :mod:`jevsearch.search.maxsim`):
 
@@ -11,17 +11,10 @@ reuses them instead of faulting in fresh memory per query.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
-# torch warns that a read-only buffer (an LMDB view) is not writable, though the packers only read
-# it. The warning is emitted once per process, so emit it here, silenced, instead of filtering
-# warnings on the hot path: warnings.catch_warnings is not thread-safe, and packers run on workers.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)
-    torch.frombuffer(b"\0\0", dtype=torch.float16)
+from jevsearch.search import codecs
 
 
 def _grown(buf: torch.Tensor, need: int) -> torch.Tensor:
@@ -32,23 +25,32 @@ def _grown(buf: torch.Tensor, need: int) -> torch.Tensor:
 
 
 class ConcatPacker:
-    """Copy pages end to end into a reused float32 [N, d] buffer, converting from the stored dtype.
+    """Unpack pages end to end into a reused [N, d] buffer (float32, or int8 for the ``binary``
+    codec: ``codec.block_dtype``), from their stored values (``codec``: a
+    :mod:`~jevsearch.search.codecs` codec or its name).
 
     Also holds the reused similarity buffer of the block it packed (see ``sim``).
 
     >>> import numpy as np
-    >>> p = ConcatPacker(dim=2, stored=np.float16)
+    >>> p = ConcatPacker(dim=2, codec="fp16")
     >>> a = np.array([[1, 0], [0, 1]], np.float16).tobytes(); b = np.array([[0.5, 0.5]], np.float16).tobytes()
     >>> tokens, starts = p.pack([a, b], [2, 1])
     >>> tokens.tolist(), starts.tolist()
     ([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], [0, 2])
     """
 
-    def __init__(self, dim: int, stored: np.dtype):
+    def __init__(self, dim: int, codec):
         self.dim = dim
-        self.stored = torch.from_numpy(np.zeros(0, dtype=stored)).dtype
-        self._buf = torch.empty(0, dtype=torch.float32)
-        self._sim = torch.empty(0, dtype=torch.float32)
+        self.codec = codecs.get(codec, dim)
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def buffer(self, name: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        """A reused 1-d scratch tensor of at least ``numel`` elements, one per (name, dtype)."""
+        buf = self._bufs.get(name)
+        if buf is None or buf.dtype != dtype:
+            buf = torch.empty(0, dtype=dtype)
+        self._bufs[name] = buf = _grown(buf, numel)
+        return buf
 
     def pack(self, raws: list, lengths: list[int]) -> tuple[torch.Tensor, np.ndarray]:
         """Pages ``raws[c]`` of ``lengths[c]`` tokens -> (tokens [N, d], starts [C]: first row of each).
@@ -59,47 +61,49 @@ class ConcatPacker:
         starts = np.zeros(len(lengths), dtype=np.intp)
         np.cumsum(lengths[:-1], out=starts[1:])
         n = int(starts[-1]) + lengths[-1]
-        self._buf = _grown(self._buf, n * d)
-        for raw, s, k in zip(raws, starts.tolist(), lengths):
-            self._buf[s * d:(s + k) * d].copy_(torch.frombuffer(raw, dtype=self.stored))  # converts dtype
-        return self._buf[: n * d].view(n, d), starts
+        tokens = self.buffer("tokens", self.codec.block_dtype, n * d)[: n * d].view(n, d)
+        self.codec.unpack_block(raws, lengths, starts, tokens, self.buffer)
+        return tokens, starts
 
-    def sim(self, rows: int, cols: int) -> torch.Tensor:
-        """A reused float32 [rows, cols] buffer for the block's similarity matrix."""
-        self._sim = _grown(self._sim, rows * cols)
-        return self._sim[: rows * cols].view(rows, cols)
+    def sim(self, rows: int, cols: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A reused [rows, cols] buffer for the block's similarity matrix."""
+        return self.buffer("sim", dtype, rows * cols)[: rows * cols].view(rows, cols)
 
 
 class PagePacker:
-    """Copy pages into a reused [C, T, d] tensor, padded with copies of each page's own first token.
+    """Copy pages' stored parts into reused padded [C, T, ...] host buffers, padded with copies of each
+    page's own first token, and unpack them on the scoring device (torch ops: on a GPU the small
+    codes cross the bus, not float tokens).
 
     >>> import numpy as np, torch
-    >>> p = PagePacker(dim=2, stored=np.float16, device=torch.device("cpu"), dtype=torch.float32)
+    >>> p = PagePacker(dim=2, codec="fp16", device=torch.device("cpu"), dtype=torch.float32)
     >>> a = np.array([[1, 0], [0, 1]], np.float16).tobytes(); b = np.array([[0.5, 0.5]], np.float16).tobytes()
     >>> p.pack([a, b], [2, 1])[1].tolist()     # page 2 padded with a copy of its own token
     [[0.5, 0.5], [0.5, 0.5]]
     """
 
-    def __init__(self, dim: int, stored: np.dtype, device: torch.device, dtype: torch.dtype):
+    def __init__(self, dim: int, codec, device: torch.device, dtype: torch.dtype):
         self.dim = dim
-        self.stored = torch.from_numpy(np.zeros(0, dtype=stored)).dtype
+        self.codec = codecs.get(codec, dim)
         self.device = device
         self.dtype = dtype
-        # Converted on the host when scoring on the CPU; on a GPU the stored dtype is shipped as is.
-        self._buf = torch.empty(0, dtype=dtype if device.type == "cpu" else self.stored)
+        self._host: list[np.ndarray] = []  # one flat buffer per part, grown like _grown
 
     def pack(self, raws: list, lengths: list[int]) -> torch.Tensor:
-        """Pages ``raws[c]`` of ``lengths[c]`` tokens -> [C, max length, d] on the scoring device.
-
-        The result is a view of the reused buffer (on the CPU): valid until the next ``pack`` call.
-        """
-        c, t, d = len(raws), max(lengths), self.dim
-        self._buf = _grown(self._buf, c * t * d)
-        out = self._buf[: c * t * d].view(c, t, d)  # [C, T, d]
-        for i, (raw, n) in enumerate(zip(raws, lengths)):
-            out[i, :n].copy_(torch.frombuffer(raw, dtype=self.stored).view(n, d))  # converts dtype
-            if n < t:
-                out[i, n:] = out[i, 0]
-        if self.device.type != "cpu":
-            return out.to(self.device, dtype=self.dtype)
-        return out
+        """Pages ``raws[c]`` of ``lengths[c]`` tokens -> [C, max length, d] in ``dtype`` on the device."""
+        c, t = len(raws), max(lengths)
+        parts = [self.codec.split(raw, n) for raw, n in zip(raws, lengths)]
+        out = []
+        for i, first in enumerate(parts[0]):
+            shape = (c, t) + first.shape[1:]
+            need = int(np.prod(shape))
+            if len(self._host) <= i:
+                self._host.append(np.empty(0, dtype=first.dtype))
+            if self._host[i].size < need:
+                self._host[i] = np.empty(max(need, int(self._host[i].size * 1.5)), dtype=first.dtype)
+            host = self._host[i][:need].reshape(shape)  # [C, T, ...]
+            for page, (p, n) in enumerate(zip(parts, lengths)):
+                host[page, :n] = p[i]
+                host[page, n:] = p[i][0]  # a duplicate token never changes a max
+            out.append(torch.from_numpy(host).to(self.device))
+        return self.codec.unpack(tuple(out), self.dtype)

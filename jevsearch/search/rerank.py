@@ -12,7 +12,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from jevsearch.search.maxsim import block_tokens, maxsim, maxsim_concat, top_with_ties
+from jevsearch.search import codecs
+from jevsearch.search.maxsim import block_tokens, maxsim, maxsim_concat, maxsim_concat_int8, top_with_ties
 from jevsearch.search.pack import ConcatPacker, PagePacker
 
 
@@ -25,21 +26,24 @@ def _one_thread() -> None:
 class Scorer:
     """MaxSim of queries against stored pages, in blocks of bounded size, on one device.
 
-    CPU: pages laid end to end in cache-sized blocks (:func:`~jevsearch.search.maxsim.maxsim_concat`),
-    the blocks shared among ``workers`` threads (the caller's and ``workers - 1`` helpers), each with
-    its own buffers. GPU: large padded blocks
-    (:func:`~jevsearch.search.maxsim.maxsim`) on the calling thread.
+    ``codec``: how the pages are stored (:mod:`~jevsearch.search.codecs`: a codec, its name, or a
+    manifest's ``multi_dtype``). CPU: pages unpacked end to end in cache-sized blocks and scored by
+    :func:`~jevsearch.search.maxsim.maxsim_concat` (or ``maxsim_concat_int8`` for ``binary``, against
+    the queries quantised once per call), the blocks shared among ``workers`` threads (the caller's
+    and ``workers - 1`` helpers), each with its own buffers. GPU: large padded blocks unpacked on the
+    device (:func:`~jevsearch.search.maxsim.maxsim`) on the calling thread.
     Not thread-safe: one call at a time (the engine serialises them).
 
     >>> import numpy as np, torch
-    >>> s = Scorer(dim=2, stored=np.float16, device=torch.device("cpu"), dtype=torch.float32)
+    >>> s = Scorer(dim=2, codec="fp16", device=torch.device("cpu"), dtype=torch.float32)
     >>> page = np.array([[1, 0], [0.6, 0.8]], np.float16).tobytes()
     >>> s.score(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), [page], [2]).round(3)
     array([[1.8]], dtype=float32)
     """
 
-    def __init__(self, dim: int, stored: np.dtype, device: torch.device, dtype: torch.dtype):
-        self.dim, self.stored, self.device, self.dtype = dim, stored, device, dtype
+    def __init__(self, dim: int, codec, device: torch.device, dtype: torch.dtype):
+        self.dim, self.device, self.dtype = dim, device, dtype
+        self.codec = codecs.get(codec, dim)
         self._packers: list = []
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
@@ -54,20 +58,29 @@ class Scorer:
         if not raws:
             return out
         cpu = self.device.type == "cpu"
-        blocks = _blocks(lens, block_tokens(qt.shape[0] * qt.shape[1], cpu), padded=not cpu)
+        nq, rows = qt.shape[0], qt.shape[0] * qt.shape[1]
+        blocks = _blocks(lens, block_tokens(rows, cpu), padded=not cpu)
         workers = max(1, min(workers if cpu else 1, len(blocks)))
         while len(self._packers) < workers:
-            self._packers.append(ConcatPacker(self.dim, self.stored) if cpu
-                                 else PagePacker(self.dim, self.stored, self.device, self.dtype))
+            self._packers.append(ConcatPacker(self.dim, self.codec) if cpu
+                                 else PagePacker(self.dim, self.codec, self.device, self.dtype))
+        integer = cpu and self.codec.kernel == "int8"
+        if integer:  # quantised once, shared by every block and worker
+            q_codes, q_scales = codecs.quantize_rows(qt.reshape(rows, -1))
+            q_scales = (q_scales * self.codec.token_scale).numpy()
 
         todo = iter(blocks)  # shared: a worker takes the next block when free, so a busy core takes fewer
 
         def run(w: int) -> None:
             packer = self._packers[w]
             for start, stop in todo:
-                if cpu:
+                if integer:
+                    tokens, starts = packer.pack(raws[start:stop], lens[start:stop])  # int8 [N, d], [C]
+                    sim = packer.sim(rows, tokens.shape[0], torch.int32)
+                    out[:, start:stop] = maxsim_concat_int8(q_codes, q_scales, nq, tokens, starts, out=sim)
+                elif cpu:
                     tokens, starts = packer.pack(raws[start:stop], lens[start:stop])  # [N, d], [C]
-                    sim = packer.sim(qt.shape[0] * qt.shape[1], tokens.shape[0])
+                    sim = packer.sim(rows, tokens.shape[0])
                     out[:, start:stop] = maxsim_concat(qt, tokens, starts, out=sim)
                 else:
                     pages = packer.pack(raws[start:stop], lens[start:stop])  # [C, T, d]
