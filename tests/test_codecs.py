@@ -159,6 +159,33 @@ def test_cpu_kernel_matches_float64_reference_of_the_same_arithmetic(monkeypatch
         scorer.close()
 
 
+@pytest.mark.parametrize("dim", [128, 40])  # 40: rows of 5 bytes, scored as uint8 words
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hamming_kernel_matches_float64_reference(monkeypatch, dim, workers):
+    """The binary-binary pass equals sum over real query rows of max_j (sign(q_i) . sign(p_j)) / d,
+    the signs as +-1 in float64, whatever the blocking; padding rows add nothing."""
+    rng = np.random.default_rng(11)
+    codec = codecs.get("binary", dim)
+    queries = [unit(rng, n, dim) for n in (5, 2, 9)]
+    pages = [unit(rng, n, dim) for n in (1, 40, 17, 64, 5, 33)]
+    raws = [codec.encode(p).tobytes() for p in pages]
+    lens = [len(p) for p in pages]
+    want = np.array([[maxsim64(np.where(q > 0, 1.0, -1.0), np.where(p > 0, 1.0, -1.0)) / dim for p in pages]
+                     for q in queries])
+    scorer = Scorer(dim, codec, CPU, torch.float32)
+    assert scorer.has_hamming
+    try:
+        for block in (1, 50, 4096):
+            monkeypatch.setattr(maxsim_module, "CPU_BLOCK_TOKENS", block)
+            got = scorer.score(pad_queries(queries, torch.float32, CPU), raws, lens, workers, hamming=True)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    finally:
+        scorer.close()
+    with pytest.raises(InvalidInputError, match="hamming: needs binary pages"):
+        Scorer(dim, "int8", CPU, torch.float32).score(pad_queries(queries, torch.float32, CPU),
+                                                      [codecs.get("int8", dim).encode(pages[0])], [1], hamming=True)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_device_path_unpacks_with_torch_ops(name):
     """The GPU layout (padded [C, T, d], unpacked by torch ops on the device), run on CPU tensors:

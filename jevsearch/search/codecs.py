@@ -228,15 +228,20 @@ class BinaryCodec(Codec):
         signs = self._signs.to(device=codes.device, dtype=dtype) * self.token_scale  # [256, 8]
         return signs[codes.long()].flatten(-2)  # [..., n, d/8, 8] -> [..., n, d]
 
-    def unpack_block(self, raws, lengths, starts, out, buffer):
+    def stage_block(self, raws, lengths, starts, buffer) -> torch.Tensor:
+        """CPU: the pages' bytes end to end -> uint8 [N, d/8] (a reused buffer), the packed signs."""
         w, n = self.dim // 8, int(starts[-1]) + lengths[-1]
         staged = buffer("bytes", torch.uint8, n * w)
         for raw, s, k in zip(raws, starts.tolist(), lengths):
             self._check(raw, k)
             staged[s * w:(s + k) * w].copy_(torch.frombuffer(raw, dtype=torch.uint8))
-        index = buffer("index", torch.int32, n * w)
-        index[: n * w].copy_(staged[: n * w])  # index_select wants int32/int64 indices
-        torch.index_select(self._table, 0, index[: n * w], out=out.view(-1).view(torch.int64))
+        return staged[: n * w].view(n, w)
+
+    def unpack_block(self, raws, lengths, starts, out, buffer):
+        staged = self.stage_block(raws, lengths, starts, buffer).reshape(-1)
+        index = buffer("index", torch.int32, len(staged))
+        index[: len(staged)].copy_(staged)  # index_select wants int32/int64 indices
+        torch.index_select(self._table, 0, index[: len(staged)], out=out.view(-1).view(torch.int64))
 
 
 def get(codec, dim: int) -> Codec:

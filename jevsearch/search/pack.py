@@ -24,6 +24,13 @@ def _grown(buf: torch.Tensor, need: int) -> torch.Tensor:
     return torch.empty(max(need, int(buf.numel() * 1.5)), dtype=buf.dtype)
 
 
+def _starts(lengths: list[int]) -> np.ndarray:
+    """First row of each page when pages of ``lengths`` tokens lie end to end."""
+    starts = np.zeros(len(lengths), dtype=np.intp)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return starts
+
+
 class ConcatPacker:
     """Unpack pages end to end into a reused [N, d] buffer (float32, or int8 for the ``binary``
     codec: ``codec.block_dtype``), from their stored values (``codec``: a
@@ -52,18 +59,27 @@ class ConcatPacker:
         self._bufs[name] = buf = _grown(buf, numel)
         return buf
 
+    def array(self, name: str, dtype, shape: tuple) -> np.ndarray:
+        """A reused numpy scratch array (a view of a buffer of ``buffer``)."""
+        dtype = np.dtype(dtype)
+        need = int(np.prod(shape)) * dtype.itemsize
+        return self.buffer(name, torch.uint8, need)[:need].numpy().view(dtype).reshape(shape)
+
     def pack(self, raws: list, lengths: list[int]) -> tuple[torch.Tensor, np.ndarray]:
         """Pages ``raws[c]`` of ``lengths[c]`` tokens -> (tokens [N, d], starts [C]: first row of each).
 
         The tokens are a view of the reused buffer: valid until the next ``pack`` call.
         """
-        d = self.dim
-        starts = np.zeros(len(lengths), dtype=np.intp)
-        np.cumsum(lengths[:-1], out=starts[1:])
+        d, starts = self.dim, _starts(lengths)
         n = int(starts[-1]) + lengths[-1]
         tokens = self.buffer("tokens", self.codec.block_dtype, n * d)[: n * d].view(n, d)
         self.codec.unpack_block(raws, lengths, starts, tokens, self.buffer)
         return tokens, starts
+
+    def pack_signs(self, raws: list, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``binary`` pages -> (their sign bits end to end, uint8 [N, d/8]; starts [C]), not unpacked."""
+        starts = _starts(lengths)
+        return self.codec.stage_block(raws, lengths, starts, self.buffer).numpy(), starts
 
     def sim(self, rows: int, cols: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """A reused [rows, cols] buffer for the block's similarity matrix."""

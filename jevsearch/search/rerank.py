@@ -6,6 +6,7 @@ them, a :class:`Scorer` packs and scores them in bounded blocks, and the functio
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
@@ -13,7 +14,9 @@ import numpy as np
 import torch
 
 from jevsearch.search import codecs
-from jevsearch.search.maxsim import block_tokens, maxsim, maxsim_concat, maxsim_concat_int8, top_with_ties
+from jevsearch.errors import InvalidInputError
+from jevsearch.search.maxsim import (block_tokens, maxsim, maxsim_concat, maxsim_concat_hamming, maxsim_concat_int8,
+                                     top_with_ties)
 from jevsearch.search.pack import ConcatPacker, PagePacker
 
 
@@ -48,12 +51,23 @@ class Scorer:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
 
-    def score(self, qt: torch.Tensor, raws: list, lens: list[int], workers: int = 1) -> np.ndarray:
+    @property
+    def has_hamming(self) -> bool:
+        """Whether :meth:`score` offers ``hamming=True`` (``binary`` pages, scored on the CPU)."""
+        return self.device.type == "cpu" and self.codec.name == "binary"
+
+    def score(self, qt: torch.Tensor, raws: list, lens: list[int], workers: int = 1,
+              hamming: bool = False) -> np.ndarray:
         """MaxSim of queries qt [Q, L, d] against pages ``raws`` of ``lens`` tokens -> float32 [Q, C].
 
         On the CPU, the caller runs this with torch set to 1 intra-op thread: the parallelism is the
-        ``workers`` threads, one block at a time each.
+        ``workers`` threads, one block at a time each. ``hamming=True`` (only where
+        :attr:`has_hamming`): the binary-binary MaxSim of the queries' signs instead
+        (:func:`~jevsearch.search.maxsim.maxsim_concat_hamming`), a cheaper, rougher pass.
         """
+        if hamming and not self.has_hamming:
+            raise InvalidInputError(f"hamming: needs binary pages scored on the CPU, not {self.codec.name} "
+                                    f"on {self.device.type} (hint: check Scorer.has_hamming)")
         out = np.empty((qt.shape[0], len(raws)), dtype=np.float32)
         if not raws:
             return out
@@ -64,17 +78,26 @@ class Scorer:
         while len(self._packers) < workers:
             self._packers.append(ConcatPacker(self.dim, self.codec) if cpu
                                  else PagePacker(self.dim, self.codec, self.device, self.dtype))
-        integer = cpu and self.codec.kernel == "int8"
+        integer = cpu and self.codec.kernel == "int8" and not hamming
         if integer:  # quantised once, shared by every block and worker
             q_codes, q_scales = codecs.quantize_rows(qt.reshape(rows, -1))
             q_scales = (q_scales * self.codec.token_scale).numpy()
+        elif hamming:
+            flat = qt.reshape(rows, -1).numpy()
+            word = np.dtype(f"<u{math.gcd(self.dim // 8, 8)}")  # the widest word a row's bytes divide into
+            q_words = self.codec.encode(flat).view(word).reshape(rows, -1)  # [Q*L, W]
+            q_weights = np.where(flat.any(axis=1), 1 / self.dim, 0).astype(np.float32)  # padding rows: 0
 
         todo = iter(blocks)  # shared: a worker takes the next block when free, so a busy core takes fewer
 
         def run(w: int) -> None:
             packer = self._packers[w]
             for start, stop in todo:
-                if integer:
+                if hamming:
+                    signs, starts = packer.pack_signs(raws[start:stop], lens[start:stop])  # [N, d/8], [C]
+                    out[:, start:stop] = maxsim_concat_hamming(q_words, q_weights, nq, signs.view(word), starts,
+                                                               packer.array)
+                elif integer:
                     tokens, starts = packer.pack(raws[start:stop], lens[start:stop])  # int8 [N, d], [C]
                     sim = packer.sim(rows, tokens.shape[0], torch.int32)
                     out[:, start:stop] = maxsim_concat_int8(q_codes, q_scales, nq, tokens, starts, out=sim)
