@@ -173,7 +173,7 @@ def main() -> None:
     queries = [corpus.query(i, args.query_tokens)[1] for i in range(args.queries)]
     qts = [pad_queries([q], torch.float32, torch.device("cpu")) for q in queries]
     budget = block_tokens(args.query_tokens, cpu=True)
-    exact = [np.array([(q @ p.T).max(axis=1).sum() for p in pages]) for q in queries]
+    exact = [np.array([(q.astype(np.float64) @ p.T.astype(np.float64)).max(axis=1).sum() for p in pages]) for q in queries]
 
     def recall10(scores: list[np.ndarray]) -> float:
         return float(np.mean([len(set(np.argsort(-s)[:10]) & set(np.argsort(-e)[:10])) / 10
@@ -202,12 +202,21 @@ def main() -> None:
                      recall10([np.asarray(fn(i, raws)).reshape(-1) for i in range(len(qts))]),
                      notes.get(name, f"{len(sets[code[name]])} copies of the pages")))
 
+    errors = {}
+    for name in ("fp16", "int8"):
+        got = scorers[name].score(pad_queries(queries, torch.float32, torch.device("cpu")), encoded[name], lens)
+        errors[name] = np.abs(got - np.stack(exact))  # [Q, C]
+
     base_bytes, base_ms = rows[0][1], rows[0][2]
     print(f"\n== kernel per query ({args.pages} candidates, warm, pages from DRAM; p50 of {args.queries} queries)")
     print(f"  {'codec':<24} {'B/page':>9} {'x fp16':>7} {'ms/query':>9} {'x fp16':>7} {'unpack':>7} {'recall@10':>9}  notes")
     for name, b, ms, share, rec, note in rows:
         share_s = f"{share:7.0%}" if share == share else f"{'-':>7}"
         print(f"  {name:<24} {b:9.0f} {b / base_bytes:7.3f} {ms:9.2f} {ms / base_ms:7.2f} {share_s} {rec:9.3f}  {note}")
+
+    print_table("score error against float32 MaxSim on the original tokens (every query x page)", [
+        (f"{name} max |error|", float(e.max()), f"(mean {e.mean():.2g}, p99 {np.percentile(e, 99):.2g})")
+        for name, e in errors.items()])
 
     # Floors: one cache-resident block, float32 vs int8 matmul, and the batch of queries.
     q = qts[0].reshape(-1, DM)
