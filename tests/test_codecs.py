@@ -70,6 +70,8 @@ def test_encode_is_one_flat_value_of_the_stated_size(name):
     assert back.dtype == np.float32 and back.shape == (37, 128)
     with pytest.raises(CorruptIndexError, match="multi-vectors: .* bytes for 36 tokens"):
         c.decode(value, 36)
+    with pytest.raises(InvalidInputError, match=r"tokens: shape \(37, 64\), expected \[T, 128\]"):
+        c.encode(x[:, :64])
 
 
 def test_fp16_layout_is_todays_storage():

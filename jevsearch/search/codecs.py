@@ -117,6 +117,13 @@ class Codec:
         ``buffer(name, dtype, numel)`` gives reused 1-d scratch tensors (see ``ConcatPacker``)."""
         raise NotImplementedError
 
+    def _rows(self, tokens) -> np.ndarray:
+        x = np.asarray(tokens)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise InvalidInputError(f"tokens: shape {x.shape}, expected [T, {self.dim}] (hint: one page's "
+                                    "multi-vectors, one row per token)")
+        return x
+
     def _check(self, raw, n: int) -> None:
         size, need = memoryview(raw).nbytes, n * self.bytes_per_token
         if size != need:
@@ -145,7 +152,7 @@ class FloatCodec(Codec):
         return self.stored.itemsize * self.dim
 
     def encode(self, tokens: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(tokens, dtype=self.stored).view(np.uint8).reshape(-1)
+        return np.ascontiguousarray(self._rows(tokens), dtype=self.stored).view(np.uint8).reshape(-1)
 
     def split(self, raw, n):
         return (self._view(raw, n, self.stored).reshape(n, self.dim),)
@@ -170,7 +177,7 @@ class Int8Codec(Codec):
         return self.dim + 4
 
     def encode(self, tokens: np.ndarray) -> np.ndarray:
-        x = np.asarray(tokens, dtype=np.float32)  # [T, d]
+        x = self._rows(tokens).astype(np.float32, copy=False)  # [T, d]
         peak = np.abs(x).max(axis=1, keepdims=True)  # [T, 1]
         codes = np.rint(x * (127 / np.where(peak > 0, peak, 1))).astype(np.int8)  # [T, d] in [-127, 127]
         c = codes.astype(np.float32)
@@ -225,7 +232,7 @@ class BinaryCodec(Codec):
         return self.dim // 8
 
     def encode(self, tokens: np.ndarray) -> np.ndarray:
-        return np.packbits(np.asarray(tokens) > 0, axis=1).reshape(-1)
+        return np.packbits(self._rows(tokens) > 0, axis=1).reshape(-1)
 
     def split(self, raw, n):
         return (self._view(raw, n, np.uint8).reshape(n, self.dim // 8),)
