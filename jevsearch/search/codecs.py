@@ -33,8 +33,8 @@ and scored with an exact int8 x int8 -> int32 matmul (``torch._int_mm``) against
 quantised to int8 (:func:`quantize_rows`; per row |error| <= max|q| / 254 per dim, tiny next to the
 codes' own 1 bit). ``benchmarks/codecs.py`` measured one 4096-token block's int8 matmul 6.2x
 faster than float32 on an AVX-512 VNNI EPYC and 1.8x with oneDNN limited to AVX2
-(``ONEDNN_MAX_CPU_ISA=AVX2``); a whole 100-page binary pass 0.3x the fp16 kernel's time where the
-float32 way (+-1/sqrt(d) unpacked to float32) took 1.1x. It is exact on every x86 ISA because one
+(``ONEDNN_MAX_CPU_ISA=AVX2``); a whole 100-page binary pass took 0.23-0.41x the fp16 kernel's time
+(0.5-0.65x AVX2-limited) where the float32 way (+-1/sqrt(d) unpacked to float32) took 1.1-1.2x. It is exact on every x86 ISA because one
 operand is +-1: without VNNI the int8 matmul sums products in saturating 16-bit pairs, which two
 full-range int8 operands can overflow, so ``int8`` pages keep the float32 path.
 
