@@ -66,6 +66,22 @@ class CorruptIndexError(JevsearchError):
     """The index on disk is damaged beyond what open-time repair can fix."""
 
 
+class ChecksumError(CorruptIndexError):
+    """A stored value does not match its checksum (see :mod:`jevsearch.store.checksum`).
+
+    ``table`` and ``key`` say which value; callers on the search path skip the page it belongs to.
+    """
+
+    def __init__(self, table: str, key: bytes, what: str | None = None):
+        super().__init__(f"{what or f'{table} value {key.hex()}'}: checksum mismatch (hint: the value is damaged)")
+        self.table, self.key = table, key
+
+
+class StorageError(JevsearchError, OSError):
+    """The disk or the operating system refused a read or write of the index (full disk, I/O error,
+    permissions). What was committed before is intact."""
+
+
 class CheckpointError(JevsearchError, ValueError):
     """A model checkpoint is missing files or tensors, or has tensors of the wrong shape."""
 

@@ -12,6 +12,11 @@ each compaction) with these named databases::
     text    u64be page id -> UTF-8 page text      (only when the caller gave texts)
     tomb    u64be page id -> b""                  deleted pages still present in the HNSW file
 
+Format version 2 (``"checksums": true`` in the manifest): every value except the empty tombstone
+markers ends with an 8-byte xxHash3 digest seeded by table and key (:mod:`jevsearch.store.checksum`);
+the accessors below return the payload without it (a zero-copy slice) and raise ChecksumError when
+it does not match. Version-1 stores carry no digests and are read as they are.
+
 A document and all its pages are written in one write transaction, so readers (other processes
 included) see all of it or nothing, and a crash loses at most the document being written. Page ids
 come from a monotonic counter and a document's pages get consecutive ids, so "pages added since X"
@@ -34,7 +39,14 @@ from typing import Iterator
 import lmdb
 import numpy as np
 
-from jevsearch.errors import CorruptIndexError, NotAnIndexError
+from jevsearch.errors import (
+    CorruptIndexError,
+    JevsearchError,
+    NotAnIndexError,
+    ReadOnlyIndexError,
+    StorageError,
+)
+from jevsearch.store import checksum
 
 CURRENT = "CURRENT"  # names the live LMDB directory; replaced atomically by compact()
 ENV_PREFIX = "store-"  # <index>/store-<n>/{data.mdb, lock.mdb}
@@ -43,6 +55,11 @@ DATA_FILE = "data.mdb"
 # readers in other processes never hit MDB_MAP_RESIZED while a writer grows the store.
 MAP_SIZE = 1 << 40
 DB_NAMES = ("meta", "docs", "pages", "single", "multi", "text", "tomb")
+MAX_DBS = 32  # room for tables a rewrite adds (see jevsearch.store.rewrite)
+UNSEALED = frozenset({"tomb"})  # empty markers: their keys are the data, so they carry no digest
+# lmdb errors that mean the file is damaged (rather than the disk or the caller being at fault).
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
+           lmdb.PanicError, lmdb.BadChecksumError, lmdb.IncompatibleError)
 
 PAGE_KEY = struct.Struct(">Q")  # big-endian so LMDB key order == page id order
 PAGE_REC = struct.Struct("<16sII")  # doc key, page number (1-based), token count
@@ -63,6 +80,18 @@ def _dumps(obj) -> bytes:
 
 def _loads(buf) -> dict:
     return json.loads(bytes(buf))
+
+
+def lmdb_error(path: str, e: lmdb.Error) -> JevsearchError:
+    """The named jevsearch error for an LMDB error on ``path`` (raise it ``from e``)."""
+    if isinstance(e, _DAMAGE):
+        return CorruptIndexError(f"{path}: the LMDB file is damaged ({type(e).__name__}: {e}) "
+                                 "(hint: restore the index from a backup, or rebuild it from the sources)")
+    if isinstance(e, lmdb.ReadonlyError):
+        return ReadOnlyIndexError(f"{path}: the LMDB store is read-only here ({e}) "
+                                  "(hint: open with readonly=True, or get write permission)")
+    return StorageError(f"{path}: LMDB failed ({type(e).__name__}: {e}) "
+                        "(hint: check free disk space and permissions)")
 
 
 def write_atomic(path: str, *chunks) -> None:
@@ -99,6 +128,12 @@ def current_env(index_dir: str) -> tuple[str, int]:
             name = f.read(64).decode("ascii", "replace").strip()
             ino = os.fstat(f.fileno()).st_ino
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        stores = store_dirs(index_dir)
+        if stores:
+            raise CorruptIndexError(
+                f"{index_dir}: the {CURRENT} file is missing though {', '.join(stores)}/ is there "
+                f"(hint: Index.open(path, repair=True) restores it when one store directory holds a "
+                f"valid LMDB file)", cli_hint=f"jevsearch verify --repair --index {index_dir}") from None
         raise NotAnIndexError(f"{index_dir}: not a jevsearch index (no {CURRENT} file) "
                               "(hint: create one with Engine.create)") from None
     env_dir = os.path.join(index_dir, name)
@@ -106,6 +141,85 @@ def current_env(index_dir: str) -> tuple[str, int]:
         raise NotAnIndexError(f"{index_dir}: {CURRENT} names no LMDB store ({name!r}) "
                               "(hint: this is not a jevsearch index)")
     return env_dir, ino
+
+
+def store_dirs(index_dir: str) -> list[str]:
+    """Names of the LMDB directories (``store-<n>``, holding a data file) in ``index_dir``, by n."""
+    try:
+        names = os.listdir(index_dir)
+    except OSError:
+        return []
+    found = [n for n in names if n.startswith(ENV_PREFIX) and n[len(ENV_PREFIX):].isdigit()
+             and os.path.isfile(os.path.join(index_dir, n, DATA_FILE))]
+    return sorted(found, key=lambda n: int(n[len(ENV_PREFIX):]))
+
+
+def restore_current(index_dir: str) -> str:
+    """Write a lost CURRENT file naming the one store directory whose LMDB file is whole and holds a
+    manifest; CorruptIndexError when none or several do. Returns the name. Writer lock required.
+
+    A rewrite writes its manifest last, so a copy a crash interrupted never counts as whole.
+    """
+    whole = []
+    for name in store_dirs(index_dir):
+        try:
+            env = _open_env(os.path.join(index_dir, name), writable=False)
+        except JevsearchError:
+            continue
+        try:
+            with env.begin() as txn:
+                meta = env.open_db(b"meta", txn=txn, create=False)
+                if txn.get(b"manifest", db=meta) is not None:
+                    whole.append(name)
+        except lmdb.Error:
+            pass
+        finally:
+            env.close()
+    if len(whole) != 1:
+        raise CorruptIndexError(f"{index_dir}: cannot restore {CURRENT}: {len(whole)} store directories hold a "
+                                f"whole LMDB file ({', '.join(whole) or 'none'}) (hint: write the live one's "
+                                f"name into {CURRENT}, or restore the index from a backup)")
+    write_atomic(os.path.join(index_dir, CURRENT), f"{whole[0]}\n".encode())
+    return whole[0]
+
+
+def _open_env(env_dir: str, writable: bool) -> lmdb.Environment:
+    """Open an LMDB directory and check its data file is whole, before anything reads the map.
+
+    A data file shorter than LMDB's own page count (a truncated copy) would kill the process with
+    SIGBUS at the first read of a missing page: it is refused here with CorruptIndexError. Every
+    LMDB error becomes a named jevsearch error. ``writable=False`` opens without the lock file
+    (lock=False): a user who may read an index but not write it (or a read-only mount) can still
+    search it; readers then get no protection from a writer's freed pages, which only a user with
+    write access could be running.
+    """
+    data = os.path.join(env_dir, DATA_FILE)
+    try:
+        # metasync=False: one fsync per commit instead of two (measured here: 17 -> 9 ms per 2 MB
+        # document). LMDB stays consistent; an OS crash (not a process crash) may undo the last
+        # commit. OS readahead stays on: a page's ~200 KB of multi-vectors are contiguous overflow
+        # pages, read whole.
+        env = lmdb.open(env_dir, map_size=MAP_SIZE, max_dbs=MAX_DBS, create=False, readonly=not writable,
+                        lock=writable, max_readers=256, metasync=False)
+    except lmdb.Error as e:
+        raise lmdb_error(data, e) from e
+    try:
+        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size = os.stat(data).st_size
+    except (lmdb.Error, OSError) as e:
+        env.close()
+        raise CorruptIndexError(f"{data}: cannot read ({e}) (hint: restore the index from a backup)") from e
+    if size < need:
+        env.close()
+        raise CorruptIndexError(f"{data}: truncated: {size} bytes but its LMDB pages need {need} "
+                                "(hint: the file was cut short by a copy or a full disk; restore the index "
+                                "from a backup, or rebuild it from the sources)")
+    return env
+
+
+def _writable(env_dir: str) -> bool:
+    lock = os.path.join(env_dir, "lock.mdb")
+    return os.access(env_dir, os.W_OK) and (not os.path.exists(lock) or os.access(lock, os.W_OK))
 
 
 class _EnvRegistry:
@@ -126,14 +240,12 @@ class _EnvRegistry:
             if entry is None:
                 # Opened writable whenever possible so a later writer in this process can share it;
                 # read-only Engines never start a write transaction.
-                # metasync=False: one fsync per commit instead of two (measured here: 17 -> 9 ms per
-                # 2 MB document). LMDB stays consistent; an OS crash (not a process crash) may undo
-                # the last commit. OS readahead stays on: a page's ~200 KB of multi-vectors are
-                # contiguous overflow pages, read whole.
-                env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(DB_NAMES), create=False,
-                                readonly=not os.access(real, os.W_OK), max_readers=256, metasync=False)
+                env = _open_env(real, _writable(real))
                 try:
                     entry = [env, self._open_dbs(env, real), 0]
+                except lmdb.Error as e:
+                    env.close()
+                    raise lmdb_error(real, e) from e
                 except BaseException:
                     env.close()
                     raise
@@ -144,13 +256,15 @@ class _EnvRegistry:
     @staticmethod
     def _open_dbs(env: lmdb.Environment, env_dir: str) -> dict:
         with env.begin() as txn:
-            missing = [n for n in DB_NAMES if txn.get(n.encode()) is None]
+            names = [bytes(k).decode("utf-8", "replace") for k in txn.cursor().iternext(values=False)]
+        missing = [n for n in DB_NAMES if n not in names]
         if missing:
             raise NotAnIndexError(f"{env_dir}: LMDB has no {', '.join(missing)} tables "
                                   "(hint: this is not a jevsearch index)")
-        # py-lmdb opens named tables in a short write transaction of its own (a read transaction's
-        # handles die with it), so this can wait a moment for another process's commit.
-        return {n: env.open_db(n.encode(), create=False) for n in DB_NAMES}
+        # Every named table, also those a rewrite added. py-lmdb opens named tables in a short write
+        # transaction of its own (a read transaction's handles die with it), so this can wait a
+        # moment for another process's commit.
+        return {n: env.open_db(n.encode(), create=False) for n in names}
 
     def release(self, env_dir: str) -> None:
         real = os.path.realpath(env_dir)
@@ -166,11 +280,17 @@ _REGISTRY = _EnvRegistry()
 
 
 class PageStore:
-    """Typed access to the LMDB environment of one index (see the module docstring for the layout)."""
+    """Typed access to the LMDB environment of one index (see the module docstring for the layout).
+
+    ``checksums``: whether this store's values carry digests (format version 2), read from its
+    manifest at open. Accessors of sealed values raise ChecksumError (a CorruptIndexError) when one
+    fails; ``None`` still means absent.
+    """
 
     def __init__(self, index_dir: str):
         self.index_dir = index_dir
         self.env = None
+        self._sealer = checksum.Sealer()
         self._open()
 
     def _open(self) -> None:
@@ -179,27 +299,54 @@ class PageStore:
             try:
                 env_dir, ino = current_env(self.index_dir)
                 self.env, self._db = _REGISTRY.acquire(env_dir)
-            except (lmdb.Error, OSError, NotAnIndexError):
+            except (lmdb.Error, OSError, JevsearchError):
                 # A compaction in another process may have swapped stores and deleted the old one
                 # between reading CURRENT and opening it: follow CURRENT again.
                 if current_env(self.index_dir)[1] != before:
                     continue
                 raise
             self.env_dir, self._current_ino = env_dir, ino
+            try:
+                with self.read() as txn:
+                    self.checksums, self._manifest = self._read_manifest(txn)
+            except BaseException:
+                self.close()
+                raise
             return
         raise CorruptIndexError(f"{self.index_dir}: {CURRENT} keeps changing (hint: retry; is a compaction looping?)")
+
+    def _read_manifest(self, txn) -> tuple[bool, dict]:
+        """(checksums, manifest): a sealed manifest is JSON + digest, a version-1 one plain JSON."""
+        raw = txn.get(b"manifest", db=self._db["meta"])
+        if raw is None:
+            raise NotAnIndexError(f"{self.env_dir}: no manifest (hint: this is not a jevsearch index)")
+        if checksum.intact("meta", b"manifest", raw):
+            manifest = _loads(raw[:-checksum.SIZE])
+            if manifest.get("checksums") is True:
+                return True, manifest
+        else:
+            try:
+                manifest = _loads(raw)
+            except ValueError:
+                manifest = None
+            if isinstance(manifest, dict) and not manifest.get("checksums"):
+                return False, manifest
+        raise CorruptIndexError(f"{self.env_dir}: the manifest record is damaged (checksum mismatch) "
+                                "(hint: restore the index from a backup)")
 
     @staticmethod
     def initialise(index_dir: str, manifest: dict, state: dict) -> None:
         """Create the environment and its tables under ``index_dir`` (a fresh, private directory)."""
         env_dir = os.path.join(index_dir, ENV_PREFIX + "0")
         os.makedirs(env_dir)
-        env = lmdb.open(env_dir, map_size=MAP_SIZE, max_dbs=len(DB_NAMES))
+        env = lmdb.open(env_dir, map_size=MAP_SIZE, max_dbs=MAX_DBS)
         try:
             dbs = {n: env.open_db(n.encode()) for n in DB_NAMES}
+            sealed = bool(manifest.get("checksums"))
             with env.begin(write=True) as txn:
-                txn.put(b"manifest", _dumps(manifest), db=dbs["meta"])
-                txn.put(b"state", _dumps(state), db=dbs["meta"])
+                for key, obj in ((b"manifest", manifest), (b"state", state)):
+                    raw = _dumps(obj)
+                    txn.put(key, checksum.seal("meta", key, raw) if sealed else raw, db=dbs["meta"])
             env.sync(True)
         finally:
             env.close()
@@ -241,79 +388,107 @@ class PageStore:
     @contextmanager
     def read(self) -> Iterator[lmdb.Transaction]:
         """A read snapshot; values are zero-copy memoryviews valid only inside the block."""
-        with self.env.begin(buffers=True) as txn:
-            yield txn
+        try:
+            with self.env.begin(buffers=True) as txn:
+                yield txn
+        except lmdb.Error as e:
+            raise lmdb_error(self.env_dir, e) from e
 
     @contextmanager
     def write(self) -> Iterator[lmdb.Transaction]:
         """A write transaction: committed (and fsynced by LMDB) on success, aborted on any error."""
-        with self.env.begin(write=True, buffers=True) as txn:
-            yield txn
+        try:
+            with self.env.begin(write=True, buffers=True) as txn:
+                yield txn
+        except lmdb.Error as e:
+            raise lmdb_error(self.env_dir, e) from e
 
-    # -- small records --------------------------------------------------------------------------
+    # -- any table ------------------------------------------------------------------------------
+
+    def get(self, txn, table: str, key: bytes):
+        """The payload stored under ``key`` in ``table`` (a zero-copy view valid inside ``txn``), None
+        if absent; ChecksumError if its digest fails."""
+        raw = txn.get(key, db=self._db[table])
+        if raw is None or not self.checksums or table in UNSEALED:
+            return raw
+        return checksum.unseal(table, key, raw)
+
+    def put(self, txn, table: str, key: bytes, payload, append: bool = False) -> None:
+        """Store ``payload`` (bytes or a C-contiguous array) under ``key``, sealed when the store has
+        checksums (one copy of the payload into a reused buffer)."""
+        if self.checksums and table not in UNSEALED:
+            payload = self._sealer.seal(table, key, payload)
+        txn.put(key, payload, db=self._db[table], append=append)
+
+    def items(self, txn, table: str, start: bytes | None = None, raw: bool = False) -> Iterator[tuple[bytes, object]]:
+        """(key, payload) of ``table`` in key order from ``start``; ChecksumError at a damaged value.
+        ``raw=True``: the stored values as they are (digest included, unchecked)."""
+        cur = txn.cursor(db=self._db[table])
+        if start is not None and not cur.set_range(start):
+            return
+        sealed = self.checksums and table not in UNSEALED and not raw
+        for k, v in (cur if start is not None else cur.iternext()):
+            yield k, (checksum.unseal(table, k, v) if sealed else v)
+
+    def tables(self) -> list[str]:
+        return list(self._db)
+
+    # -- records --------------------------------------------------------------------------------
 
     def manifest(self, txn) -> dict:
-        raw = txn.get(b"manifest", db=self._db["meta"])
+        raw = self.get(txn, "meta", b"manifest")
         if raw is None:
             raise NotAnIndexError(f"{self.env_dir}: no manifest (hint: this is not a jevsearch index)")
         return _loads(raw)
 
     def put_manifest(self, txn, manifest: dict) -> None:
-        txn.put(b"manifest", _dumps(manifest), db=self._db["meta"])
+        self.put(txn, "meta", b"manifest", _dumps(manifest))
 
     def state(self, txn) -> dict:
-        raw = txn.get(b"state", db=self._db["meta"])
+        raw = self.get(txn, "meta", b"state")
         if raw is None:
             raise CorruptIndexError(f"{self.env_dir}: no state record (hint: restore the index)")
         return _loads(raw)
 
     def put_state(self, txn, state: dict) -> None:
-        txn.put(b"state", _dumps(state), db=self._db["meta"])
+        self.put(txn, "meta", b"state", _dumps(state))
 
     def document(self, txn, doc_id: str) -> dict | None:
-        raw = txn.get(doc_key(doc_id), db=self._db["docs"])
-        return None if raw is None else _loads(raw)
+        return self.document_by_key(txn, doc_key(doc_id))
 
     def document_by_key(self, txn, key: bytes) -> dict | None:
-        raw = txn.get(key, db=self._db["docs"])
+        raw = self.get(txn, "docs", key)
         return None if raw is None else _loads(raw)
 
     def iter_documents(self, txn) -> Iterator[dict]:
-        for _, raw in txn.cursor(db=self._db["docs"]):
+        for _, raw in self.items(txn, "docs"):
             yield _loads(raw)
 
     def page(self, txn, page_id: int) -> tuple[bytes, int, int] | None:
         """(doc key, 1-based page number, token count) of a live page, None if absent."""
-        raw = txn.get(page_key(page_id), db=self._db["pages"])
+        raw = self.get(txn, "pages", page_key(page_id))
         return None if raw is None else PAGE_REC.unpack(raw)
 
     def text(self, txn, page_id: int) -> str | None:
-        raw = txn.get(page_key(page_id), db=self._db["text"])
-        return None if raw is None else bytes(raw).decode("utf-8")
+        raw = self.get(txn, "text", page_key(page_id))
+        return None if raw is None else bytes(raw).decode("utf-8", "replace")
 
     def multi_raw(self, txn, page_id: int):
         """Zero-copy view of a page's multi-vector bytes (valid inside ``txn`` only)."""
-        return txn.get(page_key(page_id), db=self._db["multi"])
+        return self.get(txn, "multi", page_key(page_id))
 
     def single_raw(self, txn, page_id: int):
-        return txn.get(page_key(page_id), db=self._db["single"])
+        return self.get(txn, "single", page_key(page_id))
 
     def iter_pages(self, txn, start: int = 0) -> Iterator[tuple[int, bytes, int, int]]:
         """Live pages with id >= ``start`` in id order: (page id, doc key, page number, tokens)."""
-        cur = txn.cursor(db=self._db["pages"])
-        if not cur.set_range(page_key(start)):
-            return
-        for k, v in cur:
+        for k, v in self.items(txn, "pages", page_key(start)):
             key, no, tokens = PAGE_REC.unpack(v)
             yield PAGE_KEY.unpack(k)[0], key, no, tokens
 
     def iter_keys(self, txn, table: str) -> Iterator[int]:
         for k in txn.cursor(db=self._db[table]).iternext(keys=True, values=False):
             yield PAGE_KEY.unpack(k)[0]
-
-    def iter_lengths(self, txn, table: str) -> Iterator[tuple[int, int]]:
-        for k, v in txn.cursor(db=self._db[table]):
-            yield PAGE_KEY.unpack(k)[0], len(v)
 
     def tombstones(self, txn) -> np.ndarray:
         return np.fromiter(self.iter_keys(txn, "tomb"), dtype=np.int64)
@@ -335,16 +510,15 @@ class PageStore:
                      texts: list[str] | None) -> None:
         """Write one document whose pages get ids ``doc["first"] ...`` (all above existing ids)."""
         dkey = doc_key(doc["doc_id"])
-        pages, single, multi, text = (self._db[n] for n in ("pages", "single", "multi", "text"))
         for i, m in enumerate(multis):
             k = page_key(doc["first"] + i)
             # append=True: ids only grow, so each put lands at the B-tree's right edge.
-            txn.put(k, PAGE_REC.pack(dkey, i + 1, m.shape[0]), db=pages, append=True)
-            txn.put(k, np.ascontiguousarray(singles[i]), db=single, append=True)  # a buffer: no bytes copy
-            txn.put(k, np.ascontiguousarray(m), db=multi, append=True)
+            self.put(txn, "pages", k, PAGE_REC.pack(dkey, i + 1, m.shape[0]), append=True)
+            self.put(txn, "single", k, np.ascontiguousarray(singles[i]), append=True)  # a buffer: no bytes copy
+            self.put(txn, "multi", k, np.ascontiguousarray(m), append=True)
             if texts is not None:
-                txn.put(k, texts[i].encode("utf-8"), db=text, append=True)
-        txn.put(dkey, _dumps(doc), db=self._db["docs"])
+                self.put(txn, "text", k, texts[i].encode("utf-8"), append=True)
+        self.put(txn, "docs", dkey, _dumps(doc))
 
     def clear_tombstones(self, txn) -> None:
         txn.drop(self._db["tomb"], delete=False)
@@ -354,7 +528,7 @@ class PageStore:
     def table_bytes(self) -> dict[str, int]:
         """Bytes of LMDB pages used by each table (B-tree + overflow pages)."""
         out = {}
-        with self.env.begin() as txn:
+        with self.read() as txn:
             for name, db in self._db.items():
                 st = txn.stat(db)
                 out[name] = st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
@@ -363,23 +537,37 @@ class PageStore:
     def file_bytes(self) -> int:
         return os.stat(os.path.join(self.env_dir, DATA_FILE)).st_size
 
-    def compact_file(self) -> None:
-        """Copy the store without its free pages into a new LMDB directory and make it current.
-
-        The copy gets its own lock file: LMDB's lock file records the last transaction id, so a data
-        file must never be swapped under a live one. CURRENT is replaced atomically; readers in other
-        processes switch at their next call (:meth:`reopen_if_replaced`) and the old directory is
-        deleted (open handles keep its files alive until they close). Writer lock required.
-        """
+    def next_dir(self) -> str:
+        """A fresh, empty ``store-<n+1>/`` beside the live store (a leftover of a crash is removed)."""
         n = int(os.path.basename(self.env_dir)[len(ENV_PREFIX):]) + 1
         new_dir = os.path.join(self.index_dir, f"{ENV_PREFIX}{n}")
         shutil.rmtree(new_dir, ignore_errors=True)
         os.makedirs(new_dir)
-        self.env.copy(new_dir, compact=True)
+        return new_dir
+
+    def install(self, new_dir: str) -> None:
+        """Make the complete LMDB directory ``new_dir`` (from :meth:`next_dir`) the live store.
+
+        Its data file is fsynced, then CURRENT is replaced atomically: a crash at any point leaves
+        the old store or the new one live, never a mix (a leftover is removed at the next writer's
+        open). Readers in other processes switch at their next call (:meth:`reopen_if_replaced`);
+        the old directory is deleted (open handles keep its files alive until they close).
+        """
         with open(os.path.join(new_dir, DATA_FILE), "rb") as f:
             os.fsync(f.fileno())
         fsync_dir(new_dir)
         old_dir = self.env_dir
-        write_atomic(os.path.join(self.index_dir, CURRENT), f"{ENV_PREFIX}{n}\n".encode())
+        write_atomic(os.path.join(self.index_dir, CURRENT), f"{os.path.basename(new_dir)}\n".encode())
         self.reopen_if_replaced()
         shutil.rmtree(old_dir, ignore_errors=True)
+
+    def compact_file(self) -> None:
+        """Copy the store without its free pages into a new LMDB directory and make it current.
+
+        The copy gets its own lock file: LMDB's lock file records the last transaction id, so a data
+        file must never be swapped under a live one. Writer lock required. To change values on the
+        way (format upgrades, re-encodings): :func:`jevsearch.store.rewrite.rewrite`.
+        """
+        new_dir = self.next_dir()
+        self.env.copy(new_dir, compact=True)
+        self.install(new_dir)

@@ -1,0 +1,161 @@
+"""Rewriting an index's LMDB store into a fresh one: format upgrades and re-encodings.
+
+:func:`rewrite` copies every record of the live ``store-<n>/`` into a new ``store-<n+1>/``, passing
+the values of chosen tables through a transform, writes the new manifest, and swaps ``CURRENT``
+atomically, exactly as compaction does (:meth:`PageStore.install`): a crash (even kill -9) at any
+point leaves the old store live or the new one, never a mix, and the next writer's open removes
+the leftover. The new store is written in several commits while it is still private, and its meta
+records (manifest, state) last, so an interrupted copy never looks like a whole store
+(:func:`~jevsearch.store.lmdbstore.restore_current` relies on it).
+
+What a :class:`Rewrite` says:
+
+* ``manifest``: the new store's manifest. Its ``"checksums"`` decides whether values are sealed
+  (:mod:`jevsearch.store.checksum`): a version-1 store rewritten with ``checksums: true`` gets its
+  digests (that is the upgrade :meth:`Index.compact` runs, :func:`upgrade`).
+* ``transforms``: table -> ``fn(key, payload) -> new payload | None`` (None drops the record).
+  Payloads arrive without their digest and verified; the result is sealed as the manifest says.
+  E.g. re-encoding multi-vectors into another codec: ``{"multi": encode}`` plus a manifest naming
+  the codec.
+* ``new_tables`` and ``fill``: tables to create, and a function called with ``put(table, key,
+  payload)`` after the copy, to fill them (or add records to any table), e.g. a codebook.
+
+Records of tables without a transform are copied as they are: when both stores carry checksums the
+raw value, digest included, so a damaged value stays detectably damaged instead of being sealed as
+good. A transformed value that fails its digest stops the rewrite with ChecksumError (nothing is
+swapped); its document must be re-added first. The state record's ``gen`` is bumped so that readers
+in other processes re-read the manifest. Writer lock required; the caller settles its own views
+(the HNSW is keyed by page ids, which a rewrite keeps).
+
+>>> import numpy as np
+>>> def checked(key, payload):                       # a transform: check, keep the bytes
+...     assert np.isfinite(np.frombuffer(payload, np.float16)).all()
+...     return payload
+>>> plan = Rewrite(manifest={"format_version": 2, "checksums": True}, transforms={"multi": checked})
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import lmdb
+import numpy as np
+
+from jevsearch.errors import CorruptIndexError
+from jevsearch.store import checksum
+from jevsearch.store.lmdbstore import MAP_SIZE, MAX_DBS, UNSEALED, PageStore, _dumps, _loads, lmdb_error
+from jevsearch.store.validate import NORM_TOLERANCE
+
+# Bytes written per commit of the (still private) new store: bounds LMDB's dirty pages in memory.
+BATCH_BYTES = 256 << 20
+
+
+@dataclass
+class Rewrite:
+    """What :func:`rewrite` changes (see the module docstring)."""
+
+    manifest: dict
+    transforms: Mapping[str, Callable[[bytes, memoryview], object]] = field(default_factory=dict)
+    new_tables: Sequence[str] = ()
+    fill: Callable[[Callable[[str, bytes, object], None]], None] | None = None
+
+
+def rewrite(store: PageStore, plan: Rewrite) -> None:
+    """Copy ``store`` into a fresh LMDB directory as ``plan`` says and make it the live store."""
+    new_dir = store.next_dir()
+    sealed = bool(plan.manifest.get("checksums"))
+    tables = store.tables() + [t for t in plan.new_tables if t not in store.tables()]
+    try:
+        env = lmdb.open(new_dir, map_size=MAP_SIZE, max_dbs=MAX_DBS, sync=False, metasync=False)
+    except lmdb.Error as e:
+        raise lmdb_error(new_dir, e) from e
+    try:
+        dbs = {t: env.open_db(t.encode()) for t in tables}
+        out = _Writer(env, dbs, sealed)
+        with store.read() as txn:
+            for table in store.tables():
+                _copy_table(store, txn, table, plan.transforms.get(table), out)
+            state = _loads(store.get(txn, "meta", b"state"))
+        if plan.fill is not None:
+            plan.fill(out.put)
+        state["gen"] += 1
+        out.put("meta", b"manifest", _dumps(plan.manifest))  # last: a store without it is not whole
+        out.put("meta", b"state", _dumps(state))
+        out.commit()
+        env.sync(True)
+    except lmdb.Error as e:
+        raise lmdb_error(new_dir, e) from e
+    finally:
+        env.close()
+    store.install(new_dir)
+
+
+def upgrade(manifest: dict) -> Rewrite:
+    """The rewrite that brings a version-1 store to the current format: values get checksums. Page
+    vectors are checked on the way (finite, unit rows): sealing damaged bytes would certify them."""
+    from jevsearch.store.manifest import upgraded
+
+    dm, stored = manifest["multi_dim"], np.dtype(manifest["multi_dtype"])
+
+    def rows(dtype, dim):
+        def check(key: bytes, payload):
+            a = np.frombuffer(payload, dtype=dtype)
+            if len(a) % dim or not unit_rows(a.reshape(-1, dim)):
+                raise CorruptIndexError(f"page id {int.from_bytes(key, 'big')}: vectors damaged (NaN, Inf or "
+                                        "not unit norm) (hint: delete and re-add its document, then compact)")
+            return payload
+        return check
+
+    full = manifest["single_full_dim"] or 1
+    return Rewrite(manifest=upgraded(manifest), transforms={"multi": rows(stored, dm),
+                                                            "single": rows(np.float32, full)})
+
+
+def unit_rows(a: np.ndarray) -> bool:
+    """True when every row of ``a`` [N, d] is finite and of unit norm (to the input tolerance)."""
+    sq = np.einsum("ij,ij->i", a, a, dtype=np.float32)
+    return bool(np.isfinite(sq).all() and (np.abs(np.sqrt(sq) - 1) <= NORM_TOLERANCE).all())
+
+
+class _Writer:
+    """Puts into the new store, committing every BATCH_BYTES (the store is private until installed)."""
+
+    def __init__(self, env: lmdb.Environment, dbs: dict, sealed: bool):
+        self.env, self.dbs, self.sealed = env, dbs, sealed
+        self.sealer = checksum.Sealer()
+        self.txn = env.begin(write=True)
+        self.pending = 0
+
+    def put(self, table: str, key: bytes, payload, append: bool = False) -> None:
+        if self.sealed and table not in UNSEALED:
+            payload = self.sealer.seal(table, key, payload)
+        self.put_raw(table, key, payload, append)
+
+    def put_raw(self, table: str, key: bytes, raw, append: bool = False) -> None:
+        self.txn.put(key, raw, db=self.dbs[table], append=append)
+        self.pending += len(raw) + len(key)
+        if self.pending >= BATCH_BYTES:
+            self.commit()
+            self.txn = self.env.begin(write=True)
+
+    def commit(self) -> None:
+        self.txn.commit()
+        self.pending = 0
+
+
+def _copy_table(store: PageStore, txn, table: str, transform, out: _Writer) -> None:
+    if table == "meta":
+        return  # written last, by rewrite()
+    verbatim = transform is None and (table in UNSEALED or store.checksums == out.sealed)
+    if verbatim:
+        for k, raw in store.items(txn, table, raw=True):
+            out.put_raw(table, bytes(k), raw, append=True)
+        return
+    for k, payload in store.items(txn, table):
+        k = bytes(k)
+        if transform is not None:
+            payload = transform(k, payload)
+            if payload is None:
+                continue
+        out.put(table, k, payload, append=True)
