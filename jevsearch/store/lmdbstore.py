@@ -40,6 +40,7 @@ import lmdb
 import numpy as np
 
 from jevsearch.errors import (
+    ChecksumError,
     CorruptIndexError,
     JevsearchError,
     NotAnIndexError,
@@ -467,7 +468,12 @@ class PageStore:
     def page(self, txn, page_id: int) -> tuple[bytes, int, int] | None:
         """(doc key, 1-based page number, token count) of a live page, None if absent."""
         raw = self.get(txn, "pages", page_key(page_id))
-        return None if raw is None else PAGE_REC.unpack(raw)
+        if raw is None:
+            return None
+        if len(raw) != PAGE_REC.size:
+            raise CorruptIndexError(f"{self.env_dir}: page record of page id {page_id} has {len(raw)} bytes "
+                                    "(hint: the store is damaged)")
+        return PAGE_REC.unpack(raw)
 
     def text(self, txn, page_id: int) -> str | None:
         raw = self.get(txn, "text", page_key(page_id))
@@ -480,11 +486,30 @@ class PageStore:
     def single_raw(self, txn, page_id: int):
         return self.get(txn, "single", page_key(page_id))
 
-    def iter_pages(self, txn, start: int = 0) -> Iterator[tuple[int, bytes, int, int]]:
-        """Live pages with id >= ``start`` in id order: (page id, doc key, page number, tokens)."""
-        for k, v in self.items(txn, "pages", page_key(start)):
+    def iter_pages(self, txn, start: int = 0, damaged: list | None = None) -> Iterator[tuple[int, bytes, int, int]]:
+        """Live pages with id >= ``start`` in id order: (page id, doc key, page number, tokens).
+
+        A page record that fails its checksum raises ChecksumError, or, given a ``damaged`` list, is
+        skipped and its page id appended to it.
+        """
+        sealed = self.checksums
+        for k, v in self.items(txn, "pages", page_key(start), raw=True):
+            pid = PAGE_KEY.unpack(k)[0]
+            if sealed:
+                if not checksum.intact("pages", k, v):
+                    if damaged is None:
+                        raise ChecksumError("pages", bytes(k), f"page record of page id {pid}")
+                    damaged.append(pid)
+                    continue
+                v = v[:-checksum.SIZE]
+            if len(v) != PAGE_REC.size:
+                if damaged is None:
+                    raise CorruptIndexError(f"{self.env_dir}: page record of page id {pid} has {len(v)} bytes "
+                                            "(hint: the store is damaged)")
+                damaged.append(pid)
+                continue
             key, no, tokens = PAGE_REC.unpack(v)
-            yield PAGE_KEY.unpack(k)[0], key, no, tokens
+            yield pid, key, no, tokens
 
     def iter_keys(self, txn, table: str) -> Iterator[int]:
         for k in txn.cursor(db=self._db[table]).iternext(keys=True, values=False):
