@@ -2,6 +2,7 @@
 
 from jevsearch.errors import (
     CheckpointError,
+    ChecksumError,
     CorruptIndexError,
     DocumentError,
     FormatVersionError,
@@ -12,12 +13,14 @@ from jevsearch.errors import (
     ModelMismatchError,
     NotAnIndexError,
     ReadOnlyIndexError,
+    StorageError,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "ChecksumError",
     "Engine",
     "Hit",
     "Index",
@@ -31,6 +34,7 @@ __all__ = [
     "ModelMismatchError",
     "NotAnIndexError",
     "ReadOnlyIndexError",
+    "StorageError",
     "__version__",
 ]
 

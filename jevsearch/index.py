@@ -47,12 +47,14 @@ from jevsearch.errors import (
 from jevsearch.search import rerank
 from jevsearch.search.maxsim import pad_queries, scoring_device, top_with_ties
 from jevsearch.search.threads import torch_threads
-from jevsearch.store import validate
+from jevsearch.store import validate, verify
+from jevsearch.store.damage import DamageLog
 from jevsearch.store.graphview import GraphView
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
-from jevsearch.store.lmdbstore import PageStore, current_env, fsync_dir
+from jevsearch.store.lmdbstore import PageStore, current_env, fsync_dir, restore_current, store_dirs
 from jevsearch.store.lock import WriterLock
-from jevsearch.store.manifest import check_manifest, new_manifest
+from jevsearch.store.manifest import FORMAT_VERSION, check_manifest, new_manifest
+from jevsearch.store.rewrite import rewrite, upgrade
 
 
 @dataclass
@@ -94,7 +96,8 @@ class Index:
         self._store = store
         self._writer_lock = lock
         self._mutex = threading.RLock()
-        self._view = GraphView(path, store, readonly=lock is None)
+        self._damage = DamageLog(path)  # pages found damaged (skipped, counted, listed by verify)
+        self._view = GraphView(path, store, readonly=lock is None, damage=self._damage)
         with store.read() as txn:
             manifest = store.manifest(txn)
             check_manifest(manifest)
@@ -103,6 +106,7 @@ class Index:
         self._device, self._dtype = scoring_device()
         self._scorer = rerank.Scorer(self._manifest["multi_dim"], np.dtype(self._manifest["multi_dtype"]),
                                      self._device, self._dtype)
+        self._row_bytes = self._manifest["multi_dim"] * np.dtype(self._manifest["multi_dtype"]).itemsize
         if not self.readonly and not self._view.clean:
             self.flush()  # repaired at open: persist so the next open is fast
 
@@ -158,7 +162,7 @@ class Index:
         return cls.open(path, threads=threads)
 
     @classmethod
-    def open(cls, path, *, readonly: bool = False, threads: int = 1):
+    def open(cls, path, *, readonly: bool = False, threads: int = 1, repair: bool = False):
         """Open an existing index; ``readonly=True`` for readers (no lock, writes raise ReadOnlyIndexError).
 
         threads: CPU threads for the index's own tensor work: worker threads sharing a search's MaxSim
@@ -167,15 +171,23 @@ class Index:
         busy cores once made reranks 3x slower). Set it to the cores you can spare for searching.
         FAISS uses 1 thread per query.
 
-        A writer repairs the HNSW from LMDB when they disagree (after a crash). Raises
-        NotAnIndexError, FormatVersionError, IndexLockedError (another writer).
+        A writer repairs the HNSW from LMDB when they disagree (after a crash). ``repair=True`` (a
+        writer): also restore a lost CURRENT file when exactly one store directory holds a whole LMDB
+        file (then :meth:`verify` with ``repair=True``). Raises NotAnIndexError, FormatVersionError,
+        IndexLockedError (another writer), CorruptIndexError (a damaged index: see its message).
         """
         path = os.fspath(path)
         threads = validate.check_k(threads, "threads")
-        current_env(path)  # NotAnIndexError before touching anything (no lock file in a random dir)
+        try:
+            current_env(path)  # NotAnIndexError before touching anything (no lock file in a random dir)
+        except CorruptIndexError:
+            if not (repair and not readonly and store_dirs(path)):
+                raise
         lock = None if readonly else WriterLock(path)
         store = None
         try:
+            if repair and lock is not None and not os.path.exists(os.path.join(path, "CURRENT")):
+                restore_current(path)
             store = PageStore(path)
             if lock is not None:
                 HnswGraph.remove_stale_temp(path)
@@ -319,13 +331,22 @@ class Index:
             return True
 
     def compact(self) -> None:
-        """Rebuild the HNSW from live pages (dropping tombstones) and shrink the LMDB file."""
+        """Rebuild the HNSW from live pages (dropping tombstones, every page reachable) and shrink
+        the LMDB file; an index in an older format is rewritten in the current one (version 1 -> 2:
+        every value gets a checksum), after a deep check of its vectors (CorruptIndexError naming the
+        documents to re-add first, and nothing changed, when some are damaged). Crash-safe: a kill
+        at any point leaves the old index or the new one."""
         with self._mutex:
             self._check_writable()
+            old_format = self._manifest["format_version"] < FORMAT_VERSION
             with self._store.read() as txn:
+                if old_format:
+                    _, problems = verify.check_index(self._store, txn, self._manifest, self._view.settle(),
+                                                     self._view.tombs, deep=True)
+                    if any(not p.fixable for p in problems):
+                        raise verify.describe(self.path, [p for p in problems if not p.fixable], repairing=True)
                 state = self._store.state(txn)
-                graph = GraphView.new_graph(self._manifest)
-                self._view.add_pages(txn, graph, 0, self._manifest)
+                graph = self._view.rebuilt(txn, self._manifest)
             epoch = state["epoch"] + 1
             # File first, then LMDB: a crash in between leaves epochs that differ -> rebuilt at open.
             graph.save(self.path, epoch=epoch, next_page_id=state["next_page_id"])
@@ -335,10 +356,18 @@ class Index:
                 self._store.clear_tombstones(txn)
                 self._store.put_state(txn, state)
             self._view.replace(graph, epoch, state["gen"])
-            self._store.compact_file()
+            if old_format:
+                rewrite(self._store, upgrade(self._manifest))
+                with self._store.read() as txn:
+                    self._refresh(txn)
+            else:
+                self._store.compact_file()
 
     def _remove(self, txn, state: dict, doc_id: str) -> list[int]:
-        old = self._store.document(txn, doc_id)
+        try:
+            old = self._store.document(txn, doc_id)
+        except CorruptIndexError:  # a damaged record: its pages are found by their records
+            old = verify.salvage_document(self._store, txn, doc_id)
         if old is None:
             return []
         removed = self._store.remove_document(txn, old)
@@ -349,6 +378,7 @@ class Index:
         return removed
 
     def _after_commit(self, state: dict, removed: list[int], ids, vecs) -> None:
+        self._damage.forget(removed)
         if self._view.committed(state, removed, ids, vecs):
             self.flush()
 
@@ -364,12 +394,15 @@ class Index:
             raise JevsearchError(f"{self.path}: index is closed (hint: open it again)")
         self._store.reopen_if_replaced()
 
-    def _refresh(self, txn) -> None:
-        """Bring the manifest and the HNSW view up to the LMDB snapshot ``txn``."""
+    def _refresh(self, txn) -> dict:
+        """Bring the manifest and the HNSW view up to the LMDB snapshot ``txn``; returns its state."""
         state = self._store.state(txn)
         if state["gen"] != self._view.gen:
             self._manifest = self._store.manifest(txn)
             self._view.refresh(txn, state, self._manifest)
+            if len(self._damage):
+                self._damage.prune(self._store, txn)
+        return state
 
     # -- search ---------------------------------------------------------------------------------
 
@@ -381,9 +414,12 @@ class Index:
         [L, multi_dim] -> list[Hit]. A batch: q_single [Q, D] and q_multi a list of Q [L_i, multi_dim]
         -> list of Q lists (scored together).
         Two-stage: the ``candidates`` nearest pages in the HNSW (truncated singles) reranked by
-        MaxSim. ``exhaustive=True``: exact MaxSim over every page, streamed in chunks.
+        MaxSim. ``exhaustive=True``: exact MaxSim over every page, streamed in chunks; so is a search
+        whose ``candidates`` reach the live page count (no page can hide from it in the graph).
         Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
-        fewer pages). ``candidates`` below k is raised to k.
+        fewer pages). ``candidates`` below k is raised to k; both are capped to the live pages.
+        Every stored value read is verified: a damaged page (checksum, or an impossible score) is
+        skipped with one warning naming it and counted in ``stats()["damaged_pages"]``.
         """
         k = validate.check_k(k)
         candidates = max(validate.check_k(candidates, "candidates"), k)
@@ -395,13 +431,16 @@ class Index:
             self._check_open()
             # One torch thread: the scorer's own workers (self.threads of them) are the parallelism.
             with self._store.read() as txn, torch.no_grad(), torch_threads(1):
-                self._refresh(txn)
+                live = self._refresh(txn)["pages"]
+                # Capped before anything is sized by them: a huge k costs nothing on a small index.
+                k, candidates = min(k, max(live, 1)), min(candidates, max(live, 1))
                 qt = pad_queries(queries, self._dtype, self._device)  # [Q, L, d]
-                if exhaustive:
-                    found = self._exhaustive(txn, qt, k)
+                q_lens = [len(x) for x in queries]
+                if exhaustive or candidates >= live:
+                    found = self._exhaustive(txn, qt, q_lens, k)
                 else:
-                    found = self._two_stage(txn, qt, [len(x) for x in queries],
-                                            truncate_normalize(singles, self._manifest["single_dim"]), k, candidates)
+                    found = self._two_stage(txn, qt, q_lens, truncate_normalize(singles, self._manifest["single_dim"]),
+                                            k, candidates)
                 results = [self._hits(txn, ids, scores, k) for ids, scores in found]
         return results if batch else results[0]
 
@@ -414,25 +453,60 @@ class Index:
             out = []
             for q in range(len(cand)):
                 ids, raws, lens = self._fetch(txn, cand[q][cand[q] >= 0])
-                scores = self._scorer.score(qt[q:q + 1, : q_lens[q]], raws, lens, self.threads)[0]  # [C]
-                sel = top_with_ties(scores, k)
-                out.append((ids[sel], scores[sel]))
+                ids, scores = self._score(txn, qt[q:q + 1, : q_lens[q]], q_lens[q:q + 1], ids, raws, lens)
+                sel = top_with_ties(scores[0], k)
+                out.append((ids[sel], scores[0, sel]))
             return out
         ids, raws, lens = self._fetch(txn, union)  # overlapping candidates are fetched and scored once
-        return rerank.select_candidates(cand, ids, self._scorer.score(qt, raws, lens, self.threads), k)
+        return rerank.select_candidates(cand, *self._score(txn, qt, q_lens, ids, raws, lens), k)
 
-    def _exhaustive(self, txn, qt: torch.Tensor, k: int):
-        pages = ((pid, self._store.multi_raw(txn, pid), tokens) for pid, _, _, tokens in self._store.iter_pages(txn))
-        return rerank.exhaustive(pages, qt, k, self._scorer, self.threads)
+    def _score(self, txn, qt: torch.Tensor, q_lens: list[int], ids: np.ndarray, raws: list, lens: list[int]):
+        """MaxSim [Q, C] of the fetched pages, without those scoring impossibly (damaged vectors)."""
+        scores = self._scorer.score(qt, raws, lens, self.threads)
+        bad = rerank.implausible(scores, q_lens)
+        if bad.any():
+            for pid in ids[bad].tolist():
+                self._damage.note(self._store, txn, pid, "its multi-vectors score beyond what unit vectors can")
+            ids, scores = ids[~bad], scores[:, ~bad]
+        return ids, scores
+
+    def _exhaustive(self, txn, qt: torch.Tensor, q_lens: list[int], k: int):
+        bad: list[int] = []
+        pages = ((pid, raw, tokens) for pid, _, _, tokens in self._store.iter_pages(txn, damaged=bad)
+                 if (raw := self._multi(txn, pid, tokens)) is not None)
+        found, implausible = rerank.exhaustive(pages, qt, k, self._scorer, self.threads, q_lens)
+        for pid in bad:
+            self._damage.note(self._store, txn, pid, "its page record fails its checksum")
+        for pid in implausible:
+            self._damage.note(self._store, txn, pid, "its multi-vectors score beyond what unit vectors can")
+        return found
+
+    def _multi(self, txn, pid: int, tokens: int):
+        """A page's multi-vectors, verified; None (noted as damaged) when they fail."""
+        if pid in self._damage:
+            return None
+        try:
+            raw = self._store.multi_raw(txn, pid)
+        except CorruptIndexError:
+            self._damage.note(self._store, txn, pid, "its multi-vectors fail their checksum")
+            return None
+        if raw is None or len(raw) != tokens * self._row_bytes:
+            self._damage.note(self._store, txn, pid, "its multi-vectors are missing or of the wrong size")
+            return None
+        return raw
 
     def _fetch(self, txn, page_ids: np.ndarray):
-        """Zero-copy multi-vectors of the pages still live in ``txn`` (others are skipped)."""
+        """Zero-copy, verified multi-vectors of the pages still live in ``txn`` (others are skipped)."""
         ids, raws, lens = [], [], []
         for pid in page_ids.tolist():
-            rec = self._store.page(txn, pid)
-            if rec is not None:
+            try:
+                rec = self._store.page(txn, pid)
+            except CorruptIndexError:
+                self._damage.note(self._store, txn, pid, "its page record fails its checksum")
+                continue
+            if rec is not None and (raw := self._multi(txn, pid, rec[2])) is not None:
                 ids.append(pid)
-                raws.append(self._store.multi_raw(txn, pid))
+                raws.append(raw)
                 lens.append(rec[2])
         return np.array(ids, dtype=np.int64), raws, lens
 
@@ -440,9 +514,13 @@ class Index:
         docs: dict[bytes, dict] = {}
         hits = []
         for pid, score in zip(ids.tolist(), scores.tolist()):
-            key, page_no, _ = self._store.page(txn, pid)
-            doc = docs.get(key) or docs.setdefault(key, self._store.document_by_key(txn, key))
-            text = self._store.text(txn, pid) if doc["text"] else None
+            try:
+                key, page_no, _ = self._store.page(txn, pid)
+                doc = docs.get(key) or docs.setdefault(key, self._store.document_by_key(txn, key))
+                text = self._store.text(txn, pid) if doc["text"] else None
+            except CorruptIndexError:
+                self._damage.note(self._store, txn, pid, "its document record or text fails its checksum")
+                continue
             hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text))
         hits.sort(key=lambda h: (-h.score, h.doc_id, h.page))
         return hits[:k]
@@ -469,8 +547,9 @@ class Index:
         return iter(ids)
 
     def stats(self) -> dict:
-        """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, and
-        bytes {"lmdb_file", "hnsw_file", plus LMDB pages used per table: multi, single, ...}."""
+        """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, damaged_pages
+        (found damaged and skipped by this process: see :meth:`verify`), and bytes {"lmdb_file",
+        "hnsw_file", plus LMDB pages used per table: multi, single, ...}."""
         with self._mutex:
             self._check_open()
             with self._store.read() as txn:
@@ -480,25 +559,42 @@ class Index:
                      "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0}
             sizes.update(self._store.table_bytes())
             return {"documents": state["docs"], "pages": state["pages"], "tokens": state["tokens"],
-                    "tombstones": state["tombs"], "hnsw_vectors": self._view.settle().ntotal, "bytes": sizes}
+                    "tombstones": state["tombs"], "hnsw_vectors": self._view.settle().ntotal,
+                    "damaged_pages": len(self._damage), "bytes": sizes}
 
-    def verify(self, *, deep: bool = False) -> dict:
+    def verify(self, *, deep: bool = False, repair: bool = False) -> dict:
         """Check the index is consistent; raises CorruptIndexError listing the problems.
 
-        Checks every document's pages, vector sizes, counters, orphans, and that the HNSW holds
-        every live page (after open-time repair it always should). ``deep=True`` also reads every
-        vector and checks it is finite and unit norm. Returns the counts checked.
+        Checks every document's pages, vector sizes, counters, orphans, that the HNSW holds every live
+        page, and the pages searches found damaged. ``deep=True`` also reads every value: checksums,
+        finite unit vectors, and the graph (every node reachable from its entry point, every node's
+        vector the one LMDB holds for its id). ``repair=True`` (a writer) first fixes what LMDB can
+        rebuild (the graph, counters, entries of no document, unreadable document records: see
+        :func:`jevsearch.store.verify.repair_records`), persists it (:meth:`compact`) and checks again;
+        what remains (damaged pages of a document: re-add it) is raised. The error's ``cli_hint`` gives
+        the commands. Returns the counts checked (and ``repaired``: what was done).
         """
-        from jevsearch.store.verify import check_index
-
         with self._mutex:
-            self._check_open()
-            with self._store.read() as txn:
-                self._refresh(txn)
-                report, problems = check_index(self._store, txn, self._manifest, self._view.settle().ids(),
-                                               self._view.tombs, deep=deep)
+            (self._check_writable if repair else self._check_open)()
+            report, problems = self._check(deep)
+            if repair and any(p.fixable for p in problems):
+                with self._store.write() as txn:
+                    done = verify.repair_records(self._store, txn)
+                self.compact()
+                report, problems = self._check(deep)
+                report["repaired"] = done + ["rebuilt the HNSW from LMDB and saved it"]
         if problems:
-            more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
-            raise CorruptIndexError(f"{self.path}: " + "; ".join(problems[:20]) + more +
-                                    " (hint: restore from a backup, or re-add the listed documents)")
+            raise verify.describe(self.path, problems, repairing=repair)
         return report
+
+    def _check(self, deep: bool):
+        with self._store.read() as txn:
+            self._refresh(txn)
+            report, problems = verify.check_index(self._store, txn, self._manifest, self._view.settle(),
+                                                  self._view.tombs, deep=deep)
+        if not deep:  # a deep check finds them itself
+            problems += self._damage.problems()
+        if self._view.repaired_in_memory:
+            problems.append(verify.Problem(f"hnsw.bin: {self._view.repaired_in_memory} (rebuilt in memory only)",
+                                           fixable=True))
+        return report, problems

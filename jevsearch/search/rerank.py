@@ -111,6 +111,22 @@ def _blocks(lens: list[int], budget: int, padded: bool) -> list[tuple[int, int]]
     return blocks
 
 
+# MaxSim of unit vectors is a sum of L cosines, so |score| <= L (query tokens); the tolerance covers
+# float16 storage (rows within ~1e-3 of unit norm) and float16 scoring on a GPU.
+SCORE_TOLERANCE = 0.01
+
+
+def implausible(scores: np.ndarray, q_lens: list[int]) -> np.ndarray:
+    """Pages (columns of ``scores`` [Q, C]) whose score no unit vectors can give: NaN, or above the
+    query's token count (x 1 + SCORE_TOLERANCE) for some query: damaged stored vectors -> bool [C].
+
+    >>> implausible(np.array([[1.5, 2.5, np.nan]], np.float32), [2]).tolist()
+    [False, True, True]
+    """
+    bound = np.asarray(q_lens, dtype=np.float32)[:, None] * (1 + SCORE_TOLERANCE)
+    return ~(np.abs(scores) <= bound).all(axis=0)
+
+
 def select_candidates(cand: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int):
     """Per query, the top k (with ties) of its own candidates.
 
@@ -126,17 +142,24 @@ def select_candidates(cand: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: 
 
 
 def exhaustive(pages: Iterable[tuple[int, object, int]], qt: torch.Tensor, k: int, scorer: Scorer,
-               workers: int = 1):
+               workers: int = 1, q_lens: list[int] | None = None):
     """Exact top k (with ties) over every page of ``pages`` ((page id, raw, tokens) tuples), streamed in
-    chunks of bounded size. -> Q pairs (page ids, scores)."""
+    chunks of bounded size. With ``q_lens`` (each query's token count), pages scoring
+    :func:`implausible` are left out. -> (Q pairs (page ids, scores), ids of the pages left out)."""
     nq = qt.shape[0]
     best = [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(nq)]
     budget = block_tokens(qt.shape[0] * qt.shape[1])  # page tokens per streamed chunk
     ids, raws, lens, chunk_tokens = [], [], [], 0
+    dropped: list[int] = []
 
     def score_chunk():
         s = scorer.score(qt, raws, lens, workers)
         cid = np.array(ids, dtype=np.int64)
+        if q_lens is not None:
+            bad = implausible(s, q_lens)
+            if bad.any():
+                dropped.extend(cid[bad].tolist())
+                cid, s = cid[~bad], s[:, ~bad]
         for q in range(nq):
             all_ids = np.concatenate([best[q][0], cid])
             all_s = np.concatenate([best[q][1], s[q]])
@@ -153,4 +176,4 @@ def exhaustive(pages: Iterable[tuple[int, object, int]], qt: torch.Tensor, k: in
             ids, raws, lens, chunk_tokens = [], [], [], 0
     if ids:
         score_chunk()
-    return best
+    return best, dropped

@@ -13,8 +13,9 @@ LMDB is the truth; this view mirrors it into a :class:`~jevsearch.store.hnsw.Hns
   first waits for the background batch. The graph is saved every SAVE_EVERY_PAGES pages and on
   flush/close;
 * deleted pages stay in the graph as tombstones, skipped by a FAISS selector until compaction;
-* a page whose stored single vector fails its checksum is left out (logged, in ``damaged``): verify
-  names it, re-adding its document fixes it.
+* a page whose stored single vector (or page record) fails its checksum is left out of the graph
+  and noted in the index's :class:`~jevsearch.store.damage.DamageLog` (logged once, listed by verify);
+  re-adding its document fixes it.
 
 A read-only view that had to rebuild a damaged, missing or stale file keeps the repair in memory
 and says once (``repaired_in_memory``) that a writer will persist it.
@@ -30,6 +31,7 @@ import faiss
 import numpy as np
 
 from jevsearch.errors import ChecksumError, CorruptIndexError
+from jevsearch.store.damage import DamageLog
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbstore import PageStore
 
@@ -46,8 +48,9 @@ BACKGROUND_THREADS = max(1, (os.cpu_count() or 1) - 1)
 
 
 class GraphView:
-    def __init__(self, index_dir: str, store: PageStore, readonly: bool):
+    def __init__(self, index_dir: str, store: PageStore, readonly: bool, damage: DamageLog | None = None):
         self.index_dir, self.store, self.readonly = index_dir, store, readonly
+        self.damage = damage if damage is not None else DamageLog(index_dir)
         self.graph: HnswGraph | None = None
         self.epoch = -1
         self.next_page_id = 0  # every page with a smaller id that LMDB had is in the graph
@@ -60,7 +63,6 @@ class GraphView:
         self._queued = 0  # pages in _pending
         self._pool: ThreadPoolExecutor | None = None  # the background inserter (writer only)
         self._job: Future | None = None  # its batch in flight
-        self.damaged: set[int] = set()  # live pages whose single vector (or page record) failed its checksum
         self.repaired_in_memory: str | None = None  # why a read-only view rebuilt the file's graph
 
     @staticmethod
@@ -113,7 +115,7 @@ class GraphView:
 
     def add_pages(self, txn, graph: HnswGraph, start: int, manifest: dict) -> int:
         """Add every live page with id >= start from LMDB to ``graph``; returns how many. Pages whose
-        single vector fails its checksum are left out (logged once, kept in ``damaged``)."""
+        single vector or page record is damaged are left out (noted in ``damage``)."""
         dim, full = manifest["single_dim"], manifest["single_full_dim"]
         ids, vecs, n = [], [], 0
         bad: list[int] = []
@@ -135,12 +137,8 @@ class GraphView:
         if ids:
             graph.add(np.array(ids), truncate_normalize(np.stack(vecs), dim))
             n += len(ids)
-        new = sorted(set(bad) - self.damaged)
-        if new:
-            log.warning("%s: %d pages left out of the HNSW: their stored single vector or page record is "
-                        "damaged (page ids %s) (hint: verify names their documents; re-add them)",
-                        self.index_dir, len(new), ", ".join(map(str, new[:10])))
-            self.damaged.update(new)
+        for pid in bad:
+            self.damage.note(self.store, txn, pid, "its single vector or page record is damaged: left out of the HNSW")
         return n
 
     def rebuilt(self, txn, manifest: dict) -> HnswGraph:

@@ -58,9 +58,10 @@ MAP_SIZE = 1 << 40
 DB_NAMES = ("meta", "docs", "pages", "single", "multi", "text", "tomb")
 MAX_DBS = 32  # room for tables a rewrite adds (see jevsearch.store.rewrite)
 UNSEALED = frozenset({"tomb"})  # empty markers: their keys are the data, so they carry no digest
-# lmdb errors that mean the file is damaged (rather than the disk or the caller being at fault).
-_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
-           lmdb.PanicError, lmdb.BadChecksumError, lmdb.IncompatibleError)
+# lmdb errors that mean the disk or the system refused (anything else LMDB reports is damage).
+_REFUSED = (lmdb.MapFullError, lmdb.DiskError, lmdb.ReadersFullError, lmdb.TlsFullError, lmdb.LockError)
+_REFUSED_TEXT = ("No space left", "Permission denied", "Input/output error", "Read-only file system",
+                 "Disk quota")
 
 PAGE_KEY = struct.Struct(">Q")  # big-endian so LMDB key order == page id order
 PAGE_REC = struct.Struct("<16sII")  # doc key, page number (1-based), token count
@@ -84,15 +85,19 @@ def _loads(buf) -> dict:
 
 
 def lmdb_error(path: str, e: lmdb.Error) -> JevsearchError:
-    """The named jevsearch error for an LMDB error on ``path`` (raise it ``from e``)."""
-    if isinstance(e, _DAMAGE):
-        return CorruptIndexError(f"{path}: the LMDB file is damaged ({type(e).__name__}: {e}) "
-                                 "(hint: restore the index from a backup, or rebuild it from the sources)")
+    """The named jevsearch error for an LMDB error on ``path`` (raise it ``from e``).
+
+    Measured on damaged copies: a flipped meta page gives MDB_INVALID, EINVAL or ENOMEM (a garbage
+    map size or root page), so only the errors that name the disk or the system are not damage.
+    """
     if isinstance(e, lmdb.ReadonlyError):
         return ReadOnlyIndexError(f"{path}: the LMDB store is read-only here ({e}) "
                                   "(hint: open with readonly=True, or get write permission)")
-    return StorageError(f"{path}: LMDB failed ({type(e).__name__}: {e}) "
-                        "(hint: check free disk space and permissions)")
+    if isinstance(e, _REFUSED) or any(t in str(e) for t in _REFUSED_TEXT):
+        return StorageError(f"{path}: LMDB failed ({type(e).__name__}: {e}) "
+                            "(hint: check free disk space and permissions)")
+    return CorruptIndexError(f"{path}: the LMDB file is damaged ({type(e).__name__}: {e}) "
+                             "(hint: restore the index from a backup, or rebuild it from the sources)")
 
 
 def write_atomic(path: str, *chunks) -> None:
@@ -406,13 +411,25 @@ class PageStore:
 
     # -- any table ------------------------------------------------------------------------------
 
-    def get(self, txn, table: str, key: bytes):
+    def get(self, txn, table: str, key: bytes, raw: bool = False):
         """The payload stored under ``key`` in ``table`` (a zero-copy view valid inside ``txn``), None
-        if absent; ChecksumError if its digest fails."""
-        raw = txn.get(key, db=self._db[table])
-        if raw is None or not self.checksums or table in UNSEALED:
-            return raw
-        return checksum.unseal(table, key, raw)
+        if absent; ChecksumError if its digest fails. ``raw=True``: the stored value as it is."""
+        value = txn.get(key, db=self._db[table])
+        if value is None or raw or not self.checksums or table in UNSEALED:
+            return value
+        return checksum.unseal(table, key, value)
+
+    def payload_size(self, stored) -> int:
+        """Bytes of the payload of a stored (``raw``) value: without its digest, if it has one."""
+        return len(stored) - (checksum.SIZE if self.checksums else 0)
+
+    def delete(self, txn, table: str, key: bytes) -> None:
+        txn.delete(key, db=self._db[table])
+
+    def last_page_key(self, txn, table: str) -> int | None:
+        """The largest page id with an entry in ``table`` (a page-keyed table), None if empty."""
+        cur = txn.cursor(db=self._db[table])
+        return PAGE_KEY.unpack(cur.key())[0] if cur.last() else None
 
     def put(self, txn, table: str, key: bytes, payload, append: bool = False) -> None:
         """Store ``payload`` (bytes or a C-contiguous array) under ``key``, sealed when the store has

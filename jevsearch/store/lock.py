@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from jevsearch.errors import IndexLockedError
+from jevsearch.errors import IndexLockedError, ReadOnlyIndexError
 
 FILE_NAME = "writer.lock"
 
@@ -20,7 +20,11 @@ class WriterLock:
 
     def __init__(self, index_dir: str):
         path = os.path.join(index_dir, FILE_NAME)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError as e:
+            raise ReadOnlyIndexError(f"{index_dir}: cannot write here ({e.strerror}), so cannot open it to write "
+                                     "(hint: open it with readonly=True to search it)") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -23,7 +23,7 @@ What a :class:`Rewrite` says:
 Records of tables without a transform are copied as they are: when both stores carry checksums the
 raw value, digest included, so a damaged value stays detectably damaged instead of being sealed as
 good. A transformed value that fails its digest stops the rewrite with ChecksumError (nothing is
-swapped); its document must be re-added first. The state record's ``gen`` is bumped so that readers
+swapped, the copy is removed); its document must be re-added first. The state record's ``gen`` is bumped so that readers
 in other processes re-read the manifest. Writer lock required; the caller settles its own views
 (the HNSW is keyed by page ids, which a rewrite keeps).
 
@@ -36,16 +36,15 @@ in other processes re-read the manifest. Writer lock required; the caller settle
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import lmdb
-import numpy as np
 
-from jevsearch.errors import CorruptIndexError
 from jevsearch.store import checksum
 from jevsearch.store.lmdbstore import MAP_SIZE, MAX_DBS, UNSEALED, PageStore, _dumps, _loads, lmdb_error
-from jevsearch.store.validate import NORM_TOLERANCE
+from jevsearch.store.manifest import upgraded
 
 # Bytes written per commit of the (still private) new store: bounds LMDB's dirty pages in memory.
 BATCH_BYTES = 256 << 20
@@ -66,6 +65,15 @@ def rewrite(store: PageStore, plan: Rewrite) -> None:
     new_dir = store.next_dir()
     sealed = bool(plan.manifest.get("checksums"))
     tables = store.tables() + [t for t in plan.new_tables if t not in store.tables()]
+    try:
+        _copy(store, plan, new_dir, sealed, tables)
+    except BaseException:
+        shutil.rmtree(new_dir, ignore_errors=True)  # never live: CURRENT still names the old store
+        raise
+    store.install(new_dir)
+
+
+def _copy(store: PageStore, plan: Rewrite, new_dir: str, sealed: bool, tables: list[str]) -> None:
     try:
         env = lmdb.open(new_dir, map_size=MAP_SIZE, max_dbs=MAX_DBS, sync=False, metasync=False)
     except lmdb.Error as e:
@@ -88,34 +96,15 @@ def rewrite(store: PageStore, plan: Rewrite) -> None:
         raise lmdb_error(new_dir, e) from e
     finally:
         env.close()
-    store.install(new_dir)
 
 
 def upgrade(manifest: dict) -> Rewrite:
-    """The rewrite that brings a version-1 store to the current format: values get checksums. Page
-    vectors are checked on the way (finite, unit rows): sealing damaged bytes would certify them."""
-    from jevsearch.store.manifest import upgraded
+    """The rewrite that brings a version-1 store to the current format: every value gets its digest.
 
-    dm, stored = manifest["multi_dim"], np.dtype(manifest["multi_dtype"])
-
-    def rows(dtype, dim):
-        def check(key: bytes, payload):
-            a = np.frombuffer(payload, dtype=dtype)
-            if len(a) % dim or not unit_rows(a.reshape(-1, dim)):
-                raise CorruptIndexError(f"page id {int.from_bytes(key, 'big')}: vectors damaged (NaN, Inf or "
-                                        "not unit norm) (hint: delete and re-add its document, then compact)")
-            return payload
-        return check
-
-    full = manifest["single_full_dim"] or 1
-    return Rewrite(manifest=upgraded(manifest), transforms={"multi": rows(stored, dm),
-                                                            "single": rows(np.float32, full)})
-
-
-def unit_rows(a: np.ndarray) -> bool:
-    """True when every row of ``a`` [N, d] is finite and of unit norm (to the input tolerance)."""
-    sq = np.einsum("ij,ij->i", a, a, dtype=np.float32)
-    return bool(np.isfinite(sq).all() and (np.abs(np.sqrt(sq) - 1) <= NORM_TOLERANCE).all())
+    Sealing damaged bytes would certify them: the caller checks the vectors first
+    (``Index.compact`` runs a deep verify of a version-1 index before upgrading it).
+    """
+    return Rewrite(manifest=upgraded(manifest))
 
 
 class _Writer:
@@ -134,7 +123,7 @@ class _Writer:
 
     def put_raw(self, table: str, key: bytes, raw, append: bool = False) -> None:
         self.txn.put(key, raw, db=self.dbs[table], append=append)
-        self.pending += len(raw) + len(key)
+        self.pending += memoryview(raw).nbytes + len(key)
         if self.pending >= BATCH_BYTES:
             self.commit()
             self.txn = self.env.begin(write=True)
