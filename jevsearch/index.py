@@ -581,6 +581,8 @@ class Index:
                 with self._store.write() as txn:
                     done = verify.repair_records(self._store, txn)
                 self.compact()
+                with self._store.read() as txn:
+                    self._damage.prune(self._store, txn)
                 report, problems = self._check(deep)
                 report["repaired"] = done + ["rebuilt the HNSW from LMDB and saved it"]
         if problems:
