@@ -20,14 +20,12 @@ import lmdb
 import numpy as np
 import pytest
 
-from _store_child import make_doc, query_for, unit
+from _store_child import as_version_1, make_doc, query_for, unit
 from jevsearch import ChecksumError, CorruptIndexError, Index, ReadOnlyIndexError
 from jevsearch.search.maxsim import top_with_ties
 from jevsearch.store import checksum
 from jevsearch.store.hnsw import FILE_NAME, HnswGraph, truncate_normalize
-from jevsearch.store.lmdbstore import PageStore, page_key
-from jevsearch.store.lock import WriterLock
-from jevsearch.store.rewrite import Rewrite, rewrite
+from jevsearch.store.lmdbstore import page_key
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [("a.pdf", 3), ("b.pdf", 2), ("c.pdf", 4)]  # page ids 0-2, 3-4, 5-8
@@ -62,19 +60,6 @@ def damage_value(path: str, table: str, key: bytes, edit) -> None:
         raw = bytearray(txn.get(key, db=dbs[table]))
         edit(raw)
         txn.put(key, bytes(raw), db=dbs[table])
-
-
-def as_version_1(path: str) -> None:
-    """Rewrite an index in format version 1 (no checksums), as jevsearch wrote them before."""
-    lock, store = WriterLock(path), PageStore(path)
-    try:
-        with store.read() as txn:
-            m = store.manifest(txn)
-        m.pop("checksums")
-        rewrite(store, Rewrite(manifest=dict(m, format_version=1)))
-    finally:
-        store.close()
-        lock.release()
 
 
 def pages_of(hits) -> list[tuple[str, int]]:
