@@ -339,12 +339,11 @@ class Index:
         with self._mutex:
             self._check_writable()
             old_format = self._manifest["format_version"] < FORMAT_VERSION
+            if old_format:
+                damaged = [p for p in self._check(deep=True)[1] if not p.fixable]
+                if damaged:
+                    raise verify.describe(self.path, damaged, repairing=True)
             with self._store.read() as txn:
-                if old_format:
-                    _, problems = verify.check_index(self._store, txn, self._manifest, self._view.settle(),
-                                                     self._view.tombs, deep=True)
-                    if any(not p.fixable for p in problems):
-                        raise verify.describe(self.path, [p for p in problems if not p.fixable], repairing=True)
                 state = self._store.state(txn)
                 graph = self._view.rebuilt(txn, self._manifest)
             epoch = state["epoch"] + 1
@@ -590,7 +589,8 @@ class Index:
         return report
 
     def _check(self, deep: bool):
-        with self._store.read() as txn:
+        # One torch thread: the row checks are small ops, slowed ~10x by a thread team on busy cores.
+        with self._store.read() as txn, torch_threads(1):
             self._refresh(txn)
             report, problems = verify.check_index(self._store, txn, self._manifest, self._view.settle(),
                                                   self._view.tombs, deep=deep)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from jevsearch.errors import ChecksumError, CorruptIndexError
 from jevsearch.store import checksum
@@ -197,9 +198,14 @@ def _check_graph(graph: HnswGraph, live: set[int], names: dict[int, str], state:
 
 
 def unit_rows(a: np.ndarray) -> bool:
-    """True when every row of ``a`` [N, d] is finite and of unit norm (to the input tolerance)."""
-    sq = np.einsum("ij,ij->i", a, a, dtype=np.float32)
-    return bool(np.isfinite(sq).all() and (np.abs(np.sqrt(sq) - 1) <= NORM_TOLERANCE).all())
+    """True when every row of ``a`` [N, d] is finite and of unit norm (to the input tolerance).
+
+    In torch: float16 -> float32 there is ~12x faster than numpy's (measured 70 vs 840 us per
+    770 x 128 page), which made a deep verify 9 s per 10k pages. The copy (same dtype, a memcpy)
+    gives torch a writable buffer instead of LMDB's read-only one.
+    """
+    sq = torch.from_numpy(a.copy()).float().square().sum(dim=1)
+    return bool(torch.isfinite(sq).all() and ((sq.sqrt() - 1).abs() <= NORM_TOLERANCE).all())
 
 
 def repair_records(store: PageStore, txn) -> list[str]:
