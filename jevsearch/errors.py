@@ -72,8 +72,10 @@ class ChecksumError(CorruptIndexError):
     ``table`` and ``key`` say which value; callers on the search path skip the page it belongs to.
     """
 
-    def __init__(self, table: str, key: bytes, what: str | None = None):
-        super().__init__(f"{what or f'{table} value {key.hex()}'}: checksum mismatch (hint: the value is damaged)")
+    def __init__(self, table: str, key: bytes, where: str | None = None, *, hint: str = "the value is damaged",
+                 cli_hint: str | None = None):
+        super().__init__(f"{where or f'{table} value {key.hex()}'}: checksum mismatch (hint: {hint})",
+                         cli_hint=cli_hint)
         self.table, self.key = table, key
 
 

@@ -417,7 +417,18 @@ class PageStore:
         value = txn.get(key, db=self._db[table])
         if value is None or raw or not self.checksums or table in UNSEALED:
             return value
-        return checksum.unseal(table, key, value)
+        try:
+            return checksum.unseal(table, key, value)
+        except ChecksumError:
+            raise self.checksum_error(table, key) from None
+
+    def checksum_error(self, table: str, key: bytes) -> ChecksumError:
+        """The error for a damaged value of this index, saying how to find what it affects."""
+        what = f"page id {PAGE_KEY.unpack(key)[0]}" if len(key) == PAGE_KEY.size else f"key {bytes(key).hex()}"
+        return ChecksumError(table, bytes(key), f"{self.index_dir}: the {table} value of {what}",
+                             hint="Index.verify(deep=True) names the documents it affects",
+                             cli_hint=f"jevsearch verify --deep --index {self.index_dir} names the documents "
+                                      "it affects")
 
     def payload_size(self, stored) -> int:
         """Bytes of the payload of a stored (``raw``) value: without its digest, if it has one."""
@@ -446,7 +457,9 @@ class PageStore:
             return
         sealed = self.checksums and table not in UNSEALED and not raw
         for k, v in (cur if start is not None else cur.iternext()):
-            yield k, (checksum.unseal(table, k, v) if sealed else v)
+            if sealed and not checksum.intact(table, k, v):
+                raise self.checksum_error(table, k)
+            yield k, (v[:-checksum.SIZE] if sealed else v)
 
     def tables(self) -> list[str]:
         return list(self._db)
@@ -515,7 +528,7 @@ class PageStore:
             if sealed:
                 if not checksum.intact("pages", k, v):
                     if damaged is None:
-                        raise ChecksumError("pages", bytes(k), f"page record of page id {pid}")
+                        raise self.checksum_error("pages", bytes(k))
                     damaged.append(pid)
                     continue
                 v = v[:-checksum.SIZE]
