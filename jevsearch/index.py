@@ -51,7 +51,8 @@ from jevsearch.store import validate, verify
 from jevsearch.store.damage import DamageLog
 from jevsearch.store.graphview import GraphView
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
-from jevsearch.store.lmdbstore import PageStore, current_env, fsync_dir, restore_current, store_dirs
+from jevsearch.store.lmdbenv import current_env, fsync_dir, restore_current, store_dirs
+from jevsearch.store.lmdbstore import PageStore
 from jevsearch.store.lock import WriterLock
 from jevsearch.store.manifest import FORMAT_VERSION, check_manifest, new_manifest
 from jevsearch.store.rewrite import rewrite, upgrade
@@ -568,10 +569,9 @@ class Index:
         page, and the pages searches found damaged. ``deep=True`` also reads every value: checksums,
         finite unit vectors, and the graph (every node reachable from its entry point, every node's
         vector the one LMDB holds for its id). ``repair=True`` (a writer) first fixes what LMDB can
-        rebuild (the graph, counters, entries of no document, unreadable document records: see
-        :func:`jevsearch.store.verify.repair_records`), persists it (:meth:`compact`) and checks again;
-        what remains (damaged pages of a document: re-add it) is raised. The error's ``cli_hint`` gives
-        the commands. Returns the counts checked (and ``repaired``: what was done).
+        rebuild (:func:`jevsearch.store.verify.repair_records`, then :meth:`compact`) and checks again;
+        what remains (damaged pages: re-add their documents) is raised, its ``cli_hint`` giving the
+        commands. Returns the counts checked (and ``repaired``: what was done).
         """
         with self._mutex:
             (self._check_writable if repair else self._check_open)()

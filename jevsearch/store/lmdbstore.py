@@ -39,30 +39,24 @@ from typing import Iterator
 import lmdb
 import numpy as np
 
-from jevsearch.errors import (
-    ChecksumError,
-    CorruptIndexError,
-    JevsearchError,
-    NotAnIndexError,
-    ReadOnlyIndexError,
-    StorageError,
-)
+from jevsearch.errors import ChecksumError, CorruptIndexError, JevsearchError, NotAnIndexError
 from jevsearch.store import checksum
+from jevsearch.store.lmdbenv import (
+    CURRENT,
+    DATA_FILE,
+    ENV_PREFIX,
+    MAP_SIZE,
+    MAX_DBS,
+    current_env,
+    fsync_dir,
+    lmdb_error,
+    open_env,
+    writable,
+    write_atomic,
+)
 
-CURRENT = "CURRENT"  # names the live LMDB directory; replaced atomically by compact()
-ENV_PREFIX = "store-"  # <index>/store-<n>/{data.mdb, lock.mdb}
-DATA_FILE = "data.mdb"
-# Virtual address space only: LMDB on Linux grows the file as it fills, and a fixed large map means
-# readers in other processes never hit MDB_MAP_RESIZED while a writer grows the store.
-MAP_SIZE = 1 << 40
 DB_NAMES = ("meta", "docs", "pages", "single", "multi", "text", "tomb")
-MAX_DBS = 32  # room for tables a rewrite adds (see jevsearch.store.rewrite)
 UNSEALED = frozenset({"tomb"})  # empty markers: their keys are the data, so they carry no digest
-# lmdb errors that mean the disk or the system refused (anything else LMDB reports is damage).
-_REFUSED = (lmdb.MapFullError, lmdb.DiskError, lmdb.ReadersFullError, lmdb.TlsFullError, lmdb.LockError)
-_REFUSED_TEXT = ("No space left", "Permission denied", "Input/output error", "Read-only file system",
-                 "Disk quota")
-
 PAGE_KEY = struct.Struct(">Q")  # big-endian so LMDB key order == page id order
 PAGE_REC = struct.Struct("<16sII")  # doc key, page number (1-based), token count
 
@@ -76,156 +70,12 @@ def page_key(page_id: int) -> bytes:
     return PAGE_KEY.pack(page_id)
 
 
-def _dumps(obj) -> bytes:
+def dump_json(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
-def _loads(buf) -> dict:
+def load_json(buf) -> dict:
     return json.loads(bytes(buf))
-
-
-def lmdb_error(path: str, e: lmdb.Error) -> JevsearchError:
-    """The named jevsearch error for an LMDB error on ``path`` (raise it ``from e``).
-
-    Measured on damaged copies: a flipped meta page gives MDB_INVALID, EINVAL or ENOMEM (a garbage
-    map size or root page), so only the errors that name the disk or the system are not damage.
-    """
-    if isinstance(e, lmdb.ReadonlyError):
-        return ReadOnlyIndexError(f"{path}: the LMDB store is read-only here ({e}) "
-                                  "(hint: open with readonly=True, or get write permission)")
-    if isinstance(e, _REFUSED) or any(t in str(e) for t in _REFUSED_TEXT):
-        return StorageError(f"{path}: LMDB failed ({type(e).__name__}: {e}) "
-                            "(hint: check free disk space and permissions)")
-    return CorruptIndexError(f"{path}: the LMDB file is damaged ({type(e).__name__}: {e}) "
-                             "(hint: restore the index from a backup, or rebuild it from the sources)")
-
-
-def write_atomic(path: str, *chunks) -> None:
-    """Replace ``path`` with the concatenated ``chunks`` (bytes-like): temp file, fsync, ``os.replace``,
-    fsync of the directory. A crash leaves the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(os.path.dirname(path))
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def current_env(index_dir: str) -> tuple[str, int]:
-    """(live LMDB directory, inode of CURRENT) of an index; NotAnIndexError if there is none."""
-    path = os.path.join(index_dir, CURRENT)
-    try:
-        with open(path, "rb") as f:
-            name = f.read(64).decode("ascii", "replace").strip()
-            ino = os.fstat(f.fileno()).st_ino
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        stores = store_dirs(index_dir)
-        if stores:
-            raise CorruptIndexError(
-                f"{index_dir}: the {CURRENT} file is missing though {', '.join(stores)}/ is there "
-                f"(hint: Index.open(path, repair=True) restores it when one store directory holds a "
-                f"valid LMDB file)", cli_hint=f"jevsearch verify --repair --index {index_dir}") from None
-        raise NotAnIndexError(f"{index_dir}: not a jevsearch index (no {CURRENT} file) "
-                              "(hint: create one with Engine.create)") from None
-    env_dir = os.path.join(index_dir, name)
-    if not name.startswith(ENV_PREFIX) or "/" in name or not os.path.isfile(os.path.join(env_dir, DATA_FILE)):
-        raise NotAnIndexError(f"{index_dir}: {CURRENT} names no LMDB store ({name!r}) "
-                              "(hint: this is not a jevsearch index)")
-    return env_dir, ino
-
-
-def store_dirs(index_dir: str) -> list[str]:
-    """Names of the LMDB directories (``store-<n>``, holding a data file) in ``index_dir``, by n."""
-    try:
-        names = os.listdir(index_dir)
-    except OSError:
-        return []
-    found = [n for n in names if n.startswith(ENV_PREFIX) and n[len(ENV_PREFIX):].isdigit()
-             and os.path.isfile(os.path.join(index_dir, n, DATA_FILE))]
-    return sorted(found, key=lambda n: int(n[len(ENV_PREFIX):]))
-
-
-def restore_current(index_dir: str) -> str:
-    """Write a lost CURRENT file naming the one store directory whose LMDB file is whole and holds a
-    manifest; CorruptIndexError when none or several do. Returns the name. Writer lock required.
-
-    A rewrite writes its manifest last, so a copy a crash interrupted never counts as whole.
-    """
-    whole = []
-    for name in store_dirs(index_dir):
-        try:
-            env = _open_env(os.path.join(index_dir, name), writable=False)
-        except JevsearchError:
-            continue
-        try:
-            with env.begin() as txn:
-                meta = env.open_db(b"meta", txn=txn, create=False)
-                if txn.get(b"manifest", db=meta) is not None:
-                    whole.append(name)
-        except lmdb.Error:
-            pass
-        finally:
-            env.close()
-    if len(whole) != 1:
-        raise CorruptIndexError(f"{index_dir}: cannot restore {CURRENT}: {len(whole)} store directories hold a "
-                                f"whole LMDB file ({', '.join(whole) or 'none'}) (hint: write the live one's "
-                                f"name into {CURRENT}, or restore the index from a backup)")
-    write_atomic(os.path.join(index_dir, CURRENT), f"{whole[0]}\n".encode())
-    return whole[0]
-
-
-def _open_env(env_dir: str, writable: bool) -> lmdb.Environment:
-    """Open an LMDB directory and check its data file is whole, before anything reads the map.
-
-    A data file shorter than LMDB's own page count (a truncated copy) would kill the process with
-    SIGBUS at the first read of a missing page: it is refused here with CorruptIndexError. Every
-    LMDB error becomes a named jevsearch error. ``writable=False`` opens without the lock file
-    (lock=False): a user who may read an index but not write it (or a read-only mount) can still
-    search it; readers then get no protection from a writer's freed pages, which only a user with
-    write access could be running.
-    """
-    data = os.path.join(env_dir, DATA_FILE)
-    try:
-        # metasync=False: one fsync per commit instead of two (measured here: 17 -> 9 ms per 2 MB
-        # document). LMDB stays consistent; an OS crash (not a process crash) may undo the last
-        # commit. OS readahead stays on: a page's ~200 KB of multi-vectors are contiguous overflow
-        # pages, read whole.
-        env = lmdb.open(env_dir, map_size=MAP_SIZE, max_dbs=MAX_DBS, create=False, readonly=not writable,
-                        lock=writable, max_readers=256, metasync=False)
-    except lmdb.Error as e:
-        raise lmdb_error(data, e) from e
-    try:
-        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-        size = os.stat(data).st_size
-    except (lmdb.Error, OSError) as e:
-        env.close()
-        raise CorruptIndexError(f"{data}: cannot read ({e}) (hint: restore the index from a backup)") from e
-    if size < need:
-        env.close()
-        raise CorruptIndexError(f"{data}: truncated: {size} bytes but its LMDB pages need {need} "
-                                "(hint: the file was cut short by a copy or a full disk; restore the index "
-                                "from a backup, or rebuild it from the sources)")
-    return env
-
-
-def _writable(env_dir: str) -> bool:
-    lock = os.path.join(env_dir, "lock.mdb")
-    return os.access(env_dir, os.W_OK) and (not os.path.exists(lock) or os.access(lock, os.W_OK))
 
 
 class _EnvRegistry:
@@ -246,7 +96,7 @@ class _EnvRegistry:
             if entry is None:
                 # Opened writable whenever possible so a later writer in this process can share it;
                 # read-only Engines never start a write transaction.
-                env = _open_env(real, _writable(real))
+                env = open_env(real, writable(real))
                 try:
                     entry = [env, self._open_dbs(env, real), 0]
                 except lmdb.Error as e:
@@ -327,12 +177,12 @@ class PageStore:
         if raw is None:
             raise NotAnIndexError(f"{self.env_dir}: no manifest (hint: this is not a jevsearch index)")
         if checksum.intact("meta", b"manifest", raw):
-            manifest = _loads(raw[:-checksum.SIZE])
+            manifest = load_json(raw[:-checksum.SIZE])
             if manifest.get("checksums") is True:
                 return True, manifest
         else:
             try:
-                manifest = _loads(raw)
+                manifest = load_json(raw)
             except ValueError:
                 manifest = None
             if isinstance(manifest, dict) and not manifest.get("checksums"):
@@ -351,7 +201,7 @@ class PageStore:
             sealed = bool(manifest.get("checksums"))
             with env.begin(write=True) as txn:
                 for key, obj in ((b"manifest", manifest), (b"state", state)):
-                    raw = _dumps(obj)
+                    raw = dump_json(obj)
                     txn.put(key, checksum.seal("meta", key, raw) if sealed else raw, db=dbs["meta"])
             env.sync(True)
         finally:
@@ -470,30 +320,30 @@ class PageStore:
         raw = self.get(txn, "meta", b"manifest")
         if raw is None:
             raise NotAnIndexError(f"{self.env_dir}: no manifest (hint: this is not a jevsearch index)")
-        return _loads(raw)
+        return load_json(raw)
 
     def put_manifest(self, txn, manifest: dict) -> None:
-        self.put(txn, "meta", b"manifest", _dumps(manifest))
+        self.put(txn, "meta", b"manifest", dump_json(manifest))
 
     def state(self, txn) -> dict:
         raw = self.get(txn, "meta", b"state")
         if raw is None:
             raise CorruptIndexError(f"{self.env_dir}: no state record (hint: restore the index)")
-        return _loads(raw)
+        return load_json(raw)
 
     def put_state(self, txn, state: dict) -> None:
-        self.put(txn, "meta", b"state", _dumps(state))
+        self.put(txn, "meta", b"state", dump_json(state))
 
     def document(self, txn, doc_id: str) -> dict | None:
         return self.document_by_key(txn, doc_key(doc_id))
 
     def document_by_key(self, txn, key: bytes) -> dict | None:
         raw = self.get(txn, "docs", key)
-        return None if raw is None else _loads(raw)
+        return None if raw is None else load_json(raw)
 
     def iter_documents(self, txn) -> Iterator[dict]:
         for _, raw in self.items(txn, "docs"):
-            yield _loads(raw)
+            yield load_json(raw)
 
     def page(self, txn, page_id: int) -> tuple[bytes, int, int] | None:
         """(doc key, 1-based page number, token count) of a live page, None if absent."""
@@ -573,7 +423,7 @@ class PageStore:
             self.put(txn, "multi", k, np.ascontiguousarray(m), append=True)
             if texts is not None:
                 self.put(txn, "text", k, texts[i].encode("utf-8"), append=True)
-        self.put(txn, "docs", dkey, _dumps(doc))
+        self.put(txn, "docs", dkey, dump_json(doc))
 
     def clear_tombstones(self, txn) -> None:
         txn.drop(self._db["tomb"], delete=False)

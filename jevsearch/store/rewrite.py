@@ -6,7 +6,7 @@ atomically, exactly as compaction does (:meth:`PageStore.install`): a crash (eve
 point leaves the old store live or the new one, never a mix, and the next writer's open removes
 the leftover. The new store is written in several commits while it is still private, and its meta
 records (manifest, state) last, so an interrupted copy never looks like a whole store
-(:func:`~jevsearch.store.lmdbstore.restore_current` relies on it).
+(:func:`~jevsearch.store.lmdbenv.restore_current` relies on it).
 
 What a :class:`Rewrite` says:
 
@@ -43,7 +43,7 @@ from typing import Callable, Mapping, Sequence
 import lmdb
 
 from jevsearch.store import checksum
-from jevsearch.store.lmdbstore import MAP_SIZE, MAX_DBS, UNSEALED, PageStore, _dumps, _loads, lmdb_error
+from jevsearch.store.lmdbstore import MAP_SIZE, MAX_DBS, UNSEALED, PageStore, dump_json, load_json, lmdb_error
 from jevsearch.store.manifest import upgraded
 
 # Bytes written per commit of the (still private) new store: bounds LMDB's dirty pages in memory.
@@ -84,12 +84,12 @@ def _copy(store: PageStore, plan: Rewrite, new_dir: str, sealed: bool, tables: l
         with store.read() as txn:
             for table in store.tables():
                 _copy_table(store, txn, table, plan.transforms.get(table), out)
-            state = _loads(store.get(txn, "meta", b"state"))
+            state = load_json(store.get(txn, "meta", b"state"))
         if plan.fill is not None:
             plan.fill(out.put)
         state["gen"] += 1
-        out.put("meta", b"manifest", _dumps(plan.manifest))  # last: a store without it is not whole
-        out.put("meta", b"state", _dumps(state))
+        out.put("meta", b"manifest", dump_json(plan.manifest))  # last: a store without it is not whole
+        out.put("meta", b"state", dump_json(state))
         out.commit()
         env.sync(True)
     except lmdb.Error as e:

@@ -20,7 +20,7 @@ import torch
 from jevsearch.errors import ChecksumError, CorruptIndexError
 from jevsearch.store import checksum
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
-from jevsearch.store.lmdbstore import PageStore, _loads, doc_key, page_key
+from jevsearch.store.lmdbstore import PageStore, doc_key, load_json, page_key
 from jevsearch.store.validate import NORM_TOLERANCE
 
 PAGE_TABLES = ("pages", "single", "multi", "text")
@@ -103,7 +103,7 @@ def _document(store: PageStore, key: bytes, raw) -> dict | None:
     """The document record ``raw`` of ``key``, None when damaged (digest, JSON or key)."""
     try:
         payload = checksum.unseal("docs", key, raw) if store.checksums else raw
-        doc = _loads(payload)
+        doc = load_json(payload)
         if doc_key(doc["doc_id"]) != key or not isinstance(doc["first"], int) or not isinstance(doc["pages"], int):
             return None
         return doc
