@@ -52,7 +52,7 @@ from jevsearch.store.damage import DamageLog
 from jevsearch.store.graphview import GraphView
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbenv import current_env, fsync_dir, restore_current, store_dirs
-from jevsearch.store.lmdbstore import PageStore
+from jevsearch.store.lmdbstore import PageStore, page_key
 from jevsearch.store.lock import WriterLock
 from jevsearch.store.manifest import FORMAT_VERSION, check_manifest, new_manifest
 from jevsearch.store.rewrite import rewrite, upgrade
@@ -461,42 +461,40 @@ class Index:
         return rerank.select_candidates(cand, *self._score(txn, qt, q_lens, ids, raws, lens), k)
 
     def _score(self, txn, qt: torch.Tensor, q_lens: list[int], ids: np.ndarray, raws: list, lens: list[int]):
-        """MaxSim [Q, C] of the fetched pages, without those scoring impossibly (damaged vectors)."""
-        scores = self._scorer.score(qt, raws, lens, self.threads)
+        """MaxSim [Q, C] of the fetched pages, without the damaged ones (checksum, impossible score)."""
+        failed: list[int] = []
+        check = self._store.page_check(failed)
+        scores = self._scorer.score(qt, raws, lens, self.threads, check and (lambda c: check(int(ids[c]), raws[c])))
         bad = rerank.implausible(scores, q_lens)
         if bad.any():
-            for pid in ids[bad].tolist():
-                self._damage.note(self._store, txn, pid, "its multi-vectors score beyond what unit vectors can")
+            self._damage.note_scored(self._store, txn, ids[bad].tolist(), failed)
             ids, scores = ids[~bad], scores[:, ~bad]
         return ids, scores
 
     def _exhaustive(self, txn, qt: torch.Tensor, q_lens: list[int], k: int):
-        bad: list[int] = []
+        bad, failed = [], []
         pages = ((pid, raw, tokens) for pid, _, _, tokens in self._store.iter_pages(txn, damaged=bad)
                  if (raw := self._multi(txn, pid, tokens)) is not None)
-        found, implausible = rerank.exhaustive(pages, qt, k, self._scorer, self.threads, q_lens)
+        found, implausible = rerank.exhaustive(pages, qt, k, self._scorer, self.threads, q_lens,
+                                               self._store.page_check(failed))
         for pid in bad:
             self._damage.note(self._store, txn, pid, "its page record fails its checksum")
-        for pid in implausible:
-            self._damage.note(self._store, txn, pid, "its multi-vectors score beyond what unit vectors can")
+        self._damage.note_scored(self._store, txn, implausible, failed)
         return found
 
     def _multi(self, txn, pid: int, tokens: int):
-        """A page's multi-vectors, verified; None (noted as damaged) when they fail."""
+        """A page's stored multi-vectors, unchecked (the scorer checks them as it packs them:
+        PageStore.page_check); None (noted) when known damaged, missing or of the wrong size."""
         if pid in self._damage:
             return None
-        try:
-            raw = self._store.multi_raw(txn, pid)
-        except CorruptIndexError:
-            self._damage.note(self._store, txn, pid, "its multi-vectors fail their checksum")
-            return None
-        if raw is None or len(raw) != tokens * self._row_bytes:
+        raw = self._store.get(txn, "multi", page_key(pid), raw=True)
+        if raw is None or self._store.payload_size(raw) != tokens * self._row_bytes:
             self._damage.note(self._store, txn, pid, "its multi-vectors are missing or of the wrong size")
             return None
         return raw
 
     def _fetch(self, txn, page_ids: np.ndarray):
-        """Zero-copy, verified multi-vectors of the pages still live in ``txn`` (others are skipped)."""
+        """Zero-copy multi-vectors (unchecked, see _multi) of the pages still live in ``txn``."""
         ids, raws, lens = [], [], []
         for pid in page_ids.tolist():
             try:

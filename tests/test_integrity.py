@@ -524,7 +524,7 @@ def test_a_lost_current_file_is_named_and_restored_by_a_repairing_open(tmp_path)
     assert open(os.path.join(path, "CURRENT")).read() == "store-0\n"
 
 
-def test_an_unwritable_lock_or_missing_permission_is_never_a_traceback(tmp_path):
+def test_repair_needs_a_writer(tmp_path):
     path = str(tmp_path / "idx")
     build(path)
     with Index.open(path, readonly=True) as ix:

@@ -85,6 +85,7 @@ class GraphView:
                 if header["epoch"] == state["epoch"] and header["dim"] == manifest["single_dim"] \
                         and (self.readonly or not ahead):
                     self.graph, self.next_page_id, self.clean = graph, header["next_page_id"], True
+                    self.repaired_in_memory = None  # a writer saved a good file since
                 else:
                     problem = "the HNSW file is from another state of the index"
             except CorruptIndexError as e:
@@ -108,7 +109,7 @@ class GraphView:
             return
         if self.repaired_in_memory is None:
             # Once per view: a reader rebuilds at every open until a writer saves the repair.
-            log.warning("%s: %s; rebuilt the HNSW from LMDB in memory only: a writer persists the repair "
+            log.warning("%s: %s; rebuilding the HNSW from LMDB in memory only: a writer persists the repair "
                         "(Index.compact(), or `jevsearch compact --index %s`)", self.index_dir, problem,
                         self.index_dir)
         self.repaired_in_memory = problem
