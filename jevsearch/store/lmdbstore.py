@@ -272,6 +272,21 @@ class PageStore:
         except ChecksumError:
             raise self.checksum_error(table, key) from None
 
+    def page_check(self, failed: list[int]):
+        """``check(page id, raw multi value) -> payload | None`` for a scorer to run as it packs each
+        page (see ``Scorer.score``): the checked payload, or None with the page id appended to
+        ``failed``. None when the store has no checksums (raw values are then the payload)."""
+        if not self.checksums:
+            return None
+
+        def check(page_id: int, raw):
+            try:
+                return checksum.unseal("multi", page_key(page_id), raw)
+            except ChecksumError:
+                failed.append(page_id)
+                return None
+        return check
+
     def checksum_error(self, table: str, key: bytes) -> ChecksumError:
         """The error for a damaged value of this index, saying how to find what it affects."""
         what = f"page id {PAGE_KEY.unpack(key)[0]}" if len(key) == PAGE_KEY.size else f"key {bytes(key).hex()}"
@@ -358,10 +373,6 @@ class PageStore:
     def text(self, txn, page_id: int) -> str | None:
         raw = self.get(txn, "text", page_key(page_id))
         return None if raw is None else bytes(raw).decode("utf-8", "replace")
-
-    def multi_raw(self, txn, page_id: int):
-        """Zero-copy view of a page's multi-vector bytes (valid inside ``txn`` only)."""
-        return self.get(txn, "multi", page_key(page_id))
 
     def single_raw(self, txn, page_id: int):
         return self.get(txn, "single", page_key(page_id))
