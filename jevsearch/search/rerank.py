@@ -69,17 +69,20 @@ class Scorer:
         todo = iter(blocks)  # shared: a worker takes the next block when free, so a busy core takes fewer
         damaged: list[int] = []
 
-        def opened(start: int, stop: int) -> list:
+        def opened(start: int, stop: int):
+            """The block's pages, each opened as the packer reaches it (a generator on the CPU: the
+            check of one page and its copy then share the L2 cache)."""
             if open_page is None:
                 return raws[start:stop]
-            block = []
-            for c in range(start, stop):
-                page = open_page(c)
-                if page is None:
-                    damaged.append(c)
-                    page = bytes(lens[c] * self.dim * self.stored.itemsize)  # scored, then set to NaN
-                block.append(page)
-            return block
+            pages = (_open(c) for c in range(start, stop))
+            return pages if cpu else list(pages)
+
+        def _open(c: int):
+            page = open_page(c)
+            if page is None:
+                damaged.append(c)
+                page = bytes(lens[c] * self.dim * self.stored.itemsize)  # scored, then set to NaN
+            return page
 
         def run(w: int) -> None:
             packer = self._packers[w]
