@@ -333,10 +333,9 @@ class Index:
 
     def compact(self) -> None:
         """Rebuild the HNSW from live pages (dropping tombstones, every page reachable) and shrink
-        the LMDB file; an index in an older format is rewritten in the current one (version 1 -> 2:
-        every value gets a checksum), after a deep check of its vectors (CorruptIndexError naming the
-        documents to re-add first, and nothing changed, when some are damaged). Crash-safe: a kill
-        at any point leaves the old index or the new one."""
+        the LMDB file; an older format is rewritten in the current one (1 -> 2: values get checksums)
+        after a deep check (CorruptIndexError naming the documents to re-add, nothing changed, when
+        vectors are damaged). Crash-safe: a kill at any point leaves the old index or the new one."""
         with self._mutex:
             self._check_writable()
             old_format = self._manifest["format_version"] < FORMAT_VERSION
@@ -417,9 +416,8 @@ class Index:
         MaxSim. ``exhaustive=True``: exact MaxSim over every page, streamed in chunks; so is a search
         whose ``candidates`` reach the live page count (no page can hide from it in the graph).
         Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
-        fewer pages). ``candidates`` below k is raised to k; both are capped to the live pages.
-        Every stored value read is verified: a damaged page (checksum, or an impossible score) is
-        skipped with one warning naming it and counted in ``stats()["damaged_pages"]``.
+        fewer pages). ``candidates`` below k is raised to k; both are capped to the live pages. Every
+        value read is verified: a damaged page (checksum, impossible score) is skipped and noted once.
         """
         k = validate.check_k(k)
         candidates = max(validate.check_k(candidates, "candidates"), k)
@@ -515,9 +513,11 @@ class Index:
             try:
                 key, page_no, _ = self._store.page(txn, pid)
                 doc = docs.get(key) or docs.setdefault(key, self._store.document_by_key(txn, key))
-                text = self._store.text(txn, pid) if doc["text"] else None
+                text = self._store.text(txn, pid) if doc and doc["text"] else None
             except CorruptIndexError:
-                self._damage.note(self._store, txn, pid, "its document record or text fails its checksum")
+                doc = None
+            if doc is None:  # also a page no document owns (an orphan: verify lists it, repair drops it)
+                self._damage.note(self._store, txn, pid, "its document record or text is missing or damaged")
                 continue
             hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text))
         hits.sort(key=lambda h: (-h.score, h.doc_id, h.page))

@@ -530,3 +530,30 @@ def test_repair_needs_a_writer(tmp_path):
     with Index.open(path, readonly=True) as ix:
         with pytest.raises(ReadOnlyIndexError, match="readonly=True"):
             ix.verify(repair=True)
+
+
+def test_orphan_entries_and_wrong_counters_are_listed_and_repaired(tmp_path):
+    from jevsearch.store.lmdbstore import PAGE_REC, doc_key
+
+    path = str(tmp_path / "idx")
+    build(path)
+    singles, multis = make_doc(40, 1)
+    with raw_lmdb(path) as (txn, dbs):  # a page of no document, whole and well sealed, and a bad counter
+        k = page_key(50)
+        txn.put(k, checksum.seal("pages", k, PAGE_REC.pack(doc_key("gone.pdf"), 1, len(multis[0]))), db=dbs["pages"])
+        txn.put(k, checksum.seal("multi", k, multis[0].astype(np.float16).tobytes()), db=dbs["multi"])
+        state = json.loads(checksum.unseal("meta", b"state", txn.get(b"state", db=dbs["meta"])).tobytes())
+        state.update(docs=5, next_page_id=51)
+        txn.put(b"state", checksum.seal("meta", b"state", json.dumps(state).encode()), db=dbs["meta"])
+    with Index.open(path) as ix:
+        hits = ix.search_embeddings(None, multis[0], k=20, exhaustive=True)  # served by no one, no crash
+        assert len(hits) == 9 and ix.stats()["damaged_pages"] == 1
+        with pytest.raises(CorruptIndexError) as e:
+            ix.verify()
+        assert "pages: 1 entries of no document (first id 50): repair deletes them" in str(e.value)
+        assert "multi: 1 entries of no document" in str(e.value) and "state: docs = 5 but 3 counted" in str(e.value)
+        report = ix.verify(repair=True)
+        assert "deleted 1 multi entries of no document" in report["repaired"]
+        assert "recounted the state record" in report["repaired"]
+        assert ix.stats()["documents"] == 3 and ix.stats()["damaged_pages"] == 0
+        ix.verify(deep=True)
