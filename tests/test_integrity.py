@@ -542,16 +542,19 @@ def test_orphan_entries_and_wrong_counters_are_listed_and_repaired(tmp_path):
         k = page_key(50)
         txn.put(k, checksum.seal("pages", k, PAGE_REC.pack(doc_key("gone.pdf"), 1, len(multis[0]))), db=dbs["pages"])
         txn.put(k, checksum.seal("multi", k, multis[0].astype(np.float16).tobytes()), db=dbs["multi"])
+        txn.put(k, checksum.seal("single", k, singles[0].tobytes()), db=dbs["single"])
         state = json.loads(checksum.unseal("meta", b"state", txn.get(b"state", db=dbs["meta"])).tobytes())
         state.update(docs=5, next_page_id=51)
         txn.put(b"state", checksum.seal("meta", b"state", json.dumps(state).encode()), db=dbs["meta"])
     with Index.open(path) as ix:
-        hits = ix.search_embeddings(None, multis[0], k=20, exhaustive=True)  # served by no one, no crash
-        assert len(hits) == 9 and ix.stats()["damaged_pages"] == 1
+        hits = ix.search_embeddings(None, multis[0], k=20, exhaustive=True)  # never served, no crash
+        # k is capped to the 9 live pages; the orphan outranked them all and was dropped from its slot.
+        assert len(hits) == 8 and all(h.doc_id != "gone.pdf" for h in hits) and ix.stats()["damaged_pages"] == 1
         with pytest.raises(CorruptIndexError) as e:
             ix.verify()
         assert "pages: 1 entries of no document (first id 50): repair deletes them" in str(e.value)
         assert "multi: 1 entries of no document" in str(e.value) and "state: docs = 5 but 3 counted" in str(e.value)
+        assert "hnsw: 1 deleted pages not tombstoned" not in str(e.value)  # it is in the graph: no document
         report = ix.verify(repair=True)
         assert "deleted 1 multi entries of no document" in report["repaired"]
         assert "recounted the state record" in report["repaired"]
