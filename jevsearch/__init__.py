@@ -20,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "Engine",
     "Hit",
+    "Index",
     "CorruptIndexError",
     "DocumentError",
     "FormatVersionError",
@@ -36,7 +37,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # Lazy: `import jevsearch` stays cheap (no torch/faiss/lmdb import) until the engine is used.
-    if name in ("Engine", "Hit"):
+    if name in ("Engine", "Hit", "Index"):
         from jevsearch import engine
 
         return getattr(engine, name)

@@ -88,7 +88,7 @@ def _install_crash(point: str) -> None:
             orig_replace(src, dst)
         hnsw.os.replace = replace
     elif point == "mid_compact":
-        from jevsearch import engine
+        from jevsearch import index as engine
 
         orig_save = hnsw.HnswGraph.save
 
