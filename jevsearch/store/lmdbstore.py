@@ -106,7 +106,8 @@ def current_env(index_dir: str) -> tuple[str, int]:
             ino = os.fstat(f.fileno()).st_ino
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise NotAnIndexError(f"{index_dir}: not a jevsearch index (no {CURRENT} file) "
-                              "(hint: create one with Engine.create)") from None
+                              "(hint: create one with Engine.create)",
+                              cli_hint=f"`jevsearch index FILES --index {index_dir}` creates one") from None
     env_dir = os.path.join(index_dir, name)
     if not name.startswith(ENV_PREFIX) or "/" in name or not os.path.isfile(os.path.join(env_dir, DATA_FILE)):
         raise NotAnIndexError(f"{index_dir}: {CURRENT} names no LMDB store ({name!r}) "
