@@ -103,7 +103,8 @@ def _cmd_index(args) -> int:
             e.cli_hint = "pick a new or empty folder for --index"
             raise
     with eng:
-        report = eng.add(args.paths, prune=args.prune, retry_failed=args.retry_failed, progress=_progress(args))
+        report = eng.add(args.paths, prune=args.prune, retry_failed=args.retry_failed, progress=_progress(args),
+                         found=(sources, failed))
     for path, reason in report.failed:
         print(f"failed: {path}: {reason}", file=sys.stderr)
     for path, reason in report.not_retried:

@@ -95,7 +95,8 @@ class Engine(Index):
         """How pages are rendered for this index's model (pixel budget, 28 px token grid)."""
         return modelinfo.page_geometry(self.encoder, self._manifest["model"])
 
-    def add(self, paths, *, prune: bool = False, retry_failed: bool = False, progress: bool = False):
+    def add(self, paths, *, prune: bool = False, retry_failed: bool = False, progress: bool = False,
+            found: tuple | None = None):
         """Index PDFs and images (files, or folders searched recursively); returns an IngestReport.
 
         A document's id is its absolute path; its metadata records sha256, kind, size, mtime_ns and
@@ -108,7 +109,8 @@ class Engine(Index):
         ``missing_pages``: [[page, reason], ...]) and its other pages keep their numbers;
         ``retry_failed`` retries those documents too. Files are checked before the model is loaded,
         and a run with nothing to encode never loads it. Each document is committed whole, so after a
-        crash (even kill -9) rerunning the same call finishes the job without duplicates.
+        crash (even kill -9) rerunning the same call finishes the job without duplicates. ``found``: the
+        result of ``discover(paths)`` when the caller has it already (the CLI checks inputs first).
 
         >>> report = eng.add(["papers/", "scan.png"], prune=True)     # doctest: +SKIP
         >>> report.added, report.moved, report.pruned, report.failed  # doctest: +SKIP
@@ -118,7 +120,7 @@ class Engine(Index):
 
         self._check_writable()
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        sources, failed = discover(paths)
+        sources, failed = found if found is not None else discover(paths)
         docs = {d["doc_id"]: d["metadata"] for d in self.document_list()}
         failures = self.failures()
         plan = make_plan(sources, docs, failures, paths, prune=prune, retry_failed=retry_failed)

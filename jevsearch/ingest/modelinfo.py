@@ -80,7 +80,9 @@ def recorded_model(manifest) -> dict:
     recorded = manifest.get("model")
     if not recorded or "identity" not in recorded:
         raise InvalidInputError("this index holds embeddings added by the caller, not by a model "
-                                "(hint: use add_embeddings/search_embeddings, or create an index with model=...)")
+                                "(hint: use add_embeddings/search_embeddings, or create an index with model=...)",
+                                cli_hint="it was made from Python without a model: index into a new --index "
+                                "(with --model) instead")
     return recorded
 
 
