@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -246,10 +247,10 @@ def _cmd_verify(args) -> int:
 
 
 def _problems(message: str) -> list[str]:
-    """The problems of a verify message: "<index>: p1; p2; ... (hint: ...)"."""
+    """The problems of a verify message: "<index>: [N problems: ]p1; p2; ... (hint: ...)"."""
     cut = message.rfind(" (hint: ")
-    body = message[:cut] if cut >= 0 else message
-    return [p.strip() for p in body.split(": ", 1)[-1].split("; ") if p.strip()]
+    body = re.sub(r"^\d+ problems?: ", "", (message[:cut] if cut >= 0 else message).split(": ", 1)[-1])
+    return [p.strip() for p in body.split("; ") if p.strip()]
 
 
 def _cmd_make_tiny_model(args) -> int:

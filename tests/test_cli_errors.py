@@ -207,3 +207,26 @@ def test_verbose_lists_skipped_files_without_library_noise(indexed):
     assert f"jevsearch: {docs / 'notes.txt'}: skipped (not a PDF or image)" in lines
     assert all(line.startswith("jevsearch: ") for line in lines), lines  # nothing from FAISS's loader
     assert "faiss" not in rerun.stderr.lower()
+
+
+def test_verify_deep_lists_the_problems_and_exits_1(indexed, capsys, tmp_path):
+    import shutil
+
+    import lmdb
+
+    index = tmp_path / "damaged"
+    shutil.copytree(indexed[2], index)
+    code, out, _ = run(capsys, "verify", "--index", index, "--deep")
+    assert code == 0 and out.startswith(f"{index}: ok")
+    env_dir = index / (index / "CURRENT").read_text().strip()
+    env = lmdb.open(str(env_dir), max_dbs=16)
+    with env.begin(write=True) as txn:  # a NaN in the first stored multi-vector, length unchanged
+        db = env.open_db(b"multi", txn=txn)
+        key, value = next(iter(txn.cursor(db=db)))
+        txn.put(key, b"\x00\x7e" + value[2:], db=db)
+    env.close()
+    code, out, err = run(capsys, "verify", "--index", index, "--deep")
+    problems = out.splitlines()
+    assert code == 1 and problems and all(line.startswith("problem: ") for line in problems)
+    assert any("a.pdf" in line or "b.pdf" in line for line in problems)
+    assert err.count("\n") == 1 and err.startswith("jevsearch: error: ") and "Engine" not in err

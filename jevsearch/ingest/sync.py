@@ -107,8 +107,9 @@ def make_plan(sources: Sequence[Source], docs: Mapping[str, dict], failures: Map
             plan.encode.append(src)
     if prune:
         under = _pruning_roots(roots, docs)
+        found = {src.path for src in sources}  # just seen: no need to look again
         plan.pruned = [doc_id for doc_id in sorted(docs)
-                       if doc_id not in moved_to and under(doc_id) and _gone(doc_id)]
+                       if doc_id not in moved_to and doc_id not in found and under(doc_id) and _gone(doc_id)]
     return plan
 
 
