@@ -116,7 +116,7 @@ class Engine(Index):
         >>> report.added, report.moved, report.pruned, report.failed  # doctest: +SKIP
         """
         from jevsearch.ingest import IngestReport, discover, ingest
-        from jevsearch.ingest.sync import make_plan, stale_failures
+        from jevsearch.ingest.sync import make_plan
 
         self._check_writable()
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
@@ -157,16 +157,28 @@ class Engine(Index):
                 with torch_threads(modelinfo.ingest_threads(encoder)):
                     ingest(plan.encode, encoder, store, geometry=geometry, progress=progress, report=report,
                            batch_tokens=encoder.max_batch_tokens)
-        finally:  # also after an interruption: what was learnt about failed files is kept
-            done = {*report.added, *report.skipped, *(n for _, n in report.moved), *(n for _, n in report.copied)}
-            changes = {p: None for p in failures if p in done}
-            changes.update(dict.fromkeys(stale_failures(failures, paths) if prune else [], None))
-            changes.update({p: {"sha256": plan.files[p].sha256, "reason": r} for p, r in report.failed
-                            if p in plan.files and _lasting(r)})
-            if changes:
-                self.set_failures(changes)
-            self.flush()
+        except BaseException:
+            try:  # what was learnt about failed files is kept, also after an interruption
+                self._remember_failures(failures, plan, report, paths if prune else [])
+            except Exception:  # noqa: BLE001 - never hide the error in flight behind this one
+                log.warning("could not record the failed files", exc_info=True)
+            raise
+        self._remember_failures(failures, plan, report, paths if prune else [])
+        self.flush()
         return report
+
+    def _remember_failures(self, failures: dict, plan, report, pruned_roots: list) -> None:
+        """Record this run's failed files (with their hash: unchanged, they are not retried) and forget
+        the records of files now indexed or gone."""
+        from jevsearch.ingest.sync import stale_failures
+
+        done = {*report.added, *report.skipped, *(n for _, n in report.moved), *(n for _, n in report.copied)}
+        changes: dict = {p: None for p in failures if p in done}
+        changes.update(dict.fromkeys(stale_failures(failures, pruned_roots), None))
+        changes.update({p: {"sha256": plan.files[p].sha256, "reason": r} for p, r in report.failed
+                        if p in plan.files and _lasting(r)})
+        if changes:
+            self.set_failures(changes)
 
     def search(self, query, k: int = 10, *, candidates: int = 100) -> list[Hit]:
         """Search with a text (task retrieval, prompt "query") or a PIL image; best pages first.
