@@ -37,7 +37,7 @@ log = logging.getLogger("jevsearch")
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = _logging(args)
+    restore = _logging(args)
     try:
         return args.run(args) or 0
     except JevsearchError as e:
@@ -55,29 +55,32 @@ def main(argv: list[str] | None = None) -> int:
         _fail(f"unexpected {type(e).__name__}: {e} (rerun with -v for details)")
         return EXIT_ERROR
     finally:
-        log.removeHandler(handler)
+        restore()
 
 
-def _logging(args) -> logging.Handler:
-    """The package's messages on stderr at the level -q/-v asks for. Only ``jevsearch`` loggers: the
-    libraries' INFO chatter (FAISS announces which build it loaded) stays out of -v."""
+def _logging(args):
+    """The package's messages on stderr at the level -q/-v asks for; returns what puts the logger back
+    (``main`` may run inside a program). Only ``jevsearch`` loggers: the libraries' INFO chatter (FAISS
+    announces which build it loaded) stays out of -v."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("jevsearch: %(message)s"))
+    before = log.level, log.propagate
     log.addHandler(handler)
     log.propagate = False
     log.setLevel(logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING)
     for name in ("faiss", "faiss.loader"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    return handler
+
+    def restore() -> None:
+        log.removeHandler(handler)
+        log.setLevel(before[0])
+        log.propagate = before[1]
+
+    return restore
 
 
 def _fail(message: str) -> None:
     print(f"jevsearch: error: {' '.join(message.split())}", file=sys.stderr)
-
-
-def _progress(args) -> bool:
-    """Progress bars only on a terminal: redrawn bars in a log file are noise."""
-    return not args.quiet and sys.stderr.isatty()
 
 
 # ----- commands ----------------------------------------------------------------------------------
@@ -104,7 +107,7 @@ def _cmd_index(args) -> int:
             e.cli_hint = "pick a new or empty folder for --index"
             raise
     with eng:
-        report = eng.add(args.paths, prune=args.prune, retry_failed=args.retry_failed, progress=_progress(args),
+        report = eng.add(args.paths, prune=args.prune, retry_failed=args.retry_failed, progress=not args.quiet,
                          found=(sources, failed))
     for path, reason in report.failed:
         print(f"failed: {path}: {reason}", file=sys.stderr)
@@ -236,8 +239,7 @@ def _cmd_verify(args) -> int:
         with Engine.open(args.index, readonly=True) as eng:
             summary = eng.verify(deep=args.deep)
     except CorruptIndexError as e:
-        problems = getattr(e, "problems", None) or _problems(str(e))
-        for problem in problems:
+        for problem in _problems(str(e)):
             print(f"problem: {problem}")
         raise
     if not args.quiet:

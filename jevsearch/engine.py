@@ -109,7 +109,8 @@ class Engine(Index):
         ``missing_pages``: [[page, reason], ...]) and its other pages keep their numbers;
         ``retry_failed`` retries those documents too. Files are checked before the model is loaded,
         and a run with nothing to encode never loads it. Each document is committed whole, so after a
-        crash (even kill -9) rerunning the same call finishes the job without duplicates. ``found``: the
+        crash (even kill -9) rerunning the same call finishes the job without duplicates. ``progress``:
+        bars on stderr when it is a terminal. ``found``: the
         result of ``discover(paths)`` when the caller has it already (the CLI checks inputs first).
 
         >>> report = eng.add(["papers/", "scan.png"], prune=True)     # doctest: +SKIP

@@ -230,3 +230,17 @@ def test_verify_deep_lists_the_problems_and_exits_1(indexed, capsys, tmp_path):
     assert code == 1 and problems and all(line.startswith("problem: ") for line in problems)
     assert any("a.pdf" in line or "b.pdf" in line for line in problems)
     assert err.count("\n") == 1 and err.startswith("jevsearch: error: ") and "Engine" not in err
+
+
+def test_compact_drops_deleted_pages(indexed, capsys, tmp_path):
+    import shutil
+
+    index = tmp_path / "copy"
+    shutil.copytree(indexed[2], index)
+    assert run(capsys, "delete", indexed[1] / "a.pdf", "--index", index)[0] == 0
+    with Index.open(index, readonly=True) as idx:
+        assert idx.stats()["tombstones"] == 1
+    code, out, err = run(capsys, "compact", "--index", index)
+    assert code == 0 and out.startswith(f"{index}: compacted: 1 documents, 1 pages, ") and " MB -> " in out, err
+    with Index.open(index, readonly=True) as idx:
+        assert idx.stats()["tombstones"] == 0 and idx.stats()["hnsw_vectors"] == 1

@@ -134,7 +134,7 @@ def ingest(
     document; a DocumentError or InvalidInputError from it fails that
     document only. Errors of the encoder or other sink errors stop the ingest (after the worker stops)
     and propagate: they are not about one file. Pass ``report`` to extend an existing one (e.g. with
-    discovery failures already in it).
+    discovery failures already in it). ``progress``: bars on stderr when it is a terminal.
 
     Memory: besides the bounded queues, the embeddings of the document being encoded are held until it
     is complete (float32: ~0.4 MB per page at 768 visual tokens; ~400 MB for a 1000-page PDF).
@@ -152,9 +152,11 @@ def ingest(
     batch: list[tuple[int, object]] = []  # (source index, rendered page)
     batch_tok = 0
     # Two bars: documents (total known up front, so a real ETA) and pages encoded (total grows as
-    # documents are opened; its rate is the throughput).
-    docs_bar = tqdm(total=len(sources), unit="doc", desc="documents", disable=not progress, dynamic_ncols=True)
-    bar = tqdm(total=0, unit="page", desc="pages encoded", disable=not progress, dynamic_ncols=True, position=1)
+    # documents are opened; its rate is the throughput). disable=None: only when stderr is a terminal,
+    # as redrawn bars in a log file are noise.
+    off = None if progress else True
+    docs_bar = tqdm(total=len(sources), unit="doc", desc="documents", disable=off, dynamic_ncols=True)
+    bar = tqdm(total=0, unit="page", desc="pages encoded", disable=off, dynamic_ncols=True, position=1)
     done_before = len(report.added) + len(report.skipped) + len(report.failed)
 
     def show_docs() -> None:
