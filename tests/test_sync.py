@@ -72,11 +72,13 @@ def test_renames_are_rekeyed_copies_copied_deleted_files_pruned(tmp_path, model)
         eng.verify(deep=True)
         assert eng.stats()["documents"] == 5 and eng.stats()["tombstones"] == 2  # b.pdf's pages: moves leave none
 
-    # An unchanged folder: nothing to encode, so the model is never loaded.
+    # An unchanged folder: nothing to encode, so the model is never loaded, and nothing is rewritten.
+    graph_file = os.stat(tmp_path / "idx" / "hnsw.bin")
     with Engine.open(tmp_path / "idx") as eng:
         report = eng.add([docs], prune=True)
         assert len(report.skipped) == 5 and not (report.moved or report.copied or report.pruned or report.added)
         assert eng._encoder is None
+    assert os.stat(tmp_path / "idx" / "hnsw.bin").st_mtime_ns == graph_file.st_mtime_ns
 
 
 def test_prune_spares_a_missing_folder_and_other_paths(tmp_path, model):
