@@ -64,7 +64,7 @@ def test_index_reports_failures_with_exit_3_and_indexes_the_rest(indexed, capsys
     assert len(failed) == 1 and "bad.pdf: corrupt PDF: cannot count its pages" in failed[0]
     missing = [line for line in run.stderr.splitlines() if line.startswith("missing page: ")]
     assert len(missing) == 1 and "cut.pdf: page 1: damaged PDF" in missing[0]
-    assert "added 4 (1 with missing pages), skipped 0 unchanged, failed 1 (6 pages" in run.stdout
+    assert "added 4 (1 with missing pages), moved 0, pruned 0, skipped 0 unchanged, failed 1 (6 pages" in run.stdout
     assert "Traceback" not in run.stderr
     code, out, err = run_main(capsys, "index", indexed["corpus"] / "alpha.pdf", "--index", indexed["index"], "-q")
     assert (code, out, err) == (0, "", "")  # unchanged: skipped, quietly

@@ -88,8 +88,8 @@ class IngestReport:
     def __str__(self) -> str:
         partial = len({path for path, _, _ in self.missing_pages})
         parts = [f"added {len(self.added)}" + (f" ({partial} with missing pages)" if partial else "")]
-        parts += [f"{what} {len(items)}" for what, items in
-                  (("moved", self.moved), ("copied", self.copied), ("pruned", self.pruned)) if items]
+        parts += [f"moved {len(self.moved)}"] + [f"copied {len(self.copied)}"] * bool(self.copied)
+        parts += [f"pruned {len(self.pruned)}"]
         parts += [f"skipped {len(self.skipped)} unchanged", f"failed {len(self.failed) + len(self.not_retried)}"]
         return ", ".join(parts) + f" ({self.pages} pages in {self.timings['wall']:.1f} s)"
 
