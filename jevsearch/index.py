@@ -26,61 +26,42 @@ An index is a directory::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import threading
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from jevsearch.errors import (
     CorruptIndexError,
     IndexExistsError,
+    InvalidInputError,
     JevsearchError,
     ReadOnlyIndexError,
 )
 from jevsearch.search import rerank
-from jevsearch.search.maxsim import pad_queries, scoring_device, top_with_ties
+from jevsearch.index_search import Hit, IndexSearch
+from jevsearch.search.maxsim import scoring_device
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import validate, verify
 from jevsearch.store.damage import DamageLog
 from jevsearch.store.graphview import GraphView
-from jevsearch.store.hnsw import HnswGraph, truncate_normalize
-from jevsearch.store.lmdbenv import current_env, fsync_dir, restore_current, store_dirs
-from jevsearch.store.lmdbstore import PageStore, page_key
+from jevsearch.store.hnsw import HnswGraph
+from jevsearch.store.lmdbenv import CURRENT, ENV_PREFIX, current_env, fsync_dir, restore_current, store_dirs
+from jevsearch.store.lmdbstore import PageStore
 from jevsearch.store.lock import WriterLock
 from jevsearch.store.manifest import FORMAT_VERSION, check_manifest, new_manifest
 from jevsearch.store.rewrite import rewrite, upgrade
 
-
-@dataclass
-class Hit:
-    """One search result: a page of a document.
-
-    ``page`` is 1-based; ``metadata`` is the document's metadata; ``text`` the page text given to
-    ``add_embeddings(page_texts=...)``, or None when none was stored; ``snippet`` (set by
-    :meth:`Engine.search`) a short window of it around the query's words; ``path`` the document's file.
-    """
-
-    doc_id: str
-    page: int
-    score: float
-    metadata: dict = field(default_factory=dict)
-    text: str | None = None
-    snippet: str = ""
-
-    @property
-    def path(self) -> str:
-        """The document's file: a document added by :meth:`Engine.add` has its absolute path as id."""
-        return self.doc_id
+__all__ = ["Hit", "Index"]
 
 
-class Index:
+class Index(IndexSearch):
     """A persistent page index with two-stage search (HNSW candidates, MaxSim rerank).
 
     Create with :meth:`create`, reopen with :meth:`open`. One writer per index (another raises
@@ -136,30 +117,45 @@ class Index:
         number of candidates asked for, see jevsearch.store.hnsw). model_info: JSON object describing
         the encoder, kept in the manifest. threads: CPU threads for the index's own tensor work (see
         :meth:`open`).
-        The index is built in a temporary sibling directory and renamed into place, so a crash never
-        leaves a half-created index. Returns the index opened for writing.
+        The index is built in a temporary directory and moved into place, so a crash never leaves a
+        half-created index. A new directory gets the mode the umask gives; an empty directory the user
+        made is filled in place and keeps its mode and owner. Returns the index opened for writing.
         """
-        path = os.fspath(path)
-        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        path = _index_path(path)
+        existing = os.path.isdir(path)
+        # Another create's work folder (or a crashed one's) does not make the folder taken.
+        if os.path.exists(path) and (not existing or any(not n.startswith(_TMP_PREFIX) for n in os.listdir(path))):
             raise IndexExistsError(f"{path}: already exists and is not empty "
-                                   "(hint: open it, or pick a new path)")
+                                   "(hint: open it, or pick a new path)",
+                                   cli_hint="pick a new or empty folder for --index")
         manifest = new_manifest(single_dim=single_dim, single_full_dim=single_full_dim, multi_dim=multi_dim,
                                 multi_dtype=multi_dtype, hnsw_m=hnsw_m, ef_construction=ef_construction,
                                 ef_search=ef_search, model_info=model_info)
         parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
+        if not existing:
+            os.makedirs(parent, exist_ok=True)
         state = {"next_page_id": 0, "gen": 0, "epoch": 0, "docs": 0, "pages": 0, "tokens": 0, "tombs": 0}
-        tmp = tempfile.mkdtemp(prefix=".jevsearch-create-", dir=parent)
+        tmp = _new_dir(path if existing else parent)
         try:
             PageStore.initialise(tmp, manifest, state)
             HnswGraph(single_dim, hnsw_m, ef_construction, ef_search).save(tmp, epoch=0, next_page_id=0)
-            os.rename(tmp, path)  # POSIX rename replaces an empty directory atomically
+            if existing:
+                # The store first: a create racing into the same folder fails there, before moving
+                # anything of its own; CURRENT, which makes the folder an index, last.
+                for name in sorted(os.listdir(tmp), key=lambda n: (n == CURRENT, not n.startswith(ENV_PREFIX))):
+                    os.rename(os.path.join(tmp, name), os.path.join(path, name))
+                os.rmdir(tmp)
+            else:
+                os.rename(tmp, path)  # fails if another process got there first
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, OSError) and os.path.exists(path):
-                raise IndexExistsError(f"{path}: appeared while creating ({e}) (hint: pick a new path)") from e
+            if isinstance(e, OSError) and e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise IndexExistsError(f"{path}: another process is creating an index here ({e.strerror}) "
+                                       "(hint: wait for it to finish, then open it)",
+                                       cli_hint="another jevsearch command is creating it: wait for it to "
+                                       "finish and rerun") from e
             raise
-        fsync_dir(parent)
+        fsync_dir(path if existing else parent)
         return cls.open(path, threads=threads)
 
     @classmethod
@@ -177,7 +173,7 @@ class Index:
         file (then :meth:`verify` with ``repair=True``). Raises NotAnIndexError, FormatVersionError,
         IndexLockedError (another writer), CorruptIndexError (a damaged index: see its message).
         """
-        path = os.fspath(path)
+        path = _index_path(path)
         threads = validate.check_k(threads, "threads")
         try:
             current_env(path)  # NotAnIndexError before touching anything (no lock file in a random dir)
@@ -257,13 +253,15 @@ class Index:
     # -- writes ---------------------------------------------------------------------------------
 
     def add_embeddings(self, doc_id: str, singles, multis, metadata: dict | None = None,
-                       page_texts: list[str] | None = None) -> int:
+                       page_texts: list[str] | None = None, page_numbers: list[int] | None = None) -> int:
         """Add (or atomically replace) a document; returns its page count.
 
         singles: float [P, D], one L2-normalised vector per page; D >= single_dim, and the same D for
             every document of the index (fixed by the first one).
         multis: P float arrays [T_i, multi_dim] (or one [P, T, multi_dim] array), L2-normalised rows.
         metadata: JSON object returned on hits. page_texts: optional P strings, returned as Hit.text.
+        page_numbers: optional P increasing 1-based numbers, returned as Hit.page (default 1..P), for a
+        document whose unreadable pages were left out.
         Vectors within validate.NORM_TOLERANCE of unit norm are renormalised; anything else invalid
         raises InvalidInputError and writes nothing. One LMDB commit per call (the document is durable
         and visible to readers when this returns); the in-memory HNSW takes the new pages in one batch
@@ -272,12 +270,12 @@ class Index:
         together: :meth:`add_embeddings_many`.
         Example: ``eng.add_embeddings("report.pdf", singles, multis, metadata={"title": "Q3"})``.
         """
-        return self.add_embeddings_many([(doc_id, singles, multis, metadata, page_texts)])[0]
+        return self.add_embeddings_many([(doc_id, singles, multis, metadata, page_texts, page_numbers)])[0]
 
     def add_embeddings_many(self, docs) -> list[int]:
         """Add (or replace) several documents in ONE commit; returns their page counts.
 
-        docs: iterable of ``(doc_id, singles, multis[, metadata[, page_texts]])`` tuples, each as in
+        docs: iterable of ``(doc_id, singles, multis[, metadata[, page_texts[, page_numbers]]])`` tuples, each as in
         :meth:`add_embeddings`, with distinct doc ids. Every document is validated before anything is
         written, and the commit is all or nothing: a bad document (or a crash) leaves none of the batch
         in the index. One fsync for the batch instead of one per document, so small documents are
@@ -302,6 +300,8 @@ class Index:
                     pages, tokens = len(item["multis"]), sum(m.shape[0] for m in item["multis"])
                     doc = {"doc_id": item["doc_id"], "first": state["next_page_id"], "pages": pages,
                            "tokens": tokens, "metadata": item["metadata"], "text": item["texts"] is not None}
+                    if item["numbers"] is not None:
+                        doc["page_numbers"] = item["numbers"]
                     self._store.put_document(txn, doc, item["singles"], item["multis"], item["texts"])
                     ids.append(np.arange(doc["first"], doc["first"] + pages))
                     vecs.append(item["truncated"])
@@ -330,6 +330,72 @@ class Index:
                 self._store.put_state(txn, state)
             self._after_commit(state, removed, None, None)
             return True
+
+    def rename_document(self, old: str, new: str, *, metadata: dict | None = None) -> None:
+        """Give document ``old`` the id ``new`` (its file was renamed or moved), keeping its pages and
+        vectors: nothing is re-encoded, and its pages keep their ids and HNSW entries. A document
+        already at ``new`` is replaced. ``metadata`` replaces the document's (default: kept). One commit.
+
+        >>> eng.rename_document("/docs/a.pdf", "/docs/2024/a.pdf")      # doctest: +SKIP
+        """
+        old, new = validate.check_doc_id(old), validate.check_doc_id(new)
+        metadata = None if metadata is None else validate.check_metadata(metadata)
+        with self._mutex:
+            self._check_writable()
+            with self._store.write() as txn:
+                doc = self._store.document(txn, old)
+                if doc is None:
+                    raise InvalidInputError(f"{old}: not in the index (hint: documents() lists the ids)")
+                state = self._store.state(txn)
+                removed = self._remove(txn, state, new) if new != old else []
+                self._store.rekey_document(txn, doc, new, doc["metadata"] if metadata is None else metadata)
+                state["gen"] += 1
+                self._store.put_state(txn, state)
+            self._after_commit(state, removed, None, None)
+
+    def copy_document(self, src: str, dst: str, *, metadata: dict | None = None) -> int:
+        """Add document ``dst`` with the stored vectors, texts and page numbers of ``src`` (a copy of
+        its file: no encoding needed); ``metadata`` default: src's. Returns the page count.
+
+        >>> eng.copy_document("/docs/a.pdf", "/backup/a.pdf")             # doctest: +SKIP
+        """
+        src = validate.check_doc_id(src)
+        dm, dtype = self._manifest["multi_dim"], np.dtype(self._manifest["multi_dtype"])
+        with self._mutex:
+            self._check_writable()
+            with self._store.read() as txn:
+                doc = self._store.document(txn, src)
+                if doc is None:
+                    raise InvalidInputError(f"{src}: not in the index (hint: documents() lists the ids)")
+                ids = range(doc["first"], doc["first"] + doc["pages"])
+                # Copied out while the transaction's zero-copy views are valid.
+                singles = np.stack([np.frombuffer(self._store.single_raw(txn, pid), np.float32) for pid in ids])
+                multis = [np.frombuffer(self._store.multi_raw(txn, pid), dtype).reshape(-1, dm).astype(np.float32)
+                          for pid in ids]
+                texts = [self._store.text(txn, pid) for pid in ids] if doc["text"] else None
+            return self.add_embeddings(dst, singles, multis, doc["metadata"] if metadata is None else metadata,
+                                       texts, doc.get("page_numbers"))
+
+    def failures(self) -> dict[str, dict]:
+        """Files :meth:`Engine.add` could not index, as recorded: {path: {"sha256", "reason"}}."""
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                return self._store.failures(txn)
+
+    def set_failures(self, changes: dict[str, dict | None]) -> None:
+        """Record failed files ({path: {"sha256", "reason"}}), or forget them (value None); one commit."""
+        changes = validate.check_metadata(changes)
+        with self._mutex:
+            self._check_writable()
+            with self._store.write() as txn:
+                failures = self._store.failures(txn)
+                for path, record in changes.items():
+                    if record is None:
+                        failures.pop(path, None)
+                    else:
+                        failures[path] = record
+                self._store.put_failures(txn, failures)
 
     def compact(self) -> None:
         """Rebuild the HNSW from live pages (dropping tombstones, every page reachable) and shrink
@@ -403,126 +469,6 @@ class Index:
                 self._damage.prune(self._store, txn)
         return state
 
-    # -- search ---------------------------------------------------------------------------------
-
-    def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int = 100,
-                          exhaustive: bool = False) -> list[Hit] | list[list[Hit]]:
-        """Search with query embeddings.
-
-        One query: q_single [D] (D >= single_dim; may be None when exhaustive) and q_multi
-        [L, multi_dim] -> list[Hit]. A batch: q_single [Q, D] and q_multi a list of Q [L_i, multi_dim]
-        -> list of Q lists (scored together).
-        Two-stage: the ``candidates`` nearest pages in the HNSW (truncated singles) reranked by
-        MaxSim. ``exhaustive=True``: exact MaxSim over every page, streamed in chunks; so is a search
-        whose ``candidates`` reach the live page count (no page can hide from it in the graph).
-        Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
-        fewer pages). ``candidates`` below k is raised to k; both are capped to the live pages. Every
-        value read is verified: a damaged page (checksum, impossible score) is skipped and noted once.
-        """
-        k = validate.check_k(k)
-        candidates = max(validate.check_k(candidates, "candidates"), k)
-        batch = isinstance(q_multi, (list, tuple))
-        queries = validate.check_query_multis(q_multi, self._manifest["multi_dim"])
-        singles = validate.check_query_singles(q_single, len(queries), batch, self._manifest["single_dim"],
-                                               required=not exhaustive)
-        with self._mutex:
-            self._check_open()
-            # One torch thread: the scorer's own workers (self.threads of them) are the parallelism.
-            with self._store.read() as txn, torch.no_grad(), torch_threads(1):
-                live = self._refresh(txn)["pages"]
-                # Capped before anything is sized by them: a huge k costs nothing on a small index.
-                k, candidates = min(k, max(live, 1)), min(candidates, max(live, 1))
-                qt = pad_queries(queries, self._dtype, self._device)  # [Q, L, d]
-                q_lens = [len(x) for x in queries]
-                if exhaustive or candidates >= live:
-                    found = self._exhaustive(txn, qt, q_lens, k)
-                else:
-                    found = self._two_stage(txn, qt, q_lens, truncate_normalize(singles, self._manifest["single_dim"]),
-                                            k, candidates)
-                results = [self._hits(txn, ids, scores, k) for ids, scores in found]
-        return results if batch else results[0]
-
-    def _two_stage(self, txn, qt: torch.Tensor, q_lens: list[int], qsingle: np.ndarray, k: int, candidates: int):
-        cand = self._view.search(qsingle, candidates)  # [Q, candidates]
-        union = np.unique(cand[cand >= 0])
-        if len(union) * len(cand) > 2 * int((cand >= 0).sum()):
-            # Little overlap between the queries' candidates: scoring the union against every query
-            # would multiply the work by ~Q (measured: 433 ms instead of ~30 ms per query at Q=50).
-            out = []
-            for q in range(len(cand)):
-                ids, raws, lens = self._fetch(txn, cand[q][cand[q] >= 0])
-                ids, scores = self._score(txn, qt[q:q + 1, : q_lens[q]], q_lens[q:q + 1], ids, raws, lens)
-                sel = top_with_ties(scores[0], k)
-                out.append((ids[sel], scores[0, sel]))
-            return out
-        ids, raws, lens = self._fetch(txn, union)  # overlapping candidates are fetched and scored once
-        return rerank.select_candidates(cand, *self._score(txn, qt, q_lens, ids, raws, lens), k)
-
-    def _score(self, txn, qt: torch.Tensor, q_lens: list[int], ids: np.ndarray, raws: list, lens: list[int]):
-        """MaxSim [Q, C] of the fetched pages, without the damaged ones (checksum, impossible score)."""
-        failed: list[int] = []
-        check = self._store.page_check(failed)
-        scores = self._scorer.score(qt, raws, lens, self.threads, check and (lambda c: check(int(ids[c]), raws[c])))
-        bad = rerank.implausible(scores, q_lens)
-        if bad.any():
-            self._damage.note_scored(self._store, txn, ids[bad].tolist(), failed)
-            ids, scores = ids[~bad], scores[:, ~bad]
-        return ids, scores
-
-    def _exhaustive(self, txn, qt: torch.Tensor, q_lens: list[int], k: int):
-        bad, failed = [], []
-        pages = ((pid, raw, tokens) for pid, _, _, tokens in self._store.iter_pages(txn, damaged=bad)
-                 if (raw := self._multi(txn, pid, tokens)) is not None)
-        found, implausible = rerank.exhaustive(pages, qt, k, self._scorer, self.threads, q_lens,
-                                               self._store.page_check(failed))
-        for pid in bad:
-            self._damage.note(self._store, txn, pid, "its page record fails its checksum")
-        self._damage.note_scored(self._store, txn, implausible, failed)
-        return found
-
-    def _multi(self, txn, pid: int, tokens: int):
-        """A page's stored multi-vectors, unchecked (the scorer checks them as it packs them:
-        PageStore.page_check); None (noted) when known damaged, missing or of the wrong size."""
-        if pid in self._damage:
-            return None
-        raw = self._store.get(txn, "multi", page_key(pid), raw=True)
-        if raw is None or self._store.payload_size(raw) != tokens * self._row_bytes:
-            self._damage.note(self._store, txn, pid, "its multi-vectors are missing or of the wrong size")
-            return None
-        return raw
-
-    def _fetch(self, txn, page_ids: np.ndarray):
-        """Zero-copy multi-vectors (unchecked, see _multi) of the pages still live in ``txn``."""
-        ids, raws, lens = [], [], []
-        for pid in page_ids.tolist():
-            try:
-                rec = self._store.page(txn, pid)
-            except CorruptIndexError:
-                self._damage.note(self._store, txn, pid, "its page record fails its checksum")
-                continue
-            if rec is not None and (raw := self._multi(txn, pid, rec[2])) is not None:
-                ids.append(pid)
-                raws.append(raw)
-                lens.append(rec[2])
-        return np.array(ids, dtype=np.int64), raws, lens
-
-    def _hits(self, txn, ids: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
-        docs: dict[bytes, dict] = {}
-        hits = []
-        for pid, score in zip(ids.tolist(), scores.tolist()):
-            try:
-                key, page_no, _ = self._store.page(txn, pid)
-                doc = docs.get(key) or docs.setdefault(key, self._store.document_by_key(txn, key))
-                text = self._store.text(txn, pid) if doc and doc["text"] else None
-            except CorruptIndexError:
-                doc = None
-            if doc is None:  # also a page no document owns (an orphan: verify lists it, repair drops it)
-                self._damage.note(self._store, txn, pid, "its document record or text is missing or damaged")
-                continue
-            hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text))
-        hits.sort(key=lambda h: (-h.score, h.doc_id, h.page))
-        return hits[:k]
-
     # -- inspection -----------------------------------------------------------------------------
 
     def document(self, doc_id: str) -> dict | None:
@@ -543,6 +489,15 @@ class Index:
             with self._store.read() as txn:
                 ids = sorted(d["doc_id"] for d in self._store.iter_documents(txn))
         return iter(ids)
+
+    def document_list(self) -> list[dict]:
+        """Every document as :meth:`document` gives it, sorted by id, read in one snapshot."""
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                docs = [{"doc_id": d["doc_id"], "pages": d["pages"], "tokens": d["tokens"], "metadata": d["metadata"]}
+                        for d in self._store.iter_documents(txn)]
+        return sorted(docs, key=lambda d: d["doc_id"])
 
     def stats(self) -> dict:
         """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, damaged_pages
@@ -598,3 +553,25 @@ class Index:
             problems.append(verify.Problem(f"hnsw.bin: {self._view.repaired_in_memory} (rebuilt in memory only)",
                                            fixable=True))
         return report, problems
+
+
+_TMP_PREFIX = ".jevsearch-create-"
+
+
+def _index_path(path) -> str:
+    path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise InvalidInputError(f"index path: {path!r} is empty (hint: name a folder, e.g. indexes/papers)")
+    return path
+
+
+def _new_dir(parent: str) -> str:
+    """A new uniquely named directory in ``parent`` with the umask's mode (mkdtemp forces 0700, which
+    the index folder would keep)."""
+    while True:
+        tmp = os.path.join(parent, f"{_TMP_PREFIX}{secrets.token_hex(6)}")
+        try:
+            os.mkdir(tmp)
+            return tmp
+        except FileExistsError:
+            continue

@@ -343,6 +343,7 @@ def test_an_unreachable_page_is_found_by_exhaustive_scoring_reported_and_relinke
         pid = int(graph.ids()[node])
         _cut_off(graph, node)
         assert graph.unreachable().tolist() == [pid]
+        ix._view.clean = False  # edited behind the view's back: make flush save it
         ix.flush()
     name, page = f"d{pid // 3:02d}.pdf", pid % 3 + 1
     qs, qm = query_for(docs[name][1], docs[name][0], page=page - 1)
@@ -559,4 +560,33 @@ def test_orphan_entries_and_wrong_counters_are_listed_and_repaired(tmp_path):
         assert "deleted 1 multi entries of no document" in report["repaired"]
         assert "recounted the state record" in report["repaired"]
         assert ix.stats()["documents"] == 3 and ix.stats()["damaged_pages"] == 0
+        ix.verify(deep=True)
+
+
+def test_the_cli_names_the_repairing_command_and_runs_it(tmp_path, capsys):
+    from jevsearch.cli import main
+
+    path = str(tmp_path / "idx")
+    docs = build(path, docs=[(f"d{i:02d}.pdf", 3) for i in range(20)])
+    with Index.open(path) as ix:  # one page no search can reach
+        graph = ix._view.settle()
+        node = _level0_only_node(graph)
+        _cut_off(graph, node)
+        ix._view.clean = False
+        ix.flush()
+    assert main(["verify", "--index", path]) == 0  # every page is in the graph
+    assert main(["verify", "--index", path, "--deep"]) == 1
+    out, err = capsys.readouterr()
+    assert "problem: hnsw: 1 pages unreachable in the graph" in out
+    assert err.strip().endswith(f"(hint: jevsearch verify --repair --index {path} repairs what LMDB can rebuild)")
+    assert main(["verify", "--index", path, "--deep", "--repair"]) == 0
+    out, _ = capsys.readouterr()
+    assert "repaired: rebuilt the HNSW from LMDB and saved it" in out and f"{path}: ok" in out
+    os.unlink(os.path.join(path, "CURRENT"))
+    assert main(["search", "anything", "--index", path]) != 0
+    _, err = capsys.readouterr()
+    assert f"the CURRENT file is missing though store-" in err and f"jevsearch verify --repair --index {path}" in err
+    assert main(["verify", "--index", path, "--repair", "-q"]) == 0
+    with Index.open(path, readonly=True) as ix:
+        assert len(list(ix.documents())) == len(docs)
         ix.verify(deep=True)

@@ -5,6 +5,7 @@ each compaction) with these named databases::
 
     meta    b"manifest" -> JSON (format version, dims, dtypes, HNSW parameters, model identity)
             b"state"    -> JSON (next page id, generation, epoch, counters)
+            b"failures" -> JSON {path: {sha256, reason}}: files ingest could not read (may be absent)
     docs    blake2b-128(doc_id) -> JSON {doc_id, first, pages, tokens, metadata, text}
     pages   u64be page id -> PAGE_REC (doc key, 1-based page number, token count)
     single  u64be page id -> float32 [D]          full single vector (HNSW can be rebuilt from it)
@@ -68,6 +69,11 @@ def doc_key(doc_id: str) -> bytes:
 
 def page_key(page_id: int) -> bytes:
     return PAGE_KEY.pack(page_id)
+
+
+def page_numbers(doc: dict) -> list[int]:
+    """The 1-based page numbers of a document record's pages (in page id order)."""
+    return doc.get("page_numbers") or list(range(1, doc["pages"] + 1))
 
 
 def dump_json(obj) -> bytes:
@@ -374,6 +380,11 @@ class PageStore:
         raw = self.get(txn, "text", page_key(page_id))
         return None if raw is None else bytes(raw).decode("utf-8", "replace")
 
+    def multi_raw(self, txn, page_id: int):
+        """A page's multi-vector bytes, checked (zero-copy, valid inside ``txn`` only). The search path
+        reads them unchecked and checks them as it packs them (:meth:`page_check`)."""
+        return self.get(txn, "multi", page_key(page_id))
+
     def single_raw(self, txn, page_id: int):
         return self.get(txn, "single", page_key(page_id))
 
@@ -424,17 +435,40 @@ class PageStore:
 
     def put_document(self, txn, doc: dict, singles: np.ndarray, multis: list[np.ndarray],
                      texts: list[str] | None) -> None:
-        """Write one document whose pages get ids ``doc["first"] ...`` (all above existing ids)."""
+        """Write one document whose pages get ids ``doc["first"] ...`` (all above existing ids); their
+        page numbers are ``doc["page_numbers"]`` when the document has one (pages left out), else 1..P."""
         dkey = doc_key(doc["doc_id"])
+        numbers = page_numbers(doc)
         for i, m in enumerate(multis):
             k = page_key(doc["first"] + i)
             # append=True: ids only grow, so each put lands at the B-tree's right edge.
-            self.put(txn, "pages", k, PAGE_REC.pack(dkey, i + 1, m.shape[0]), append=True)
+            self.put(txn, "pages", k, PAGE_REC.pack(dkey, numbers[i], m.shape[0]), append=True)
             self.put(txn, "single", k, np.ascontiguousarray(singles[i]), append=True)  # a buffer: no bytes copy
             self.put(txn, "multi", k, np.ascontiguousarray(m), append=True)
             if texts is not None:
                 self.put(txn, "text", k, texts[i].encode("utf-8"), append=True)
         self.put(txn, "docs", dkey, dump_json(doc))
+
+    def rekey_document(self, txn, doc: dict, new_id: str, metadata: dict) -> None:
+        """Move a document's record to ``new_id`` and point its page records at it; the vectors and page
+        ids stay as they are. The caller has removed any document at ``new_id``."""
+        new_key = doc_key(new_id)
+        for pid in range(doc["first"], doc["first"] + doc["pages"]):
+            rec = self.page(txn, pid)  # ChecksumError when damaged: a rename never certifies damage
+            if rec is None:
+                raise CorruptIndexError(f"{self.index_dir}: {doc['doc_id']}: page id {pid} missing "
+                                        "(hint: Index.verify(deep=True) lists what is damaged)")
+            self.put(txn, "pages", page_key(pid), PAGE_REC.pack(new_key, rec[1], rec[2]))
+        self.delete(txn, "docs", doc_key(doc["doc_id"]))
+        self.put(txn, "docs", new_key, dump_json(dict(doc, doc_id=new_id, metadata=metadata)))
+
+    def failures(self, txn) -> dict:
+        """Files that failed to ingest: {path: {"sha256", "reason"}} (none recorded: {})."""
+        raw = self.get(txn, "meta", b"failures")
+        return {} if raw is None else load_json(raw)
+
+    def put_failures(self, txn, failures: dict) -> None:
+        self.put(txn, "meta", b"failures", dump_json(failures))
 
     def clear_tombstones(self, txn) -> None:
         txn.drop(self._db["tomb"], delete=False)

@@ -20,6 +20,10 @@ What a :class:`Rewrite` says:
 * ``new_tables`` and ``fill``: tables to create, and a function called with ``put(table, key,
   payload)`` after the copy, to fill them (or add records to any table), e.g. a codebook.
 
+The ``meta`` table's manifest and state records are written by :func:`rewrite` itself (the plan's
+manifest; the state with ``gen`` + 1); its other records (e.g. ingest failures) are copied like
+any value.
+
 Records of tables without a transform are copied as they are: when both stores carry checksums the
 raw value, digest included, so a damaged value stays detectably damaged instead of being sealed as
 good. A transformed value that fails its digest stops the rewrite with ChecksumError (nothing is
@@ -48,6 +52,7 @@ from jevsearch.store.manifest import upgraded
 
 # Bytes written per commit of the (still private) new store: bounds LMDB's dirty pages in memory.
 BATCH_BYTES = 256 << 20
+_META_LAST = (b"manifest", b"state")  # written by rewrite() itself, after everything else
 
 
 @dataclass
@@ -134,15 +139,16 @@ class _Writer:
 
 
 def _copy_table(store: PageStore, txn, table: str, transform, out: _Writer) -> None:
-    if table == "meta":
-        return  # written last, by rewrite()
     verbatim = transform is None and (table in UNSEALED or store.checksums == out.sealed)
     if verbatim:
         for k, raw in store.items(txn, table, raw=True):
-            out.put_raw(table, bytes(k), raw, append=True)
+            if table != "meta" or bytes(k) not in _META_LAST:
+                out.put_raw(table, bytes(k), raw, append=True)
         return
     for k, payload in store.items(txn, table):
         k = bytes(k)
+        if table == "meta" and k in _META_LAST:
+            continue
         if transform is not None:
             payload = transform(k, payload)
             if payload is None:

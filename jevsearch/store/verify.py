@@ -20,7 +20,7 @@ import torch
 from jevsearch.errors import ChecksumError, CorruptIndexError
 from jevsearch.store import checksum
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
-from jevsearch.store.lmdbstore import PageStore, doc_key, load_json, page_key
+from jevsearch.store.lmdbstore import PageStore, doc_key, load_json, page_key, page_numbers
 from jevsearch.store.validate import NORM_TOLERANCE
 
 PAGE_TABLES = ("pages", "single", "multi", "text")
@@ -56,10 +56,11 @@ def check_index(store: PageStore, txn, manifest: dict, graph: HnswGraph, tombs: 
             continue
         docs += 1
         name, dkey, doc_tokens = doc["doc_id"], doc_key(doc["doc_id"]), 0
+        numbers = page_numbers(doc)
         for i in range(doc["pages"]):
             pid = doc["first"] + i
             claimed.add(pid)
-            where = f"{name}: page {i + 1}"
+            where = f"{name}: page {numbers[i]}"
             try:
                 rec = store.page(txn, pid)
             except CorruptIndexError:  # ChecksumError included
@@ -68,11 +69,11 @@ def check_index(store: PageStore, txn, manifest: dict, graph: HnswGraph, tombs: 
             if rec is None:
                 problems.append(Problem(f"{where} (id {pid}) missing", False, name))
                 continue
-            if rec[0] != dkey or rec[1] != i + 1:
+            if rec[0] != dkey or rec[1] != numbers[i]:
                 problems.append(Problem(f"{where}: page id {pid} is recorded as another page", False, name))
             doc_tokens += rec[2]
             live.add(pid)
-            names[pid] = f"{name} p{i + 1}"
+            names[pid] = f"{name} p{numbers[i]}"
             values += _check_page(store, txn, manifest, pid, rec[2], doc["text"], where, name, deep, problems)
         if doc_tokens != doc["tokens"]:
             problems.append(Problem(f"{name}: {doc_tokens} tokens on its pages but {doc['tokens']} recorded",
@@ -194,7 +195,7 @@ def _check_graph(graph: HnswGraph, live: set[int], names: dict[int, str], state:
             wrong.append(pid)
     if wrong:
         problems.append(Problem(f"hnsw: {len(wrong)} pages have another page's vector in the graph "
-                                f"({listed(wrong)}; a damaged id map): repair rebuilds the graph", fixable=True))
+                                f"({listed(wrong)}: a damaged id map): repair rebuilds the graph", fixable=True))
 
 
 def unit_rows(a: np.ndarray) -> bool:
