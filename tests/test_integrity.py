@@ -210,6 +210,8 @@ def test_version_1_indexes_search_as_before_and_compact_adds_checksums(tmp_path)
             return [[(h.doc_id, h.page, h.score, h.text) for h in ix.search_embeddings(qs, qm, k=4, candidates=4)]
                     for qs, qm in queries]
     before = results()
+    with Index.open(path) as ix:  # other meta records travel through both rewrites
+        ix.set_failures({"/docs/bad.pdf": {"sha256": "ab", "reason": "damaged PDF"}})
     as_version_1(path)
     with raw_lmdb(path) as (txn, dbs):  # really version 1: plain JSON, raw arrays
         assert json.loads(txn.get(b"manifest", db=dbs["meta"]))["format_version"] == 1
@@ -220,6 +222,7 @@ def test_version_1_indexes_search_as_before_and_compact_adds_checksums(tmp_path)
         ix.compact()
         assert ix.manifest["format_version"] == 2 and ix.manifest["checksums"]
         ix.verify(deep=True)
+        assert ix.failures() == {"/docs/bad.pdf": {"sha256": "ab", "reason": "damaged PDF"}}
     assert results() == before
     with Index.open(path) as ix:
         ix.add_embeddings("d.pdf", *make_doc(9, 2))  # and writes go on, sealed
