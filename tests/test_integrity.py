@@ -593,3 +593,36 @@ def test_the_cli_names_the_repairing_command_and_runs_it(tmp_path, capsys):
     with Index.open(path, readonly=True) as ix:
         assert len(list(ix.documents())) == len(docs)
         ix.verify(deep=True)
+
+
+def test_a_rewrite_re_encodes_a_table_adds_tables_and_keeps_the_rest(tmp_path):
+    """The hook a codec change uses: float16 multi-vectors re-encoded as float32, a new table filled."""
+    from jevsearch.store.lmdbstore import PageStore
+    from jevsearch.store.lock import WriterLock
+    from jevsearch.store.rewrite import Rewrite, rewrite
+
+    path = str(tmp_path / "idx")
+    docs = build(path)
+    qs, qm = query_for(docs["b.pdf"][1], docs["b.pdf"][0], page=1)
+    with Index.open(path) as ix:
+        ix.set_failures({"/docs/bad.pdf": {"sha256": "ab", "reason": "damaged PDF"}})
+        before = [(h.doc_id, h.page, h.score) for h in ix.search_embeddings(qs, qm, k=3)]
+    lock, store = WriterLock(path), PageStore(path)
+    try:
+        with store.read() as txn:
+            manifest = store.manifest(txn)
+        to32 = lambda key, payload: np.frombuffer(payload, np.float16).astype(np.float32)  # noqa: E731
+        rewrite(store, Rewrite(manifest=dict(manifest, multi_dtype="float32"), transforms={"multi": to32},
+                               new_tables=["codebook"], fill=lambda put: put("codebook", b"k", b"centroids")))
+        with store.read() as txn:
+            assert bytes(store.get(txn, "codebook", b"k")) == b"centroids" and "codebook" in store.tables()
+    finally:
+        store.close()
+        lock.release()
+    with Index.open(path, readonly=True) as ix:
+        assert ix.manifest["multi_dtype"] == "float32"
+        ix.verify(deep=True)  # every value sealed under its key, the new ones included
+        after = [(h.doc_id, h.page, h.score) for h in ix.search_embeddings(qs, qm, k=3)]
+        assert [h[:2] for h in after] == [h[:2] for h in before]
+        assert np.allclose([h[2] for h in after], [h[2] for h in before], rtol=1e-5)
+        assert ix.failures() == {"/docs/bad.pdf": {"sha256": "ab", "reason": "damaged PDF"}}
