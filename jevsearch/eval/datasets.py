@@ -87,6 +87,7 @@ class Dataset:
         self.name = name
         self.corpus_root = None if corpus_root is None else os.path.abspath(corpus_root)
         self._files = dict(corpus_files or {})
+        self._known = set(self._files.values())
         self._extract = extract
         by_id: dict[str, Query] = {}
         for q in queries:
@@ -98,7 +99,7 @@ class Dataset:
                 raise DatasetError(f"{name or 'qrels'}: qrels name query {qid!r}, which is not among the "
                                    f"{len(by_id)} queries (hint: check the query ids of both files)")
         if corpus_files is not None:
-            _check_corpus_ids(qrels, set(self._files.values()), page_counts or (lambda cid: None), name)
+            _check_corpus_ids(qrels, self._known, page_counts or (lambda cid: None), name)
         self.qrels = {qid: dict(rel) for qid, rel in qrels.items() if any(g > 0 for g in rel.values())}
         self.queries = [q for q in queries if q.id in self.qrels]
         self.skipped = len(queries) - len(self.queries)
@@ -132,6 +133,13 @@ class Dataset:
             return None
         rel = rel.replace(os.sep, "/")
         return self._files.get(rel) or self._files.get(os.path.splitext(rel)[0])
+
+    def whole(self, cid: str) -> str:
+        """The corpus id of the whole document a corpus id names (``file.pdf`` for ``file.pdf#3``)."""
+        if cid in self._known:
+            return cid
+        base, _, page = cid.rpartition("#")
+        return base if base and page.isdigit() else cid
 
     def run_id(self, doc_id: str, page: int, relevant: Mapping[str, int]) -> str:
         """The corpus id a hit on page ``page`` of ``doc_id`` counts as, for a query judged ``relevant``.

@@ -22,8 +22,8 @@ PLOT_PNG = "quality_vs_latency.png"
 
 @dataclass
 class EvalReport:
-    """rows: ``{"setting", "params", "metrics": {name: mean}, "latency_ms": {"p50", "p95", "mean", "n"}}``
-    per setting, in the order given. metric_names: the metric columns. depth: results asked per search.
+    """rows: ``{"setting", "params", "metrics": {name: mean}, "latency_ms": {"p50", "p95", "mean", "n"},
+    "per_query": {query id: {name: value}}}`` per setting, in the order given. metric_names: the metric columns. depth: results asked per search.
     encode_ms: the spread of one query's encoding with the model (None when queries came embedded)."""
 
     rows: list[dict]

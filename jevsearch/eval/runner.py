@@ -84,8 +84,10 @@ def evaluate(eng, ds: Dataset, k: int = 10, settings: Sequence[Mapping] | None =
                 latency.append((time.perf_counter() - t) * 1e3)
                 run[q.id] = _ranked(ds, hits, ds.qrels[q.id])
                 bar.update()
-            rows.append({"setting": plan.label, "params": plan.params,
-                         "metrics": metrics.compute(ds.qrels, run, k), "latency_ms": _spread(latency)})
+            per_query: dict = {}
+            means = metrics.compute(ds.qrels, run, k, per_query)
+            rows.append({"setting": plan.label, "params": plan.params, "metrics": means,
+                         "latency_ms": _spread(latency), "per_query": per_query})
     stats, m = eng.stats(), eng.manifest
     index = {"path": eng.path, "documents": stats["documents"], "pages": stats["pages"],
              "single_dim": m["single_dim"], "single_full_dim": m["single_full_dim"],
@@ -153,7 +155,7 @@ def _check_corpus(eng, ds: Dataset) -> None:
                                    "document ids, or doc_id#page)")
         return
     present = {ds.document_corpus_id(d) for d in eng.documents()} - {None}
-    bases = {cid if cid in present else cid.rpartition("#")[0] for cid in judged}
+    bases = {ds.whole(cid) for cid in judged}
     missing = sorted(b for b in bases if b not in present)
     if len(missing) == len(bases):
         raise DatasetError(f"{eng.path}: holds none of the {len(bases)} judged documents of {ds.name} "
