@@ -259,6 +259,10 @@ def test_embeddings_dataset_errors(embedded):
             evaluate(idx, Dataset([q], {q.id: {"doc0.pdf#4": 1}}), settings=[{"exhaustive": True}])
         with pytest.raises(InvalidInputError, match="needs a model"):
             evaluate(idx, Dataset([Query("t", text="words")], {"t": {"doc0.pdf": 1}}))
+    with pytest.raises(DatasetError, match="grade 0.5"):
+        Dataset([q], {q.id: {"doc0.pdf": 0.5}})
+    with pytest.raises(DatasetError, match="given twice"):
+        Dataset([q, q], {q.id: {"doc0.pdf": 1}})
 
 
 @pytest.mark.parametrize("setting, match", [

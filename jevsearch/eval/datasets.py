@@ -76,7 +76,8 @@ class Dataset:
     Queries without a positive judgement are dropped (counted in ``skipped``); qrels naming an unknown
     query, or a corpus id that is not in ``corpus_files``, raise DatasetError, as does a set with no
     query left. corpus_files: ``{file key: corpus id}`` (a path relative to corpus_root, or a file name
-    without its extension); page_counts: ``{corpus id: pages}`` of the PDFs, for ``file.pdf#p`` ids.
+    without its extension); page_counts: corpus id -> its number of pages (None if it has no pages to
+    name), to check ``file.pdf#p`` ids. extract: called once by :meth:`corpus_paths` to write the files.
     """
 
     def __init__(self, queries: Iterable[Query], qrels: Mapping[str, Mapping[str, int]], *,
@@ -94,7 +95,11 @@ class Dataset:
             if q.id in by_id:
                 raise DatasetError(f"{name or 'queries'}: query id {q.id!r} given twice (hint: ids must be unique)")
             by_id[q.id] = q
-        for qid in qrels:
+        for qid, rel in qrels.items():
+            bad = [g for g in rel.values() if isinstance(g, bool) or not isinstance(g, (int, np.integer))]
+            if bad:
+                raise DatasetError(f"{name or 'qrels'}: query {qid!r} has grade {bad[0]!r} (hint: integer grades, "
+                                   "0 for not relevant)")
             if qid not in by_id:
                 raise DatasetError(f"{name or 'qrels'}: qrels name query {qid!r}, which is not among the "
                                    f"{len(by_id)} queries (hint: check the query ids of both files)")

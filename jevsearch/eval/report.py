@@ -94,10 +94,6 @@ class EvalReport:
                     label="two-stage, by candidates")
             ax.legend(loc="lower right", fontsize=8)
         ax.scatter(xs, ys, color="tab:blue", zorder=2)
-        # Neighbouring points (in latency) get their labels staggered up and down so they stay legible.
-        for n, i in enumerate(sorted(range(len(xs)), key=lambda i: xs[i])):
-            ax.annotate(self.rows[i]["setting"], (xs[i], ys[i]), textcoords="offset points",
-                        xytext=(5, (5, -12, 16, -23)[n % 4]), fontsize=8)
         if xs and max(xs) > 20 * max(min(xs), 1e-3):
             ax.set_xscale("log")  # single-vector and exhaustive searches are orders of magnitude apart
         ax.margins(x=0.12, y=0.25)  # room for the labels inside the axes
@@ -107,4 +103,28 @@ class EvalReport:
         ax.set_title(f"{name}: {self.queries} queries, {self.index.get('pages', '?')} pages", fontsize=10)
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
+        _label(fig, ax, xs, ys, [r["setting"] for r in self.rows])
         fig.savefig(os.fspath(path), format="png")
+
+
+# Where a label may go, in points from its point: right, then above, below, further out, then left.
+_OFFSETS = ((6, 3), (6, -11), (6, 13), (6, -21), (6, 23), (-6, 3), (-6, -11), (-6, 13), (-6, -21))
+
+
+def _label(fig, ax, xs, ys, labels) -> None:
+    """Annotate each point, taking the first offset whose text overlaps no point and no label so far
+    (measured with the renderer: close points, e.g. several settings at nDCG 1.0, stay legible)."""
+    renderer = fig.canvas.get_renderer()
+    ax.autoscale_view()
+    centres = ax.transData.transform(list(zip(xs, ys)))
+    taken = [(cx - 4, cy - 4, cx + 4, cy + 4) for cx, cy in centres]  # the markers, in pixels
+    for i in sorted(range(len(xs)), key=lambda i: xs[i]):
+        for dx, dy in _OFFSETS:
+            ann = ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                              ha="left" if dx > 0 else "right", va="center")
+            box = ann.get_window_extent(renderer)
+            if not any(box.x0 < b[2] and b[0] < box.x1 and box.y0 < b[3] and b[1] < box.y1 for b in taken):
+                break
+            if (dx, dy) != _OFFSETS[-1]:
+                ann.remove()
+        taken.append((box.x0, box.y0, box.x1, box.y1))
