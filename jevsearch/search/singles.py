@@ -1,11 +1,12 @@
 """Single-vector scoring: inner products of queries with stored single vectors, top-k per query. No I/O.
 
 Stage 1 of a two-stage search is an HNSW over truncated singles (jevsearch.store.hnsw); this module is
-its exact counterpart, used to measure what the truncation and the HNSW cost (``Index.search_singles``).
+an exact scan over the full stored singles, to measure what the truncation and the HNSW cost
+(``Index.search_singles(..., exact=True)``).
 
 >>> import numpy as np
 >>> pages = [(7, np.array([1, 0, 0], np.float32).tobytes()), (9, np.array([0.6, 0.8, 0], np.float32).tobytes())]
->>> [(ids.tolist(), s.round(2).tolist()) for ids, s in exact_top(pages, np.array([[0.0, 1.0, 0.0]]), 3, 1)]
+>>> [(ids.tolist(), [round(float(x), 2) for x in s]) for ids, s in exact_top(pages, np.array([[0.0, 1.0, 0.0]]), 3, 1)]
 [([9], [0.8])]
 """
 
