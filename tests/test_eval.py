@@ -467,27 +467,24 @@ def test_report_json_table_and_plot(beir, tmp_path):
 
 
 def test_command_indexes_an_empty_index_then_reuses_it(tmp_path, capsys):
-    import subprocess
-
+    """Through cli.main, the code the console script runs (test_cli.py runs the console itself)."""
     from jevsearch.cli import main
     from tests.ingest_corpus import make_fake_pdf, tiny_model_dir
 
     root = write_beir(tmp_path / "ds")
     make_fake_pdf(root / "corpus" / "broken.pdf")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=repo, OMP_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-m", "jevsearch", "eval", str(root), "--index", str(tmp_path / "idx"),
-                          "--model", tiny_model_dir(), "--out", str(tmp_path / "rep"), "-k", "5",
-                          "--candidates", "2,4"], capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 3, run.stderr  # broken.pdf could not be indexed; the rest was evaluated
-    assert "failed: " in run.stderr and "broken.pdf" in run.stderr and "%|" not in run.stderr  # no bar off a tty
-    table = run.stdout.splitlines()
+    code = main(["eval", str(root), "--index", str(tmp_path / "idx"), "--model", tiny_model_dir(),
+                 "--out", str(tmp_path / "rep"), "-k", "5", "--candidates", "2,4"])
+    out, err = capsys.readouterr()
+    assert code == 3, err  # broken.pdf could not be indexed; the rest was evaluated
+    assert "failed: " in err and "broken.pdf" in err and "%|" not in err  # no progress bar off a terminal
+    table = out.splitlines()
     assert table[0].split()[:4] == ["setting", "nDCG@5", "recall@5", "recall@100"]
     assert [line.split("  ")[0] for line in table[1:6]] == ["single@64 hnsw", "single@64 exact", "two-stage c=2",
                                                             "two-stage c=4", "exhaustive"]
+    assert out.rstrip().endswith("quality_vs_latency.png") and "wrote " in out
     assert sorted(os.listdir(tmp_path / "rep")) == ["quality_vs_latency.png", "report.json"]
-    pages = json.loads((tmp_path / "rep" / "report.json").read_text())["index"]["pages"]
-    assert pages == 6
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["index"]["pages"] == 6
 
     # The index is no longer empty: the second run only reads it (it works while a writer holds it).
     with Engine.open(tmp_path / "idx"):
