@@ -9,6 +9,7 @@
     jevsearch delete papers/old.pdf --index indexes/papers
     jevsearch compact --index indexes/papers
     jevsearch verify --index indexes/papers --deep [--repair]
+    jevsearch eval datasets/papers --index indexes/papers-eval --model models/tiny --out report/
 
 Exit status: 0 success; 1 an error (one line on stderr says why; ``verify`` lists the problems
 first); 2 bad usage; 3 ``index`` finished but some documents failed or lost pages (each listed with
@@ -263,6 +264,13 @@ def _problems(message: str) -> list[str]:
     return [p.strip() for p in body.split("; ") if p.strip()]
 
 
+def _cmd_eval(args) -> int:
+    from jevsearch.eval.command import run
+
+    return run(args.dataset, args.index, model=args.model, out=args.out, k=args.k, candidates=args.candidates,
+               default_model=DEFAULT_MODEL, quiet=args.quiet)
+
+
 def _cmd_make_tiny_model(args) -> int:
     from jevsearch.model.tiny import write_tiny_checkpoint
 
@@ -374,6 +382,20 @@ def _parser() -> argparse.ArgumentParser:
                    "counters, a lost CURRENT file) and name the documents to re-add for the rest")
     c.set_defaults(run=_cmd_verify)
 
+    c = sub.add_parser("eval", parents=[common, index_opt], help="measure quality and latency on a dataset",
+                       description="Evaluate search settings on a dataset (BEIR-style folder or ViDoRe Parquet "
+                       "download): nDCG@5/@k, recall@k/@100, MRR@k and p50/p95 search latency per setting. "
+                       "Indexes the dataset's corpus first if the index is empty (exit status 3 if some of its "
+                       "documents fail). Needs: pip install 'jevsearch[eval]'.")
+    c.add_argument("dataset", metavar="DATASET", help="dataset folder")
+    c.add_argument("--model", metavar="M", help=f"new index: default {DEFAULT_MODEL}; existing: the recorded one")
+    c.add_argument("--out", default="report", metavar="DIR", help="where report.json and quality_vs_latency.png "
+                   "go (default report/)")
+    c.add_argument("-k", type=_positive_int, default=10, help="cutoff of nDCG@k, recall@k, MRR@k (default 10)")
+    c.add_argument("--candidates", type=_int_list, metavar="N,N,...", help="two-stage candidates to compare "
+                   "(default 20,50,100,200)")
+    c.set_defaults(run=_cmd_eval)
+
     c = sub.add_parser("make-tiny-model", parents=[common], help="write a tiny checkpoint with RANDOM weights "
                        "(offline smoke tests; results are meaningless)")
     c.add_argument("dir", metavar="DIR", help="where to write the checkpoint (must not exist or be empty)")
@@ -386,6 +408,10 @@ def _index_dir(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("empty path (name the index folder, e.g. --index indexes/papers)")
     return text
+
+
+def _int_list(text: str) -> list[int]:
+    return [_positive_int(part) for part in text.split(",")]
 
 
 def _positive_int(text: str) -> int:

@@ -92,6 +92,14 @@ class ModelMismatchError(JevsearchError, ValueError):
     """The model (or its truncation) differs from the one recorded in the index."""
 
 
+class DatasetError(JevsearchError, ValueError):
+    """An evaluation dataset (jevsearch.eval) is missing files or names ids it does not define."""
+
+
+class MissingDependencyError(JevsearchError, ImportError):
+    """An optional feature needs a package that is not installed (the message says which extra)."""
+
+
 class DocumentError(JevsearchError):
     """One input document, or one page of it (``page``, 1-based), could not be read (corrupt,
     encrypted, empty, ...).
