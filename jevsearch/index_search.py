@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from jevsearch.errors import CorruptIndexError
+from jevsearch.errors import CorruptIndexError, InvalidInputError
 from jevsearch.search import rerank
 from jevsearch.search.maxsim import pad_queries, top_with_ties
 from jevsearch.search.threads import torch_threads
@@ -87,6 +87,61 @@ class IndexSearch:
                                             k, candidates)
                 results = [self._hits(txn, ids, scores, k) for ids, scores in found]
         return results if batch else results[0]
+
+    def search_singles(self, q_single, k: int = 10, *, exact: bool = False) -> list[Hit] | list[list[Hit]]:
+        """Search with single vectors only (no MaxSim): for measuring stage 1, e.g. by jevsearch.eval.
+
+        ``exact=False``: the HNSW over the singles truncated to ``single_dim``, i.e. the first k
+        candidates a two-stage search would rerank. ``exact=True``: the inner product with every live
+        page's stored full single vector (``single_full_dim`` dims), a scan of the store (no cache:
+        slow on large indexes, meant for evaluation). Hit scores are the inner products of the
+        (truncated, renormalised) vectors; ties broken by (doc_id, page) as in :meth:`search_embeddings`.
+        q_single: [D] -> list[Hit], or [Q, D] -> Q lists; D >= single_dim, and D == single_full_dim
+        when exact.
+
+        >>> hits = eng.search_singles(q_single, k=10)               # doctest: +SKIP
+        >>> exact = eng.search_singles(q_single, k=10, exact=True)  # doctest: +SKIP
+        """
+        from jevsearch.search.singles import exact_top
+
+        k = validate.check_k(k)
+        qs = np.asarray(q_single.detach().float().cpu() if hasattr(q_single, "detach") else q_single)
+        batch = qs.ndim == 2
+        singles = validate.check_query_singles(qs, len(qs) if batch else 1, batch, self._manifest["single_dim"],
+                                               required=True)
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn, torch.no_grad(), torch_threads(self.threads):
+                k = min(k, max(self._refresh(txn)["pages"], 1))  # capped before FAISS sizes anything by it
+                dim, full = self._manifest["single_dim"], self._manifest["single_full_dim"]
+                if exact:
+                    if full is not None and singles.shape[1] != full:
+                        raise InvalidInputError(f"q_single: {singles.shape[1]} dims, but the stored singles have "
+                                                f"{full} (hint: pass the full query vector for exact=True)")
+                    found = exact_top(self._singles(txn, (pid for pid, _, _, _ in self._store.iter_pages(txn))),
+                                      singles, singles.shape[1], k)
+                else:
+                    q = truncate_normalize(singles, dim)
+                    found = []
+                    for qi, row in enumerate(self._view.search(q, k)):
+                        live = list(self._singles(txn, row[row >= 0].tolist()))  # deleted meanwhile: left out
+                        ids = np.array([pid for pid, _ in live], dtype=np.int64)
+                        vecs = [np.frombuffer(raw, dtype=np.float32, count=full) for _, raw in live]
+                        scores = truncate_normalize(np.stack(vecs), dim) @ q[qi] if vecs else np.zeros(0, np.float32)
+                        found.append((ids, scores))
+                results = [self._hits(txn, ids, scores, k) for ids, scores in found]
+        return results if batch else results[0]
+
+    def _singles(self, txn, page_ids):
+        """(page id, stored single vector) of the live pages among ``page_ids``; damaged ones noted, left out."""
+        for pid in page_ids:
+            try:
+                raw = self._store.single_raw(txn, pid)
+            except CorruptIndexError:
+                self._damage.note(self._store, txn, pid, "its single vector fails its checksum")
+                continue
+            if raw is not None:
+                yield pid, raw
 
     def _two_stage(self, txn, qt: torch.Tensor, q_lens: list[int], qsingle: np.ndarray, k: int, candidates: int):
         cand = self._view.search(qsingle, candidates)  # [Q, candidates]

@@ -62,6 +62,11 @@ def damage_value(path: str, table: str, key: bytes, edit) -> None:
         txn.put(key, bytes(raw), db=dbs[table])
 
 
+def singles_query(docs) -> np.ndarray:
+    """A query single vector near b.pdf page 2."""
+    return docs["b.pdf"][0][1]
+
+
 def pages_of(hits) -> list[tuple[str, int]]:
     return [(h.doc_id, h.page) for h in hits]
 
@@ -126,6 +131,7 @@ def test_damaged_records_are_skipped_never_served_or_crashing(tmp_path, caplog, 
         assert "b.pdf" in str(e.value) or "document record" in str(e.value)
         if table == "single":
             assert "b.pdf: page 2 single vectors fail their checksum" in str(e.value)
+            assert ("b.pdf", 2) not in pages_of(ix.search_singles(singles_query(docs), k=9, exact=True))
             ix.compact()
             assert ix.stats()["hnsw_vectors"] == 8 and ix.stats()["damaged_pages"] == 1
         if table == "docs":
@@ -484,6 +490,7 @@ def test_huge_k_and_candidates_are_capped_to_the_live_pages(tmp_path):
         assert time.perf_counter() - t < 2
         assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 100_000  # KiB
         assert ix.search_embeddings(None, [qm, qm], k=10**9, exhaustive=True)[1][0].page == 1
+        assert len(ix.search_singles(qs, k=600_000_000)) == len(ix.search_singles(qs, k=10**9, exact=True)) == 5
 
 
 # -- 7/8. verify names documents and commands; CURRENT ----------------------------------------
