@@ -11,6 +11,7 @@ from jevsearch.errors import (
     JevsearchError,
     ModelMismatchError,
     NotAnIndexError,
+    PageNotFoundError,
     ReadOnlyIndexError,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "JevsearchError",
     "ModelMismatchError",
     "NotAnIndexError",
+    "PageNotFoundError",
     "ReadOnlyIndexError",
     "__version__",
 ]

@@ -100,6 +100,7 @@ class Engine(Index):
         >>> report = eng.add(["papers/", "scan.png"])          # doctest: +SKIP
         >>> report.added, report.skipped, report.failed         # doctest: +SKIP
         """
+        from jevsearch import visuals
         from jevsearch.ingest import IngestReport, discover, ingest
 
         self._check_writable()
@@ -113,7 +114,8 @@ class Engine(Index):
 
         def store(doc) -> None:
             self.add_embeddings(doc.path, doc.singles, doc.multis, page_texts=doc.texts,
-                                metadata={"sha256": doc.sha256, "kind": doc.kind})
+                                metadata={"sha256": doc.sha256, "kind": doc.kind},
+                                page_views=visuals.page_views(encoder, geometry, doc))
 
         with torch_threads(modelinfo.ingest_threads(encoder)):
             report = ingest(sources, encoder, store, geometry=geometry, known=known, progress=progress,
@@ -143,3 +145,29 @@ class Engine(Index):
         from jevsearch.ingest.pages import render_page
 
         return render_page(hit.path, hit.page, dpi, kind=hit.metadata.get("kind"))
+
+    def explain(self, hit: Hit, query):
+        """Why ``hit`` matched ``query`` (the text or PIL image searched with): an
+        :class:`~jevsearch.search.explain.Explanation` with ``tokens`` (the query's tokens as text),
+        ``maps`` (float32 [L, rows, cols]: each token's similarity with each 28x28-px patch of the page,
+        on the vectors the index scored), ``token_scores`` and ``overlay(token=None, alpha=0.5)``.
+
+        Pages indexed without a patch layout (older indexes) or whose stored rows are not one per patch
+        are re-encoded from the source file (``ex.source == "recomputed"``, ``ex.note`` says why);
+        DocumentError if that file is gone or changed. PageNotFoundError if the page left the index.
+
+        >>> ex = eng.explain(hits[0], "revenue by region")                    # doctest: +SKIP
+        >>> ex.maps.shape, ex.tokens[2], ex.overlay(token=" revenue").size   # doctest: +SKIP
+        ((32, 23), ' revenue', (827, 1169))
+        """
+        from jevsearch import visuals
+
+        return visuals.explain(self, hit, query)
+
+    def thumbnail(self, hit: Hit, width: int = 256):
+        """A PIL image of ``hit``'s page, ``width`` px wide: the thumbnail stored at ingest (256 px; works
+        when the source file has moved or changed), or for a larger width a fresh render of the source
+        when it is still the file indexed (same SHA-256); else the stored one enlarged (logged)."""
+        from jevsearch import visuals
+
+        return visuals.thumbnail(self, hit, width)

@@ -66,6 +66,10 @@ class CorruptIndexError(JevsearchError):
     """The index on disk is damaged beyond what open-time repair can fix."""
 
 
+class PageNotFoundError(JevsearchError, LookupError):
+    """A page asked for by id or hit is not in the index (its document was deleted or re-added since)."""
+
+
 class CheckpointError(JevsearchError, ValueError):
     """A model checkpoint is missing files or tensors, or has tensors of the wrong shape."""
 

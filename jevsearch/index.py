@@ -42,6 +42,7 @@ from jevsearch.errors import (
     CorruptIndexError,
     IndexExistsError,
     JevsearchError,
+    PageNotFoundError,
     ReadOnlyIndexError,
 )
 from jevsearch.search import rerank
@@ -53,6 +54,7 @@ from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbstore import PageStore, current_env, fsync_dir
 from jevsearch.store.lock import WriterLock
 from jevsearch.store.manifest import check_manifest, new_manifest
+from jevsearch.store.visual import PageView
 
 
 @dataclass
@@ -61,7 +63,8 @@ class Hit:
 
     ``page`` is 1-based; ``metadata`` is the document's metadata; ``text`` the page text given to
     ``add_embeddings(page_texts=...)``, or None when none was stored; ``snippet`` (set by
-    :meth:`Engine.search`) a short window of it around the query's words; ``path`` the document's file.
+    :meth:`Engine.search`) a short window of it around the query's words; ``path`` the document's file;
+    ``page_id`` the page's id in the index (ids are never reused: a re-added document's pages get new ones).
     """
 
     doc_id: str
@@ -70,6 +73,7 @@ class Hit:
     metadata: dict = field(default_factory=dict)
     text: str | None = None
     snippet: str = ""
+    page_id: int | None = None
 
     @property
     def path(self) -> str:
@@ -180,6 +184,7 @@ class Index:
             if lock is not None:
                 HnswGraph.remove_stale_temp(path)
                 store.remove_stale()
+                store.create_missing_tables()
             return cls(path, store, lock, threads)
         except BaseException:
             if store is not None:
@@ -244,13 +249,15 @@ class Index:
     # -- writes ---------------------------------------------------------------------------------
 
     def add_embeddings(self, doc_id: str, singles, multis, metadata: dict | None = None,
-                       page_texts: list[str] | None = None) -> int:
+                       page_texts: list[str] | None = None, page_views: list | None = None) -> int:
         """Add (or atomically replace) a document; returns its page count.
 
         singles: float [P, D], one L2-normalised vector per page; D >= single_dim, and the same D for
             every document of the index (fixed by the first one).
         multis: P float arrays [T_i, multi_dim] (or one [P, T, multi_dim] array), L2-normalised rows.
         metadata: JSON object returned on hits. page_texts: optional P strings, returned as Hit.text.
+        page_views: optional P :class:`~jevsearch.store.visual.PageView` (or None): where each page's
+            multi-vector rows sit on the page (for :meth:`page_data` / heat-maps) and its thumbnail.
         Vectors within validate.NORM_TOLERANCE of unit norm are renormalised; anything else invalid
         raises InvalidInputError and writes nothing. One LMDB commit per call (the document is durable
         and visible to readers when this returns); the in-memory HNSW takes the new pages in one batch
@@ -259,12 +266,12 @@ class Index:
         together: :meth:`add_embeddings_many`.
         Example: ``eng.add_embeddings("report.pdf", singles, multis, metadata={"title": "Q3"})``.
         """
-        return self.add_embeddings_many([(doc_id, singles, multis, metadata, page_texts)])[0]
+        return self.add_embeddings_many([(doc_id, singles, multis, metadata, page_texts, page_views)])[0]
 
     def add_embeddings_many(self, docs) -> list[int]:
         """Add (or replace) several documents in ONE commit; returns their page counts.
 
-        docs: iterable of ``(doc_id, singles, multis[, metadata[, page_texts]])`` tuples, each as in
+        docs: iterable of ``(doc_id, singles, multis[, metadata[, page_texts[, page_views]]])`` tuples, each as in
         :meth:`add_embeddings`, with distinct doc ids. Every document is validated before anything is
         written, and the commit is all or nothing: a bad document (or a crash) leaves none of the batch
         in the index. One fsync for the batch instead of one per document, so small documents are
@@ -290,6 +297,8 @@ class Index:
                     doc = {"doc_id": item["doc_id"], "first": state["next_page_id"], "pages": pages,
                            "tokens": tokens, "metadata": item["metadata"], "text": item["texts"] is not None}
                     self._store.put_document(txn, doc, item["singles"], item["multis"], item["texts"])
+                    if item["views"] is not None:
+                        self._store.put_views(txn, doc["first"], item["views"])
                     ids.append(np.arange(doc["first"], doc["first"] + pages))
                     vecs.append(item["truncated"])
                     state["next_page_id"] += pages
@@ -443,7 +452,7 @@ class Index:
             key, page_no, _ = self._store.page(txn, pid)
             doc = docs.get(key) or docs.setdefault(key, self._store.document_by_key(txn, key))
             text = self._store.text(txn, pid) if doc["text"] else None
-            hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text))
+            hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text, page_id=pid))
         hits.sort(key=lambda h: (-h.score, h.doc_id, h.page))
         return hits[:k]
 
@@ -459,6 +468,56 @@ class Index:
             return None
         return {"doc_id": doc["doc_id"], "pages": doc["pages"], "tokens": doc["tokens"],
                 "metadata": doc["metadata"]}
+
+    def page_hit(self, page_id: int) -> Hit:
+        """The live page ``page_id`` (e.g. from ``Hit.page_id``) as a Hit with score 0.
+
+        Raises PageNotFoundError if no such page is indexed (page ids are never reused, so an id from
+        before a document was deleted or re-added finds nothing rather than another page).
+        """
+        page_id = validate.check_page_id(page_id)
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                rec = self._store.page(txn, page_id)
+                doc = None if rec is None else self._store.document_by_key(txn, rec[0])
+                if doc is None:
+                    raise PageNotFoundError(f"page id {page_id}: not in the index (deleted, or its document was "
+                                            "re-added since) (hint: search again)")
+                text = self._store.text(txn, page_id) if doc["text"] else None
+        return Hit(doc["doc_id"], rec[1], 0.0, doc["metadata"], text, page_id=page_id)
+
+    def page_data(self, hit: Hit, *, vectors: bool = True) -> tuple[np.ndarray | None, PageView | None]:
+        """The page of ``hit`` as the index scores it: (its multi-vectors as float32 [T, multi_dim],
+        exactly the stored values, or None if not ``vectors``; its
+        :class:`~jevsearch.store.visual.PageView` (grid layout, thumbnail), or None if the page has
+        none, e.g. it was indexed before views were recorded).
+
+        Raises PageNotFoundError if the page is no longer indexed, or its document was re-added since
+        the hit was found (the hit's metadata no longer matches).
+        """
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                pid = self._locate(txn, hit)
+                multi = None
+                if vectors:
+                    tokens, dtype = self._store.page(txn, pid)[2], np.dtype(self._manifest["multi_dtype"])
+                    multi = np.frombuffer(self._store.multi_raw(txn, pid), dtype=dtype)
+                    multi = multi.reshape(tokens, self._manifest["multi_dim"]).astype(np.float32)  # a copy: txn ends
+                return multi, self._store.view(txn, pid)
+
+    def _locate(self, txn, hit: Hit) -> int:
+        """The page id of ``hit`` in ``txn``; PageNotFoundError if it is gone or stale."""
+        doc = self._store.document(txn, validate.check_doc_id(hit.doc_id))
+        gone = PageNotFoundError(f"{hit.doc_id}: page {hit.page} is no longer in the index (the document was "
+                                 "deleted or re-added since this hit was found) (hint: search again)")
+        if doc is None or doc["metadata"] != hit.metadata or not 1 <= hit.page <= doc["pages"]:
+            raise gone
+        pid = doc["first"] + hit.page - 1
+        if hit.page_id is not None and hit.page_id != pid:
+            raise gone
+        return pid
 
     def documents(self) -> Iterator[str]:
         """The indexed document ids, sorted."""

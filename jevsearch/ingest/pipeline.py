@@ -53,6 +53,7 @@ class EncodedDocument:
     multis: list[np.ndarray]  # P arrays [T_i, multi_dim], L2-normalised rows
     texts: list[str]  # P page text layers ("" for scans and images)
     sizes: list[tuple[int, int]]  # P raster sizes (w, h) the encoder saw
+    thumbnails: list[bytes] = field(default_factory=list)  # P thumbnails (jevsearch.ingest.thumbnail)
 
     @property
     def pages(self) -> int:
@@ -68,8 +69,10 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     pages: int = 0  # pages encoded and handed to the sink
     tokens: int = 0  # visual tokens encoded
-    # Seconds: render (in the render process: hashing, opening, rendering), encode, store (the sink), wall.
-    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("render", "encode", "store", "wall"), 0.0))
+    # Seconds: render (in the render process: hashing, opening, rendering, thumbnails), of it thumbnail,
+    # encode, store (the sink), wall.
+    timings: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("render", "thumbnail", "encode", "store", "wall"), 0.0))
 
     def __str__(self) -> str:
         return (
@@ -88,6 +91,7 @@ class _Pending:
     multis: list = field(default_factory=list)
     texts: list = field(default_factory=list)
     sizes: list = field(default_factory=list)
+    thumbnails: list = field(default_factory=list)
     rendered_all: bool = False
 
 
@@ -143,7 +147,7 @@ def ingest(
         doc, src = pending.pop(idx), sources[idx]
         storer.put(EncodedDocument(
             src.path, src.kind, doc.sha256, np.stack(doc.singles).astype(np.float32, copy=False),
-            doc.multis, doc.texts, doc.sizes,
+            doc.multis, doc.texts, doc.sizes, doc.thumbnails,
         ))
 
     def encode_batch() -> None:
@@ -159,7 +163,7 @@ def ingest(
         report.tokens += batch_tok
         storer.check()
         done = []
-        for j, (idx, (image, text)) in enumerate(batch):
+        for j, (idx, (image, text, thumb)) in enumerate(batch):
             doc = pending.get(idx)
             if doc is None:  # the document failed after this page was rendered
                 continue
@@ -169,6 +173,7 @@ def ingest(
             doc.multis.append(multi.copy() if multi.base is not None else multi)
             doc.texts.append(text)
             doc.sizes.append(image.size)
+            doc.thumbnails.append(thumb)
             if doc.rendered_all and len(doc.texts) == doc.page_count:
                 done.append(idx)
         bar.update(len(batch))
@@ -185,11 +190,10 @@ def ingest(
                 encode_batch()  # nothing rendered right now: encode what we have rather than wait idle
                 kind, idx, payload = q.get()
             if kind == PAGE:
-                image, text = payload
-                tok = geometry.tokens(*image.size)
+                tok = geometry.tokens(*payload[0].size)
                 if batch and batch_tok + tok > batch_tokens:
                     encode_batch()
-                batch.append((idx, (image, text)))
+                batch.append((idx, payload))
                 batch_tok += tok
             elif kind == START:
                 sha256, page_count = payload
@@ -224,6 +228,7 @@ def ingest(
     finally:
         renderer.close()
         report.timings["render"] += renderer.render_seconds
+        report.timings["thumbnail"] += renderer.thumbnail_seconds
         storer.close()  # complete documents already handed over are still stored
         bar.close()
         docs_bar.close()

@@ -11,6 +11,7 @@ each compaction) with these named databases::
     multi   u64be page id -> multi_dtype [T, dm]  per-token multi-vectors, T from the page record
     text    u64be page id -> UTF-8 page text      (only when the caller gave texts)
     tomb    u64be page id -> b""                  deleted pages still present in the HNSW file
+    visual  u64be page id -> grid layout + thumbnail (optional table: jevsearch.store.visual)
 
 A document and all its pages are written in one write transaction, so readers (other processes
 included) see all of it or nothing, and a crash loses at most the document being written. Page ids
@@ -35,6 +36,7 @@ import lmdb
 import numpy as np
 
 from jevsearch.errors import CorruptIndexError, NotAnIndexError
+from jevsearch.store import visual
 
 CURRENT = "CURRENT"  # names the live LMDB directory; replaced atomically by compact()
 ENV_PREFIX = "store-"  # <index>/store-<n>/{data.mdb, lock.mdb}
@@ -43,6 +45,9 @@ DATA_FILE = "data.mdb"
 # readers in other processes never hit MDB_MAP_RESIZED while a writer grows the store.
 MAP_SIZE = 1 << 40
 DB_NAMES = ("meta", "docs", "pages", "single", "multi", "text", "tomb")
+# Tables added after format version 1: an index without them still opens (its handle is None
+# until a writer creates the table; readers treat the table as empty).
+OPTIONAL_DB_NAMES = (visual.TABLE,)
 
 PAGE_KEY = struct.Struct(">Q")  # big-endian so LMDB key order == page id order
 PAGE_REC = struct.Struct("<16sII")  # doc key, page number (1-based), token count
@@ -130,7 +135,7 @@ class _EnvRegistry:
                 # 2 MB document). LMDB stays consistent; an OS crash (not a process crash) may undo
                 # the last commit. OS readahead stays on: a page's ~200 KB of multi-vectors are
                 # contiguous overflow pages, read whole.
-                env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(DB_NAMES), create=False,
+                env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + len(OPTIONAL_DB_NAMES), create=False,
                                 readonly=not os.access(real, os.W_OK), max_readers=256, metasync=False)
                 try:
                     entry = [env, self._open_dbs(env, real), 0]
@@ -150,7 +155,11 @@ class _EnvRegistry:
                                   "(hint: this is not a jevsearch index)")
         # py-lmdb opens named tables in a short write transaction of its own (a read transaction's
         # handles die with it), so this can wait a moment for another process's commit.
-        return {n: env.open_db(n.encode(), create=False) for n in DB_NAMES}
+        dbs = {n: env.open_db(n.encode(), create=False) for n in DB_NAMES}
+        with env.begin() as txn:
+            present = [n for n in OPTIONAL_DB_NAMES if txn.get(n.encode()) is not None]
+        dbs.update({n: env.open_db(n.encode(), create=False) if n in present else None for n in OPTIONAL_DB_NAMES})
+        return dbs
 
     def release(self, env_dir: str) -> None:
         real = os.path.realpath(env_dir)
@@ -194,9 +203,9 @@ class PageStore:
         """Create the environment and its tables under ``index_dir`` (a fresh, private directory)."""
         env_dir = os.path.join(index_dir, ENV_PREFIX + "0")
         os.makedirs(env_dir)
-        env = lmdb.open(env_dir, map_size=MAP_SIZE, max_dbs=len(DB_NAMES))
+        env = lmdb.open(env_dir, map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + len(OPTIONAL_DB_NAMES))
         try:
-            dbs = {n: env.open_db(n.encode()) for n in DB_NAMES}
+            dbs = {n: env.open_db(n.encode()) for n in DB_NAMES + OPTIONAL_DB_NAMES}
             with env.begin(write=True) as txn:
                 txn.put(b"manifest", _dumps(manifest), db=dbs["meta"])
                 txn.put(b"state", _dumps(state), db=dbs["meta"])
@@ -216,6 +225,13 @@ class PageStore:
                 shutil.rmtree(os.path.join(self.index_dir, name), ignore_errors=True)
             elif name.startswith(CURRENT + ".tmp."):
                 os.unlink(os.path.join(self.index_dir, name))
+
+    def create_missing_tables(self) -> None:
+        """Add the optional tables an older index lacks (writer lock required). The handles are
+        shared with every PageStore of this process on the same environment."""
+        for name in OPTIONAL_DB_NAMES:
+            if self._db[name] is None:
+                self._db[name] = self.env.open_db(name.encode(), create=True)
 
     def close(self) -> None:
         if self.env is not None:
@@ -307,7 +323,15 @@ class PageStore:
             key, no, tokens = PAGE_REC.unpack(v)
             yield PAGE_KEY.unpack(k)[0], key, no, tokens
 
+    def view(self, txn, page_id: int) -> visual.PageView | None:
+        """The page's visual record (grid layout, thumbnail), None if it has none."""
+        db = self._db[visual.TABLE]
+        raw = None if db is None else txn.get(page_key(page_id), db=db)
+        return None if raw is None else visual.PageView.decode(raw)
+
     def iter_keys(self, txn, table: str) -> Iterator[int]:
+        if self._db[table] is None:  # an optional table this index does not have
+            return
         for k in txn.cursor(db=self._db[table]).iternext(keys=True, values=False):
             yield PAGE_KEY.unpack(k)[0]
 
@@ -325,8 +349,9 @@ class PageStore:
         ids = list(range(doc["first"], doc["first"] + doc["pages"]))
         for pid in ids:
             k = page_key(pid)
-            for table in ("pages", "single", "multi", "text"):
-                txn.delete(k, db=self._db[table])
+            for table in ("pages", "single", "multi", "text", visual.TABLE):
+                if self._db[table] is not None:
+                    txn.delete(k, db=self._db[table])
             txn.put(k, b"", db=self._db["tomb"])
         txn.delete(doc_key(doc["doc_id"]), db=self._db["docs"])
         return ids
@@ -346,6 +371,12 @@ class PageStore:
                 txn.put(k, texts[i].encode("utf-8"), db=text, append=True)
         txn.put(dkey, _dumps(doc), db=self._db["docs"])
 
+    def put_views(self, txn, first: int, views: list[visual.PageView]) -> None:
+        """Write the visual records of a document's pages (ids ``first ...``) just put by put_document."""
+        for i, v in enumerate(views):
+            if v.rows * v.cols or v.thumbnail:  # an empty view is no record: the page reads as having none
+                txn.put(page_key(first + i), v.encode(), db=self._db[visual.TABLE], append=True)
+
     def clear_tombstones(self, txn) -> None:
         txn.drop(self._db["tomb"], delete=False)
 
@@ -356,6 +387,8 @@ class PageStore:
         out = {}
         with self.env.begin() as txn:
             for name, db in self._db.items():
+                if db is None:
+                    continue
                 st = txn.stat(db)
                 out[name] = st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
         return out

@@ -46,7 +46,7 @@ def check_index(store: PageStore, txn, manifest: dict, graph_ids: np.ndarray, to
         if doc_tokens != doc["tokens"]:
             problems.append(f"{name}: {doc_tokens} tokens on its pages but {doc['tokens']} recorded")
         tokens_total += doc_tokens
-    for table in ("pages", "single", "multi", "text"):
+    for table in ("pages", "single", "multi", "text", "visual"):
         orphans = [pid for pid in store.iter_keys(txn, table) if pid not in live]
         if orphans:
             problems.append(f"{table}: {len(orphans)} entries of no document (first id {orphans[0]})")
