@@ -30,6 +30,7 @@ import numpy as np
 from jevsearch.errors import DocumentError, InvalidInputError
 from jevsearch.ingest import thumbnail as thumbs
 from jevsearch.search.explain import Explanation, patch_maps
+from jevsearch.search.threads import torch_threads
 from jevsearch.store.visual import PageView
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ def _encode_page(eng, hit):
     kind = hit.metadata.get("kind") or kind_of(hit.path) or "pdf"
     with open_document(Source(hit.path, kind)) as doc:
         raster = doc.render(hit.page - 1, geometry)
-    multi = encoder.encode_images([raster], task=modelinfo.TASK, max_pixels=geometry.max_pixels).multi[0]
+    with torch_threads(modelinfo.ingest_threads(encoder)):  # as ingest: a CPU's torch team stalls on busy cores
+        multi = encoder.encode_images([raster], task=modelinfo.TASK, max_pixels=geometry.max_pixels).multi[0]
     rows, cols = encoder.processor.image_grid(*raster.size, geometry.max_pixels)
     return raster, multi, (rows, cols, encoder.processor.image_prefix_tokens)
 

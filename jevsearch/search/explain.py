@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from jevsearch.errors import InvalidInputError
+from jevsearch.search.threads import torch_threads
 
 # Colour map anchors (dark -> hot), interpolated linearly: close to matplotlib's "inferno", which stays
 # readable in greyscale and for colour-blind readers.
@@ -41,7 +43,11 @@ def patch_maps(query: np.ndarray, page: np.ndarray, first: int, rows: int, cols:
     """
     if not (rows > 0 and cols > 0 and 0 <= first and first + rows * cols <= len(page)):
         raise InvalidInputError(f"a {rows}x{cols} grid from row {first} does not fit {len(page)} page rows")
-    sims = np.asarray(query, np.float32) @ np.asarray(page, np.float32).T  # [L, T]
+    q, d = (torch.from_numpy(np.ascontiguousarray(x, np.float32)) for x in (query, page))
+    # One torch thread: numpy's BLAS team took 0.02 ms median but 16 ms at p90 on a busy 2-core box
+    # (threads waiting for cores); one thread is 0.03 ms every time.
+    with torch_threads(1):
+        sims = (q @ d.T).numpy()  # [L, T]
     maps = sims[:, first:first + rows * cols].reshape(len(sims), rows, cols)
     return np.ascontiguousarray(maps), sims.max(axis=1)
 
@@ -59,7 +65,8 @@ def blend(image, grid: np.ndarray, alpha: float = 0.5, label: str | None = None)
 
     Each cell keeps its square (nearest-neighbour: the map shows exactly the model's patches); values
     are scaled from the grid's minimum (coldest colour) to its maximum (hottest); a cell is tinted
-    with weight ``alpha * (0.25 + 0.75 * scaled)``. ``label`` is written in the top-left corner.
+    with weight ``alpha * (0.1 + 0.9 * scaled**2)`` (the whole grid shows; the best cells stand out).
+    ``label`` is written in the top-left corner.
     """
     from PIL import Image, ImageDraw, ImageFont
 
@@ -69,15 +76,14 @@ def blend(image, grid: np.ndarray, alpha: float = 0.5, label: str | None = None)
     lo, hi = float(grid.min()), float(grid.max())
     scaled = (grid - lo) / (hi - lo) if hi > lo else np.ones_like(grid)
     base = image.convert("RGB")
-    w, h = base.size
-    cells = Image.fromarray(np.rint(scaled * 255).astype(np.uint8), "L").resize((w, h), Image.Resampling.NEAREST)
-    s = np.asarray(cells, np.float32) / 255
-    weight = (alpha * (_FLOOR + (1 - _FLOOR) * s * s))[..., None]
-    out = np.asarray(base, np.float32) * (1 - weight) + heat_colors(s).astype(np.float32) * weight
-    result = Image.fromarray(np.rint(out).astype(np.uint8), "RGB")
+    # Colours and weights per cell, stretched to the picture by PIL (C, nearest-neighbour) and blended by
+    # Image.composite: ~10x faster than per-pixel numpy on an 827 x 1169 page.
+    weight = np.rint(255 * alpha * (_FLOOR + (1 - _FLOOR) * scaled * scaled)).astype(np.uint8)
+    stretch = lambda a: Image.fromarray(a).resize(base.size, Image.Resampling.NEAREST)  # noqa: E731
+    result = Image.composite(stretch(heat_colors(scaled)), base, stretch(weight))
     if label:
         draw = ImageDraw.Draw(result, "RGBA")
-        font = ImageFont.load_default(size=max(12, min(32, w // 30)))
+        font = ImageFont.load_default(size=max(12, min(32, base.width // 30)))
         x0, y0, x1, y1 = draw.textbbox((0, 0), label, font=font)
         pad = max(3, (y1 - y0) // 3)
         draw.rectangle([0, 0, x1 - x0 + 2 * pad, y1 - y0 + 2 * pad], fill=(255, 255, 255, 220))

@@ -112,6 +112,9 @@ class AppState:
                     self._status["model"] = "none (the index holds embeddings added by the caller)"
                     return
                 eng.encoder
+                # One query through the text path: the first search of a user then takes ~0.2 s, not ~0.8 s
+                # (torch's first-call setup, measured with benchmarks/serve.py on the tiny model).
+                eng.encoder.encode_texts(["warm up"])
             self._status["model"] = "ready"
         except JevsearchError as e:
             self._status["model"] = f"not loaded: {e}"
