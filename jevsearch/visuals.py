@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 #: Resolution of page pictures for display and overlays (an A4 page: 827 x 1169 px).
 DISPLAY_DPI = 100
+MAX_DISPLAY_SIDE = 2000
 MAX_THUMBNAIL_WIDTH = 4096
 _QUERY_CACHE = 32  # recent query embeddings kept per encoder: a results page explains one query many times
 
@@ -155,7 +156,10 @@ def display_image(eng, hit, view: PageView | None = None, dpi: float = DISPLAY_D
     stored thumbnail (the note says why). DocumentError when neither is there."""
     problem = source_problem(hit)
     if problem is None:
-        return eng.render(hit, dpi=dpi), ""
+        image = eng.render(hit, dpi=dpi)
+        if max(image.size) > MAX_DISPLAY_SIDE:  # a poster-sized page: overlays and PNGs stay small
+            image.thumbnail((MAX_DISPLAY_SIDE, MAX_DISPLAY_SIDE))
+        return image, ""
     if view is None:
         view = eng.page_data(hit, vectors=False)[1]
     if view is None or not view.thumbnail:

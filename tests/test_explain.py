@@ -19,7 +19,7 @@ from jevsearch.ingest import thumbnail as thumbs
 from jevsearch.ingest.pages import open_document
 from jevsearch.ingest.sources import Source
 from jevsearch.search.explain import Explanation, blend, heat_colors, patch_maps
-from jevsearch.store.lmdbstore import current_env
+from jevsearch.store.lmdbstore import current_env, page_key
 from jevsearch.store.visual import PageView
 from tests.ingest_corpus import tiny_encoder
 
@@ -243,6 +243,14 @@ def test_explain_recomputes_for_pages_without_a_layout_and_says_so(tmp_path):
         eng.add([tmp_path / "turned.pdf"])
         hit = eng.search("revenue", k=1)[0]
         stored = eng.explain(hit, "quarterly revenue")
+        # Stored rows that are not one per patch (as pooled tokens would be): recomputed, and said why.
+        multi, view = eng.page_data(hit)
+        with eng._store.write() as txn:
+            txn.put(page_key(hit.page_id), PageView(view.rows, view.cols, view.first, view.tokens + 3).encode(),
+                    db=eng._store._db["visual"])
+        pooled = eng.explain(hit, "quarterly revenue")
+        assert pooled.source == "recomputed" and "not one per patch" in pooled.note
+        np.testing.assert_allclose(pooled.maps, stored.maps, atol=2e-3)
     _drop_visual_table(tmp_path / "idx")  # as if indexed by an older jevsearch
     with Engine.open(tmp_path / "idx", readonly=True) as eng:
         hit = eng.search("revenue", k=1)[0]

@@ -273,3 +273,19 @@ def test_cli_explain_writes_the_overlay(corpus, tmp_path, capsys):
     assert img.mode == "RGB" and img.width > 300
     assert cli_main(["explain", QUERY, "--index", str(corpus / "idx"), "--hit", "99", "--out", str(out)]) == 1
     assert "only 6 pages" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_is_a_500_message_without_a_trace(corpus, caplog):
+    app = create_app(corpus / "idx", warm_up=False)
+
+    def broken():
+        raise ZeroDivisionError("a bug")
+
+    app.add_api_route("/api/broken", broken)
+    app.add_api_route("/broken", broken)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/api/broken")
+        assert r.status_code == 500 and r.json()["error"] == "internal error (ZeroDivisionError); see the server log"
+        r = client.get("/broken")
+        assert r.status_code == 500 and 'class="error"' in r.text and "Traceback" not in r.text and "a bug" not in r.text
+    assert "ZeroDivisionError: a bug" in caplog.text  # the trace is in the server's log
