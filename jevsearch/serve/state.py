@@ -10,6 +10,14 @@ No web framework here (plain Python), so the rules are testable on their own.
 - Uploaded query images are kept (as the model sees them: at most the page pixel budget) under a short
   id, so a results page can link to heat-maps of an image query; a few recent explanations are kept so
   switching tokens does not recompute.
+
+>>> state = AppState("indexes/papers", limits=Limits(max_k=50))   # nothing is opened yet
+>>> state.check_k("5"), state.check_k(None), state.check_query("revenue by region")
+(5, 12, 'revenue by region')
+>>> state.check_k("500")
+Traceback (most recent call last):
+...
+jevsearch.errors.InvalidInputError: k: '500' is out of range (hint: a whole number from 1 to 50)
 """
 
 from __future__ import annotations
