@@ -78,13 +78,27 @@ class ModelMismatchError(JevsearchError, ValueError):
     """The model (or its truncation) differs from the one recorded in the index."""
 
 
-class DocumentError(JevsearchError):
-    """One input document could not be read (corrupt, encrypted, empty, ...).
+class DatasetError(JevsearchError, ValueError):
+    """An evaluation dataset (jevsearch.eval) is missing files or names ids it does not define."""
 
-    Ingest reports these per file and goes on with the rest of the batch.
+
+class MissingDependencyError(JevsearchError, ImportError):
+    """An optional feature needs a package that is not installed (the message says which extra)."""
+
+
+class DocumentError(JevsearchError):
+    """One input document, or one page of it (``page``, 1-based), could not be read (corrupt,
+    encrypted, empty, ...).
+
+    Ingest reports these per file (and per page: a document's other pages are still indexed) and
+    goes on with the rest of the batch.
+
+    >>> str(DocumentError("a.pdf", "damaged PDF: premature end of data", page=3))
+    'a.pdf: page 3: damaged PDF: premature end of data'
     """
 
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, path: str, reason: str, *, page: int | None = None):
+        super().__init__(f"{path}: {'' if page is None else f'page {page}: '}{reason}")
         self.path = path
         self.reason = reason
+        self.page = page

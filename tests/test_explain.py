@@ -6,6 +6,7 @@ indexes made before layouts were recorded.
 from __future__ import annotations
 
 import logging
+import shutil
 
 import lmdb
 import numpy as np
@@ -13,7 +14,7 @@ import pymupdf
 import pytest
 from PIL import Image
 
-from jevsearch import Engine, Index
+from jevsearch import Engine, Hit, Index
 from jevsearch.errors import DocumentError, InvalidInputError, PageNotFoundError
 from jevsearch.ingest import thumbnail as thumbs
 from jevsearch.ingest.pages import open_document
@@ -21,7 +22,7 @@ from jevsearch.ingest.sources import Source
 from jevsearch.search.explain import Explanation, blend, heat_colors, patch_maps
 from jevsearch.store.lmdbstore import current_env, page_key
 from jevsearch.store.visual import PageView
-from tests.ingest_corpus import tiny_encoder
+from tests.ingest_corpus import make_truncated_pdf, tiny_encoder
 
 MAX_PIXELS = 128 * 28 * 28
 
@@ -289,3 +290,40 @@ def test_thumbnails_are_small_stored_and_survive_the_source(tmp_path, caplog):
 def _sharpness(img):
     g = np.asarray(img.convert("L"), np.float32)
     return float(np.abs(np.diff(g, axis=1)).mean())
+
+
+def test_explain_a_partial_document_finds_its_pages_by_number(tmp_path):
+    """Page 1 of a cut PDF cannot be rendered: pages 2 and 3 are stored as the document's first two
+    pages; the hit for page 3 must be explained with page 3's vectors (stored == recomputed from page 3)."""
+    make_truncated_pdf(tmp_path / "cut.pdf")
+    with Engine.create(tmp_path / "idx", model=tiny_encoder(), max_pixels=MAX_PIXELS) as eng:
+        eng.add([tmp_path / "cut.pdf"])
+        hits = {h.page: h for h in eng.search("revenue", k=5)}
+        assert sorted(hits) == [2, 3]
+        stored = {p: eng.explain(h, "revenue") for p, h in hits.items()}
+        assert eng.page_hit(hits[3].page_id).page == 3 and stored[3].source == "stored"
+        assert eng.thumbnail(hits[3]).size == eng.thumbnail(Hit(**{**vars(hits[3]), "page_id": None})).size
+        with pytest.raises(PageNotFoundError):
+            eng.page_data(Hit(hits[3].doc_id, 1, 0.0, hits[3].metadata))  # the page left out
+    _drop_visual_table(tmp_path / "idx")
+    with Engine.open(tmp_path / "idx", readonly=True) as eng:
+        for page, h in hits.items():
+            again = eng.explain(h, "revenue")
+            assert again.source == "recomputed"
+            np.testing.assert_allclose(again.maps, stored[page].maps, atol=2e-3)
+
+
+def test_moved_and_copied_files_keep_their_views(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    _pdf_with_square(docs / "a.pdf", rotate=0, square=True)
+    with Engine.create(tmp_path / "idx", model=tiny_encoder(), max_pixels=MAX_PIXELS) as eng:
+        eng.add([docs])
+        (docs / "a.pdf").rename(docs / "moved.pdf")
+        shutil.copy(docs / "moved.pdf", docs / "copy.pdf")
+        report = eng.add([docs], prune=True)
+        assert report.moved and report.copied  # neither re-encoded: the views come with the vectors
+        for h in eng.search("revenue", k=2):
+            multi, view = eng.page_data(h)
+            assert view is not None and view.grid_rows(len(multi)) and view.thumbnail
+            assert eng.explain(h, "revenue").source == "stored"

@@ -5,6 +5,7 @@ each compaction) with these named databases::
 
     meta    b"manifest" -> JSON (format version, dims, dtypes, HNSW parameters, model identity)
             b"state"    -> JSON (next page id, generation, epoch, counters)
+            b"failures" -> JSON {path: {sha256, reason}}: files ingest could not read (may be absent)
     docs    blake2b-128(doc_id) -> JSON {doc_id, first, pages, tokens, metadata, text}
     pages   u64be page id -> PAGE_REC (doc key, 1-based page number, token count)
     single  u64be page id -> float32 [D]          full single vector (HNSW can be rebuilt from it)
@@ -62,6 +63,11 @@ def page_key(page_id: int) -> bytes:
     return PAGE_KEY.pack(page_id)
 
 
+def page_numbers(doc: dict) -> list[int]:
+    """The 1-based page numbers of a document record's pages (in page id order)."""
+    return doc.get("page_numbers") or list(range(1, doc["pages"] + 1))
+
+
 def _dumps(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
@@ -105,7 +111,8 @@ def current_env(index_dir: str) -> tuple[str, int]:
             ino = os.fstat(f.fileno()).st_ino
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise NotAnIndexError(f"{index_dir}: not a jevsearch index (no {CURRENT} file) "
-                              "(hint: create one with Engine.create)") from None
+                              "(hint: create one with Engine.create)",
+                              cli_hint=f"`jevsearch index FILES --index {index_dir}` creates one") from None
     env_dir = os.path.join(index_dir, name)
     if not name.startswith(ENV_PREFIX) or "/" in name or not os.path.isfile(os.path.join(env_dir, DATA_FILE)):
         raise NotAnIndexError(f"{index_dir}: {CURRENT} names no LMDB store ({name!r}) "
@@ -135,8 +142,9 @@ class _EnvRegistry:
                 # 2 MB document). LMDB stays consistent; an OS crash (not a process crash) may undo
                 # the last commit. OS readahead stays on: a page's ~200 KB of multi-vectors are
                 # contiguous overflow pages, read whole.
-                env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + len(OPTIONAL_DB_NAMES), create=False,
-                                readonly=not os.access(real, os.W_OK), max_readers=256, metasync=False)
+                env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + len(OPTIONAL_DB_NAMES),
+                                create=False, readonly=not os.access(real, os.W_OK), max_readers=256,
+                                metasync=False)
                 try:
                     entry = [env, self._open_dbs(env, real), 0]
                 except BaseException:
@@ -358,13 +366,15 @@ class PageStore:
 
     def put_document(self, txn, doc: dict, singles: np.ndarray, multis: list[np.ndarray],
                      texts: list[str] | None) -> None:
-        """Write one document whose pages get ids ``doc["first"] ...`` (all above existing ids)."""
+        """Write one document whose pages get ids ``doc["first"] ...`` (all above existing ids); their
+        page numbers are ``doc["page_numbers"]`` when the document has one (pages left out), else 1..P."""
         dkey = doc_key(doc["doc_id"])
+        numbers = page_numbers(doc)
         pages, single, multi, text = (self._db[n] for n in ("pages", "single", "multi", "text"))
         for i, m in enumerate(multis):
             k = page_key(doc["first"] + i)
             # append=True: ids only grow, so each put lands at the B-tree's right edge.
-            txn.put(k, PAGE_REC.pack(dkey, i + 1, m.shape[0]), db=pages, append=True)
+            txn.put(k, PAGE_REC.pack(dkey, numbers[i], m.shape[0]), db=pages, append=True)
             txn.put(k, np.ascontiguousarray(singles[i]), db=single, append=True)  # a buffer: no bytes copy
             txn.put(k, np.ascontiguousarray(m), db=multi, append=True)
             if texts is not None:
@@ -376,6 +386,25 @@ class PageStore:
         for i, v in enumerate(views):
             if v.rows * v.cols or v.thumbnail:  # an empty view is no record: the page reads as having none
                 txn.put(page_key(first + i), v.encode(), db=self._db[visual.TABLE], append=True)
+
+    def rekey_document(self, txn, doc: dict, new_id: str, metadata: dict) -> None:
+        """Move a document's record to ``new_id`` and point its page records at it; the vectors and page
+        ids stay as they are. The caller has removed any document at ``new_id``."""
+        new_key = doc_key(new_id)
+        for pid in range(doc["first"], doc["first"] + doc["pages"]):
+            k = page_key(pid)
+            _, no, tokens = PAGE_REC.unpack(txn.get(k, db=self._db["pages"]))
+            txn.put(k, PAGE_REC.pack(new_key, no, tokens), db=self._db["pages"])
+        txn.delete(doc_key(doc["doc_id"]), db=self._db["docs"])
+        txn.put(new_key, _dumps(dict(doc, doc_id=new_id, metadata=metadata)), db=self._db["docs"])
+
+    def failures(self, txn) -> dict:
+        """Files that failed to ingest: {path: {"sha256", "reason"}} (none recorded: {})."""
+        raw = txn.get(b"failures", db=self._db["meta"])
+        return {} if raw is None else _loads(raw)
+
+    def put_failures(self, txn, failures: dict) -> None:
+        txn.put(b"failures", _dumps(failures), db=self._db["meta"])
 
     def clear_tombstones(self, txn) -> None:
         txn.drop(self._db["tomb"], delete=False)

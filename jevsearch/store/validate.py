@@ -163,6 +163,21 @@ def check_texts(page_texts, pages: int) -> list[str] | None:
     return list(page_texts)
 
 
+def check_page_numbers(page_numbers, pages: int) -> list[int] | None:
+    """P increasing 1-based page numbers (a document whose unreadable pages were left out), or None
+    for pages 1..P (also returned when the numbers given are exactly those)."""
+    if page_numbers is None:
+        return None
+    numbers = list(page_numbers) if isinstance(page_numbers, Sequence) and not isinstance(page_numbers, str) else None
+    if numbers is None or len(numbers) != pages or not all(
+            isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n < 2**32 for n in numbers) \
+            or any(a >= b for a, b in zip(numbers, numbers[1:])):
+        raise InvalidInputError(f"page_numbers: expected {pages} increasing page numbers >= 1 (one per page) "
+                                "or None")
+    numbers = [int(n) for n in numbers]
+    return None if numbers == list(range(1, pages + 1)) else numbers
+
+
 def check_metadata(metadata) -> dict:
     """Metadata must be a JSON object (stored as JSON: no pickle, so nothing that could run code)."""
     if metadata is None:
@@ -180,10 +195,10 @@ _TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
 
 
 def prepare_documents(docs, manifest: dict) -> list[dict]:
-    """Check a batch of ``(doc_id, singles, multis[, metadata[, page_texts[, page_views]]])`` tuples against the
-    index ``manifest`` and convert them to their stored form (no I/O): a list of dicts with doc_id,
-    metadata, singles [P, D] float32, multis (P arrays in the stored dtype), texts, views (P PageView
-    or None), truncated [P, dim].
+    """Check a batch of ``(doc_id, singles, multis[, metadata[, page_texts[, page_numbers[, page_views]]]])``
+    tuples against the index ``manifest`` and convert them to their stored form (no I/O): a list of
+    dicts with doc_id, metadata, singles [P, D] float32, multis (P arrays in the stored dtype), texts,
+    truncated [P, dim], numbers (the pages' 1-based numbers, or None for 1..P), views (P PageView or None).
 
     Everything is checked before the caller writes anything; a doc id repeated in the batch is
     refused; the first document fixes D when the index has none yet.
@@ -192,9 +207,9 @@ def prepare_documents(docs, manifest: dict) -> list[dict]:
     out, seen, full = [], set(), manifest["single_full_dim"]
     stored = _TORCH_DTYPE[manifest["multi_dtype"]]
     for i, doc in enumerate(docs):
-        if not isinstance(doc, tuple) or not 3 <= len(doc) <= 6:
+        if not isinstance(doc, tuple) or not 3 <= len(doc) <= 7:
             raise InvalidInputError(f"docs[{i}]: expected a tuple (doc_id, singles, multis[, metadata"
-                                    f"[, page_texts[, page_views]]]), got {type(doc).__name__}")
+                                    f"[, page_texts[, page_numbers[, page_views]]]]), got {type(doc).__name__}")
         try:
             item = _prepare(*doc, manifest=manifest, full_dim=full, stored=stored)
         except InvalidInputError as e:
@@ -210,14 +225,15 @@ def prepare_documents(docs, manifest: dict) -> list[dict]:
     return out
 
 
-def _prepare(doc_id, singles, multis, metadata=None, page_texts=None, page_views=None, *, manifest, full_dim,
-             stored) -> dict:
+def _prepare(doc_id, singles, multis, metadata=None, page_texts=None, page_numbers=None, page_views=None, *,
+             manifest, full_dim, stored) -> dict:
     doc_id = check_doc_id(doc_id)
     metadata = check_metadata(metadata)
     singles = check_singles(singles, manifest["single_dim"], full_dim)
     multis = check_multis(multis, singles.shape[0], manifest["multi_dim"])
     texts = check_texts(page_texts, singles.shape[0])
-    return {"doc_id": doc_id, "metadata": metadata, "singles": singles, "texts": texts,
+    numbers = check_page_numbers(page_numbers, singles.shape[0])
+    return {"doc_id": doc_id, "metadata": metadata, "singles": singles, "texts": texts, "numbers": numbers,
             "views": visual.check_views(page_views, multis),
             "multis": [torch.from_numpy(m).to(stored).numpy() for m in multis],
             "truncated": truncate_normalize(singles, manifest["single_dim"])}
