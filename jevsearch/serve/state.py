@@ -120,9 +120,7 @@ class AppState:
                     self._status["model"] = "none (the index holds embeddings added by the caller)"
                     return
                 eng.encoder
-                # One query through the text path: the first search of a user then takes ~0.2 s, not ~0.8 s
-                # (torch's first-call setup, measured with benchmarks/serve.py on the tiny model).
-                eng.encoder.encode_texts(["warm up"])
+                self._rehearse(eng)
             self._status["model"] = "ready"
         except JevsearchError as e:
             self._status["model"] = f"not loaded: {e}"
@@ -130,6 +128,18 @@ class AppState:
         except Exception as e:  # noqa: BLE001 - a background thread: record it for the status line
             self._status["model"] = f"failed: {type(e).__name__}: {e}"
             log.exception("warm-up failed")
+
+    @staticmethod
+    def _rehearse(eng) -> None:
+        """One search and one explain, so the first user's do not pay for first calls (torch's text
+        path, MuPDF's import, the first render): measured with benchmarks/serve.py on the tiny model,
+        first result 0.44 -> 0.24 s, first page with its heat-map 1.43 -> 0.38 s (one run each)."""
+        hits = eng.search("warm up", k=1)
+        if hits:
+            try:
+                eng.explain(hits[0], "warm up")
+            except JevsearchError as e:  # e.g. that page's source file is gone: nothing to rehearse with
+                log.info("warm-up explain: %s", e)
 
     def status(self) -> dict:
         """{"model": "ready" | "loading" | ..., "busy": what runs now or None, "seconds": for how long}."""
