@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -240,14 +241,20 @@ def test_no_index_is_a_message_until_one_is_built(tmp_path):
         assert r.status_code == 404 and "no index at" in r.json()["error"] and "jevsearch index" in r.json()["error"]
         page = client.get("/")
         assert page.status_code == 404 and "no index at" in page.text and "Traceback" not in page.text
-        assert client.get("/api/status").json()["model"].startswith("not loaded")
+        deadline = time.monotonic() + 60
+        while (status := client.get("/api/status").json())["model"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status["model"].startswith("not loaded: no index at")
         with Engine.create(tmp_path / "later", model=tiny_encoder(), max_pixels=MAX_PIXELS) as eng:
             eng.add([os.path.join(REPO, "examples", "report.pdf")])
         assert len(_hits(client, k=2)) == 2  # no restart needed
 
 
 def test_status_info_and_unknown_routes(client):
-    assert client.get("/api/status").json()["model"] == "ready"
+    deadline = time.monotonic() + 120  # the model loads in the background from the app's start
+    while (status := client.get("/api/status").json())["model"] == "loading" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status["model"] == "ready" and status["busy"] is None
     info = client.get("/api/info").json()
     assert info["documents"] == 3 and info["pages"] == 6
     r = client.get("/api/nothing")

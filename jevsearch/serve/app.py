@@ -30,7 +30,6 @@ import io
 import logging
 import mimetypes
 import os
-import threading
 from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, Request
@@ -94,7 +93,7 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         if warm_up:
-            threading.Thread(target=state.warm_up, name="jevsearch-warm-up", daemon=True).start()
+            state.start_warm_up()
         yield
         state.close()
 

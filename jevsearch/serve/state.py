@@ -111,8 +111,15 @@ class AppState:
             finally:
                 self._status.update(busy=None, since=None)
 
+    def start_warm_up(self) -> threading.Thread:
+        """Load the model in a background thread (status "loading" from now on until it is done)."""
+        self._status["model"] = "loading"
+        thread = threading.Thread(target=self.warm_up, name="jevsearch-warm-up", daemon=True)
+        thread.start()
+        return thread
+
     def warm_up(self) -> None:
-        """Open the index and load its model (run in a background thread at start)."""
+        """Open the index and load its model."""
         self._status["model"] = "loading"
         try:
             with self.work("loading the model") as eng:
