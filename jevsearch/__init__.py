@@ -14,6 +14,7 @@ from jevsearch.errors import (
     MissingDependencyError,
     ModelMismatchError,
     NotAnIndexError,
+    PageNotFoundError,
     ReadOnlyIndexError,
     StorageError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelMismatchError",
     "NotAnIndexError",
+    "PageNotFoundError",
     "ReadOnlyIndexError",
     "StorageError",
     "__version__",

@@ -10,6 +10,8 @@
     jevsearch compact --index indexes/papers
     jevsearch verify --index indexes/papers --deep [--repair]
     jevsearch eval datasets/papers --index indexes/papers-eval --model models/tiny --out report/
+    jevsearch explain "revenue by region" --index indexes/papers --hit 1 --out why.png
+    jevsearch serve --index indexes/papers                   # http://127.0.0.1:8000
 
 Exit status: 0 success; 1 an error (one line on stderr says why; ``verify`` lists the problems
 first); 2 bad usage; 3 ``index`` finished but some documents failed or lost pages (each listed with
@@ -271,6 +273,38 @@ def _cmd_eval(args) -> int:
                default_model=DEFAULT_MODEL, quiet=args.quiet)
 
 
+def _cmd_explain(args) -> int:
+    from jevsearch.engine import Engine
+
+    with Engine.open(args.index, readonly=True, model=args.model) as eng:
+        hits = eng.search(args.query, k=args.hit)
+        if len(hits) < args.hit:
+            raise InvalidInputError(f"--hit {args.hit}: the index has only {len(hits)} pages")
+        hit = hits[args.hit - 1]
+        ex = eng.explain(hit, args.query)
+        ex.overlay(token=args.token, alpha=args.alpha).save(args.out)
+    if not args.quiet:
+        print(f"{_short_path(hit.path)} page {hit.page}: score {hit.score:.4f}" + (f" ({ex.note})" if ex.note else ""))
+        for token, score, meaningful in zip(ex.tokens, ex.token_scores, ex.meaningful):
+            if meaningful:
+                print(f"  {token!r:>20}  {score:7.4f}")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from jevsearch.serve import run
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"jevsearch: warning: serving on {args.host}: anyone who can reach this machine can search the "
+              "index and read its documents", file=sys.stderr)
+    if not args.quiet:
+        print(f"serving {args.index} on http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
+    run(args.index, host=args.host, port=args.port, model=args.model,
+        log_level="warning" if not args.verbose else "info")
+    return 0
+
+
 def _cmd_make_tiny_model(args) -> int:
     from jevsearch.model.tiny import write_tiny_checkpoint
 
@@ -395,6 +429,25 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--candidates", type=_int_list, metavar="N,N,...", help="two-stage candidates to compare "
                    "(default 20,50,100,200)")
     c.set_defaults(run=_cmd_eval)
+
+    c = sub.add_parser("explain", parents=[common, index_opt], help="draw where a query matched on a result page",
+                       description="Search, take the hit ranked --hit, and write its page with the heat-map of "
+                       "the query's similarity per 28x28-px patch blended over it.")
+    c.add_argument("query", help="the query text")
+    c.add_argument("--hit", type=_positive_int, default=1, help="which result, 1 = the best (default 1)")
+    c.add_argument("--out", required=True, metavar="PNG", help="image file to write (e.g. why.png)")
+    c.add_argument("--token", help="one query token's map (its text, e.g. revenue) instead of all words")
+    c.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity, 0..1 (default 0.5)")
+    c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
+    c.set_defaults(run=_cmd_explain)
+
+    c = sub.add_parser("serve", parents=[common, index_opt], help="search the index in a web browser",
+                       description="A local web app: search box, result thumbnails, heat-maps, source documents; "
+                       "and a JSON API (/api/search?q=...&k=...). Needs: pip install 'jevsearch[serve]'.")
+    c.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    c.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
+    c.set_defaults(run=_cmd_serve)
 
     c = sub.add_parser("make-tiny-model", parents=[common], help="write a tiny checkpoint with RANDOM weights "
                        "(offline smoke tests; results are meaningless)")

@@ -116,6 +116,7 @@ class Engine(Index):
         >>> report = eng.add(["papers/", "scan.png"], prune=True)     # doctest: +SKIP
         >>> report.added, report.moved, report.pruned, report.failed  # doctest: +SKIP
         """
+        from jevsearch import visuals
         from jevsearch.ingest import IngestReport, discover, ingest
         from jevsearch.ingest.sync import make_plan
 
@@ -150,7 +151,7 @@ class Engine(Index):
             if doc.missing:
                 meta["missing_pages"] = [[page, reason] for page, reason in doc.missing]
             self.add_embeddings(doc.path, doc.singles, doc.multis, metadata=meta, page_texts=doc.texts,
-                                page_numbers=doc.page_numbers)
+                                page_numbers=doc.page_numbers, page_views=visuals.page_views(encoder, geometry, doc))
 
         try:
             if plan.encode:
@@ -204,6 +205,31 @@ class Engine(Index):
 
         return render_page(hit.path, hit.page, dpi, kind=hit.metadata.get("kind"))
 
+    def explain(self, hit: Hit, query):
+        """Why ``hit`` matched ``query`` (the text or PIL image searched with): an
+        :class:`~jevsearch.search.explain.Explanation` with ``tokens`` (the query's tokens as text),
+        ``maps`` (float32 [L, rows, cols]: each token's similarity with each 28x28-px patch of the page,
+        on the vectors the index scored), ``token_scores`` and ``overlay(token=None, alpha=0.5)``.
+
+        Pages indexed without a patch layout (older indexes) or whose stored rows are not one per patch
+        are re-encoded from the source file (``ex.source == "recomputed"``, ``ex.note`` says why);
+        DocumentError if that file is gone or changed. PageNotFoundError if the page left the index.
+
+        >>> ex = eng.explain(hits[0], "revenue by region")                    # doctest: +SKIP
+        >>> ex.maps.shape, ex.tokens[2], ex.overlay(token=" revenue").size   # doctest: +SKIP
+        ((32, 23), ' revenue', (827, 1169))
+        """
+        from jevsearch import visuals
+
+        return visuals.explain(self, hit, query)
+
+    def thumbnail(self, hit: Hit, width: int = 256):
+        """A PIL image of ``hit``'s page, ``width`` px wide: the thumbnail stored at ingest (256 px; works
+        when the source file has moved or changed), or for a larger width a fresh render of the source
+        when it is still the file indexed (same SHA-256); else the stored one enlarged (logged)."""
+        from jevsearch import visuals
+
+        return visuals.thumbnail(self, hit, width)
 
 def _file_fields(state) -> dict:
     """What a document's metadata records of its file (list compares them cheaply before hashing)."""

@@ -84,6 +84,10 @@ class StorageError(JevsearchError, OSError):
     permissions). What was committed before is intact."""
 
 
+class PageNotFoundError(JevsearchError, LookupError):
+    """A page asked for by id or hit is not in the index (its document was deleted or re-added since)."""
+
+
 class CheckpointError(JevsearchError, ValueError):
     """A model checkpoint is missing files or tensors, or has tensors of the wrong shape."""
 

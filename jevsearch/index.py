@@ -27,6 +27,7 @@ An index is a directory::
 from __future__ import annotations
 
 import errno
+import bisect
 import json
 import os
 import secrets
@@ -42,9 +43,11 @@ from jevsearch.errors import (
     IndexExistsError,
     InvalidInputError,
     JevsearchError,
+    PageNotFoundError,
     ReadOnlyIndexError,
 )
 from jevsearch.search import rerank
+from jevsearch.index_maintenance import IndexMaintenance
 from jevsearch.index_search import Hit, IndexSearch
 from jevsearch.search.maxsim import scoring_device
 from jevsearch.search.threads import torch_threads
@@ -55,13 +58,13 @@ from jevsearch.store.hnsw import HnswGraph
 from jevsearch.store.lmdbenv import CURRENT, ENV_PREFIX, current_env, fsync_dir, restore_current, store_dirs
 from jevsearch.store.lmdbstore import PageStore
 from jevsearch.store.lock import WriterLock
-from jevsearch.store.manifest import FORMAT_VERSION, check_manifest, new_manifest
-from jevsearch.store.rewrite import rewrite, upgrade
+from jevsearch.store.manifest import check_manifest, new_manifest
+from jevsearch.store.visual import PageView
 
 __all__ = ["Hit", "Index"]
 
 
-class Index(IndexSearch):
+class Index(IndexSearch, IndexMaintenance):
     """A persistent page index with two-stage search (HNSW candidates, MaxSim rerank).
 
     Create with :meth:`create`, reopen with :meth:`open`. One writer per index (another raises
@@ -189,6 +192,7 @@ class Index(IndexSearch):
             if lock is not None:
                 HnswGraph.remove_stale_temp(path)
                 store.remove_stale()
+                store.create_missing_tables()
             return cls(path, store, lock, threads)
         except BaseException:
             if store is not None:
@@ -253,7 +257,8 @@ class Index(IndexSearch):
     # -- writes ---------------------------------------------------------------------------------
 
     def add_embeddings(self, doc_id: str, singles, multis, metadata: dict | None = None,
-                       page_texts: list[str] | None = None, page_numbers: list[int] | None = None) -> int:
+                       page_texts: list[str] | None = None, page_numbers: list[int] | None = None,
+                       page_views: list | None = None) -> int:
         """Add (or atomically replace) a document; returns its page count.
 
         singles: float [P, D], one L2-normalised vector per page; D >= single_dim, and the same D for
@@ -262,6 +267,8 @@ class Index(IndexSearch):
         metadata: JSON object returned on hits. page_texts: optional P strings, returned as Hit.text.
         page_numbers: optional P increasing 1-based numbers, returned as Hit.page (default 1..P), for a
         document whose unreadable pages were left out.
+        page_views: optional P :class:`~jevsearch.store.visual.PageView` (or None): where each page's
+            multi-vector rows sit on the page (for :meth:`page_data` / heat-maps) and its thumbnail.
         Vectors within validate.NORM_TOLERANCE of unit norm are renormalised; anything else invalid
         raises InvalidInputError and writes nothing. One LMDB commit per call (the document is durable
         and visible to readers when this returns); the in-memory HNSW takes the new pages in one batch
@@ -270,12 +277,14 @@ class Index(IndexSearch):
         together: :meth:`add_embeddings_many`.
         Example: ``eng.add_embeddings("report.pdf", singles, multis, metadata={"title": "Q3"})``.
         """
-        return self.add_embeddings_many([(doc_id, singles, multis, metadata, page_texts, page_numbers)])[0]
+        return self.add_embeddings_many([(doc_id, singles, multis, metadata, page_texts, page_numbers,
+                                          page_views)])[0]
 
     def add_embeddings_many(self, docs) -> list[int]:
         """Add (or replace) several documents in ONE commit; returns their page counts.
 
-        docs: iterable of ``(doc_id, singles, multis[, metadata[, page_texts[, page_numbers]]])`` tuples, each as in
+        docs: iterable of ``(doc_id, singles, multis[, metadata[, page_texts[, page_numbers[, page_views]]]])``
+        tuples, each as in
         :meth:`add_embeddings`, with distinct doc ids. Every document is validated before anything is
         written, and the commit is all or nothing: a bad document (or a crash) leaves none of the batch
         in the index. One fsync for the batch instead of one per document, so small documents are
@@ -303,6 +312,8 @@ class Index(IndexSearch):
                     if item["numbers"] is not None:
                         doc["page_numbers"] = item["numbers"]
                     self._store.put_document(txn, doc, item["singles"], item["multis"], item["texts"])
+                    if item["views"] is not None:
+                        self._store.put_views(txn, doc["first"], item["views"])
                     ids.append(np.arange(doc["first"], doc["first"] + pages))
                     vecs.append(item["truncated"])
                     state["next_page_id"] += pages
@@ -373,8 +384,9 @@ class Index(IndexSearch):
                 multis = [np.frombuffer(self._store.multi_raw(txn, pid), dtype).reshape(-1, dm).astype(np.float32)
                           for pid in ids]
                 texts = [self._store.text(txn, pid) for pid in ids] if doc["text"] else None
+                views = [self._store.view(txn, pid) for pid in ids]
             return self.add_embeddings(dst, singles, multis, doc["metadata"] if metadata is None else metadata,
-                                       texts, doc.get("page_numbers"))
+                                       texts, doc.get("page_numbers"), views)
 
     def failures(self) -> dict[str, dict]:
         """Files :meth:`Engine.add` could not index, as recorded: {path: {"sha256", "reason"}}."""
@@ -396,37 +408,6 @@ class Index(IndexSearch):
                     else:
                         failures[path] = record
                 self._store.put_failures(txn, failures)
-
-    def compact(self) -> None:
-        """Rebuild the HNSW from live pages (dropping tombstones, every page reachable) and shrink
-        the LMDB file; an older format is rewritten in the current one (1 -> 2: values get checksums)
-        after a deep check (CorruptIndexError naming the documents to re-add, nothing changed, when
-        vectors are damaged). Crash-safe: a kill at any point leaves the old index or the new one."""
-        with self._mutex:
-            self._check_writable()
-            old_format = self._manifest["format_version"] < FORMAT_VERSION
-            if old_format:
-                damaged = [p for p in self._check(deep=True)[1] if not p.fixable]
-                if damaged:
-                    raise verify.describe(self.path, damaged, repairing=True)
-            with self._store.read() as txn:
-                state = self._store.state(txn)
-                graph = self._view.rebuilt(txn, self._manifest)
-            epoch = state["epoch"] + 1
-            # File first, then LMDB: a crash in between leaves epochs that differ -> rebuilt at open.
-            graph.save(self.path, epoch=epoch, next_page_id=state["next_page_id"])
-            with self._store.write() as txn:
-                state = self._store.state(txn)
-                state.update(epoch=epoch, tombs=0, gen=state["gen"] + 1)
-                self._store.clear_tombstones(txn)
-                self._store.put_state(txn, state)
-            self._view.replace(graph, epoch, state["gen"])
-            if old_format:
-                rewrite(self._store, upgrade(self._manifest))
-                with self._store.read() as txn:
-                    self._refresh(txn)
-            else:
-                self._store.compact_file()
 
     def _remove(self, txn, state: dict, doc_id: str) -> list[int]:
         try:
@@ -482,6 +463,58 @@ class Index(IndexSearch):
         return {"doc_id": doc["doc_id"], "pages": doc["pages"], "tokens": doc["tokens"],
                 "metadata": doc["metadata"]}
 
+    def page_hit(self, page_id: int) -> Hit:
+        """The live page ``page_id`` (e.g. from ``Hit.page_id``) as a Hit with score 0.
+
+        Raises PageNotFoundError if no such page is indexed (page ids are never reused, so an id from
+        before a document was deleted or re-added finds nothing rather than another page).
+        """
+        page_id = validate.check_page_id(page_id)
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                rec = self._store.page(txn, page_id)
+                doc = None if rec is None else self._store.document_by_key(txn, rec[0])
+                if doc is None:
+                    raise PageNotFoundError(f"page id {page_id}: not in the index (deleted, or its document was "
+                                            "re-added since) (hint: search again)")
+                text = self._store.text(txn, page_id) if doc["text"] else None
+        return Hit(doc["doc_id"], rec[1], 0.0, doc["metadata"], text, page_id=page_id)
+
+    def page_data(self, hit: Hit, *, vectors: bool = True) -> tuple[np.ndarray | None, PageView | None]:
+        """The page of ``hit`` as the index scores it: (its multi-vectors as float32 [T, multi_dim],
+        exactly the stored values, or None if not ``vectors``; its
+        :class:`~jevsearch.store.visual.PageView` (grid layout, thumbnail), or None if the page has
+        none, e.g. it was indexed before views were recorded).
+
+        Raises PageNotFoundError if the page is no longer indexed, or its document was re-added since
+        the hit was found (the hit's metadata no longer matches).
+        """
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                pid = self._locate(txn, hit)
+                multi = None
+                if vectors:
+                    tokens, dtype = self._store.page(txn, pid)[2], np.dtype(self._manifest["multi_dtype"])
+                    multi = np.frombuffer(self._store.multi_raw(txn, pid), dtype=dtype)
+                    multi = multi.reshape(tokens, self._manifest["multi_dim"]).astype(np.float32)  # a copy: txn ends
+                return multi, self._store.view(txn, pid)
+
+    def _locate(self, txn, hit: Hit) -> int:
+        """The page id of ``hit`` in ``txn``; PageNotFoundError if it is gone or stale."""
+        doc = self._store.document(txn, validate.check_doc_id(hit.doc_id))
+        gone = PageNotFoundError(f"{hit.doc_id}: page {hit.page} is no longer in the index (the document was "
+                                 "deleted or re-added since this hit was found) (hint: search again)")
+        if doc is None or doc["metadata"] != hit.metadata:
+            raise gone
+        # Page numbers are 1..pages, or those recorded for a document whose unreadable pages were left out.
+        numbers = doc.get("page_numbers") or range(1, doc["pages"] + 1)
+        i = bisect.bisect_left(numbers, hit.page)
+        if i == len(numbers) or numbers[i] != hit.page or hit.page_id not in (None, doc["first"] + i):
+            raise gone
+        return doc["first"] + i
+
     def documents(self) -> Iterator[str]:
         """The indexed document ids, sorted."""
         with self._mutex:
@@ -514,45 +547,6 @@ class Index(IndexSearch):
             return {"documents": state["docs"], "pages": state["pages"], "tokens": state["tokens"],
                     "tombstones": state["tombs"], "hnsw_vectors": self._view.settle().ntotal,
                     "damaged_pages": len(self._damage), "bytes": sizes}
-
-    def verify(self, *, deep: bool = False, repair: bool = False) -> dict:
-        """Check the index is consistent; raises CorruptIndexError listing the problems.
-
-        Checks every document's pages, vector sizes, counters, orphans, that the HNSW holds every live
-        page, and the pages searches found damaged. ``deep=True`` also reads every value: checksums,
-        finite unit vectors, and the graph (every node reachable from its entry point, every node's
-        vector the one LMDB holds for its id). ``repair=True`` (a writer) first fixes what LMDB can
-        rebuild (:func:`jevsearch.store.verify.repair_records`, then :meth:`compact`) and checks again;
-        what remains (damaged pages: re-add their documents) is raised, its ``cli_hint`` giving the
-        commands. Returns the counts checked (and ``repaired``: what was done).
-        """
-        with self._mutex:
-            (self._check_writable if repair else self._check_open)()
-            report, problems = self._check(deep)
-            if repair and any(p.fixable for p in problems):
-                with self._store.write() as txn:
-                    done = verify.repair_records(self._store, txn)
-                self.compact()
-                with self._store.read() as txn:
-                    self._damage.prune(self._store, txn)
-                report, problems = self._check(deep)
-                report["repaired"] = done + ["rebuilt the HNSW from LMDB and saved it"]
-        if problems:
-            raise verify.describe(self.path, problems, repairing=repair)
-        return report
-
-    def _check(self, deep: bool):
-        # One torch thread: the row checks are small ops, slowed ~10x by a thread team on busy cores.
-        with self._store.read() as txn, torch_threads(1):
-            self._refresh(txn)
-            report, problems = verify.check_index(self._store, txn, self._manifest, self._view.settle(),
-                                                  self._view.tombs, deep=deep)
-        if not deep:  # a deep check finds them itself
-            problems += self._damage.problems()
-        if self._view.repaired_in_memory:
-            problems.append(verify.Problem(f"hnsw.bin: {self._view.repaired_in_memory} (rebuilt in memory only)",
-                                           fixable=True))
-        return report, problems
 
 
 _TMP_PREFIX = ".jevsearch-create-"

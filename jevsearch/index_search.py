@@ -31,7 +31,8 @@ class Hit:
 
     ``page`` is 1-based; ``metadata`` is the document's metadata; ``text`` the page text given to
     ``add_embeddings(page_texts=...)``, or None when none was stored; ``snippet`` (set by
-    :meth:`Engine.search`) a short window of it around the query's words; ``path`` the document's file.
+    :meth:`Engine.search`) a short window of it around the query's words; ``path`` the document's file;
+    ``page_id`` the page's id in the index (ids are never reused: a re-added document's pages get new ones).
     """
 
     doc_id: str
@@ -40,6 +41,7 @@ class Hit:
     metadata: dict = field(default_factory=dict)
     text: str | None = None
     snippet: str = ""
+    page_id: int | None = None
 
     @property
     def path(self) -> str:
@@ -220,6 +222,6 @@ class IndexSearch:
             if doc is None:  # also a page no document owns (an orphan: verify lists it, repair drops it)
                 self._damage.note(self._store, txn, pid, "its document record or text is missing or damaged")
                 continue
-            hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text))
+            hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text, page_id=pid))
         hits.sort(key=lambda h: (-h.score, h.doc_id, h.page))
         return hits[:k]

@@ -55,6 +55,7 @@ class EncodedDocument:
     sizes: list[tuple[int, int]]  # P raster sizes (w, h) the encoder saw
     page_numbers: list[int] = field(default_factory=list)  # P 1-based page numbers in the file
     missing: list[tuple[int, str]] = field(default_factory=list)  # (page number, reason) of pages not rendered
+    thumbnails: list[bytes] = field(default_factory=list)  # P thumbnails (jevsearch.ingest.thumbnail)
 
     @property
     def pages(self) -> int:
@@ -82,8 +83,10 @@ class IngestReport:
     not_retried: list[tuple[str, str]] = field(default_factory=list)
     pages: int = 0  # pages encoded and handed to the sink
     tokens: int = 0  # visual tokens encoded
-    # Seconds: render (in the render process: hashing, opening, rendering), encode, store (the sink), wall.
-    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("render", "encode", "store", "wall"), 0.0))
+    # Seconds: render (in the render process: hashing, opening, rendering, thumbnails), of it thumbnail,
+    # encode, store (the sink), wall.
+    timings: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("render", "thumbnail", "encode", "store", "wall"), 0.0))
 
     def __str__(self) -> str:
         partial = len({path for path, _, _ in self.missing_pages})
@@ -106,6 +109,7 @@ class _Pending:
     sizes: list = field(default_factory=list)
     numbers: list = field(default_factory=list)
     missing: list = field(default_factory=list)
+    thumbnails: list = field(default_factory=list)
     rendered_all: bool = False
 
     @property
@@ -169,7 +173,7 @@ def ingest(
         doc, src = pending.pop(idx), sources[idx]
         storer.put(EncodedDocument(
             src.path, src.kind, doc.sha256, np.stack(doc.singles).astype(np.float32, copy=False),
-            doc.multis, doc.texts, doc.sizes, doc.numbers, doc.missing,
+            doc.multis, doc.texts, doc.sizes, doc.numbers, doc.missing, doc.thumbnails,
         ))
 
     def encode_batch() -> None:
@@ -185,7 +189,7 @@ def ingest(
         report.tokens += batch_tok
         storer.check()
         done = []
-        for j, (idx, (image, text, page_no)) in enumerate(batch):
+        for j, (idx, (image, text, page_no, thumb)) in enumerate(batch):
             doc = pending.get(idx)
             if doc is None:  # the document failed after this page was rendered
                 continue
@@ -196,6 +200,7 @@ def ingest(
             doc.texts.append(text)
             doc.sizes.append(image.size)
             doc.numbers.append(page_no)
+            doc.thumbnails.append(thumb)
             if doc.complete:
                 done.append(idx)
         bar.update(len(batch))
@@ -255,6 +260,7 @@ def ingest(
     finally:
         renderer.close()
         report.timings["render"] += renderer.render_seconds
+        report.timings["thumbnail"] += renderer.thumbnail_seconds
         storer.close()  # complete documents already handed over are still stored
         bar.close()
         docs_bar.close()

@@ -9,7 +9,8 @@ file being rendered is reported and a new child goes on with the next one.
 The child runs :func:`_child` in a fresh interpreter (no fork: nothing of the parent, such as the index's
 lock file descriptor, leaks into it): it reads one JSON job from stdin (sources, known
 hashes, raster geometry) and writes framed messages to stdout: a 4-byte big-endian length, a JSON header,
-then for a page its raw RGB bytes. It hashes each file, skips unchanged ones, validates and renders
+then for a page its raw RGB bytes and its thumbnail (:mod:`.thumbnail`, made here so it costs the
+encoder nothing). It hashes each file, skips unchanged ones, validates and renders
 the rest. When the parent dies, the child's next write fails and it exits.
 """
 
@@ -30,6 +31,7 @@ from typing import Mapping, Sequence
 from PIL import Image
 
 from jevsearch.errors import DocumentError
+from jevsearch.ingest import thumbnail
 from jevsearch.ingest.pages import PageGeometry, open_document
 from jevsearch.ingest.sources import Source, file_sha256, os_reason
 
@@ -41,17 +43,18 @@ _LEN = struct.Struct(">I")
 class RenderProcess:
     """Parent side: runs the child (restarting it after a crash) and feeds a bounded queue.
 
-    ``queue`` yields (START, i, (sha256, pages)), (PAGE, i, (image, text, page number)), (MISSING, i,
-    (page number, reason)) for a page that cannot be rendered, (END, i, None), (SKIP, i, None),
+    ``queue`` yields (START, i, (sha256, pages)), (PAGE, i, (image, text, page number, thumbnail bytes)),
+    (MISSING, i, (page number, reason)) for a page that cannot be rendered, (END, i, None), (SKIP, i, None),
     (FAIL, i, reason) and finally (DONE, -1, error or None). A document's pages come in order, each as
     PAGE or MISSING; END follows when at least one was rendered, else FAIL. ``render_seconds`` is the
-    children's own time spent hashing, opening and rendering.
+    children's own time spent hashing, opening and rendering (``thumbnail_seconds`` of it thumbnails).
     """
 
     def __init__(self, sources: Sequence[Source], known: Mapping[str, str], geometry: PageGeometry,
                  queue_pages: int):
         self.queue: queue.Queue = queue.Queue(maxsize=queue_pages)
         self.render_seconds = 0.0
+        self.thumbnail_seconds = 0.0  # of render_seconds: making thumbnails
         self._sources, self._known, self._geometry = sources, known, geometry
         self._stop = threading.Event()
         self._proc: subprocess.Popen | None = None
@@ -119,12 +122,14 @@ class RenderProcess:
                 head = json.loads(out.read(_LEN.unpack(raw)[0]))
                 kind, idx = head["t"], head.get("i", -1)
                 if kind == "page":
-                    data = out.read(head["n"])
-                    if len(data) < head["n"]:
+                    data, thumb = out.read(head["n"]), out.read(head["tn"])
+                    if len(data) < head["n"] or len(thumb) < head["tn"]:
                         break
-                    item = (PAGE, idx, (Image.frombytes("RGB", (head["w"], head["h"]), data), head["text"], head["p"]))
+                    item = (PAGE, idx, (Image.frombytes("RGB", (head["w"], head["h"]), data), head["text"], head["p"],
+                                        thumb))
                 elif kind == "done":
                     self.render_seconds += head["render_s"]
+                    self.thumbnail_seconds += head["thumb_s"]
                     if head["error"]:
                         raise RuntimeError(f"render process failed: {head['error']}")
                     return len(self._sources)
@@ -176,7 +181,7 @@ def _child() -> int:
     job = json.loads(sys.stdin.buffer.read())
     geometry = PageGeometry(*job["geometry"])
     known, offset = job["known"], job["offset"]
-    spent = 0.0
+    spent = thumb_s = 0.0
 
     def send(head: dict, payload: bytes = b"") -> None:
         data = json.dumps(head).encode()
@@ -211,9 +216,12 @@ def _child() -> int:
                             continue
                         text = doc.text(i)
                         data = image.tobytes()
+                        t1 = time.perf_counter()
+                        thumb = thumbnail.encode(image)
+                        thumb_s += time.perf_counter() - t1
                         spent += time.perf_counter() - t0
                         send({"t": "page", "i": idx, "p": i + 1, "w": image.width, "h": image.height,
-                              "text": text, "n": len(data)}, data)
+                              "text": text, "n": len(data), "tn": len(thumb)}, data + thumb)
                 if len(missing) < doc.page_count:
                     send({"t": "end", "i": idx})
                 elif kind == "image":
@@ -236,7 +244,7 @@ def _child() -> int:
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
         error = f"{type(e).__name__}: {e}"
     try:
-        send({"t": "done", "render_s": spent, "error": error})
+        send({"t": "done", "render_s": spent, "thumb_s": thumb_s, "error": error})
     except BrokenPipeError:
         pass
     return 0

@@ -12,6 +12,7 @@ each compaction) with these named databases::
     multi   u64be page id -> multi_dtype [T, dm]  per-token multi-vectors, T from the page record
     text    u64be page id -> UTF-8 page text      (only when the caller gave texts)
     tomb    u64be page id -> b""                  deleted pages still present in the HNSW file
+    visual  u64be page id -> grid layout + thumbnail (optional table: jevsearch.store.visual)
 
 Format version 2 (``"checksums": true`` in the manifest): every value except the empty tombstone
 markers ends with an 8-byte xxHash3 digest seeded by table and key (:mod:`jevsearch.store.checksum`);
@@ -41,7 +42,7 @@ import lmdb
 import numpy as np
 
 from jevsearch.errors import ChecksumError, CorruptIndexError, JevsearchError, NotAnIndexError
-from jevsearch.store import checksum
+from jevsearch.store import checksum, visual
 from jevsearch.store.lmdbenv import (
     CURRENT,
     DATA_FILE,
@@ -57,6 +58,9 @@ from jevsearch.store.lmdbenv import (
 )
 
 DB_NAMES = ("meta", "docs", "pages", "single", "multi", "text", "tomb")
+# Tables added after format version 1: an index without them still opens (its handle is None
+# until a writer creates the table; readers treat the table as empty).
+OPTIONAL_DB_NAMES = (visual.TABLE,)
 UNSEALED = frozenset({"tomb"})  # empty markers: their keys are the data, so they carry no digest
 PAGE_KEY = struct.Struct(">Q")  # big-endian so LMDB key order == page id order
 PAGE_REC = struct.Struct("<16sII")  # doc key, page number (1-based), token count
@@ -123,10 +127,12 @@ class _EnvRegistry:
         if missing:
             raise NotAnIndexError(f"{env_dir}: LMDB has no {', '.join(missing)} tables "
                                   "(hint: this is not a jevsearch index)")
-        # Every named table, also those a rewrite added. py-lmdb opens named tables in a short write
-        # transaction of its own (a read transaction's handles die with it), so this can wait a
-        # moment for another process's commit.
-        return {n: env.open_db(n.encode(), create=False) for n in names}
+        # Every named table, also those a rewrite added; an optional table the index lacks is None.
+        # py-lmdb opens named tables in a short write transaction of its own (a read transaction's
+        # handles die with it), so this can wait a moment for another process's commit.
+        dbs = {n: env.open_db(n.encode(), create=False) for n in names}
+        dbs.update({n: None for n in OPTIONAL_DB_NAMES if n not in dbs})
+        return dbs
 
     def release(self, env_dir: str) -> None:
         real = os.path.realpath(env_dir)
@@ -203,7 +209,7 @@ class PageStore:
         os.makedirs(env_dir)
         env = lmdb.open(env_dir, map_size=MAP_SIZE, max_dbs=MAX_DBS)
         try:
-            dbs = {n: env.open_db(n.encode()) for n in DB_NAMES}
+            dbs = {n: env.open_db(n.encode()) for n in DB_NAMES + OPTIONAL_DB_NAMES}
             sealed = bool(manifest.get("checksums"))
             with env.begin(write=True) as txn:
                 for key, obj in ((b"manifest", manifest), (b"state", state)):
@@ -225,6 +231,13 @@ class PageStore:
                 shutil.rmtree(os.path.join(self.index_dir, name), ignore_errors=True)
             elif name.startswith(CURRENT + ".tmp."):
                 os.unlink(os.path.join(self.index_dir, name))
+
+    def create_missing_tables(self) -> None:
+        """Add the optional tables an older index lacks (writer lock required). The handles are
+        shared with every PageStore of this process on the same environment."""
+        for name in OPTIONAL_DB_NAMES:
+            if self._db[name] is None:
+                self._db[name] = self.env.open_db(name.encode(), create=True)
 
     def close(self) -> None:
         if self.env is not None:
@@ -270,8 +283,16 @@ class PageStore:
     def get(self, txn, table: str, key: bytes, raw: bool = False):
         """The payload stored under ``key`` in ``table`` (a zero-copy view valid inside ``txn``), None
         if absent; ChecksumError if its digest fails. ``raw=True``: the stored value as it is."""
-        value = txn.get(key, db=self._db[table])
-        if value is None or raw or not self.checksums or table in UNSEALED:
+        db = self._db[table]
+        value = None if db is None else txn.get(key, db=db)  # None: an optional table this index lacks
+        if value is None or raw:
+            return value
+        return self.unseal(table, key, value)
+
+    def unseal(self, table: str, key: bytes, value):
+        """The payload of a ``value`` of ``table`` read with ``raw=True``: checked and without its digest
+        (a zero-copy slice) when the store has checksums; ChecksumError if it fails."""
+        if not self.checksums or table in UNSEALED:
             return value
         try:
             return checksum.unseal(table, key, value)
@@ -306,10 +327,13 @@ class PageStore:
         return len(stored) - (checksum.SIZE if self.checksums else 0)
 
     def delete(self, txn, table: str, key: bytes) -> None:
-        txn.delete(key, db=self._db[table])
+        if self._db[table] is not None:
+            txn.delete(key, db=self._db[table])
 
     def last_page_key(self, txn, table: str) -> int | None:
         """The largest page id with an entry in ``table`` (a page-keyed table), None if empty."""
+        if self._db[table] is None:
+            return None
         cur = txn.cursor(db=self._db[table])
         return PAGE_KEY.unpack(cur.key())[0] if cur.last() else None
 
@@ -323,6 +347,8 @@ class PageStore:
     def items(self, txn, table: str, start: bytes | None = None, raw: bool = False) -> Iterator[tuple[bytes, object]]:
         """(key, payload) of ``table`` in key order from ``start``; ChecksumError at a damaged value.
         ``raw=True``: the stored values as they are (digest included, unchecked)."""
+        if self._db[table] is None:  # an optional table this index lacks: empty
+            return
         cur = txn.cursor(db=self._db[table])
         if start is not None and not cur.set_range(start):
             return
@@ -413,7 +439,14 @@ class PageStore:
             key, no, tokens = PAGE_REC.unpack(v)
             yield pid, key, no, tokens
 
+    def view(self, txn, page_id: int) -> visual.PageView | None:
+        """The page's visual record (grid layout, thumbnail), None if it has none."""
+        raw = self.get(txn, visual.TABLE, page_key(page_id))
+        return None if raw is None else visual.PageView.decode(raw)
+
     def iter_keys(self, txn, table: str) -> Iterator[int]:
+        if self._db[table] is None:  # an optional table this index does not have
+            return
         for k in txn.cursor(db=self._db[table]).iternext(keys=True, values=False):
             yield PAGE_KEY.unpack(k)[0]
 
@@ -427,8 +460,9 @@ class PageStore:
         ids = list(range(doc["first"], doc["first"] + doc["pages"]))
         for pid in ids:
             k = page_key(pid)
-            for table in ("pages", "single", "multi", "text"):
-                txn.delete(k, db=self._db[table])
+            for table in ("pages", "single", "multi", "text", visual.TABLE):
+                if self._db[table] is not None:
+                    txn.delete(k, db=self._db[table])
             txn.put(k, b"", db=self._db["tomb"])
         txn.delete(doc_key(doc["doc_id"]), db=self._db["docs"])
         return ids
@@ -448,6 +482,12 @@ class PageStore:
             if texts is not None:
                 self.put(txn, "text", k, texts[i].encode("utf-8"), append=True)
         self.put(txn, "docs", dkey, dump_json(doc))
+
+    def put_views(self, txn, first: int, views: list[visual.PageView]) -> None:
+        """Write the visual records of a document's pages (ids ``first ...``) just put by put_document."""
+        for i, v in enumerate(views):
+            if v.rows * v.cols or v.thumbnail:  # an empty view is no record: the page reads as having none
+                self.put(txn, visual.TABLE, page_key(first + i), v.encode(), append=True)
 
     def rekey_document(self, txn, doc: dict, new_id: str, metadata: dict) -> None:
         """Move a document's record to ``new_id`` and point its page records at it; the vectors and page
@@ -480,6 +520,8 @@ class PageStore:
         out = {}
         with self.read() as txn:
             for name, db in self._db.items():
+                if db is None:
+                    continue
                 st = txn.stat(db)
                 out[name] = st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
         return out

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from jevsearch.errors import InvalidInputError
+from jevsearch.store import visual
 from jevsearch.store.hnsw import truncate_normalize
 
 NORM_TOLERANCE = 0.05
@@ -141,6 +142,12 @@ def check_k(k, name: str = "k") -> int:
     return int(k)
 
 
+def check_page_id(page_id) -> int:
+    if isinstance(page_id, bool) or not isinstance(page_id, (int, np.integer)) or not 0 <= page_id < 1 << 63:
+        raise InvalidInputError(f"page_id: {page_id!r} is not a page id (hint: take it from Hit.page_id)")
+    return int(page_id)
+
+
 def check_doc_id(doc_id) -> str:
     if not isinstance(doc_id, str) or not doc_id:
         raise InvalidInputError(f"doc_id: {doc_id!r} is not a non-empty string (hint: use the PDF's path)")
@@ -188,10 +195,10 @@ _TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
 
 
 def prepare_documents(docs, manifest: dict) -> list[dict]:
-    """Check a batch of ``(doc_id, singles, multis[, metadata[, page_texts[, page_numbers]]])`` tuples
-    against the index ``manifest`` and convert them to their stored form (no I/O): a list of dicts with
-    doc_id, metadata, singles [P, D] float32, multis (P arrays in the stored dtype), texts, truncated
-    [P, dim], numbers (the pages' 1-based numbers, or None for 1..P).
+    """Check a batch of ``(doc_id, singles, multis[, metadata[, page_texts[, page_numbers[, page_views]]]])``
+    tuples against the index ``manifest`` and convert them to their stored form (no I/O): a list of
+    dicts with doc_id, metadata, singles [P, D] float32, multis (P arrays in the stored dtype), texts,
+    truncated [P, dim], numbers (the pages' 1-based numbers, or None for 1..P), views (P PageView or None).
 
     Everything is checked before the caller writes anything; a doc id repeated in the batch is
     refused; the first document fixes D when the index has none yet.
@@ -200,9 +207,9 @@ def prepare_documents(docs, manifest: dict) -> list[dict]:
     out, seen, full = [], set(), manifest["single_full_dim"]
     stored = _TORCH_DTYPE[manifest["multi_dtype"]]
     for i, doc in enumerate(docs):
-        if not isinstance(doc, tuple) or not 3 <= len(doc) <= 6:
+        if not isinstance(doc, tuple) or not 3 <= len(doc) <= 7:
             raise InvalidInputError(f"docs[{i}]: expected a tuple (doc_id, singles, multis[, metadata"
-                                    f"[, page_texts[, page_numbers]]]), got {type(doc).__name__}")
+                                    f"[, page_texts[, page_numbers[, page_views]]]]), got {type(doc).__name__}")
         try:
             item = _prepare(*doc, manifest=manifest, full_dim=full, stored=stored)
         except InvalidInputError as e:
@@ -218,8 +225,8 @@ def prepare_documents(docs, manifest: dict) -> list[dict]:
     return out
 
 
-def _prepare(doc_id, singles, multis, metadata=None, page_texts=None, page_numbers=None, *, manifest, full_dim,
-             stored) -> dict:
+def _prepare(doc_id, singles, multis, metadata=None, page_texts=None, page_numbers=None, page_views=None, *,
+             manifest, full_dim, stored) -> dict:
     doc_id = check_doc_id(doc_id)
     metadata = check_metadata(metadata)
     singles = check_singles(singles, manifest["single_dim"], full_dim)
@@ -227,5 +234,6 @@ def _prepare(doc_id, singles, multis, metadata=None, page_texts=None, page_numbe
     texts = check_texts(page_texts, singles.shape[0])
     numbers = check_page_numbers(page_numbers, singles.shape[0])
     return {"doc_id": doc_id, "metadata": metadata, "singles": singles, "texts": texts, "numbers": numbers,
+            "views": visual.check_views(page_views, multis),
             "multis": [torch.from_numpy(m).to(stored).numpy() for m in multis],
             "truncated": truncate_normalize(singles, manifest["single_dim"])}

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from jevsearch.errors import ChecksumError, CorruptIndexError
-from jevsearch.store import checksum
+from jevsearch.store import checksum, visual
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbstore import PageStore, doc_key, load_json, page_key, page_numbers
 from jevsearch.store.validate import NORM_TOLERANCE
 
-PAGE_TABLES = ("pages", "single", "multi", "text")
+PAGE_TABLES = ("pages", "single", "multi", "text", visual.TABLE)
 # A graph vector is the truncated single in float16: cosine ~1 - 1e-6. Anything below this is
 # another page's vector (a damaged or permuted id map).
 _SAME_VECTOR = 0.99
