@@ -12,7 +12,8 @@ Synthetic corpus (deterministic from --seed; same flags => same corpus, so runs 
     orthonormal columns, so the 2048-d single is correlated with the page's tokens and its first 128
     dims (the Matryoshka truncation the HNSW indexes) carry part of that signal.
   * queries: a random target page; L = --query-tokens tokens, each one of the target's tokens plus
-    noise (normalize(x + 1.0 * n)); q_single = normalize(W mean(q) + 0.3 * n).
+    noise (normalize(x + 1.0 * n)); q_single = normalize(W mean(q) + 0.3 * n) (benchmarks/eval.py raises
+    both noise weights to make the queries harder).
   Documents have --doc-pages pages each and are added with one add_embeddings call per document.
   At the end, --append-pages pages are appended to the full index twice, as new documents: once with
   one commit per document, once with add_embeddings_many (--batch-docs documents per commit).
@@ -43,7 +44,7 @@ from jevsearch import Engine  # noqa: E402
 from jevsearch.search.maxsim import CPU_BLOCK_TOKENS, maxsim_concat, pad_queries  # noqa: E402
 from jevsearch.search.pack import ConcatPacker  # noqa: E402
 from jevsearch.search.threads import torch_threads  # noqa: E402
-from jevsearch.store.lmdbstore import MAP_SIZE  # noqa: E402
+from jevsearch.store.lmdbstore import MAP_SIZE, page_key  # noqa: E402
 
 DM, D_FULL = 128, 2048
 
@@ -71,13 +72,15 @@ class Corpus:
         single = _unit(self.w @ tokens.mean(0) + 0.3 * _unit(rng.standard_normal(D_FULL, dtype=np.float32)))
         return single, tokens
 
-    def query(self, i: int, n_tokens: int) -> tuple[np.ndarray, np.ndarray, int]:
+    def query(self, i: int, n_tokens: int, token_noise: float = 1.0,
+              single_noise: float = 0.3) -> tuple[np.ndarray, np.ndarray, int]:
+        """(q_single, q_multi, target page); the noise weights make queries harder (benchmarks/eval.py)."""
         rng = np.random.default_rng((self.seed + 1, i))
         target = int(rng.integers(self.pages))
         _, tokens = self.page(target)
         q = _unit(tokens[rng.choice(len(tokens), n_tokens, replace=False)]
-                  + _unit(rng.standard_normal((n_tokens, DM), dtype=np.float32)))
-        single = _unit(self.w @ q.mean(0) + 0.3 * _unit(rng.standard_normal(D_FULL, dtype=np.float32)))
+                  + token_noise * _unit(rng.standard_normal((n_tokens, DM), dtype=np.float32)))
+        single = _unit(self.w @ q.mean(0) + single_noise * _unit(rng.standard_normal(D_FULL, dtype=np.float32)))
         return single, q, target
 
 
@@ -129,8 +132,12 @@ def rerank_ids(eng: Engine, q: np.ndarray, page_ids: np.ndarray, workers: int = 
     only), as a search runs it: torch on 1 thread, ``workers`` scorer threads."""
     with eng._store.read() as txn, torch.no_grad(), torch_threads(1):
         ids, raws, lens = eng._fetch(txn, page_ids)
-        scores = eng._scorer.score(pad_queries([q], torch.float32, torch.device("cpu")), raws, lens, workers)[0]
-    return ids, scores
+        threads, eng.threads = eng.threads, workers
+        try:  # checked against their checksums as a search does
+            ids, scores = eng._score(txn, pad_queries([q], torch.float32, torch.device("cpu")), [len(q)], ids, raws, lens)
+        finally:
+            eng.threads = threads
+    return ids, scores[0]
 
 
 def lmdb_floor(root: str, doc_bytes: int, docs: int = 100) -> float:
@@ -161,7 +168,8 @@ def floors(eng: Engine, n_pages: int, q: np.ndarray) -> dict:
     real = repeat_ms(lambda: rerank_ids(eng, q, ids), 10)
     real2 = repeat_ms(lambda: rerank_ids(eng, q, ids, 2), 10)
     with torch_threads(1), eng._store.read() as txn:
-        _, raws, lens = eng._fetch(txn, ids)
+        fetched, raws, lens = eng._fetch(txn, ids)
+        raws = [eng._store.unseal("multi", page_key(pid), r) for pid, r in zip(fetched.tolist(), raws)]
         host16 = np.concatenate([np.frombuffer(r, dtype=np.float16) for r in raws])
         pages32 = torch.from_numpy(host16.astype(np.float32)).view(-1, DM)  # [sum T, d]
         qt = torch.from_numpy(q)  # [L, d]

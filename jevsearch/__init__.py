@@ -2,35 +2,45 @@
 
 from jevsearch.errors import (
     CheckpointError,
+    ChecksumError,
     CorruptIndexError,
+    DatasetError,
     DocumentError,
     FormatVersionError,
     IndexExistsError,
     IndexLockedError,
     InvalidInputError,
     JevsearchError,
+    MissingDependencyError,
     ModelMismatchError,
     NotAnIndexError,
+    PageNotFoundError,
     ReadOnlyIndexError,
+    StorageError,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "ChecksumError",
     "Engine",
     "Hit",
     "Index",
     "CorruptIndexError",
+    "DatasetError",
     "DocumentError",
     "FormatVersionError",
     "IndexExistsError",
     "IndexLockedError",
     "InvalidInputError",
     "JevsearchError",
+    "MissingDependencyError",
     "ModelMismatchError",
     "NotAnIndexError",
+    "PageNotFoundError",
     "ReadOnlyIndexError",
+    "StorageError",
     "__version__",
 ]
 

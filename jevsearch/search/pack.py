@@ -11,6 +11,8 @@ reuses them instead of faulting in fresh memory per query.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import torch
 
@@ -65,10 +67,11 @@ class ConcatPacker:
         need = int(np.prod(shape)) * dtype.itemsize
         return self.buffer(name, torch.uint8, need)[:need].numpy().view(dtype).reshape(shape)
 
-    def pack(self, raws: list, lengths: list[int]) -> tuple[torch.Tensor, np.ndarray]:
+    def pack(self, raws: Iterable, lengths: list[int]) -> tuple[torch.Tensor, np.ndarray]:
         """Pages ``raws[c]`` of ``lengths[c]`` tokens -> (tokens [N, d], starts [C]: first row of each).
 
-        The tokens are a view of the reused buffer: valid until the next ``pack`` call.
+        ``raws`` is read once, in order (it may be a generator that fetches each page as it is
+        reached). The tokens are a view of the reused buffer: valid until the next ``pack`` call.
         """
         d, starts = self.dim, _starts(lengths)
         n = int(starts[-1]) + lengths[-1]
@@ -76,7 +79,7 @@ class ConcatPacker:
         self.codec.unpack_block(raws, lengths, starts, tokens, self.buffer)
         return tokens, starts
 
-    def pack_signs(self, raws: list, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def pack_signs(self, raws: Iterable, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """``binary`` pages -> (their sign bits end to end, uint8 [N, d/8]; starts [C]), not unpacked."""
         starts = _starts(lengths)
         return self.codec.stage_block(raws, lengths, starts, self.buffer).numpy(), starts
