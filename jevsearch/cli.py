@@ -101,13 +101,19 @@ def _cmd_index(args) -> int:
     from jevsearch.engine import Engine
     from jevsearch.errors import NotAnIndexError
 
+    storage = _storage_args(args)
     if new:
-        eng = Engine.create(args.index, model=args.model or DEFAULT_MODEL)
+        eng = Engine.create(args.index, model=args.model or DEFAULT_MODEL, **storage)
     else:
         try:
             eng = Engine.open(args.index, model=args.model)
         except NotAnIndexError as e:
             e.cli_hint = "pick a new or empty folder for --index"
+            raise
+        try:
+            _check_storage(eng, storage, args.index)
+        except BaseException:
+            eng.close()
             raise
     with eng:
         report = eng.add(args.paths, prune=args.prune, retry_failed=args.retry_failed, progress=not args.quiet,
@@ -121,6 +127,21 @@ def _cmd_index(args) -> int:
     if not args.quiet:
         print(f"{args.index}: {report}")
     return EXIT_PARTIAL if report.failed or report.not_retried or report.missing_pages else 0
+
+
+def _storage_args(args) -> dict:
+    """--codec / --keep-exact / --pool-factor as given (None: not given)."""
+    return {"codec": args.codec, "keep_exact": args.keep_exact, "pool_factor": args.pool_factor}
+
+
+def _check_storage(eng, storage: dict, index: str) -> None:
+    """An existing index keeps its storage: a different --codec (etc.) is refused, not ignored."""
+    stats = eng.stats()
+    for name, value in storage.items():
+        if value is not None and value != stats[name]:
+            flag = "--" + name.replace("_", "-")
+            raise InvalidInputError(f"{flag}: the index stores {name} {stats[name]!r}, not {value!r} (hint: "
+                                    f"`jevsearch compact --index {index} {flag} ...` converts it)")
 
 
 def _new_index_dir(index: str) -> bool:
@@ -224,13 +245,14 @@ def _cmd_compact(args) -> int:
     from jevsearch.engine import Engine
 
     with Engine.open(args.index) as eng:
-        before = eng.stats()["bytes"]
-        eng.compact()
-        after, stats = eng.stats()["bytes"], eng.stats()
+        before = eng.stats()
+        eng.compact(**_storage_args(args))
+        stats = eng.stats()
     if not args.quiet:
         size = lambda b: f"{(b['lmdb_file'] + b['hnsw_file']) / 1e6:.1f} MB"  # noqa: E731
+        converted = f", {_storage(before)} -> {_storage(stats)}" if _storage(before) != _storage(stats) else ""
         print(f"{args.index}: compacted: {stats['documents']} documents, {stats['pages']} pages, "
-              f"{size(before)} -> {size(after)}")
+              f"{size(before['bytes'])} -> {size(stats['bytes'])}{converted}")
     return 0
 
 
@@ -318,8 +340,14 @@ def _cmd_make_tiny_model(args) -> int:
 
 
 # ----- output ------------------------------------------------------------------------------------
+def _storage(stats: dict) -> str:
+    """How an index stores its tokens, in words: "binary codes + exact tokens, pooled by 2"."""
+    return (f"{stats['codec']} codes" + (" + exact tokens" if stats["keep_exact"] else "")
+            + (f", pooled by {stats['pool_factor']}" if stats["pool_factor"] > 1 else ""))
+
+
 def _info(eng) -> dict:
-    """A flat summary for people: counts, dims, model and bytes on disk (the model is not loaded)."""
+    """A flat summary for people: counts, dims, model, storage and bytes on disk (the model is not loaded)."""
     stats, m = eng.stats(), eng.manifest
     model = m.get("model") or {}
     partial = sum(1 for d in eng.document_list() if d["metadata"].get("missing_pages"))
@@ -329,8 +357,10 @@ def _info(eng) -> dict:
             "tombstones": stats["tombstones"], "model": model.get("source"),
             "model_fingerprint": model.get("identity", {}).get("fingerprint"),
             "max_pixels": model.get("max_pixels"), "single_dim": m["single_dim"],
-            "single_full_dim": m["single_full_dim"], "multi_dim": m["multi_dim"], "multi_dtype": m["multi_dtype"],
-            "bytes_on_disk": stats["bytes"]["lmdb_file"] + stats["bytes"]["hnsw_file"]}
+            "single_full_dim": m["single_full_dim"], "single_dtype": stats["single_dtype"], "multi_dim": m["multi_dim"],
+            "codec": stats["codec"], "keep_exact": stats["keep_exact"], "pool_factor": stats["pool_factor"],
+            "bytes_on_disk": stats["bytes"]["lmdb_file"] + stats["bytes"]["hnsw_file"],
+            "bytes_per_page": {k: round(v) for k, v in stats["bytes_per_page"].items()}}
 
 
 def _table(hits) -> str:
@@ -355,6 +385,17 @@ def _short_path(path: str) -> str:
 
 
 # ----- parsing -----------------------------------------------------------------------------------
+def _storage_options(c, what: str) -> None:
+    c.add_argument("--codec", choices=("binary", "int8", "fp16"),
+                   help=f"{what}how token vectors are stored: binary (16 B/token, the default of a new index), int8 "
+                   "(132 B) or fp16 (256 B, as indexes before codecs)")
+    c.add_argument("--keep-exact", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"{what}also keep float16 tokens for the final exact scoring (default with binary and "
+                   "int8; --no-keep-exact: smallest index, scores from the codes)")
+    c.add_argument("--pool-factor", type=int, choices=(1, 2, 3), default=None,
+                   help=f"{what}pool each page's tokens to about 1/N of them (default 1: no pooling)")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries; errors only")
@@ -383,6 +424,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="also remove documents under PATHs whose files are gone (deleted or moved away)")
     c.add_argument("--retry-failed", action="store_true",
                    help="try again files that failed before and pages that could not be rendered, even if unchanged")
+    _storage_options(c, "new index: ")
     c.set_defaults(run=_cmd_index)
 
     c = sub.add_parser("search", parents=[common, index_opt], help="search an index with a text query")
@@ -406,7 +448,11 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(run=_cmd_delete)
 
     c = sub.add_parser("compact", parents=[common, index_opt],
-                       help="drop deleted pages, rebuild the search graph and shrink the files")
+                       help="drop deleted pages, rebuild the search graph and shrink the files",
+                       description="Compact the index; with --codec, --keep-exact or --pool-factor also convert "
+                       "it to that storage, in place and atomically (an interruption leaves the old index or "
+                       "the new one).")
+    _storage_options(c, "convert to: ")
     c.set_defaults(run=_cmd_compact)
 
     c = sub.add_parser("verify", parents=[common, index_opt], help="check an index's integrity")

@@ -44,8 +44,9 @@ class Engine(Index):
         ``max_pixels`` (page pixel budget, default the model's); ``multi_dim`` comes from it and
         ``single_dim`` defaults to 128 if it is a Matryoshka dim of the model, else the largest one below.
         Without a model the index takes the caller's embeddings (add_embeddings); single_dim default 128.
-        Other arguments (single_full_dim, multi_dim, multi_dtype, HNSW parameters, threads): as in
-        :meth:`Index.create`. Returns the engine opened for writing.
+        Other arguments (single_full_dim, multi_dim, codec, keep_exact, pool_factor, multi_dtype, HNSW
+        parameters, threads): as in :meth:`Index.create`; pooling applies to the pages :meth:`add`
+        encodes too. Returns the engine opened for writing.
         """
         encoder = None
         if model is not None:
@@ -182,11 +183,11 @@ class Engine(Index):
         if changes:
             self.set_failures(changes)
 
-    def search(self, query, k: int = 10, *, candidates: int = 100) -> list[Hit]:
+    def search(self, query, k: int = 10, *, candidates: int | None = None, rescore: int | None = None) -> list[Hit]:
         """Search with a text (task retrieval, prompt "query") or a PIL image; best pages first.
 
         Hits carry ``path``, ``page`` (1-based), ``score`` (MaxSim), ``snippet`` (page text around the
-        query's words), ``metadata``.
+        query's words), ``metadata``. ``candidates`` / ``rescore``: as in :meth:`Index.search_embeddings`.
 
         >>> hits = eng.search("quarterly revenue by region", k=10)   # doctest: +SKIP
         >>> hits[0].path, hits[0].page, hits[0].score, hits[0].snippet   # doctest: +SKIP
@@ -194,7 +195,7 @@ class Engine(Index):
         from jevsearch.search.snippets import snippet
 
         emb = modelinfo.encode_query(self.encoder, query, self.page_geometry)
-        hits = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates)
+        hits = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates, rescore=rescore)
         for hit in hits:
             hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
         return hits

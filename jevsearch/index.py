@@ -47,6 +47,7 @@ from jevsearch.errors import (
     ReadOnlyIndexError,
 )
 from jevsearch.search import rerank
+from jevsearch.index_codec import Layout, new_layout
 from jevsearch.index_maintenance import IndexMaintenance
 from jevsearch.index_search import Hit, IndexSearch
 from jevsearch.search.maxsim import scoring_device
@@ -54,9 +55,9 @@ from jevsearch.search.threads import torch_threads
 from jevsearch.store import validate, verify
 from jevsearch.store.damage import DamageLog
 from jevsearch.store.graphview import GraphView
-from jevsearch.store.hnsw import HnswGraph
+from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbenv import CURRENT, ENV_PREFIX, current_env, fsync_dir, restore_current, store_dirs
-from jevsearch.store.lmdbstore import PageStore
+from jevsearch.store.lmdbstore import EXACT, PageStore, page_key
 from jevsearch.store.lock import WriterLock
 from jevsearch.store.manifest import check_manifest, new_manifest
 from jevsearch.store.visual import PageView
@@ -83,15 +84,14 @@ class Index(IndexSearch, IndexMaintenance):
         self._mutex = threading.RLock()
         self._damage = DamageLog(path)  # pages found damaged (skipped, counted, listed by verify)
         self._view = GraphView(path, store, readonly=lock is None, damage=self._damage)
+        self._device, self._dtype = scoring_device()
+        self._layout, self._scorers = None, {}
         with store.read() as txn:
             manifest = store.manifest(txn)
             check_manifest(manifest)
+            self._use_layout(manifest)
             self._manifest = manifest
             self._refresh(txn)
-        self._device, self._dtype = scoring_device()
-        self._scorer = rerank.Scorer(self._manifest["multi_dim"], np.dtype(self._manifest["multi_dtype"]),
-                                     self._device, self._dtype)
-        self._row_bytes = self._manifest["multi_dim"] * np.dtype(self._manifest["multi_dtype"]).itemsize
         if not self.readonly and not self._view.clean:
             self.flush()  # repaired at open: persist so the next open is fast
 
@@ -108,14 +108,21 @@ class Index(IndexSearch, IndexMaintenance):
 
     @classmethod
     def create(cls, path, *, single_dim: int = 128, single_full_dim: int | None = None, multi_dim: int = 128,
-               multi_dtype: str = "float16", hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128,
+               codec: str | None = None, keep_exact: bool | None = None, pool_factor: int | None = None,
+               multi_dtype: str | None = None, hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128,
                model_info: dict | None = None, threads: int = 1):
         """Create an empty index at ``path`` (which must not exist or be an empty directory).
 
         single_dim: truncation of the single vectors indexed in the HNSW (Matryoshka); the full
         vectors are kept in LMDB. single_full_dim: their D (>= single_dim), or None to take it from
-        the first document; later documents must match it.
-        multi_dim / multi_dtype: per-token vector size and storage dtype ("float16" or "float32").
+        the first document; later documents must match it. multi_dim: per-token vector size.
+        codec: how the per-token vectors are stored: "binary" (the default: 16 B per 128-d token),
+        "int8" (132 B) or "fp16" (256 B, the storage of indexes before codecs); keep_exact: also keep
+        each page's float16 tokens for the final exact MaxSim (default True for int8 and binary: hits
+        and scores as with fp16); pool_factor: 1 (default), 2 or 3 pools each page's tokens at ingest to
+        ~1/f of them. The index remembers them (``compact(codec=...)`` converts it); see
+        :mod:`jevsearch.index_codec`. multi_dtype: "float16" or "float32" instead of a codec, the
+        layout of indexes before codecs.
         hnsw_m / ef_construction / ef_search: HNSW parameters (the search beam is raised to 4x the
         number of candidates asked for, see jevsearch.store.hnsw). model_info: JSON object describing
         the encoder, kept in the manifest. threads: CPU threads for the index's own tensor work (see
@@ -131,9 +138,10 @@ class Index(IndexSearch, IndexMaintenance):
             raise IndexExistsError(f"{path}: already exists and is not empty "
                                    "(hint: open it, or pick a new path)",
                                    cli_hint="pick a new or empty folder for --index")
-        manifest = new_manifest(single_dim=single_dim, single_full_dim=single_full_dim, multi_dim=multi_dim,
-                                multi_dtype=multi_dtype, hnsw_m=hnsw_m, ef_construction=ef_construction,
-                                ef_search=ef_search, model_info=model_info)
+        layout = new_layout(validate.check_k(multi_dim, "multi_dim"), codec, keep_exact, pool_factor, multi_dtype)
+        manifest = layout.manifest(new_manifest(
+            single_dim=single_dim, single_full_dim=single_full_dim, multi_dim=multi_dim, multi_dtype="float16",
+            hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, model_info=model_info))
         parent = os.path.dirname(os.path.abspath(path))
         if not existing:
             os.makedirs(parent, exist_ok=True)
@@ -210,7 +218,8 @@ class Index(IndexSearch, IndexMaintenance):
                 if not self.readonly:
                     self.flush()
             finally:
-                self._scorer.close()
+                for scorer in self._scorers.values():
+                    scorer.close()
                 self._view.close()
                 self._store.close()
                 self._store = None
@@ -237,8 +246,9 @@ class Index(IndexSearch, IndexMaintenance):
 
     @property
     def manifest(self) -> MappingProxyType:
-        """Read-only view of the manifest: format_version, single_dim, single_full_dim, multi_dim,
-        multi_dtype, hnsw {M, ef_construction, ef_search}, model (the encoder identity or None)."""
+        """Read-only view of the manifest: format_version, single_dim, single_full_dim, single_dtype,
+        multi_dim, codec / keep_exact / pool_factor (format version 3; before: multi_dtype), hnsw {M,
+        ef_construction, ef_search}, model (the encoder identity or None)."""
         return MappingProxyType(json.loads(json.dumps(self._manifest)))
 
     def set_model_info(self, model_info: dict) -> None:
@@ -294,7 +304,12 @@ class Index(IndexSearch, IndexMaintenance):
         with self._mutex:
             self._check_writable()
             with torch_threads(self.threads):  # torch converts to the stored dtype ~10x faster than numpy
-                prepared = validate.prepare_documents(docs, self._manifest)
+                prepared = [self._layout.encode(item) for item in validate.prepare_documents(docs, self._manifest)]
+            return self._commit(prepared)
+
+    def _commit(self, prepared: list[dict]) -> list[int]:
+        """Write documents in their stored form (``Layout.encode``) in one commit; their page counts."""
+        with self._mutex:
             if not prepared:
                 return []
             full = prepared[0]["singles"].shape[1]
@@ -306,12 +321,13 @@ class Index(IndexSearch, IndexMaintenance):
                     self._store.put_manifest(txn, manifest)
                 for item in prepared:
                     removed += self._remove(txn, state, item["doc_id"])
-                    pages, tokens = len(item["multis"]), sum(m.shape[0] for m in item["multis"])
+                    pages, tokens = len(item["codes"]), sum(item["tokens"])
                     doc = {"doc_id": item["doc_id"], "first": state["next_page_id"], "pages": pages,
                            "tokens": tokens, "metadata": item["metadata"], "text": item["texts"] is not None}
                     if item["numbers"] is not None:
                         doc["page_numbers"] = item["numbers"]
-                    self._store.put_document(txn, doc, item["singles"], item["multis"], item["texts"])
+                    self._store.put_document(txn, doc, item["singles"], item["codes"], item["texts"], item["tokens"],
+                                             item["exact"])
                     if item["views"] is not None:
                         self._store.put_views(txn, doc["first"], item["views"])
                     ids.append(np.arange(doc["first"], doc["first"] + pages))
@@ -324,7 +340,7 @@ class Index(IndexSearch, IndexMaintenance):
                 self._store.put_state(txn, state)
             self._manifest = manifest
             self._after_commit(state, removed, np.concatenate(ids), np.concatenate(vecs))
-            return [len(item["multis"]) for item in prepared]
+            return [len(item["codes"]) for item in prepared]
 
     def delete(self, doc_id: str) -> bool:
         """Delete a document; returns False if it was not there. Its pages become tombstones that
@@ -366,12 +382,13 @@ class Index(IndexSearch, IndexMaintenance):
 
     def copy_document(self, src: str, dst: str, *, metadata: dict | None = None) -> int:
         """Add document ``dst`` with the stored vectors, texts and page numbers of ``src`` (a copy of
-        its file: no encoding needed); ``metadata`` default: src's. Returns the page count.
+        its file: no encoding needed); ``metadata`` default: src's. Returns the page count. The stored
+        values are copied as they are (codes, exact tokens, pooled pages: nothing is encoded again).
 
         >>> eng.copy_document("/docs/a.pdf", "/backup/a.pdf")             # doctest: +SKIP
         """
-        src = validate.check_doc_id(src)
-        dm, dtype = self._manifest["multi_dim"], np.dtype(self._manifest["multi_dtype"])
+        src, dst = validate.check_doc_id(src), validate.check_doc_id(dst)
+        metadata = None if metadata is None else validate.check_metadata(metadata)
         with self._mutex:
             self._check_writable()
             with self._store.read() as txn:
@@ -380,13 +397,21 @@ class Index(IndexSearch, IndexMaintenance):
                     raise InvalidInputError(f"{src}: not in the index (hint: documents() lists the ids)")
                 ids = range(doc["first"], doc["first"] + doc["pages"])
                 # Copied out while the transaction's zero-copy views are valid.
-                singles = np.stack([np.frombuffer(self._store.single_raw(txn, pid), np.float32) for pid in ids])
-                multis = [np.frombuffer(self._store.multi_raw(txn, pid), dtype).reshape(-1, dm).astype(np.float32)
-                          for pid in ids]
-                texts = [self._store.text(txn, pid) for pid in ids] if doc["text"] else None
-                views = [self._store.view(txn, pid) for pid in ids]
-            return self.add_embeddings(dst, singles, multis, doc["metadata"] if metadata is None else metadata,
-                                       texts, doc.get("page_numbers"), views)
+                values = {t: [self._store.get(txn, t, page_key(pid)) for pid in ids]
+                          for t in ("single", "multi") + ((EXACT,) if self._layout.keep_exact else ())}
+                records = [self._store.page(txn, pid) for pid in ids]
+                if any(v is None for vs in values.values() for v in vs) or None in records:
+                    raise CorruptIndexError(f"{src}: stored values missing (hint: Index.verify() lists them; "
+                                            "re-add the document from its file)")
+                singles = np.stack([np.frombuffer(v, self._store.single_dtype) for v in values["single"]])
+                item = {"doc_id": dst, "metadata": doc["metadata"] if metadata is None else metadata,
+                        "singles": singles, "codes": [bytes(v) for v in values["multi"]],
+                        "exact": [bytes(v) for v in values[EXACT]] if EXACT in values else None,
+                        "tokens": [r[2] for r in records], "numbers": doc.get("page_numbers"),
+                        "texts": [self._store.text(txn, pid) for pid in ids] if doc["text"] else None,
+                        "views": [self._store.view(txn, pid) or PageView() for pid in ids],
+                        "truncated": truncate_normalize(singles, self._manifest["single_dim"])}
+            return self._commit([item])[0]
 
     def failures(self) -> dict[str, dict]:
         """Files :meth:`Engine.add` could not index, as recorded: {path: {"sha256", "reason"}}."""
@@ -428,6 +453,19 @@ class Index(IndexSearch, IndexMaintenance):
         if self._view.committed(state, removed, ids, vecs):
             self.flush()
 
+    def _use_layout(self, manifest: dict) -> None:
+        """Score and store as ``manifest`` says: at open, and after a conversion (maybe by another
+        process: compact(codec=...)) the scorers are rebuilt for the new layout."""
+        layout = Layout.of(manifest)
+        if layout == self._layout:
+            return
+        for scorer in self._scorers.values():
+            scorer.close()
+        self._layout, dim = layout, manifest["multi_dim"]
+        self._scorers = {"multi": rerank.Scorer(dim, layout.codec, self._device, self._dtype)}
+        if layout.keep_exact:
+            self._scorers[EXACT] = rerank.Scorer(dim, layout.exact_codec, self._device, self._dtype)
+
     def _check_writable(self) -> None:
         self._check_open()
         if self.readonly:
@@ -445,6 +483,7 @@ class Index(IndexSearch, IndexMaintenance):
         state = self._store.state(txn)
         if state["gen"] != self._view.gen:
             self._manifest = self._store.manifest(txn)
+            self._use_layout(self._manifest)
             self._view.refresh(txn, state, self._manifest)
             if len(self._damage):
                 self._damage.prune(self._store, txn)
@@ -482,8 +521,9 @@ class Index(IndexSearch, IndexMaintenance):
         return Hit(doc["doc_id"], rec[1], 0.0, doc["metadata"], text, page_id=page_id)
 
     def page_data(self, hit: Hit, *, vectors: bool = True) -> tuple[np.ndarray | None, PageView | None]:
-        """The page of ``hit`` as the index scores it: (its multi-vectors as float32 [T, multi_dim],
-        exactly the stored values, or None if not ``vectors``; its
+        """The page of ``hit`` as the index scores it: (its multi-vectors as float32 [T, multi_dim]: the
+        exact tokens when the index keeps them, else its codes decoded (binary: +-1/sqrt(d) signs),
+        or None if not ``vectors``; its
         :class:`~jevsearch.store.visual.PageView` (grid layout, thumbnail), or None if the page has
         none, e.g. it was indexed before views were recorded).
 
@@ -495,10 +535,8 @@ class Index(IndexSearch, IndexMaintenance):
             with self._store.read() as txn:
                 pid = self._locate(txn, hit)
                 multi = None
-                if vectors:
-                    tokens, dtype = self._store.page(txn, pid)[2], np.dtype(self._manifest["multi_dtype"])
-                    multi = np.frombuffer(self._store.multi_raw(txn, pid), dtype=dtype)
-                    multi = multi.reshape(tokens, self._manifest["multi_dim"]).astype(np.float32)  # a copy: txn ends
+                if vectors:  # a copy: the transaction ends
+                    multi = self._layout.tokens(self._store, txn, pid, self._store.page(txn, pid)[2])
                 return multi, self._store.view(txn, pid)
 
     def _locate(self, txn, hit: Hit) -> int:
@@ -531,22 +569,6 @@ class Index(IndexSearch, IndexMaintenance):
                 docs = [{"doc_id": d["doc_id"], "pages": d["pages"], "tokens": d["tokens"], "metadata": d["metadata"]}
                         for d in self._store.iter_documents(txn)]
         return sorted(docs, key=lambda d: d["doc_id"])
-
-    def stats(self) -> dict:
-        """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, damaged_pages
-        (found damaged and skipped by this process: see :meth:`verify`), and bytes {"lmdb_file",
-        "hnsw_file", plus LMDB pages used per table: multi, single, ...}."""
-        with self._mutex:
-            self._check_open()
-            with self._store.read() as txn:
-                state = self._store.state(txn)
-            hnsw = os.path.join(self.path, "hnsw.bin")
-            sizes = {"lmdb_file": self._store.file_bytes(),
-                     "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0}
-            sizes.update(self._store.table_bytes())
-            return {"documents": state["docs"], "pages": state["pages"], "tokens": state["tokens"],
-                    "tombstones": state["tombs"], "hnsw_vectors": self._view.settle().ntotal,
-                    "damaged_pages": len(self._damage), "bytes": sizes}
 
 
 _TMP_PREFIX = ".jevsearch-create-"

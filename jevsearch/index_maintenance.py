@@ -1,5 +1,5 @@
-"""Upkeep of an :class:`~jevsearch.index.Index`: compaction (which also upgrades the on-disk format)
-and verification with repair.
+"""Upkeep of an :class:`~jevsearch.index.Index`: compaction (which also upgrades the on-disk format
+and converts an index to another codec), verification with repair, and its sizes.
 
 ``compact`` rebuilds the HNSW from LMDB (every page reachable), drops tombstones and shrinks the
 LMDB file; an index in an older format is rewritten in the current one
@@ -9,9 +9,12 @@ deep or not, and with ``repair`` fixes what LMDB can rebuild.
 
 from __future__ import annotations
 
+import os
+
+from jevsearch.index_codec import conversion, new_layout
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import verify
-from jevsearch.store.manifest import FORMAT_VERSION
+from jevsearch.store.lmdbstore import EXACT
 from jevsearch.store.rewrite import rewrite, upgrade
 
 
@@ -19,14 +22,25 @@ class IndexMaintenance:
     """The upkeep methods of :class:`~jevsearch.index.Index` (a mixin: it uses the index's store,
     graph view and damage log)."""
 
-    def compact(self) -> None:
+    def compact(self, *, codec: str | None = None, keep_exact: bool | None = None,
+                pool_factor: int | None = None) -> None:
         """Rebuild the HNSW from live pages (dropping tombstones, every page reachable) and shrink
-        the LMDB file; an older format is rewritten in the current one (1 -> 2: values get checksums)
-        after a deep check (CorruptIndexError naming the documents to re-add, nothing changed, when
-        vectors are damaged). Crash-safe: a kill at any point leaves the old index or the new one."""
+        the LMDB file; an older format is rewritten with checksums (1 -> 2) after a deep check
+        (CorruptIndexError naming the documents to re-add, nothing changed, when vectors are damaged).
+
+        ``codec`` / ``keep_exact`` / ``pool_factor`` (each None: as it is; a new codec's keep_exact
+        defaults as at create): convert the index to that storage, re-encoding every page from its
+        float tokens (fp16 codes or kept exact tokens; InvalidInputError when the index has none, or
+        to pool tokens pooled already). Crash-safe: a kill at any point leaves the old index or the
+        new one, never a mix; readers switch at their next call.
+
+        >>> eng.compact(codec="binary", keep_exact=True)                # doctest: +SKIP
+        """
         with self._mutex:
             self._check_writable()
-            old_format = self._manifest["format_version"] < FORMAT_VERSION
+            target = new_layout(self._manifest["multi_dim"], codec, keep_exact, pool_factor, current=self._layout)
+            plan = None if target == self._layout else conversion(self._store, self._manifest, self._layout, target)
+            old_format = not self._manifest.get("checksums")
             if old_format:
                 damaged = [p for p in self._check(deep=True)[1] if not p.fixable]
                 if damaged:
@@ -43,12 +57,42 @@ class IndexMaintenance:
                 self._store.clear_tombstones(txn)
                 self._store.put_state(txn, state)
             self._view.replace(graph, epoch, state["gen"])
-            if old_format:
-                rewrite(self._store, upgrade(self._manifest))
+            if plan is not None or old_format:
+                with torch_threads(self.threads):  # encoding and pooling
+                    rewrite(self._store, plan or upgrade(self._manifest))
                 with self._store.read() as txn:
-                    self._refresh(txn)
+                    self._refresh(txn)  # the new manifest: scorers for the new layout
             else:
                 self._store.compact_file()
+
+    def stats(self) -> dict:
+        """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, damaged_pages
+        (found damaged and skipped by this process: see :meth:`verify`), the storage (codec,
+        keep_exact, pool_factor, single_dtype), bytes {"lmdb_file", "hnsw_file", plus LMDB pages used
+        per table: multi, exact, single, ...} and bytes_per_page (live page) of each part: multi_codes,
+        exact, singles, hnsw, other (the rest of the LMDB file: records, texts, free pages).
+
+        >>> eng.stats()["bytes_per_page"]      # doctest: +SKIP
+        {'multi_codes': 12368.0, 'exact': 197140.0, 'singles': 4104.0, 'hnsw': 1004.0, 'other': 1372.0}
+        """
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                state = self._store.state(txn)
+                self._refresh(txn)
+            hnsw = os.path.join(self.path, "hnsw.bin")
+            sizes = {"lmdb_file": self._store.file_bytes(),
+                     "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0}
+            sizes.update(self._store.table_bytes())
+            parts = {"multi_codes": sizes.get("multi", 0), "exact": sizes.get(EXACT, 0), "singles": sizes.get("single", 0),
+                     "hnsw": sizes["hnsw_file"]}
+            parts["other"] = sizes["lmdb_file"] - parts["multi_codes"] - parts["exact"] - parts["singles"]
+            layout = self._layout
+            return {"documents": state["docs"], "pages": state["pages"], "tokens": state["tokens"],
+                    "tombstones": state["tombs"], "hnsw_vectors": self._view.settle().ntotal,
+                    "damaged_pages": len(self._damage), "codec": layout.codec.name, "keep_exact": layout.keep_exact,
+                    "pool_factor": layout.pool_factor, "single_dtype": layout.single_dtype.name, "bytes": sizes,
+                    "bytes_per_page": {k: v / max(state["pages"], 1) for k, v in parts.items()}}
 
     def verify(self, *, deep: bool = False, repair: bool = False) -> dict:
         """Check the index is consistent; raises CorruptIndexError listing the problems.
@@ -81,7 +125,7 @@ class IndexMaintenance:
         with self._store.read() as txn, torch_threads(1):
             self._refresh(txn)
             report, problems = verify.check_index(self._store, txn, self._manifest, self._view.settle(),
-                                                  self._view.tombs, deep=deep)
+                                                  self._view.tombs, parts=self._layout.parts(), deep=deep)
         if not deep:  # a deep check finds them itself
             problems += self._damage.problems()
         if self._view.repaired_in_memory:

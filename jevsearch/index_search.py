@@ -1,5 +1,6 @@
 """The search path of an :class:`~jevsearch.index.Index`: stage 1 in the HNSW, stage 2 MaxSim over
-the candidates' stored multi-vectors, and the hits.
+the candidates' stored multi-vectors (the index's codec), stage 3 (an index that keeps exact tokens)
+exact float16 MaxSim over the best ``rescore`` of them, and the hits.
 
 Every stored value a query reads is verified: multi-vectors against their checksums as the scorer
 packs them (``PageStore.page_check``), page and document records and texts as they are read. A page
@@ -22,7 +23,7 @@ from jevsearch.search.maxsim import pad_queries, top_with_ties
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import validate
 from jevsearch.store.hnsw import truncate_normalize
-from jevsearch.store.lmdbstore import page_key
+from jevsearch.store.lmdbstore import EXACT, page_key
 
 
 @dataclass
@@ -53,22 +54,29 @@ class IndexSearch:
     """The search methods of :class:`~jevsearch.index.Index` (a mixin: it uses the index's store,
     graph view, scorer and damage log)."""
 
-    def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int = 100,
-                          exhaustive: bool = False) -> list[Hit] | list[list[Hit]]:
+    def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int | None = None,
+                          rescore: int | None = None, exhaustive: bool = False) -> list[Hit] | list[list[Hit]]:
         """Search with query embeddings.
 
         One query: q_single [D] (D >= single_dim; may be None when exhaustive) and q_multi
         [L, multi_dim] -> list[Hit]. A batch: q_single [Q, D] and q_multi a list of Q [L_i, multi_dim]
         -> list of Q lists (scored together).
-        Two-stage: the ``candidates`` nearest pages in the HNSW (truncated singles) reranked by
-        MaxSim. ``exhaustive=True``: exact MaxSim over every page, streamed in chunks; so is a search
-        whose ``candidates`` reach the live page count (no page can hide from it in the graph).
+        Stage 1: the ``candidates`` nearest pages in the HNSW (truncated singles); stage 2: their MaxSim
+        on the stored codes (the index's codec); stage 3, in an index that keeps exact tokens: exact
+        float16 MaxSim of the ``rescore`` best pages of stage 2, which gives the hits and their scores
+        (elsewhere ``rescore`` does nothing). Defaults: the index codec's (:meth:`Layout.depth`:
+        fp16 100 candidates; int8 and binary more, as measured). ``exhaustive=True``: MaxSim of every
+        page (the exact tokens when kept, else the codes), streamed in chunks; a search whose
+        ``candidates`` reach the live page count skips stage 1 the same way.
         Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
-        fewer pages). ``candidates`` below k is raised to k; both are capped to the live pages. Every
-        value read is verified: a damaged page (checksum, impossible score) is skipped and noted once.
+        fewer pages). ``candidates`` and ``rescore`` below k are raised to k, all three capped to the
+        live pages; ``rescore`` above ``candidates`` is an InvalidInputError. Every value read is
+        verified: a damaged page (checksum, impossible score) is skipped and noted once.
+
+        >>> hits = eng.search_embeddings(q_single, q_multi, k=10, candidates=400, rescore=40)  # doctest: +SKIP
         """
         k = validate.check_k(k)
-        candidates = max(validate.check_k(candidates, "candidates"), k)
+        candidates, rescore = self._layout.depth(k, candidates, rescore)
         batch = isinstance(q_multi, (list, tuple))
         queries = validate.check_query_multis(q_multi, self._manifest["multi_dim"])
         singles = validate.check_query_singles(q_single, len(queries), batch, self._manifest["single_dim"],
@@ -79,14 +87,18 @@ class IndexSearch:
             with self._store.read() as txn, torch.no_grad(), torch_threads(1):
                 live = self._refresh(txn)["pages"]
                 # Capped before anything is sized by them: a huge k costs nothing on a small index.
-                k, candidates = min(k, max(live, 1)), min(candidates, max(live, 1))
+                k, candidates, rescore = (min(x, max(live, 1)) for x in (k, candidates, rescore))
                 qt = pad_queries(queries, self._dtype, self._device)  # [Q, L, d]
                 q_lens = [len(x) for x in queries]
-                if exhaustive or candidates >= live:
-                    found = self._exhaustive(txn, qt, q_lens, k)
+                exact = self._layout.keep_exact
+                if exhaustive:
+                    found = self._exhaustive(txn, qt, q_lens, k, EXACT if exact else "multi")
+                elif exact and rescore >= candidates:  # stage 2 would keep every candidate
+                    found = self._stage1(txn, qt, q_lens, singles, k, candidates, live, EXACT)
                 else:
-                    found = self._two_stage(txn, qt, q_lens, truncate_normalize(singles, self._manifest["single_dim"]),
-                                            k, candidates)
+                    found = self._stage1(txn, qt, q_lens, singles, rescore if exact else k, candidates, live, "multi")
+                    if exact:
+                        found = self._rerank(txn, qt, q_lens, _padded(found), k, EXACT)
                 results = [self._hits(txn, ids, scores, k) for ids, scores in found]
         return results if batch else results[0]
 
@@ -121,14 +133,14 @@ class IndexSearch:
                         raise InvalidInputError(f"q_single: {singles.shape[1]} dims, but the stored singles have "
                                                 f"{full} (hint: pass the full query vector for exact=True)")
                     found = exact_top(self._singles(txn, (pid for pid, _, _, _ in self._store.iter_pages(txn))),
-                                      singles, singles.shape[1], k)
+                                      singles, singles.shape[1], k, self._store.single_dtype)
                 else:
                     q = truncate_normalize(singles, dim)
                     found = []
                     for qi, row in enumerate(self._view.search(q, k)):
                         live = list(self._singles(txn, row[row >= 0].tolist()))  # deleted meanwhile: left out
                         ids = np.array([pid for pid, _ in live], dtype=np.int64)
-                        vecs = [np.frombuffer(raw, dtype=np.float32, count=full) for _, raw in live]
+                        vecs = [np.frombuffer(raw, dtype=self._store.single_dtype, count=full) for _, raw in live]
                         scores = truncate_normalize(np.stack(vecs), dim) @ q[qi] if vecs else np.zeros(0, np.float32)
                         found.append((ids, scores))
                 results = [self._hits(txn, ids, scores, k) for ids, scores in found]
@@ -145,57 +157,70 @@ class IndexSearch:
             if raw is not None:
                 yield pid, raw
 
-    def _two_stage(self, txn, qt: torch.Tensor, q_lens: list[int], qsingle: np.ndarray, k: int, candidates: int):
-        cand = self._view.search(qsingle, candidates)  # [Q, candidates]
+    def _stage1(self, txn, qt: torch.Tensor, q_lens: list[int], singles: np.ndarray, keep: int, candidates: int,
+                live: int, table: str):
+        """Per query, the ``keep`` best of its ``candidates`` by the MaxSim of ``table``'s values; every
+        live page is a candidate when ``candidates`` reach their count (no page can hide in the graph)."""
+        if candidates >= live:
+            return self._exhaustive(txn, qt, q_lens, keep, table)
+        cand = self._view.search(truncate_normalize(singles, self._manifest["single_dim"]), candidates)  # [Q, c]
+        return self._rerank(txn, qt, q_lens, cand, keep, table)
+
+    def _rerank(self, txn, qt: torch.Tensor, q_lens: list[int], cand: np.ndarray, keep: int, table: str):
+        """Per query, the ``keep`` best (with ties) of its own candidates ``cand`` [Q, n] (-1: none) by the
+        MaxSim of their values in ``table`` ("multi": the codes; "exact") -> Q pairs (ids, scores)."""
         union = np.unique(cand[cand >= 0])
         if len(union) * len(cand) > 2 * int((cand >= 0).sum()):
             # Little overlap between the queries' candidates: scoring the union against every query
             # would multiply the work by ~Q (measured: 433 ms instead of ~30 ms per query at Q=50).
             out = []
             for q in range(len(cand)):
-                ids, raws, lens = self._fetch(txn, cand[q][cand[q] >= 0])
-                ids, scores = self._score(txn, qt[q:q + 1, : q_lens[q]], q_lens[q:q + 1], ids, raws, lens)
-                sel = top_with_ties(scores[0], k)
+                ids, raws, lens = self._fetch(txn, cand[q][cand[q] >= 0], table)
+                ids, scores = self._score(txn, qt[q:q + 1, : q_lens[q]], q_lens[q:q + 1], ids, raws, lens, table)
+                sel = top_with_ties(scores[0], keep)
                 out.append((ids[sel], scores[0, sel]))
             return out
-        ids, raws, lens = self._fetch(txn, union)  # overlapping candidates are fetched and scored once
-        return rerank.select_candidates(cand, *self._score(txn, qt, q_lens, ids, raws, lens), k)
+        ids, raws, lens = self._fetch(txn, union, table)  # overlapping candidates are fetched and scored once
+        return rerank.select_candidates(cand, *self._score(txn, qt, q_lens, ids, raws, lens, table), keep)
 
-    def _score(self, txn, qt: torch.Tensor, q_lens: list[int], ids: np.ndarray, raws: list, lens: list[int]):
+    def _score(self, txn, qt: torch.Tensor, q_lens: list[int], ids: np.ndarray, raws: list, lens: list[int],
+               table: str = "multi"):
         """MaxSim [Q, C] of the fetched pages, without the damaged ones (checksum, impossible score)."""
         failed: list[int] = []
-        check = self._store.page_check(failed)
-        scores = self._scorer.score(qt, raws, lens, self.threads, check and (lambda c: check(int(ids[c]), raws[c])))
+        check = self._store.page_check(failed, table)
+        scores = self._scorers[table].score(qt, raws, lens, self.threads,
+                                            check and (lambda c: check(int(ids[c]), raws[c])))
         bad = rerank.implausible(scores, q_lens)
         if bad.any():
-            self._damage.note_scored(self._store, txn, ids[bad].tolist(), failed)
+            self._damage.note_scored(self._store, txn, ids[bad].tolist(), failed, _WHAT[table])
             ids, scores = ids[~bad], scores[:, ~bad]
         return ids, scores
 
-    def _exhaustive(self, txn, qt: torch.Tensor, q_lens: list[int], k: int):
+    def _exhaustive(self, txn, qt: torch.Tensor, q_lens: list[int], k: int, table: str):
         bad, failed = [], []
         pages = ((pid, raw, tokens) for pid, _, _, tokens in self._store.iter_pages(txn, damaged=bad)
-                 if (raw := self._multi(txn, pid, tokens)) is not None)
-        found, implausible = rerank.exhaustive(pages, qt, k, self._scorer, self.threads, q_lens,
-                                               self._store.page_check(failed))
+                 if (raw := self._multi(txn, pid, tokens, table)) is not None)
+        found, implausible = rerank.exhaustive(pages, qt, k, self._scorers[table], self.threads, q_lens,
+                                               self._store.page_check(failed, table))
         for pid in bad:
             self._damage.note(self._store, txn, pid, "its page record fails its checksum")
-        self._damage.note_scored(self._store, txn, implausible, failed)
+        self._damage.note_scored(self._store, txn, implausible, failed, _WHAT[table])
         return found
 
-    def _multi(self, txn, pid: int, tokens: int):
-        """A page's stored multi-vectors, unchecked (the scorer checks them as it packs them:
-        PageStore.page_check); None (noted) when known damaged, missing or of the wrong size."""
+    def _multi(self, txn, pid: int, tokens: int, table: str = "multi"):
+        """A page's stored multi-vectors (codes, or the exact tokens: ``table``), unchecked (the scorer
+        checks them as it packs them: PageStore.page_check); None (noted) when known damaged, missing
+        or of the wrong size."""
         if pid in self._damage:
             return None
-        raw = self._store.get(txn, "multi", page_key(pid), raw=True)
-        if raw is None or self._store.payload_size(raw) != tokens * self._row_bytes:
-            self._damage.note(self._store, txn, pid, "its multi-vectors are missing or of the wrong size")
+        raw = self._store.get(txn, table, page_key(pid), raw=True)
+        if raw is None or self._store.payload_size(raw) != tokens * self._layout.bytes_per_token[table]:
+            self._damage.note(self._store, txn, pid, f"its {_WHAT[table]} are missing or of the wrong size")
             return None
         return raw
 
-    def _fetch(self, txn, page_ids: np.ndarray):
-        """Zero-copy multi-vectors (unchecked, see _multi) of the pages still live in ``txn``."""
+    def _fetch(self, txn, page_ids: np.ndarray, table: str = "multi"):
+        """Zero-copy values of ``table`` (unchecked, see _multi) of the pages still live in ``txn``."""
         ids, raws, lens = [], [], []
         for pid in page_ids.tolist():
             try:
@@ -203,7 +228,7 @@ class IndexSearch:
             except CorruptIndexError:
                 self._damage.note(self._store, txn, pid, "its page record fails its checksum")
                 continue
-            if rec is not None and (raw := self._multi(txn, pid, rec[2])) is not None:
+            if rec is not None and (raw := self._multi(txn, pid, rec[2], table)) is not None:
                 ids.append(pid)
                 raws.append(raw)
                 lens.append(rec[2])
@@ -225,3 +250,14 @@ class IndexSearch:
             hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text, page_id=pid))
         hits.sort(key=lambda h: (-h.score, h.doc_id, h.page))
         return hits[:k]
+
+
+_WHAT = {"multi": "multi-vectors", EXACT: "exact tokens"}
+
+
+def _padded(found: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Each query's page ids as one [Q, n] array, -1 after a query's own ids."""
+    out = np.full((len(found), max((len(ids) for ids, _ in found), default=0)), -1, dtype=np.int64)
+    for q, (ids, _) in enumerate(found):
+        out[q, : len(ids)] = ids
+    return out

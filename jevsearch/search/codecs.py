@@ -152,7 +152,9 @@ class FloatCodec(Codec):
         return self.stored.itemsize * self.dim
 
     def encode(self, tokens: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self._rows(tokens), dtype=self.stored).view(np.uint8).reshape(-1)
+        # torch converts float32 -> float16 ~10x faster than numpy (70 vs 840 us per 770 x 128 page).
+        x = torch.from_numpy(np.ascontiguousarray(self._rows(tokens), dtype=np.float32))
+        return x.to(self._torch).numpy().view(np.uint8).reshape(-1)
 
     def split(self, raw, n):
         return (self._view(raw, n, self.stored).reshape(n, self.dim),)

@@ -23,11 +23,12 @@ CHUNK_PAGES = 4096  # 4096 x 2048 float32 = 32 MiB: one reused buffer, however l
 
 
 def exact_top(pages: Iterable[tuple[int, object]], queries: np.ndarray, stored_dim: int,
-              k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+              k: int, stored_dtype=np.float32) -> list[tuple[np.ndarray, np.ndarray]]:
     """Exact top ``k`` (with ties) of every page for each query, by inner product of single vectors.
 
-    pages: (page id, raw float32 buffer of ``stored_dim`` values) pairs, streamed in chunks of
-    CHUNK_PAGES into one reused buffer; queries: float32 [Q, stored_dim].
+    pages: (page id, raw buffer of ``stored_dim`` values of ``stored_dtype``: float32, or float16 in
+    format version 3) pairs, streamed in chunks of CHUNK_PAGES into one reused float32 buffer;
+    queries: float32 [Q, stored_dim].
     -> Q pairs (page ids int64, scores float32), unordered (the caller sorts with its tie-break).
     """
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))  # [Q, D]
@@ -41,7 +42,7 @@ def exact_top(pages: Iterable[tuple[int, object]], queries: np.ndarray, stored_d
         ids.clear()
 
     for pid, raw in pages:
-        buf[len(ids)] = np.frombuffer(raw, dtype=np.float32, count=stored_dim)
+        buf[len(ids)] = np.frombuffer(raw, dtype=stored_dtype, count=stored_dim)
         ids.append(pid)
         if len(ids) == CHUNK_PAGES:
             score_chunk()

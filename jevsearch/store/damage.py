@@ -44,12 +44,13 @@ class DamageLog:
         log.warning("%s: %s is damaged (%s): skipped in results (hint: delete and re-add its document; "
                     "verify lists every damaged page)", self.index_dir, self.describe(page_id), why)
 
-    def note_scored(self, store: PageStore, txn, page_ids: list[int], failed: list[int]) -> None:
-        """Record pages a rerank dropped: their multi-vectors failed their checksum (``failed``) or
-        scored beyond what unit vectors can."""
+    def note_scored(self, store: PageStore, txn, page_ids: list[int], failed: list[int],
+                    what: str = "multi-vectors") -> None:
+        """Record pages a rerank dropped: their ``what`` ("multi-vectors", "exact tokens") failed their
+        checksum (``failed``) or scored beyond what unit vectors can."""
         for pid in page_ids:
-            self.note(store, txn, pid, "its multi-vectors fail their checksum" if pid in failed
-                      else "its multi-vectors score beyond what unit vectors can")
+            self.note(store, txn, pid, f"its {what} fail their checksum" if pid in failed
+                      else f"its {what} score beyond what unit vectors can")
 
     def describe(self, page_id: int) -> str:
         doc, page, _ = self.pages[page_id]

@@ -122,15 +122,15 @@ class GraphView:
         bad: list[int] = []
         for pid, _, _, _ in self.store.iter_pages(txn, start, damaged=bad):
             try:
-                single = self.store.single_raw(txn, pid)
+                single = self.store.single(txn, pid, full)
             except ChecksumError:
                 bad.append(pid)
                 continue
-            if single is None or len(single) != 4 * full:
+            if single is None:
                 bad.append(pid)
                 continue
             ids.append(pid)
-            vecs.append(np.frombuffer(single, dtype=np.float32, count=full))
+            vecs.append(single)
             if len(ids) == _BULK:
                 graph.add(np.array(ids), truncate_normalize(np.stack(vecs), dim))
                 n += len(ids)

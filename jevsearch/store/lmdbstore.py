@@ -8,8 +8,12 @@ each compaction) with these named databases::
             b"failures" -> JSON {path: {sha256, reason}}: files ingest could not read (may be absent)
     docs    blake2b-128(doc_id) -> JSON {doc_id, first, pages, tokens, metadata, text}
     pages   u64be page id -> PAGE_REC (doc key, 1-based page number, token count)
-    single  u64be page id -> float32 [D]          full single vector (HNSW can be rebuilt from it)
-    multi   u64be page id -> multi_dtype [T, dm]  per-token multi-vectors, T from the page record
+    single  u64be page id -> single_dtype [D]     full single vector (HNSW can be rebuilt from it)
+    multi   u64be page id -> codes of [T, dm]     per-token multi-vectors, T from the page record:
+                                                  multi_dtype floats, or the manifest's codec
+                                                  (jevsearch.search.codecs; format version 3)
+    exact   u64be page id -> float16 [T, dm]      the same tokens as floats, when the manifest says
+                                                  keep_exact (optional table, format version 3)
     text    u64be page id -> UTF-8 page text      (only when the caller gave texts)
     tomb    u64be page id -> b""                  deleted pages still present in the HNSW file
     visual  u64be page id -> grid layout + thumbnail (optional table: jevsearch.store.visual)
@@ -60,7 +64,9 @@ from jevsearch.store.lmdbenv import (
 DB_NAMES = ("meta", "docs", "pages", "single", "multi", "text", "tomb")
 # Tables added after format version 1: an index without them still opens (its handle is None
 # until a writer creates the table; readers treat the table as empty).
-OPTIONAL_DB_NAMES = (visual.TABLE,)
+EXACT = "exact"
+OPTIONAL_DB_NAMES = (visual.TABLE, EXACT)
+PAGE_VALUE_TABLES = ("pages", "single", "multi", EXACT, "text", visual.TABLE)  # keyed by page id
 UNSEALED = frozenset({"tomb"})  # empty markers: their keys are the data, so they carry no digest
 PAGE_KEY = struct.Struct(">Q")  # big-endian so LMDB key order == page id order
 PAGE_REC = struct.Struct("<16sII")  # doc key, page number (1-based), token count
@@ -160,6 +166,11 @@ class PageStore:
         self.env = None
         self._sealer = checksum.Sealer()
         self._open()
+
+    @property
+    def single_dtype(self) -> np.dtype:
+        """How this store keeps single vectors (float32; float16 in format version 3)."""
+        return np.dtype(self._manifest.get("single_dtype", "float32"))
 
     def _open(self) -> None:
         for _ in range(5):
@@ -299,16 +310,17 @@ class PageStore:
         except ChecksumError:
             raise self.checksum_error(table, key) from None
 
-    def page_check(self, failed: list[int]):
-        """``check(page id, raw multi value) -> payload | None`` for a scorer to run as it packs each
-        page (see ``Scorer.score``): the checked payload, or None with the page id appended to
-        ``failed``. None when the store has no checksums (raw values are then the payload)."""
+    def page_check(self, failed: list[int], table: str = "multi"):
+        """``check(page id, raw value) -> payload | None`` for a scorer to run as it packs each page
+        (see ``Scorer.score``; ``table``: "multi" or "exact"): the checked payload, or None with the
+        page id appended to ``failed``. None when the store has no checksums (raw values are then the
+        payload)."""
         if not self.checksums:
             return None
 
         def check(page_id: int, raw):
             try:
-                return checksum.unseal("multi", page_key(page_id), raw)
+                return checksum.unseal(table, page_key(page_id), raw)
             except ChecksumError:
                 failed.append(page_id)
                 return None
@@ -412,7 +424,17 @@ class PageStore:
         return self.get(txn, "multi", page_key(page_id))
 
     def single_raw(self, txn, page_id: int):
+        """A page's stored single vector (``single_dtype`` values), checked; None if absent."""
         return self.get(txn, "single", page_key(page_id))
+
+    def single(self, txn, page_id: int, dim: int | None) -> np.ndarray | None:
+        """A page's single vector as float32 [dim] (a copy), None if absent or not ``dim`` values
+        (None: any length); ChecksumError if it fails its checksum."""
+        raw = self.single_raw(txn, page_id)
+        dtype = self.single_dtype
+        if raw is None or dim is not None and len(raw) != dim * dtype.itemsize:
+            return None
+        return np.frombuffer(raw, dtype=dtype).astype(np.float32)
 
     def iter_pages(self, txn, start: int = 0, damaged: list | None = None) -> Iterator[tuple[int, bytes, int, int]]:
         """Live pages with id >= ``start`` in id order: (page id, doc key, page number, tokens).
@@ -460,25 +482,32 @@ class PageStore:
         ids = list(range(doc["first"], doc["first"] + doc["pages"]))
         for pid in ids:
             k = page_key(pid)
-            for table in ("pages", "single", "multi", "text", visual.TABLE):
+            for table in PAGE_VALUE_TABLES:
                 if self._db[table] is not None:
                     txn.delete(k, db=self._db[table])
             txn.put(k, b"", db=self._db["tomb"])
         txn.delete(doc_key(doc["doc_id"]), db=self._db["docs"])
         return ids
 
-    def put_document(self, txn, doc: dict, singles: np.ndarray, multis: list[np.ndarray],
-                     texts: list[str] | None) -> None:
+    def put_document(self, txn, doc: dict, singles, multis: list, texts: list[str] | None,
+                     tokens: list[int] | None = None, exact: list | None = None) -> None:
         """Write one document whose pages get ids ``doc["first"] ...`` (all above existing ids); their
-        page numbers are ``doc["page_numbers"]`` when the document has one (pages left out), else 1..P."""
+        page numbers are ``doc["page_numbers"]`` when the document has one (pages left out), else 1..P.
+
+        ``singles`` [P, D] and ``multis`` (P arrays or buffers) in their stored form; ``tokens``: each
+        page's token count (default: ``len`` of each multi, for [T, dm] arrays); ``exact``: P float16
+        [T, dm] arrays for the ``exact`` table, or None."""
         dkey = doc_key(doc["doc_id"])
         numbers = page_numbers(doc)
+        tokens = [len(m) for m in multis] if tokens is None else tokens
         for i, m in enumerate(multis):
             k = page_key(doc["first"] + i)
             # append=True: ids only grow, so each put lands at the B-tree's right edge.
-            self.put(txn, "pages", k, PAGE_REC.pack(dkey, numbers[i], m.shape[0]), append=True)
+            self.put(txn, "pages", k, PAGE_REC.pack(dkey, numbers[i], tokens[i]), append=True)
             self.put(txn, "single", k, np.ascontiguousarray(singles[i]), append=True)  # a buffer: no bytes copy
             self.put(txn, "multi", k, np.ascontiguousarray(m), append=True)
+            if exact is not None:
+                self.put(txn, EXACT, k, np.ascontiguousarray(exact[i]), append=True)
             if texts is not None:
                 self.put(txn, "text", k, texts[i].encode("utf-8"), append=True)
         self.put(txn, "docs", dkey, dump_json(doc))

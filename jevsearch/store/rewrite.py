@@ -18,7 +18,9 @@ What a :class:`Rewrite` says:
   E.g. re-encoding multi-vectors into another codec: ``{"multi": encode}`` plus a manifest naming
   the codec.
 * ``new_tables`` and ``fill``: tables to create, and a function called with ``put(table, key,
-  payload)`` after the copy, to fill them (or add records to any table), e.g. a codebook.
+  payload)`` after the copy, to fill them (or add records to any table), e.g. a codebook, or the
+  re-encoded pages of a codec conversion that pools tokens (page and document records change too).
+* ``state``: ``fn(state) -> state``, called after ``fill``, for counters a fill changes (tokens).
 
 The ``meta`` table's manifest and state records are written by :func:`rewrite` itself (the plan's
 manifest; the state with ``gen`` + 1); its other records (e.g. ingest failures) are copied like
@@ -63,6 +65,7 @@ class Rewrite:
     transforms: Mapping[str, Callable[[bytes, memoryview], object]] = field(default_factory=dict)
     new_tables: Sequence[str] = ()
     fill: Callable[[Callable[[str, bytes, object], None]], None] | None = None
+    state: Callable[[dict], dict] | None = None
 
 
 def rewrite(store: PageStore, plan: Rewrite) -> None:
@@ -92,6 +95,8 @@ def _copy(store: PageStore, plan: Rewrite, new_dir: str, sealed: bool, tables: l
             state = load_json(store.get(txn, "meta", b"state"))
         if plan.fill is not None:
             plan.fill(out.put)
+        if plan.state is not None:
+            state = plan.state(state)
         state["gen"] += 1
         out.put("meta", b"manifest", dump_json(plan.manifest))  # last: a store without it is not whole
         out.put("meta", b"state", dump_json(state))

@@ -20,7 +20,6 @@ import json
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from jevsearch.errors import InvalidInputError
 from jevsearch.store import visual
@@ -191,27 +190,24 @@ def check_metadata(metadata) -> dict:
     return metadata
 
 
-_TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
-
-
 def prepare_documents(docs, manifest: dict) -> list[dict]:
     """Check a batch of ``(doc_id, singles, multis[, metadata[, page_texts[, page_numbers[, page_views]]]])``
-    tuples against the index ``manifest`` and convert them to their stored form (no I/O): a list of
-    dicts with doc_id, metadata, singles [P, D] float32, multis (P arrays in the stored dtype), texts,
-    truncated [P, dim], numbers (the pages' 1-based numbers, or None for 1..P), views (P PageView or None).
+    tuples against the index ``manifest`` (no I/O): a list of dicts with doc_id, metadata, singles
+    [P, D] float32, multis (P float32 [T_i, multi_dim] arrays of unit rows; the index encodes them in
+    its codec), texts, truncated [P, dim], numbers (the pages' 1-based numbers, or None for 1..P),
+    views (P PageView or None).
 
     Everything is checked before the caller writes anything; a doc id repeated in the batch is
     refused; the first document fixes D when the index has none yet.
     """
     docs = list(docs)
     out, seen, full = [], set(), manifest["single_full_dim"]
-    stored = _TORCH_DTYPE[manifest["multi_dtype"]]
     for i, doc in enumerate(docs):
         if not isinstance(doc, tuple) or not 3 <= len(doc) <= 7:
             raise InvalidInputError(f"docs[{i}]: expected a tuple (doc_id, singles, multis[, metadata"
                                     f"[, page_texts[, page_numbers[, page_views]]]]), got {type(doc).__name__}")
         try:
-            item = _prepare(*doc, manifest=manifest, full_dim=full, stored=stored)
+            item = _prepare(*doc, manifest=manifest, full_dim=full)
         except InvalidInputError as e:
             if len(docs) == 1:
                 raise
@@ -226,7 +222,7 @@ def prepare_documents(docs, manifest: dict) -> list[dict]:
 
 
 def _prepare(doc_id, singles, multis, metadata=None, page_texts=None, page_numbers=None, page_views=None, *,
-             manifest, full_dim, stored) -> dict:
+             manifest, full_dim) -> dict:
     doc_id = check_doc_id(doc_id)
     metadata = check_metadata(metadata)
     singles = check_singles(singles, manifest["single_dim"], full_dim)
@@ -235,5 +231,5 @@ def _prepare(doc_id, singles, multis, metadata=None, page_texts=None, page_numbe
     numbers = check_page_numbers(page_numbers, singles.shape[0])
     return {"doc_id": doc_id, "metadata": metadata, "singles": singles, "texts": texts, "numbers": numbers,
             "views": visual.check_views(page_views, multis),
-            "multis": [torch.from_numpy(m).to(stored).numpy() for m in multis],
+            "multis": multis,
             "truncated": truncate_normalize(singles, manifest["single_dim"])}

@@ -13,6 +13,7 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,13 +21,25 @@ import torch
 from jevsearch.errors import ChecksumError, CorruptIndexError
 from jevsearch.store import checksum, visual
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
-from jevsearch.store.lmdbstore import PageStore, doc_key, load_json, page_key, page_numbers
+from jevsearch.store.lmdbstore import PAGE_VALUE_TABLES, PageStore, doc_key, load_json, page_key, page_numbers
 from jevsearch.store.validate import NORM_TOLERANCE
 
-PAGE_TABLES = ("pages", "single", "multi", "text", visual.TABLE)
+PAGE_TABLES = PAGE_VALUE_TABLES
 # A graph vector is the truncated single in float16: cosine ~1 - 1e-6. Anything below this is
 # another page's vector (a damaged or permuted id map).
 _SAME_VECTOR = 0.99
+
+
+@dataclass(frozen=True)
+class Part:
+    """A per-token value every page has in ``table`` (the multi-vector codes; the exact tokens):
+    ``bytes_per_token`` of payload per token, and ``rows(payload, tokens)`` -> the tokens as an array
+    [T, d] whose rows must be finite unit vectors, or None for values any bytes are valid for (binary
+    codes: their checksum is their check). Made by the index from its codec (jevsearch.index_codec)."""
+
+    table: str
+    bytes_per_token: int
+    rows: Callable[[object, int], np.ndarray] | None
 
 
 @dataclass(frozen=True)
@@ -40,8 +53,9 @@ class Problem:
 
 
 def check_index(store: PageStore, txn, manifest: dict, graph: HnswGraph, tombs: np.ndarray, *,
-                deep: bool = False) -> tuple[dict, list[Problem]]:
-    """Returns (counts, problems); the index is sound iff ``problems`` is empty."""
+                parts: list[Part], deep: bool = False) -> tuple[dict, list[Problem]]:
+    """Returns (counts, problems); the index is sound iff ``problems`` is empty. ``parts``: the
+    per-token values of every page (see :class:`Part`)."""
     problems: list[Problem] = []
     state = store.state(txn)
     names: dict[int, str] = {}  # live page id -> "doc pN", for messages
@@ -74,7 +88,8 @@ def check_index(store: PageStore, txn, manifest: dict, graph: HnswGraph, tombs: 
             doc_tokens += rec[2]
             live.add(pid)
             names[pid] = f"{name} p{numbers[i]}"
-            values += _check_page(store, txn, manifest, pid, rec[2], doc["text"], where, name, deep, problems)
+            values += _check_page(store, txn, manifest, parts, pid, rec[2], doc["text"], where, name, deep,
+                                  problems)
         if doc_tokens != doc["tokens"]:
             problems.append(Problem(f"{name}: {doc_tokens} tokens on its pages but {doc['tokens']} recorded",
                                     False, name))
@@ -112,26 +127,26 @@ def _document(store: PageStore, key: bytes, raw) -> dict | None:
         return None
 
 
-def _check_page(store: PageStore, txn, manifest: dict, pid: int, tokens: int, has_text: bool, where: str,
-                name: str, deep: bool, problems: list[Problem]) -> int:
+def _check_page(store: PageStore, txn, manifest: dict, parts: list[Part], pid: int, tokens: int, has_text: bool,
+                where: str, name: str, deep: bool, problems: list[Problem]) -> int:
     """Sizes of a page's values; with ``deep`` their digests and rows. Returns the values read."""
     k = page_key(pid)
-    expect = {"multi": tokens * manifest["multi_dim"] * np.dtype(manifest["multi_dtype"]).itemsize,
-              "single": 4 * (manifest["single_full_dim"] or 0)}
+    full, single_dtype = manifest["single_full_dim"] or 0, store.single_dtype
+    single_rows = lambda payload, n: np.frombuffer(payload, dtype=single_dtype).reshape(1, full)  # noqa: E731
     read = 0
-    for table, dtype, dim in (("multi", manifest["multi_dtype"], manifest["multi_dim"]),
-                              ("single", np.float32, manifest["single_full_dim"])):
+    for part in [*parts, Part("single", full * single_dtype.itemsize, single_rows)]:
+        table = part.table
         try:
             payload = store.get(txn, table, k, raw=not deep)
         except ChecksumError:
             problems.append(Problem(f"{where} {table} vectors fail their checksum", False, name))
             continue
         size = None if payload is None else len(payload) if deep else store.payload_size(payload)
-        if size != expect[table]:
+        if size != (1 if table == "single" else tokens) * part.bytes_per_token:
             problems.append(Problem(f"{where} {table} vectors missing or of the wrong size", False, name))
         elif deep:
             read += 1
-            if not unit_rows(np.frombuffer(payload, dtype=dtype).reshape(-1, dim)):
+            if part.rows is not None and not unit_rows(part.rows(payload, tokens)):
                 problems.append(Problem(f"{where} {table} vectors damaged (NaN, Inf or not unit norm)", False, name))
     if has_text:
         try:
@@ -185,12 +200,12 @@ def _check_graph(graph: HnswGraph, live: set[int], names: dict[int, str], state:
         if pid not in live:
             continue
         try:
-            single = store.single_raw(txn, pid)
+            single = store.single(txn, pid, full)
         except ChecksumError:
             continue  # reported with its page
-        if single is None or len(single) != 4 * full:
+        if single is None:
             continue
-        want = truncate_normalize(np.frombuffer(single, dtype=np.float32)[None], dim)[0]
+        want = truncate_normalize(single[None], dim)[0]
         if not float(want @ vecs[row]) >= _SAME_VECTOR:
             wrong.append(pid)
     if wrong:
