@@ -42,3 +42,14 @@ def print_table(title: str, rows: list[tuple]) -> None:
     for metric, value, note in rows:
         v = f"{value:.4g}" if isinstance(value, float) else str(value)
         print(f"  {metric:<{width}}  {v:>12}  {note}")
+
+
+def print_grid(title: str, columns: list[str], rows: list[tuple]) -> None:
+    """rows: (metric, [one cell per column], note); a float cell is formatted to 4 significant digits."""
+    print(f"\n== {title}")
+    cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r[1]] for r in rows]
+    width = max(len(str(r[0])) for r in rows)
+    col_w = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    print(f"  {'':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(columns, col_w)))
+    for (metric, _, note), line in zip(rows, cells):
+        print(f"  {metric:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(line, col_w)) + (f"  {note}" if note else ""))

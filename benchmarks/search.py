@@ -1,7 +1,8 @@
 """Benchmark of the storage core and two-stage search on a synthetic jina-v4-shaped corpus.
 
-    python benchmarks/search.py                    # 10k pages (~2 GB on disk, a few minutes)
-    python benchmarks/search.py --pages 100000     # ~20 GB on disk; check `df -h` first
+    python benchmarks/search.py                    # 10k pages (~6 GB on disk for the 5 codecs, ~20 minutes)
+    python benchmarks/search.py --pages 100000     # ~55 GB on disk; check `df -h` first
+    python benchmarks/search.py --codecs fp16      # today's storage only (~2 GB at 10k pages)
 
 Synthetic corpus (deterministic from --seed; same flags => same corpus, so runs are comparable):
   * topics: pages // 20 unit "topic" vectors c_t in R^128; page p belongs to topic p % n_topics.
@@ -17,6 +18,10 @@ Synthetic corpus (deterministic from --seed; same flags => same corpus, so runs 
   Documents have --doc-pages pages each and are added with one add_embeddings call per document.
   At the end, --append-pages pages are appended to the full index twice, as new documents: once with
   one commit per document, once with add_embeddings_many (--batch-docs documents per commit).
+
+The corpus is stored once per configuration of --codecs (benchmarks/search_codecs.py: fp16, the
+baseline, and the compact layouts of issue 13), built in the same pass (documents added to each in
+turn); the sections below the codec table measure the fp16 index.
 
 Baselines measured in the same run (this machine is shared and noisy: read ratios, not absolutes):
   * matmul floor: torch fp32 matmul of the same shape as one query's MaxSim over C pages, data already
@@ -39,8 +44,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import search_codecs  # noqa: E402
 from benchmarks._util import pct, peak_rss_mb, print_table, repeat_ms, timed  # noqa: E402
 from jevsearch import Engine  # noqa: E402
+from jevsearch.search.pooling import pool_tokens  # noqa: E402
 from jevsearch.search.maxsim import CPU_BLOCK_TOKENS, maxsim_concat, pad_queries  # noqa: E402
 from jevsearch.search.pack import ConcatPacker  # noqa: E402
 from jevsearch.search.threads import torch_threads  # noqa: E402
@@ -84,8 +91,9 @@ class Corpus:
         return single, q, target
 
 
-def build(eng: Engine, corpus: Corpus, doc_pages: int) -> dict:
-    add_s = gen_s = 0.0
+def build(engs: dict[str, Engine], corpus: Corpus, doc_pages: int) -> dict:
+    """Add the corpus to every engine, document by document in turn; seconds per engine."""
+    add_s, gen_s = dict.fromkeys(engs, 0.0), 0.0
     payload = 0
     truncated = np.empty((corpus.pages, 128), dtype=np.float32)  # for the ideal stage 1
     for first in range(0, corpus.pages, doc_pages):
@@ -95,15 +103,20 @@ def build(eng: Engine, corpus: Corpus, doc_pages: int) -> dict:
         multis = [m for _, m in pages]
         truncated[first:first + len(pages)] = _unit(singles[:, :128])
         gen_s += time.perf_counter() - t
-        dt, _ = timed(eng.add_embeddings, f"doc{first // doc_pages:06d}.pdf", singles, multis,
-                      metadata={"first_page": first})
-        add_s += dt
+        for name, eng in engs.items():
+            dt, _ = timed(eng.add_embeddings, f"doc{first // doc_pages:06d}.pdf", singles, multis,
+                          metadata={"first_page": first})
+            add_s[name] += dt
         payload += sum(m.shape[0] for m in multis) * DM * 2 + singles.nbytes
         done = first + len(pages)
         if done % max(doc_pages, corpus.pages // 10) < doc_pages:
-            print(f"  added {done} pages ({done / add_s:.0f} pages/s in add_embeddings)", flush=True)
-    flush_s, _ = timed(eng.flush)
-    return {"add_s": add_s, "gen_s": gen_s, "flush_s": flush_s, "payload": payload, "truncated": truncated}
+            rates = ", ".join(f"{n} {done / t:.0f}" for n, t in add_s.items())
+            print(f"  added {done} pages (pages/s in add_embeddings: {rates})", flush=True)
+    flush_s = {name: timed(eng.flush)[0] for name, eng in engs.items()}
+    sample = [corpus.page(p)[1] for p in range(min(20, corpus.pages))]
+    pool_ms = 1e3 * timed(lambda: [pool_tokens(m, 2) for m in sample])[0] / len(sample)
+    return {"add_s": add_s, "gen_s": gen_s, "flush_s": flush_s, "payload": payload, "truncated": truncated,
+            "pool_ms": pool_ms}
 
 
 def append_writes(path: str, corpus: Corpus, doc_pages: int, batch_docs: int, pages: int) -> tuple[float, float]:
@@ -205,35 +218,45 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", default=None, help="where to build the index (default: a temp dir, removed)")
+    ap.add_argument("--keep", action="store_true", help="keep the indexes built (their folder is printed)")
     ap.add_argument("--m", type=int, default=32, help="HNSW M")
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--ef-search", type=int, default=128, help="raised to the candidates asked for")
+    ap.add_argument("--codecs", default=",".join(search_codecs.CONFIGS),
+                    help="configurations to compare, fp16 first (default: %(default)s)")
+    ap.add_argument("--cold-queries", type=int, default=20, help="queries timed with a cold page cache")
     args = ap.parse_args()
+    configs = args.codecs.split(",")
+    if configs[0] != "fp16" or not set(configs) <= set(search_codecs.CONFIGS):
+        ap.error(f"--codecs: fp16 first, then any of {', '.join(search_codecs.CONFIGS)}")
     n_ex = args.exhaustive_queries or (args.queries if args.pages <= 20_000 else min(args.queries, 10))
 
     root = tempfile.mkdtemp(prefix="jev-bench-", dir=args.dir)
-    path = os.path.join(root, "idx")
+    paths = {name: os.path.join(root, f"idx-{i}") for i, name in enumerate(configs)}
+    path = paths["fp16"]
     print(f"jevsearch search benchmark: {args.pages} pages, HNSW M={args.m} efC={args.ef_construction} "
           f"efS={args.ef_search}, engine threads 1 unless a row says (torch default here "
           f"{torch.get_num_threads()}), load average {os.getloadavg()[0]:.1f}, index at {path}", flush=True)
     corpus = Corpus(args.pages, args.seed)
     try:
-        eng = Engine.create(path, single_dim=128, hnsw_m=args.m, ef_construction=args.ef_construction,
-                            ef_search=args.ef_search)
-        b = build(eng, corpus, args.doc_pages)
-        eng.close()
+        engs = {name: Engine.create(paths[name], single_dim=128, hnsw_m=args.m, ef_construction=args.ef_construction,
+                                    ef_search=args.ef_search, **search_codecs.CONFIGS[name]) for name in configs}
+        b = build(engs, corpus, args.doc_pages)
+        for e in engs.values():
+            e.close()
+        add_s, flush_s = b["add_s"]["fp16"], b["flush_s"]["fp16"]
         open_s, eng = timed(Engine.open, path, readonly=True)
         st = eng.stats()
         pages = st["pages"]
         floor = lmdb_floor(root, b["payload"] * args.doc_pages // pages)
         write_rows = [
             ("pages", pages, f"{st['tokens'] / pages:.0f} tokens/page, {args.doc_pages} pages/document"),
-            ("write rate", pages / (b["add_s"] + b["flush_s"]),
+            ("write rate", pages / (add_s + flush_s),
              "pages/s (add_embeddings + final flush; generation excluded)"),
-            ("write rate MB/s", b["payload"] / (b["add_s"] + b["flush_s"]) / 1e6, "MB/s of fp16 multis + fp32 singles"),
+            ("write rate MB/s", b["payload"] / (add_s + flush_s) / 1e6, "MB/s of fp16 multis + fp32 singles"),
             ("bare LMDB commit floor", floor, "pages/s (same bytes per commit, same fsync policy)"),
-            ("write rate / floor", pages / (b["add_s"] + b["flush_s"]) / floor, "x"),
-            ("final flush s", b["flush_s"], "s (queued HNSW inserts + save)"),
+            ("write rate / floor", pages / (add_s + flush_s) / floor, "x"),
+            ("final flush s", flush_s, "s (queued HNSW inserts + save)"),
             ("open (readonly) s", open_s, "s"),
             ("bytes on disk / page", (st["bytes"]["lmdb_file"] + st["bytes"]["hnsw_file"]) / pages,
              "B (LMDB file + HNSW file)"),
@@ -241,7 +264,7 @@ def main() -> None:
             ("  single / page", st["bytes"]["single"] / pages, "B"),
             ("  hnsw / page", st["bytes"]["hnsw_file"] / pages, "B"),
         ]
-        print_table("write", write_rows)
+        print_table("write (fp16)", write_rows)
 
         queries = [corpus.query(i, args.query_tokens) for i in range(args.queries)]
         rows, two_sets, p50 = [], {}, {}
@@ -298,6 +321,9 @@ def main() -> None:
                               for s, (_, _, t) in zip(two_sets[100], queries)])
         qrows.append(("target page in top-10 (c=100)", float(target_hit), "sanity: queries are built from it"))
         print_table("quality", qrows)
+        eng.close()
+        search_codecs.compare(paths, b, queries, ex_sets, args.k, args.cold_queries)
+        eng = Engine.open(path, readonly=True)
 
         q = queries[0][1]
         frows = []
@@ -326,7 +352,8 @@ def main() -> None:
             ("batched / per-doc", batched / per_doc, "x"),
         ])
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

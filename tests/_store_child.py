@@ -3,6 +3,7 @@
     python tests/_store_child.py write INDEX --docs N [--crash POINT]   # prints "committed <doc>" per add
     python tests/_store_child.py read INDEX --until N                    # searches until it sees N docs
     python tests/_store_child.py upgrade INDEX --docs N --crash POINT    # a version-1 index, then compact()
+    python tests/_store_child.py convert INDEX --docs N --crash POINT    # an fp16 index, then compact(codec=...)
 
 Crash points kill the process with SIGKILL at a precise place by wrapping a library function in
 this child only (the library has no test hooks):
@@ -12,7 +13,8 @@ this child only (the library has no test hooks):
   mid_compact  after compact() wrote the new hnsw.bin, before LMDB records the new epoch
   mid_copy     after compact() copied LMDB to store-<n+1>/, before CURRENT names it
   after_swap   after CURRENT names the compacted store, before the old store-<n>/ is deleted
-  mid_rewrite  (upgrade) while compact() rewrites a version-1 store: after its multi-vectors are copied
+  mid_rewrite  (upgrade, convert) while compact() rewrites the store: after its multi table is copied
+  mid_fill     (convert) while compact(codec=...) writes the re-encoded pages: after 5 of them
   none         no injected crash (the parent kills at a random moment)
 """
 
@@ -109,6 +111,17 @@ def _install_crash(point: str) -> None:
             if table == "multi":
                 _kill()
         rewrite._copy_table = copy_table
+    elif point == "mid_fill":
+        from jevsearch.store import rewrite
+
+        orig_put, calls = rewrite._Writer.put, {"n": 0}
+
+        def put(self, table, key, payload, append=False):
+            orig_put(self, table, key, payload, append)
+            calls["n"] += table == "multi"
+            if calls["n"] == 5:
+                _kill()
+        rewrite._Writer.put = put
     elif point in ("mid_copy", "after_swap"):
         orig_write, orig_rmtree = lmdbstore.write_atomic, lmdbstore.shutil.rmtree
 
@@ -181,6 +194,24 @@ def upgrade(index: str, docs: int, crash: str) -> None:
     print("done", flush=True)
 
 
+CONVERTED = {"codec": "binary", "keep_exact": True, "pool_factor": 2}
+
+
+def convert(index: str, docs: int, crash: str) -> None:
+    """An fp16 index of ``docs`` documents, then compact(**CONVERTED): a pooled binary+exact index."""
+    from jevsearch import Index
+
+    with Index.create(index, single_dim=64, codec="fp16") as eng:
+        for i in range(docs):
+            singles, multis = make_doc(i, pages=2 + i % 3, tokens=(200, 400))
+            eng.add_embeddings(f"doc-{i}", singles, multis, metadata={"pages": len(multis)})
+            print(f"committed doc-{i}", flush=True)
+    _install_crash(crash)
+    with Index.open(index) as eng:
+        eng.compact(**CONVERTED)
+    print("done", flush=True)
+
+
 def read(index: str, until: int) -> None:
     """Search repeatedly while a writer works; exits 0 once ``until`` documents are visible, printing
     how many distinct document counts it observed. Every answer comes from one LMDB snapshot, so an
@@ -218,7 +249,7 @@ def read(index: str, until: int) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["write", "read", "upgrade"])
+    p.add_argument("mode", choices=["write", "read", "upgrade", "convert"])
     p.add_argument("index")
     p.add_argument("--docs", type=int, default=10)
     p.add_argument("--crash", default="none")
@@ -227,4 +258,4 @@ if __name__ == "__main__":
     if a.mode == "read":
         read(a.index, a.until)
     else:
-        (write if a.mode == "write" else upgrade)(a.index, a.docs, a.crash)
+        {"write": write, "upgrade": upgrade, "convert": convert}[a.mode](a.index, a.docs, a.crash)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from _store_child import make_doc, query_for
+from _store_child import CONVERTED, make_doc, query_for
 from jevsearch import Engine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -93,6 +93,34 @@ def test_kill9_while_compact_upgrades_a_version_1_index(tmp_path, point):
         eng.verify(deep=True)
     # One store left: the interrupted copy (or the old store) was removed.
     assert [f for f in os.listdir(path) if f.startswith("store-")] == ["store-3" if point == "after_swap" else "store-2"]
+
+
+@pytest.mark.parametrize("point", ["mid_rewrite", "mid_fill", "mid_copy", "after_swap"])
+def test_kill9_while_compact_converts_to_a_codec(tmp_path, point):
+    """compact(codec=...) re-encodes (and pools) every page into a new store: a kill leaves the fp16
+    index or the converted one, never a mix, and a rerun finishes the conversion."""
+    path = str(tmp_path / "idx")
+    proc = _child("convert", path, "--docs", "6", "--crash", point)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, err)
+    assert "done" not in out.split("\n")
+    docs = {f"doc-{i}": make_doc(i, pages=2 + i % 3, tokens=(200, 400)) for i in range(6)}
+    for attempt in ("after the kill", "after a rerun"):
+        with Engine.open(path) as eng:
+            m = eng.manifest
+            converted = point == "after_swap" or attempt == "after a rerun"
+            assert (m["format_version"], m.get("codec"), m.get("pool_factor")) == \
+                ((3, "binary", 2) if converted else (2, None, None)), (attempt, m)
+            eng.verify(deep=True)
+            assert list(eng.documents()) == sorted(docs)
+            for name, (singles, multis) in docs.items():
+                tokens = sum(-(-len(t) // 2) if converted else len(t) for t in multis)
+                assert eng.document(name)["tokens"] == tokens, (attempt, name)
+                qs, qm = query_for(multis, singles, page=0)
+                top = eng.search_embeddings(qs, qm, k=1, candidates=5)[0]
+                assert (top.doc_id, top.page) == (name, 1)
+            eng.compact(**CONVERTED)  # a rerun converts (or, converted already, just compacts)
+    assert len([f for f in os.listdir(path) if f.startswith("store-")]) == 1
 
 
 def test_kill9_at_random_moments(tmp_path):
