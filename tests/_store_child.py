@@ -182,7 +182,7 @@ def upgrade(index: str, docs: int, crash: str) -> None:
     """A version-1 index of ``docs`` documents, then compact() (which rewrites it with checksums)."""
     from jevsearch import Index
 
-    with Index.create(index, single_dim=64) as eng:
+    with Index.create(index, single_dim=64, codec="fp16") as eng:  # version 1 had plain floats
         for i in range(docs):
             singles, multis = make_doc(i, pages=2 + i % 3, tokens=(200, 400))
             eng.add_embeddings(f"doc-{i}", singles, multis, metadata={"pages": len(multis)})

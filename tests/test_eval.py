@@ -199,7 +199,8 @@ def test_search_singles_hnsw_and_exact(tmp_path):
             idx.add_embeddings(doc_id, singles, multis)
         idx.delete("doc7")
         live = [(d, p + 1, s[p]) for d, (s, _) in docs.items() if d != "doc7" for p in range(len(s))]
-        full = np.stack([v for _, _, v in live])
+        # As stored: float16 singles in the default layout (format 3).
+        full = np.stack([v for _, _, v in live]).astype(idx.manifest["single_dtype"]).astype(np.float32)
         qs = unit(rng, 3, full.shape[1])
         exact = idx.search_singles(qs, k=5, exact=True)
         for q, hits in zip(qs, exact):

@@ -324,3 +324,41 @@ def test_engine_add_pools_pages_and_explain_recomputes_them(tmp_path):
         assert len(multi) == -(-view.tokens // 2)  # the stored rows are the pooled ones
         ex = eng.explain(hit, "quarterly revenue")
         assert ex.source == "recomputed" and "pooled" in ex.note
+
+
+@pytest.mark.parametrize("table, what", [("multi", "multi-vectors"), ("exact", "exact tokens")])
+def test_damaged_codes_or_exact_tokens_are_skipped_and_named(tmp_path, caplog, table, what):
+    import lmdb
+
+    from jevsearch.errors import CorruptIndexError
+    from jevsearch.store.lmdbstore import page_key
+
+    path = tmp_path / "idx"
+    docs = _docs(n=3)
+    with Index.create(path, single_dim=64, codec="binary", keep_exact=True) as ix:
+        _fill(ix, docs)
+    env = lmdb.open(current_env(str(path))[0], max_dbs=16)
+    try:  # one flipped bit in doc-1 page 2 (page id 4): a sign, or a float16 mantissa bit
+        db = env.open_db(table.encode())
+        with env.begin(write=True) as txn:
+            raw = bytearray(txn.get(page_key(4), db=db))
+            raw[10] ^= 0x01
+            txn.put(page_key(4), bytes(raw), db=db)
+    finally:
+        env.close()
+    singles, multis = docs["doc-1"]
+    qs, qm = query_for(multis, singles, page=1)
+    with Index.open(path) as ix:
+        # rescore 3: the codes of all 9 pages, the exact tokens of the best 3; 9: the exact tokens of all
+        # 9 (no codes pass). A page found damaged is left out of later searches from their codes on.
+        for rescore in ((3, 3) if table == "multi" else (9, 3, 3)):
+            hits = _ranked(ix.search_embeddings(qs, qm, k=3, candidates=9, rescore=rescore))
+            assert ("doc-1", 2) not in hits and len(hits) == 3
+        assert ix.stats()["damaged_pages"] == 1
+        with pytest.raises(CorruptIndexError, match=f"doc-1 page 2: its {what} fail their checksum"):
+            ix.verify()
+        with pytest.raises(CorruptIndexError, match=f"doc-1: page 2 {table} vectors fail their checksum"):
+            ix.verify(deep=True)
+        ix.add_embeddings("doc-1", singles, multis, metadata={"name": "doc-1"})  # re-adding replaces the page
+        assert _ranked(ix.search_embeddings(qs, qm, k=1, candidates=9))[0] == ("doc-1", 2)
+        ix.verify(deep=True)

@@ -32,7 +32,10 @@ DOCS = [("a.pdf", 3), ("b.pdf", 2), ("c.pdf", 4)]  # page ids 0-2, 3-4, 5-8
 
 
 def build(path: str, docs=DOCS, **kw) -> dict:
+    """An index of ``docs`` in today's fp16 layout (format 2: the formats these tests damage and
+    upgrade; the codec layouts' damage: tests/test_index_codecs.py)."""
     out = {}
+    kw.setdefault("codec", "fp16")
     with Index.create(path, single_dim=64, **kw) as ix:
         for seed, (name, pages) in enumerate(docs):
             singles, multis = make_doc(seed, pages)

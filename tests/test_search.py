@@ -102,7 +102,7 @@ def test_two_stage_equals_exhaustive_when_candidates_cover_the_index(corpus):
     rng = np.random.default_rng(2)
     for trial in range(5):
         qs, qm = unit(rng, 256), unit(rng, 6, 128)
-        two = eng.search_embeddings(qs, qm, k=10, candidates=pages)
+        two = eng.search_embeddings(qs, qm, k=10, candidates=pages, rescore=pages)
         ex = eng.search_embeddings(None, qm, k=10, exhaustive=True)
         assert _key(two) == _key(ex)
         # Exhaustive really is exact: every score equals the float64 reference on the stored page.

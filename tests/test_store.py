@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def index(tmp_path):
-    """An index with docs a.pdf (3 pages, texts), b.pdf (2 pages), c.pdf (4 pages)."""
+    """An index with docs a.pdf (3 pages, texts), b.pdf (2 pages), c.pdf (4 pages), in the default layout."""
     path = str(tmp_path / "idx")
     eng = Engine.create(path, single_dim=64, model_info={"name": "tiny", "revision": "r1"})
     docs = {}
@@ -65,15 +65,17 @@ def test_round_trip_and_reopen(index):
                                            "tokens": sum(len(m) for m in docs["b.pdf"][1])}
         assert again.document("nope.pdf") is None
         m = again.manifest
-        assert (m["format_version"], m["single_dim"], m["single_full_dim"], m["multi_dim"], m["multi_dtype"]) == \
-            (2, 64, D, DM, "float16")
+        assert (m["format_version"], m["single_dim"], m["single_full_dim"], m["multi_dim"], m["codec"],
+                m["keep_exact"], m["pool_factor"]) == (3, 64, D, DM, "binary", True, 1)
         assert m["model"] == {"name": "tiny", "revision": "r1"} and m["hnsw"]["M"] == 32
         with pytest.raises(TypeError):
             m["model"] = None  # a read-only view
         st = again.stats()
         assert (st["documents"], st["pages"], st["tombstones"], st["hnsw_vectors"]) == (3, 9, 0, 9)
         assert st["tokens"] == sum(len(x) for _, ms in docs.values() for x in ms)
-        assert st["bytes"]["multi"] >= st["tokens"] * DM * 2 and st["bytes"]["hnsw_file"] > 0
+        # binary codes (16 B per token) and the exact float16 tokens
+        assert st["bytes"]["multi"] >= st["tokens"] * DM // 8 and st["bytes"]["exact"] >= st["tokens"] * DM * 2
+        assert st["bytes"]["hnsw_file"] > 0
         assert again.verify()["pages"] == 9
         again.set_model_info({"name": "tiny", "revision": "r2"})
     with Engine.open(path, readonly=True) as ro:
