@@ -2,6 +2,7 @@
 
 from jevsearch.errors import (
     CheckpointError,
+    ClusterError,
     CorruptIndexError,
     DocumentError,
     FormatVersionError,
@@ -12,12 +13,14 @@ from jevsearch.errors import (
     ModelMismatchError,
     NotAnIndexError,
     ReadOnlyIndexError,
+    ShardError,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "ClusterError",
     "Engine",
     "Hit",
     "Index",
@@ -31,6 +34,8 @@ __all__ = [
     "ModelMismatchError",
     "NotAnIndexError",
     "ReadOnlyIndexError",
+    "ShardError",
+    "ShardedEngine",
     "__version__",
 ]
 
@@ -41,4 +46,8 @@ def __getattr__(name: str):
         from jevsearch import engine
 
         return getattr(engine, name)
+    if name == "ShardedEngine":  # ray stays unimported until a cluster is asked for
+        from jevsearch.scale.sharded import ShardedEngine
+
+        return ShardedEngine
     raise AttributeError(f"module 'jevsearch' has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
     jevsearch make-tiny-model models/tiny                    # random weights: smoke tests only
     jevsearch index papers/ scan.png --index indexes/papers --model models/tiny
+    jevsearch index corpus/ --index indexes/big --shards 4 --ray auto --workers 8   # sharded, on Ray
     jevsearch search "quarterly revenue by region" --index indexes/papers -k 5
     jevsearch info --index indexes/papers
     jevsearch delete papers/old.pdf --index indexes/papers
@@ -54,12 +55,17 @@ def _cmd_index(args) -> int:
     from jevsearch.engine import Engine
     from jevsearch.errors import NotAnIndexError
 
-    try:
-        eng = Engine.open(args.index, model=args.model)
-    except NotAnIndexError:
-        eng = Engine.create(args.index, model=args.model or DEFAULT_MODEL)
+    if args.workers is not None and args.ray is None:
+        raise InvalidInputError("--workers: only with --ray (hint: --ray auto --workers N)")
+    if args.shards is not None or _is_sharded(args.index):
+        eng = _sharded_writer(args)
+    else:
+        try:
+            eng = Engine.open(args.index, model=args.model)
+        except NotAnIndexError:
+            eng = Engine.create(args.index, model=args.model or DEFAULT_MODEL)
     with eng:
-        report = eng.add(args.paths, progress=not args.quiet)
+        report = eng.add(args.paths, progress=not args.quiet, ray=args.ray, workers=args.workers)
     for path, reason in report.failed:
         print(f"failed: {path}: {reason}", file=sys.stderr)
     if not args.quiet:
@@ -70,7 +76,7 @@ def _cmd_index(args) -> int:
 def _cmd_search(args) -> int:
     from jevsearch.engine import Engine
 
-    with Engine.open(args.index, readonly=True, model=args.model) as eng:
+    with _reader(args.index, model=args.model) as eng:
         hits = eng.search(args.query, k=args.k)
     if args.json:
         rows = [
@@ -88,7 +94,7 @@ def _cmd_search(args) -> int:
 def _cmd_info(args) -> int:
     from jevsearch.engine import Engine
 
-    with Engine.open(args.index, readonly=True) as eng:
+    with _reader(args.index) as eng:
         info = _info(eng)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
@@ -115,12 +121,42 @@ def _cmd_delete(args) -> int:
 def _cmd_verify(args) -> int:
     from jevsearch.engine import Engine
 
-    with Engine.open(args.index, readonly=True) as eng:
+    with _reader(args.index) as eng:
         summary = eng.verify()
     if not args.quiet:
         counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in (summary or {}).items())
         print(f"{args.index}: ok" + (f" ({counts})" if counts else ""))
     return 0
+
+
+def _is_sharded(path: str) -> bool:
+    from jevsearch.scale import is_sharded
+
+    return is_sharded(path)
+
+
+def _reader(path: str, model=None):
+    """The index at ``path`` opened read-only: an Engine, or a ShardedEngine for a sharded index."""
+    if _is_sharded(path):
+        from jevsearch.scale import ShardedEngine
+
+        return ShardedEngine.open(path, readonly=True, model=model)
+    from jevsearch.engine import Engine
+
+    return Engine.open(path, readonly=True, model=model)
+
+
+def _sharded_writer(args):
+    from jevsearch.scale import ShardedEngine
+
+    if not _is_sharded(args.index):
+        return ShardedEngine.create(args.index, shards=args.shards, model=args.model or DEFAULT_MODEL)
+    sh = ShardedEngine.open(args.index, model=args.model)
+    if args.shards is not None and args.shards != len(sh.shards):
+        sh.close()
+        raise InvalidInputError(f"--shards {args.shards}: {args.index} has {len(sh.shards)} shards "
+                                "(hint: omit --shards for an existing index)")
+    return sh
 
 
 def _cmd_make_tiny_model(args) -> int:
@@ -146,7 +182,8 @@ def _info(eng) -> dict:
             "model_fingerprint": model.get("identity", {}).get("fingerprint"),
             "max_pixels": model.get("max_pixels"), "single_dim": m["single_dim"],
             "single_full_dim": m["single_full_dim"], "multi_dim": m["multi_dim"], "multi_dtype": m["multi_dtype"],
-            "bytes_on_disk": stats["bytes"]["lmdb_file"] + stats["bytes"]["hnsw_file"]}
+            "bytes_on_disk": stats["bytes"]["lmdb_file"] + stats["bytes"]["hnsw_file"],
+            **({"shards": stats["shards"]} if "shards" in stats else {})}
 
 
 def _table(hits) -> str:
@@ -191,6 +228,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("paths", nargs="+", metavar="PATH", help="PDF or image files, or folders (searched recursively)")
     c.add_argument("--model", metavar="M", help=f"hub id or local snapshot path (new index: default {DEFAULT_MODEL}; "
                    "existing index: must be the recorded model)")
+    c.add_argument("--ray", metavar="ADDRESS", help="render and encode on a Ray cluster: 'auto' (this machine's, "
+                   "or a new local one) or HOST:PORT (needs pip install -e \".[ray]\")")
+    c.add_argument("--workers", type=_positive_int, metavar="N", help="with --ray: encoder actors (default: "
+                   "one per GPU, else one per CPU but one)")
+    c.add_argument("--shards", type=_positive_int, metavar="N", help="new index: split it into N shards by "
+                   "document (a sharded index; search/info/verify take it as they take any)")
     c.set_defaults(run=_cmd_index)
 
     c = sub.add_parser("search", parents=[common, index_opt], help="search an index with a text query")

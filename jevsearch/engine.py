@@ -89,7 +89,7 @@ class Engine(Index):
         """How pages are rendered for this index's model (pixel budget, 28 px token grid)."""
         return modelinfo.page_geometry(self.encoder, self._manifest["model"])
 
-    def add(self, paths, *, progress: bool = False):
+    def add(self, paths, *, progress: bool = False, ray=None, workers: int | None = None):
         """Index PDFs and images (files, or folders searched recursively); returns an IngestReport.
 
         A document's id is its absolute path; its SHA-256 is kept in its metadata. Unchanged files are
@@ -97,13 +97,17 @@ class Engine(Index):
         the rest goes on. Each document is committed whole, so after a crash (even kill -9) rerunning
         the same call finishes the job without duplicates.
 
+        ``ray="auto"``, a cluster address or an open :class:`jevsearch.scale.ingest.EncoderPool`: render and
+        encode on a Ray cluster (``workers`` encoder actors; ``pip install -e ".[ray]"``), same result.
+
         >>> report = eng.add(["papers/", "scan.png"])          # doctest: +SKIP
         >>> report.added, report.skipped, report.failed         # doctest: +SKIP
         """
         from jevsearch.ingest import IngestReport, discover, ingest
 
         self._check_writable()
-        encoder, geometry = self.encoder, self.page_geometry
+        if workers is not None and ray is None:
+            raise InvalidInputError("workers: only with ray=... (hint: ray=\"auto\" to use a Ray cluster)")
         sources, failed = discover(paths)
         known = {}
         for src in sources:
@@ -115,9 +119,17 @@ class Engine(Index):
             self.add_embeddings(doc.path, doc.singles, doc.multis, page_texts=doc.texts,
                                 metadata={"sha256": doc.sha256, "kind": doc.kind})
 
-        with torch_threads(modelinfo.ingest_threads(encoder)):
-            report = ingest(sources, encoder, store, geometry=geometry, known=known, progress=progress,
-                            report=IngestReport(failed=failed), batch_tokens=encoder.max_batch_tokens)
+        report = IngestReport(failed=failed)
+        if ray is not None:  # the model loads on the cluster's actors, not here
+            from jevsearch.scale.ingest import ingest_on
+
+            ingest_on(ray, sources, store, recorded=modelinfo.recorded_model(self._manifest), workers=workers,
+                      known=known, progress=progress, report=report)
+        else:
+            encoder, geometry = self.encoder, self.page_geometry
+            with torch_threads(modelinfo.ingest_threads(encoder)):
+                ingest(sources, encoder, store, geometry=geometry, known=known, progress=progress,
+                       report=report, batch_tokens=encoder.max_batch_tokens)
         self.flush()
         return report
 

@@ -74,6 +74,14 @@ class ModelMismatchError(JevsearchError, ValueError):
     """The model (or its truncation) differs from the one recorded in the index."""
 
 
+class ShardError(JevsearchError):
+    """A shard of a sharded index is missing, damaged or did not answer (see ``allow_partial``)."""
+
+
+class ClusterError(JevsearchError):
+    """Ray is not installed, a cluster cannot be reached, or its workers keep failing."""
+
+
 class DocumentError(JevsearchError):
     """One input document could not be read (corrupt, encrypted, empty, ...).
 
