@@ -302,27 +302,31 @@ class ShardedEngine:
         """Index PDFs and images into their shards; returns one IngestReport, as :meth:`Engine.add`.
 
         Files are routed by their document id (absolute path). ``ray``/``workers``: as in
-        :meth:`Engine.add`; one pool of encoder actors serves every shard. Without ``ray`` the model is
-        loaded once here and shared by the shards.
+        :meth:`Engine.add` (an address, or an open EncoderPool); one pool of encoder actors serves every
+        shard. Without ``ray`` the model is loaded once here and shared by the shards.
         """
         from jevsearch.ingest import IngestReport, discover
+        from jevsearch.scale.ingest import EncoderPool
 
         sources, failed = discover(paths)
         groups: dict[str, list[str]] = {}
         for src in sources:
             groups.setdefault(self.route(src.path), []).append(src.path)
-        writers = {name: self._writer(name) for name in groups}
+        for name in groups:
+            self._writer(name)  # writable, present: checked before any model loads
         report = IngestReport(failed=failed)
-        if ray is not None:
-            from jevsearch.scale.ingest import EncoderPool
-
+        if isinstance(ray, EncoderPool):  # the caller's pool, left open
+            reports = [self._writer(name).add(files, progress=progress, ray=ray, workers=workers)
+                       for name, files in groups.items()]
+        elif ray is not None:
             with EncoderPool(ray, modelinfo.recorded_model(self._manifest), workers) as pool:
-                reports = [writers[name].add(files, progress=progress, ray=pool) for name, files in groups.items()]
+                reports = [self._writer(name).add(files, progress=progress, ray=pool)
+                           for name, files in groups.items()]
         else:
             if workers is not None:
                 raise InvalidInputError("workers: only with ray=... (hint: ray=\"auto\" to use a Ray cluster)")
             self._share_model()
-            reports = [writers[name].add(files, progress=progress) for name, files in groups.items()]
+            reports = [self._writer(name).add(files, progress=progress) for name, files in groups.items()]
         order = {src.path: i for i, src in enumerate(sources)}
         return _merge_reports(report, reports, order)
 

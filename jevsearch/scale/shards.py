@@ -18,30 +18,44 @@ from jevsearch.errors import JevsearchError, ShardError
 
 
 class ShardServer:
-    """A Ray actor's body: one shard opened read-only (a reader: it sees the writer's commits)."""
+    """A Ray actor's body: one shard opened read-only (a reader: it sees the writer's commits).
+
+    A shard that cannot be opened (missing, damaged) keeps its actor alive to say why on every call:
+    the caller gets that error itself (e.g. NotAnIndexError), not an opaque dead actor.
+    """
 
     def __init__(self, path: str, threads: int):
         from jevsearch.index import Index
 
-        self._index = Index.open(path, readonly=True, threads=threads)
+        self._error: BaseException | None = None
+        try:
+            self._index = Index.open(path, readonly=True, threads=threads)
+        except (JevsearchError, OSError) as e:
+            self._index, self._error = None, e
+
+    @property
+    def index(self):
+        if self._error is not None:
+            raise self._error
+        return self._index
 
     def search_embeddings(self, *args, **kwargs):
-        return self._index.search_embeddings(*args, **kwargs)
+        return self.index.search_embeddings(*args, **kwargs)
 
     def stats(self) -> dict:
-        return self._index.stats()
+        return self.index.stats()
 
     def verify(self, deep: bool = False) -> dict:
-        return self._index.verify(deep=deep)
+        return self.index.verify(deep=deep)
 
     def documents(self) -> list[str]:
-        return list(self._index.documents())
+        return list(self.index.documents())
 
     def document(self, doc_id: str):
-        return self._index.document(doc_id)
+        return self.index.document(doc_id)
 
     def manifest(self) -> dict:
-        return dict(self._index.manifest)
+        return dict(self.index.manifest)
 
 
 class LocalShards:
