@@ -74,8 +74,6 @@ def _cmd_index(args) -> int:
 
 
 def _cmd_search(args) -> int:
-    from jevsearch.engine import Engine
-
     with _reader(args.index, model=args.model) as eng:
         hits = eng.search(args.query, k=args.k)
     if args.json:
@@ -92,8 +90,6 @@ def _cmd_search(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from jevsearch.engine import Engine
-
     with _reader(args.index) as eng:
         info = _info(eng)
     if args.json:
@@ -119,8 +115,6 @@ def _cmd_delete(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from jevsearch.engine import Engine
-
     with _reader(args.index) as eng:
         summary = eng.verify()
     if not args.quiet:

@@ -163,7 +163,8 @@ def test_sharded_add_and_ray_served_shards(tmp_path, corpus, local, pool, model,
     with ShardedEngine.open(tmp_path / "sh", ray="auto", allow_partial=True) as served:
         assert served.missing == ["shard-001"]
         again = served.search_embeddings(q.single[0], q.multi[0], k=6)
-        assert again.missing == ["shard-001"] and [(h.path, h.page) for h in again] == [(h.path, h.page) for h in partial]
+        assert again.missing == ["shard-001"]
+        assert [(h.path, h.page) for h in again] == [(h.path, h.page) for h in partial]
     with pytest.raises(ShardError, match="shard-001: missing"):
         ShardedEngine.open(tmp_path / "sh")  # the same error as through Ray (the threads path, cheaper)
 

@@ -389,7 +389,7 @@ class _Run:
         if self.deaths > 2 * self.pool.workers:
             raise ClusterError(f"encoder actors: {self.deaths} died in this ingest, last: {_cause(error)} "
                                "(hint: check the Ray logs for out-of-memory kills or a broken node)") from error
-        log.warning("encoder actor died (%s); its %d page ranges go to a new one", _cause(error), len(batch))
+        log.warning("encoder actor died (%s); a new one takes its %d page range(s)", _cause(error), len(batch))
         del self.calls[actor]
         self.calls[self.pool.replace(actor)] = 0
 
@@ -412,7 +412,8 @@ class _Run:
         self.docs_bar.refresh()
 
     def _stop(self) -> None:
-        for ref in self.rendering if self.ray is not None else ():  # after an error or an interrupt: leave nothing running for nobody
+        # After an error or an interrupt: leave nothing running for nobody.
+        for ref in self.rendering if self.ray is not None else ():
             self.ray.cancel(ref, force=True)
         for bar in (self.pages_bar, self.docs_bar):
             if bar is not None:
