@@ -83,10 +83,13 @@ class Session:
 def encoder_pool(ray, workers: int | None) -> tuple[int, dict, dict]:
     """How many encoder actors to start, the Ray options of each, and those of a render task.
 
-    With GPUs in the cluster: one actor per GPU (``num_gpus=1``) unless ``workers`` says fewer. Without:
-    single-threaded CPU actors, by default one per CPU but one, which stays free for the render tasks;
-    if ``workers`` asks for more, their CPU reservation is scaled down so rendering still gets a CPU
-    (otherwise the render tasks could never be scheduled and the ingest would wait forever).
+    With GPUs in the cluster: one actor per GPU (``num_gpus=1``, and a CPU for its preprocessing)
+    unless ``workers`` says fewer. Without: single-threaded CPU actors, by default one per CPU but one
+    (left to rendering). A CPU actor keeps Ray's default for actors, a CPU to be placed and none held
+    while it lives: were they to hold their CPUs, two pools on one small cluster (two ingests, or an
+    ingest beside a benchmark's pool) could hold every CPU between them, and no render task of either
+    could ever start (measured: a 2-CPU cluster hung exactly so). The driver bounds the render tasks in
+    flight itself, and a render task takes one CPU.
     """
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise InvalidInputError(f"workers: {workers!r} is not a positive integer")
@@ -100,11 +103,4 @@ def encoder_pool(ray, workers: int | None) -> tuple[int, dict, dict]:
         return workers, {"num_gpus": 1, "num_cpus": 1}, {"num_cpus": 1}
     if cpus <= 0:
         raise ClusterError("ray: the cluster offers no CPUs (hint: add nodes, or ray.init(num_cpus=2))")
-    workers = workers or max(1, int(cpus) - 1)
-    # Rendering keeps a whole CPU when there is more than one; else everybody shares the one.
-    share = min(1.0, (cpus - 1) / workers) if cpus > 1 else cpus / (workers + 1)
-    render = 1.0 if cpus > 1 else share
-    if share < 1:
-        log.info("ray: %d CPU encoder actors on %g CPUs: each reserves %.2f CPU so rendering keeps %.2f",
-                 workers, cpus, share, render)
-    return workers, {"num_cpus": round(share, 4)}, {"num_cpus": round(render, 4)}
+    return workers or max(1, int(cpus) - 1), {}, {"num_cpus": min(1.0, cpus)}
