@@ -17,11 +17,13 @@ commit   The driver's ceiling: documents of --commit-doc-pages pages with the re
          store (ray.get) and committed as Engine.add does (one commit per document), and with
          add_embeddings_many (16 per commit) for comparison. GPUs one driver keeps busy = pages/s / 46.
 shards   ``benchmarks/search.Corpus`` (jina-v4-shaped synthetic pages, ~770 tokens) of --pages pages in one
-         index and in 4 shards: p50 of 40 queries (16 tokens, k=10, 100 candidates per shard), recall@10
-         against exhaustive exact MaxSim, and the fan-out overhead: the sharded wall time minus the slowest
-         shard's own search time for the same query (threads in this process), and the same through Ray
-         actors (one per shard). Default 8000 pages: two 40k-page copies take ~16 GB and far more than a
-         few minutes on 2 cores; --pages 40000 runs the issue's size where there is room.
+         index and in 4 shards: p50 of 40 queries (16 tokens, k=10; 100 candidates per shard, and 25 per
+         shard for the same total rerank work as one index), recall@10 against exhaustive exact MaxSim,
+         and the fan-out cost: the sharded wall time minus the shards' own searches of the same query
+         (each timed alone, interleaved with the others), with threads in this process and with Ray
+         actors (one per shard). Default 8000 pages: two 40k-page copies take ~17 GB and the exhaustive
+         reference reads every page per query, far more than a few minutes on 2 cores; --pages 40000
+         runs the issue's size where there is room.
 """
 
 from __future__ import annotations
@@ -199,44 +201,49 @@ def shards_part(tmp: str, args, rows: list) -> None:
     print(f"  built 2 x {args.pages} pages in {time.perf_counter() - t:.0f} s", flush=True)
     queries = [corpus.query(i, 16) for i in range(args.queries)]
     with Index.open(os.path.join(tmp, "one"), readonly=True) as one, \
-            ShardedEngine.open(os.path.join(tmp, "sh"), readonly=True) as sh:
+            ShardedEngine.open(os.path.join(tmp, "sh"), readonly=True) as sh, \
+            ShardedEngine.open(os.path.join(tmp, "sh"), ray="auto") as served:
         shard_idx = [Index.open(os.path.join(tmp, "sh", name), readonly=True) for name in sh.shards]
         exact = [{(h.doc_id, h.page) for h in one.search_embeddings(None, q, k=10, exhaustive=True)}
                  for _, q, _ in queries[:args.exact]]
-
-        def run(search) -> tuple[list, float]:
-            times, found = [], []
-            for qs, q, _ in queries:
-                t = time.perf_counter()
-                found.append(search(qs, q))
-                times.append((time.perf_counter() - t) * 1e3)
-            recall = np.mean([len(exact[i] & {(h.doc_id, h.page) for h in found[i]}) / 10 for i in range(len(exact))])
-            return times, recall
-
-        run(lambda qs, q: one.search_embeddings(qs, q, k=10, candidates=100))  # warm-up (page cache, FAISS)
-        t1, r1 = run(lambda qs, q: one.search_embeddings(qs, q, k=10, candidates=100))
-        t4, r4 = run(lambda qs, q: sh.search_embeddings(qs, q, k=10, candidates=100))
-        t4s, r4s = run(lambda qs, q: sh.search_embeddings(qs, q, k=10, candidates=25))
-        per_shard = [[1e3 * _s(lambda: s.search_embeddings(qs, q, k=10, candidates=100)) for s in shard_idx]
-                     for qs, q, _ in queries]
-        for s in shard_idx:
-            s.close()
-    slowest, summed = [max(x) for x in per_shard], [sum(x) for x in per_shard]
-    rows += [("1 index, 100 candidates: p50", pct(t1, 50),
-              f"ms (recall@10 {r1:.3f} vs exhaustive, {args.exact} queries)"),
-             ("4 shards x 100 candidates, threads: p50", pct(t4, 50),
-              f"ms (recall@10 {r4:.3f}; 4x the rerank work)"),
-             ("4 shards x 25 candidates, threads: p50", pct(t4s, 50),
-              f"ms (recall@10 {r4s:.3f}; the same work as 1 index)"),
-             ("  4 shards x 100 one after another: p50", pct(summed, 50), "ms (sum of their own searches)"),
-             ("  fan-out overhead (wall - slowest shard alone): p50", pct([a - b for a, b in zip(t4, slowest)], 50),
-              "ms (4 searches share 2 cores and one GIL)")]
-    with ShardedEngine.open(os.path.join(tmp, "sh"), ray="auto") as served:
-        served.search_embeddings(*queries[0][:2], k=10, candidates=100)
-        tr, rr = run(lambda qs, q: served.search_embeddings(qs, q, k=10, candidates=100))
-    rows += [("4 shards x 100 candidates, Ray actors: p50", pct(tr, 50), f"ms (recall@10 {rr:.3f})"),
-             ("  fan-out overhead through Ray (wall - slowest shard alone): p50",
-              pct([a - b for a, b in zip(tr, slowest)], 50), "ms (one process per shard: no shared GIL)")]
+        ways = {"one": lambda qs, q: one.search_embeddings(qs, q, k=10, candidates=100),
+                "threads": lambda qs, q: sh.search_embeddings(qs, q, k=10, candidates=100),
+                "threads25": lambda qs, q: sh.search_embeddings(qs, q, k=10, candidates=25),
+                "ray": lambda qs, q: served.search_embeddings(qs, q, k=10, candidates=100)}
+        for i, shard in enumerate(shard_idx):
+            ways[i] = lambda qs, q, shard=shard: shard.search_embeddings(qs, q, k=10, candidates=100)
+        ms = {name: [] for name in ways}
+        found = {name: [] for name in ways}
+        for rep in range(2):  # the first pass warms up (page cache, FAISS, actors) and is not kept
+            for qs, q, _ in queries:  # every way for one query, then the next: they see the same machine
+                for name, search in ways.items():
+                    t = time.perf_counter()
+                    hits = search(qs, q)
+                    if rep:
+                        ms[name].append((time.perf_counter() - t) * 1e3)
+                        found[name].append(hits)
+        for shard in shard_idx:
+            shard.close()
+    recall = {name: np.mean([len(exact[i] & {(h.doc_id, h.page) for h in found[name][i]}) / 10
+                             for i in range(len(exact))]) for name in ("one", "threads", "threads25", "ray")}
+    summed = [sum(x) for x in zip(*(ms[i] for i in range(4)))]
+    slowest = [max(x) for x in zip(*(ms[i] for i in range(4)))]
+    p50 = {name: pct(v, 50) for name, v in ms.items()}
+    rows += [("1 index, 100 candidates: p50", p50["one"],
+              f"ms (recall@10 {recall['one']:.3f} vs exhaustive, {args.exact} queries)"),
+             ("4 shards x 100 candidates, threads: p50", p50["threads"],
+              f"ms (recall@10 {recall['threads']:.3f}; 4x the rerank work)"),
+             ("4 shards x 25 candidates, threads: p50", p50["threads25"],
+              f"ms (recall@10 {recall['threads25']:.3f}; the same work as 1 index)"),
+             ("4 shards x 100 candidates, Ray actors: p50", p50["ray"], f"ms (recall@10 {recall['ray']:.3f})"),
+             ("  each shard alone (100 candidates): p50", statistics.median(p50[i] for i in range(4)), "ms"),
+             ("  the 4 shards one after another: p50", pct(summed, 50), "ms"),
+             ("  threads: wall - the 4 one after another: p50", pct([a - b for a, b in zip(ms["threads"], summed)], 50),
+              "ms per query (< 0: they overlap)"),
+             ("  threads: wall - slowest shard: p50", pct([a - b for a, b in zip(ms["threads"], slowest)], 50),
+              "ms per query (0 = perfect overlap; 4 searches share 2 cores)"),
+             ("  Ray: wall - slowest shard: p50", pct([a - b for a, b in zip(ms["ray"], slowest)], 50),
+              "ms per query (actor calls, hits pickled, the cores shared)")]
 
 
 def _ms(fn, arg) -> float:

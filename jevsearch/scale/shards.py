@@ -15,6 +15,7 @@ import concurrent.futures
 import os
 
 from jevsearch.errors import JevsearchError, ShardError
+from jevsearch.search.threads import torch_threads
 
 
 class ShardServer:
@@ -69,16 +70,20 @@ class LocalShards:
     def call(self, method: str, *args, names=None, timeout: float | None = None, **kwargs) -> dict:
         """``method(*args, **kwargs)`` on every open shard (or those in ``names``) at once
         -> {name: result or the exception it raised}."""
-        futures = {name: self._pool.submit(_call_local, self.opened[name], method, args, kwargs)
-                   for name in (self.opened if names is None else names)}
-        out = {}
-        for name, future in futures.items():
-            try:
-                out[name] = future.result(timeout=timeout)
-            except concurrent.futures.TimeoutError:
-                out[name] = ShardError(f"{name}: no answer within {timeout:g} s")
-            except Exception as e:  # noqa: BLE001 - one shard's failure is reported, not raised, here
-                out[name] = e
+        # torch's thread count is process-global: each search sets 1 and restores the caller's on return,
+        # which, from parallel threads, would hand a 2-thread OpenMP team to searches still running (3x
+        # slower on 2 busy cores). Set once around the whole scatter, the shards' own settings are no-ops.
+        with torch_threads(1):
+            futures = {name: self._pool.submit(_call_local, self.opened[name], method, args, kwargs)
+                       for name in (self.opened if names is None else names)}
+            out = {}
+            for name, future in futures.items():
+                try:
+                    out[name] = future.result(timeout=timeout)
+                except concurrent.futures.TimeoutError:
+                    out[name] = ShardError(f"{name}: no answer within {timeout:g} s")
+                except Exception as e:  # noqa: BLE001 - one shard's failure is reported, not raised, here
+                    out[name] = e
         return out
 
     def close(self) -> None:
