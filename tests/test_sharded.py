@@ -141,6 +141,22 @@ def test_swapped_shards_fail_verify(built):
             sh.verify()
 
 
+def test_the_core_never_imports_ray_and_says_how_to_install_it():
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; sys.modules['ray'] = None  # as if not installed: any import of it fails\n"
+            "import jevsearch.engine, jevsearch.cli, jevsearch.scale, jevsearch.scale.ingest, jevsearch.scale.shards\n"
+            "from jevsearch import ShardedEngine\n"
+            "from jevsearch.scale.cluster import Session\n"
+            "try:\n    Session('auto')\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=repo))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ClusterError ray: not installed") and 'pip install -e ".[ray]"' in out.stdout
+
+
 def test_create_checks(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
