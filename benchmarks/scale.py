@@ -44,7 +44,7 @@ import ray  # noqa: E402  (the benchmark needs the [ray] extra)
 from benchmarks._util import pct, print_table  # noqa: E402
 from jevsearch import Engine, Index, ShardedEngine  # noqa: E402
 from jevsearch.ingest import discover, ingest  # noqa: E402
-from jevsearch.scale.ingest import EncoderPool, ingest_on  # noqa: E402
+from jevsearch.scale.ingest import EncoderPool  # noqa: E402
 from jevsearch.search.threads import torch_threads  # noqa: E402
 from tests.ingest_corpus import make_corpus, make_pdf  # noqa: E402
 
@@ -71,14 +71,14 @@ def ingest_part(tmp: str, model: str, args, rows: list) -> None:
         starts = {}
         for w, pool in pools.items():
             starts[w] = _s(pool.start)
-            ingest_on(pool, sources[:1], lambda d: None)  # warm-up: render workers, first forward
+            pool.ingest(sources[:1], lambda d: None)  # warm-up: render workers, first forward
         # Interleaved, best of --repeat: the machine is shared and its load comes and goes.
         runs = {k: [] for k in ("local1", "local2", 1, 2)}
         for _ in range(args.repeat):
             runs["local1"].append(local(1))
             runs["local2"].append(local(2))
             for w, pool in pools.items():
-                r = ingest_on(pool, sources, lambda d: None)
+                r = pool.ingest(sources, lambda d: None)
                 assert r.pages == pages and not r.failed, r
                 runs[w].append(r)
         best = {k: max(v, key=lambda r: -r.timings["wall"]) for k, v in runs.items()}
@@ -140,10 +140,10 @@ def latency_part(tmp: str, model: str, args, rows: list) -> None:
     local_ms, ray_ms = [], []
     with EncoderPool("auto", recorded, 1) as pool, torch_threads(1):
         in_process(files[0])
-        ingest_on(pool, files[:1], lambda d: None)
+        pool.ingest(files[:1], lambda d: None)
         for f in files[1:]:  # interleaved, so both see the same machine
             local_ms.append(_ms(in_process, f))
-            ray_ms.append(_ms(lambda x: ingest_on(pool, [x], lambda d: None), f))
+            ray_ms.append(_ms(lambda x: pool.ingest([x], lambda d: None), f))
     diff = [r - loc for r, loc in zip(ray_ms, local_ms)]
     rows += [("1-page document in this process (render + encode)", statistics.median(local_ms), "ms, median"),
              ("1-page document through Ray (warm pool)", statistics.median(ray_ms), "ms, median"),

@@ -22,9 +22,11 @@ import ray  # the [dev] extra installs it: these tests always run
 
 from jevsearch import Engine, InvalidInputError, ShardedEngine, ShardError
 from jevsearch.ingest import discover, ingest, modelinfo
-from jevsearch.scale.ingest import EncoderPool, ingest_on
+from jevsearch.scale.ingest import EncoderPool
 from jevsearch.search.threads import torch_threads
 from tests.ingest_corpus import (
+    make_bad_page_count_pdf,
+    make_broken_png,
     make_encrypted_pdf,
     make_fake_pdf,
     make_pdf,
@@ -78,8 +80,10 @@ def corpus(tmp_path_factory):
     picture(320, 240, seed=4).save(root / "chart.png")
     make_encrypted_pdf(root / "locked.pdf")
     make_zero_page_pdf(root / "deep" / "empty.pdf")
-    make_truncated_pdf(root / "deep" / "cut.pdf")
+    make_truncated_pdf(root / "deep" / "cut.pdf")  # page 1 cannot be rendered: added without it
     make_fake_pdf(root / "fake.pdf")
+    make_bad_page_count_pdf(root / "count.pdf")  # raises outside DocumentError: fails that file only
+    make_broken_png(root / "deep" / "broken.png")
     return root
 
 
@@ -98,7 +102,8 @@ def _same_documents(got: dict, want: dict) -> None:
     assert sorted(got) == sorted(want)
     for path, w in want.items():
         g = got[path]
-        assert (g.kind, g.sha256, g.texts, g.sizes) == (w.kind, w.sha256, w.texts, w.sizes)
+        assert (g.kind, g.sha256, g.texts, g.sizes, g.page_numbers, g.missing, g.thumbnails) == \
+            (w.kind, w.sha256, w.texts, w.sizes, w.page_numbers, w.missing, w.thumbnails)
         np.testing.assert_allclose(g.singles, w.singles, atol=2e-5)
         assert [m.shape for m in g.multis] == [m.shape for m in w.multis]
         np.testing.assert_allclose(np.concatenate(g.multis), np.concatenate(w.multis), atol=2e-5)
@@ -107,23 +112,30 @@ def _same_documents(got: dict, want: dict) -> None:
 def test_ray_ingest_gives_the_local_documents_and_report(tmp_path, corpus, local, pool, model):
     sources, want, local_report = local
     got = {}
-    report = ingest_on(pool, sources, lambda d: got.setdefault(d.path, d) and None)
+    report = pool.ingest(sources, lambda d: got.setdefault(d.path, d) and None)
     _same_documents(got, want)
-    assert (report.added, report.failed) == (local_report.added, local_report.failed)
-    assert (report.pages, report.tokens) == (local_report.pages, local_report.tokens) and report.pages == 25
-    assert sorted(os.path.basename(p) for p, _ in report.failed) == ["cut.pdf", "empty.pdf", "fake.pdf", "locked.pdf"]
+    assert (report.added, report.failed, report.missing_pages) == \
+        (local_report.added, local_report.failed, local_report.missing_pages)
+    assert (report.pages, report.tokens) == (local_report.pages, local_report.tokens) and report.pages == 27
+    assert sorted(os.path.basename(p) for p, _ in report.failed) == \
+        ["broken.png", "count.pdf", "empty.pdf", "fake.pdf", "locked.pdf"]
+    assert [(os.path.basename(p), page) for p, page, _ in report.missing_pages] == [("cut.pdf", 1)]
 
     # Through Engine.add: the local report, the same documents, and a rerun skips everything.
     with Engine.create(tmp_path / "ray", model=model, max_pixels=MAX_PIXELS) as eng:
         r = eng.add([corpus], ray=pool)
-        assert (r.added, r.skipped, r.failed, r.pages) == (local_report.added, [], local_report.failed, 25)
+        assert (r.added, r.skipped, r.failed, r.missing_pages, r.pages) == \
+            (local_report.added, [], local_report.failed, local_report.missing_pages, 27)
         assert list(eng.documents()) == sorted(want)
         for path, doc in want.items():
-            assert eng.document(path)["metadata"] == {"sha256": doc.sha256, "kind": doc.kind}
-            assert eng.document(path)["pages"] == doc.pages
+            record = eng.document(path)
+            assert (record["metadata"]["sha256"], record["metadata"]["kind"], record["pages"]) == \
+                (doc.sha256, doc.kind, doc.pages)
+            assert record["metadata"].get("missing_pages", []) == [list(m) for m in doc.missing]
         eng.verify(deep=True)
         again = eng.add([corpus], ray=pool)
-        assert again.skipped == r.added and again.added == [] and again.failed == r.failed
+        assert sorted(again.skipped) == sorted(r.added) and again.added == [] and again.failed == []
+        assert [p for p, _ in again.not_retried] == [p for p, _ in r.failed]  # remembered, as locally
         with pytest.raises(InvalidInputError, match="workers: only with ray"):
             eng.add([corpus], workers=2)
 
@@ -138,7 +150,7 @@ def test_killed_encoder_actor_loses_and_duplicates_nothing(local, pool, caplog):
         stored.append(doc)
 
     with caplog.at_level(logging.WARNING, logger="jevsearch.scale.ingest"):
-        report = ingest_on(pool, sources, sink)
+        report = pool.ingest(sources, sink)
     assert "encoder actor died" in caplog.text  # the fault happened mid-run and was recovered from
     counts = collections.Counter(d.path for d in stored)
     assert counts == collections.Counter(list(want)) and max(counts.values()) == 1
@@ -152,6 +164,8 @@ def test_sharded_add_and_ray_served_shards(tmp_path, corpus, local, pool, model,
         assert report.added == local[2].added and report.failed == local[2].failed
         threaded = sh.search("quarterly revenue", k=6)
         q = sh.encoder.encode_texts(["quarterly revenue"], prompt_name="query")
+        everything = sh.search_embeddings(q.single[0], q.multi[0], k=100)
+    first_shard = [(h.path, h.page) for h in everything if sh.route(h.path) == "shard-000"][:6]
     node = ray.get_runtime_context().get_node_id()
     with ShardedEngine.open(tmp_path / "sh", ray="auto", nodes={"shard-000": node}) as served:
         hits = served.search("quarterly revenue", k=6)
@@ -166,15 +180,14 @@ def test_sharded_add_and_ray_served_shards(tmp_path, corpus, local, pool, model,
         served.allow_partial = True
         partial = served.search_embeddings(q.single[0], q.multi[0], k=6)
         assert partial.missing == ["shard-001"]
-        assert [(h.path, h.page) for h in partial] == \
-            [(h.path, h.page) for h in threaded if served.route(h.path) == "shard-000"][:len(partial)]
+        assert [(h.path, h.page) for h in partial] == first_shard  # the other shard's best pages
 
     shutil.move(tmp_path / "sh" / "shard-001", tmp_path / "aside")  # a shard whose folder is gone
     with ShardedEngine.open(tmp_path / "sh", ray="auto", allow_partial=True) as served:
         assert served.missing == ["shard-001"]
         again = served.search_embeddings(q.single[0], q.multi[0], k=6)
         assert again.missing == ["shard-001"]
-        assert [(h.path, h.page) for h in again] == [(h.path, h.page) for h in partial]
+        assert [(h.path, h.page) for h in again] == first_shard
     with pytest.raises(ShardError, match="shard-001: missing"):
         ShardedEngine.open(tmp_path / "sh")  # the same error as through Ray (the threads path, cheaper)
 

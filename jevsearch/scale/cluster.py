@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 
-from jevsearch.errors import ClusterError, InvalidInputError
+from jevsearch.errors import ClusterError, InvalidInputError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,12 @@ INSTALL_HINT = 'pip install -e ".[ray]" in a checkout, or pip install "jevsearch
 
 
 def require_ray():
-    """The ``ray`` module, or ClusterError saying how to install it."""
+    """The ``ray`` module, or MissingDependencyError saying how to install it."""
     try:
         import ray
     except ImportError as e:
-        raise ClusterError(f"ray: not installed ({e}) (hint: {INSTALL_HINT})") from e
+        raise MissingDependencyError(f"ray: needs the Python package 'ray', not installed ({e}) "
+                                     f"(hint: {INSTALL_HINT})") from None
     return ray
 
 

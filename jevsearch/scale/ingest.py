@@ -4,7 +4,7 @@
     discover, hash, skip unchanged  ->  render tasks (CPU): bytes -> rasters  ->  assemble documents,
     file bytes -> object store          encoder actors (GPU or CPU): vectors      sink(document) = commit
 
-:func:`ingest_on` takes the place of :func:`jevsearch.ingest.ingest` (the local render process + encoder)
+:meth:`EncoderPool.ingest` takes the place of :func:`jevsearch.ingest.ingest` (the local render process + encoder)
 and has the same contract: the caller's ``sink`` receives each complete document once, in the caller's
 process; errors of one document (DocumentError, InvalidInputError from the sink) fail that document
 only; the report is the same. :meth:`Engine.add` does everything else exactly as for a local add.
@@ -22,7 +22,7 @@ twice; a killed driver leaves the stored documents whole, and rerunning skips th
 
 >>> report = eng.add(["papers/"], ray="auto", workers=2)          # doctest: +SKIP
 >>> with EncoderPool("auto", recorded, workers=2) as pool:       # doctest: +SKIP
-...     ingest_on(pool, sources, sink, report=report)            # several ingests, one model load per actor
+...     pool.ingest(sources, sink, report=report)                # several ingests, one model load per actor
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import hashlib
 import heapq
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -38,6 +39,7 @@ import numpy as np
 
 from jevsearch.errors import ClusterError, DocumentError, InvalidInputError
 from jevsearch.ingest import EncodedDocument, IngestReport
+from jevsearch.ingest.renderer import unrendered_reason
 from jevsearch.ingest.sources import Source, os_reason
 from jevsearch.scale.cluster import Session, encoder_pool
 
@@ -100,10 +102,45 @@ class EncoderPool:
                                "index must load on every node: the same path, or a hub id)") from e
         self.geometry = tuple(info["geometry"])
         self.batch_tokens = info["batch_tokens"]
+        self._processor = info["processor"]
         max_page_tokens = max(1, self.geometry[0] // (self.geometry[2] ** 2))
         self.range_pages = max(1, min(MAX_RANGE_PAGES, self.batch_tokens // max_page_tokens))
         log.info("ray: %d encoder actors on %s, up to %d pages per render task", self.workers, info["device"],
                  self.range_pages)
+
+    @property
+    def processor(self):
+        """The model's processor (tokenizer, image rules; no weights), from an actor: a started pool stands
+        in for the encoder where only that is needed (jevsearch.visuals.page_views)."""
+        self.start()
+        return self._processor
+
+    @property
+    def page_geometry(self):
+        """How pages are rendered for the pool's model and page budget."""
+        from jevsearch.ingest import PageGeometry
+
+        self.start()
+        return PageGeometry(*self.geometry)
+
+    def ingest(self, sources: Sequence[Source], sink: Callable[[EncodedDocument], None], *,
+               known: Mapping[str, str] | None = None, progress: bool = False,
+               report: IngestReport | None = None) -> IngestReport:
+        """Render and encode ``sources`` on the cluster, handing each complete document to ``sink`` here.
+
+        As :func:`jevsearch.ingest.ingest` (``known``, ``progress``, ``report``, the sink's contract, the
+        report's entries in the order of ``sources``), with this pool in place of the render process and
+        the encoder.
+        """
+        report = report if report is not None else IngestReport()
+        before = {name: len(getattr(report, name)) for name in ("added", "skipped", "failed", "missing_pages")}
+        _Run(self, sources, known or {}, sink, progress, report).run()
+        order = {src.path: i for i, src in enumerate(sources)}
+        for name, start in before.items():
+            entries = getattr(report, name)
+            entries[start:] = sorted(entries[start:],
+                                     key=lambda e: order.get(e if isinstance(e, str) else e[0], -1))
+        return report
 
     def check_model(self, recorded: dict) -> None:
         """Refuse to encode for an index recorded with another model or page budget than the pool's."""
@@ -137,33 +174,21 @@ class EncoderPool:
         self.close()
 
 
-def ingest_on(cluster, sources: Sequence[Source], sink: Callable[[EncodedDocument], None], *,
-              recorded: dict | None = None, workers: int | None = None, known: Mapping[str, str] | None = None,
-              progress: bool = False, report: IngestReport | None = None) -> IngestReport:
-    """Render and encode ``sources`` on Ray, handing each complete document to ``sink`` in this process.
-
-    ``cluster``: an open :class:`EncoderPool`, or an address (see :mod:`.cluster`) for a pool made for
-    this call from ``recorded`` (the index's model record) and ``workers``. ``known``, ``progress``,
-    ``report``: as in :func:`jevsearch.ingest.ingest`; the entries this call adds to the report are in
-    the order of ``sources``, as a local ingest's are.
-    """
-    if not isinstance(cluster, EncoderPool):
-        if recorded is None:
-            raise InvalidInputError("ray ingest: recorded= (the index's model record) is needed to start a pool")
-        with EncoderPool(cluster, recorded, workers) as pool:
-            return ingest_on(pool, sources, sink, known=known, progress=progress, report=report)
-    if workers is not None:
-        raise InvalidInputError("workers: the EncoderPool given has its own (hint: omit workers)")
-    if recorded is not None:
+@contextmanager
+def open_pool(cluster, recorded: dict, workers: int | None = None):
+    """``with open_pool(ray, recorded, workers) as pool:`` a started EncoderPool for an index whose model
+    record is ``recorded``: ``cluster`` itself if it is an EncoderPool (checked to hold that model; left
+    open), else a new one on the cluster at that address (closed at the end)."""
+    if isinstance(cluster, EncoderPool):
+        if workers is not None:
+            raise InvalidInputError("workers: the EncoderPool given has its own (hint: omit workers)")
         cluster.check_model(recorded)
-    report = report if report is not None else IngestReport()
-    before = len(report.added), len(report.skipped), len(report.failed)
-    _Run(cluster, sources, known or {}, sink, progress, report).run()
-    order = {src.path: i for i, src in enumerate(sources)}
-    for name, start in zip(("added", "skipped", "failed"), before):
-        entries = getattr(report, name)
-        entries[start:] = sorted(entries[start:], key=lambda e: order.get(e if isinstance(e, str) else e[0], -1))
-    return report
+        cluster.start()
+        yield cluster
+        return
+    with EncoderPool(cluster, recorded, workers) as pool:
+        pool.start()
+        yield pool
 
 
 @dataclass
@@ -174,8 +199,9 @@ class _Doc:
     size: int
     page_count: int | None = None
     ranges_left: int = 1  # render tasks not yet returned
-    pages_done: int = 0
-    parts: dict = field(default_factory=dict)  # range start -> (singles, multis, texts, sizes)
+    pages_done: int = 0  # pages encoded
+    missing: list = field(default_factory=list)  # (page number, reason) of pages that could not be rendered
+    parts: dict = field(default_factory=dict)  # range start -> (singles, multis, its render meta)
 
 
 @dataclass(order=True)
@@ -295,6 +321,7 @@ class _Run:
         except self.ray.exceptions.RayError as e:  # the worker died, twice (a MuPDF crash on this file)
             meta = {"error": f"renderer crashed: {_cause(e)}", "seconds": 0.0}
         self.report.timings["render"] += meta["seconds"]
+        self.report.timings["thumbnail"] += meta["thumb_seconds"]
         doc = self.docs.get(idx)
         if doc is None:
             return
@@ -309,13 +336,17 @@ class _Run:
             for s in later:
                 heapq.heappush(self.to_render, (idx, s))
             self.pages_bar.total += doc.page_count
-            self.pages_bar.refresh()
+        doc.missing += meta["missing"]
+        self.pages_bar.total -= len(meta["missing"])
+        self.pages_bar.refresh()
         if doc.ranges_left == 0:  # every page rendered: the bytes can leave the object store
             doc.data = None
             self.open_bytes -= doc.size
         pages = len(meta["texts"])
-        heapq.heappush(self.ready, _Range(idx, start, pages, meta["tokens"], rasters, meta))
-        self.buffered += pages
+        if pages:
+            heapq.heappush(self.ready, _Range(idx, start, pages, meta["tokens"], rasters, meta))
+            self.buffered += pages
+        self._check_complete(idx)
 
     def _dispatch(self) -> None:
         """Give ready page ranges to the least busy actors, about one token budget per call."""
@@ -353,19 +384,30 @@ class _Run:
             doc = self.docs.get(item.idx)
             if doc is None:  # the document failed in another range
                 continue
-            doc.parts[item.start] = (singles, multis, item.meta["texts"], item.meta["sizes"])
+            doc.parts[item.start] = (singles, multis, item.meta)
             doc.pages_done += item.pages
-            if doc.ranges_left == 0 and doc.pages_done == doc.page_count:
-                self._store(item.idx)
+            self._check_complete(item.idx)
+
+    def _check_complete(self, idx: int) -> None:
+        """Store the document once every page is encoded or known to be missing; fail it if none rendered."""
+        doc = self.docs[idx]
+        if doc.ranges_left or doc.pages_done + len(doc.missing) < doc.page_count:
+            return
+        doc.missing.sort()
+        if not doc.pages_done:
+            self._fail(idx, unrendered_reason(doc.source.kind, doc.page_count, doc.missing[0][1]))
+        else:
+            self._store(idx)
 
     def _store(self, idx: int) -> None:
         """Assemble a finished document and hand it to the sink (the caller's commit), once."""
         doc = self.docs.pop(idx)
         parts = [doc.parts[s] for s in sorted(doc.parts)]
+        meta = lambda key: [x for p in parts for x in p[2][key]]  # noqa: E731 - the ranges' lists, in page order
         encoded = EncodedDocument(doc.source.path, doc.source.kind, doc.sha256,
                                   np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False),
-                                  [m for p in parts for m in p[1]], [t for p in parts for t in p[2]],
-                                  [tuple(size) for p in parts for size in p[3]])
+                                  [m for p in parts for m in p[1]], meta("texts"), [tuple(s) for s in meta("sizes")],
+                                  meta("numbers"), [tuple(m) for m in doc.missing], meta("thumbnails"))
         t0 = time.perf_counter()
         try:
             self.sink(encoded)
@@ -374,6 +416,9 @@ class _Run:
         else:
             self.report.added.append(encoded.path)
             self.report.pages += encoded.pages
+            self.report.missing_pages += [(encoded.path, page, reason) for page, reason in encoded.missing]
+            for page, reason in encoded.missing:
+                log.info("%s: page %d not indexed: %s", encoded.path, page, reason)
         finally:
             self.report.timings["store"] += time.perf_counter() - t0
         self._show_docs()
@@ -400,7 +445,7 @@ class _Run:
             if doc.data is not None:
                 self.open_bytes -= doc.size
             if doc.page_count is not None:
-                self.pages_bar.total -= doc.page_count - doc.pages_done
+                self.pages_bar.total -= doc.page_count - doc.pages_done - len(doc.missing)
                 self.pages_bar.refresh()
         self.report.failed.append((path, reason))
         log.info("%s: %s", path, reason)

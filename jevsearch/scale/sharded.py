@@ -118,7 +118,8 @@ def _fsync_dir(path: str) -> None:
 
 class Hits(list):
     """A search's hits (a list, as Engine.search returns) plus ``missing``: shards that did not answer
-    (only ever non-empty with ``allow_partial=True``)."""
+    (only ever non-empty with ``allow_partial=True``). A hit's ``page_id`` is its page's id in its
+    shard (``route(hit.doc_id)``)."""
 
     def __init__(self, hits=(), missing=()):
         super().__init__(hits)
@@ -298,37 +299,44 @@ class ShardedEngine:
         return self._manifest["shards"][route(doc_id, len(self._manifest["shards"]))]
 
     # -- writes ---------------------------------------------------------------------------------
-    def add(self, paths, *, progress: bool = False, ray=None, workers: int | None = None):
-        """Index PDFs and images into their shards; returns one IngestReport, as :meth:`Engine.add`.
+    def add(self, paths, *, prune: bool = False, retry_failed: bool = False, progress: bool = False,
+            found: tuple | None = None, ray=None, workers: int | None = None):
+        """Index PDFs and images into their shards; one IngestReport, as :meth:`Engine.add` gives.
 
-        Files are routed by their document id (absolute path). ``ray``/``workers``: as in
-        :meth:`Engine.add` (an address, or an open EncoderPool); one pool of encoder actors serves every
-        shard. Without ``ray`` the model is loaded once here and shared by the shards.
+        Files are routed by their document id (absolute path); each shard runs :meth:`Engine.add` on
+        its own files (``prune``, ``retry_failed``: within that shard; a file renamed into another
+        shard's share is encoded there, its old document pruned from the first). ``ray``/``workers``:
+        as in :meth:`Engine.add` (an address, or an open EncoderPool); one pool of encoder actors serves
+        every shard. Without ``ray`` the model is loaded once here and shared by the shards.
         """
         from jevsearch.ingest import IngestReport, discover
         from jevsearch.scale.ingest import EncoderPool
 
-        sources, failed = discover(paths)
-        groups: dict[str, list[str]] = {}
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        sources, failed = found if found is not None else discover(paths)
+        groups: dict[str, list] = {name: [] for name in self.shards} if prune else {}
         for src in sources:
-            groups.setdefault(self.route(src.path), []).append(src.path)
+            groups.setdefault(self.route(src.path), []).append(src)
         for name in groups:
             self._writer(name)  # writable, present: checked before any model loads
-        report = IngestReport(failed=failed)
+        args = {"prune": prune, "retry_failed": retry_failed, "progress": progress}
+
+        def each(**kw) -> list:  # every shard sees all paths (for pruning) and finds only its own files
+            return [self._writer(name).add(paths, found=(own, []), **args, **kw) for name, own in groups.items()]
+
         if isinstance(ray, EncoderPool):  # the caller's pool, left open
-            reports = [self._writer(name).add(files, progress=progress, ray=ray, workers=workers)
-                       for name, files in groups.items()]
+            reports = each(ray=ray, workers=workers)
         elif ray is not None:
             with EncoderPool(ray, modelinfo.recorded_model(self._manifest), workers) as pool:
-                reports = [self._writer(name).add(files, progress=progress, ray=pool)
-                           for name, files in groups.items()]
+                reports = each(ray=pool)
         else:
             if workers is not None:
                 raise InvalidInputError("workers: only with ray=... (hint: ray=\"auto\" to use a Ray cluster)")
-            self._share_model()
-            reports = [self._writer(name).add(files, progress=progress) for name, files in groups.items()]
+            if any(own for own in groups.values()):
+                self._share_model()
+            reports = each()
         order = {src.path: i for i, src in enumerate(sources)}
-        return _merge_reports(report, reports, order)
+        return _merge_reports(IngestReport(failed=list(failed)), reports, order)
 
     def add_embeddings(self, doc_id: str, singles, multis, metadata: dict | None = None,
                        page_texts: list[str] | None = None) -> int:
@@ -398,6 +406,16 @@ class ShardedEngine:
         """Every document id, sorted (over the shards that answer)."""
         answers = self._call("documents", partial_ok=True)
         return iter(sorted(d for ids in answers.values() for d in ids))
+
+    def document_list(self) -> list[dict]:
+        """Every document as :meth:`document` gives it, sorted by id (over the shards that answer)."""
+        answers = self._call("document_list", partial_ok=True)
+        return sorted((d for docs in answers.values() for d in docs), key=lambda d: d["doc_id"])
+
+    def failures(self) -> dict[str, dict]:
+        """The files the shards' adds could not index, as recorded: {path: {"sha256", "reason"}}."""
+        answers = self._call("failures", partial_ok=True)
+        return {path: rec for recs in answers.values() for path, rec in recs.items()}
 
     def stats(self) -> dict:
         """:meth:`Index.stats` summed over the shards, plus ``shards`` (count) and ``missing`` (names)."""

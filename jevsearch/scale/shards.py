@@ -52,6 +52,12 @@ class ShardServer:
     def documents(self) -> list[str]:
         return list(self.index.documents())
 
+    def document_list(self) -> list[dict]:
+        return self.index.document_list()
+
+    def failures(self) -> dict:
+        return self.index.failures()
+
     def document(self, doc_id: str):
         return self.index.document(doc_id)
 

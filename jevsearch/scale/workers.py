@@ -19,20 +19,25 @@ import time
 import numpy as np
 
 from jevsearch.errors import DocumentError
+from jevsearch.ingest import thumbnail
 from jevsearch.ingest.pages import PageGeometry, open_document
-from jevsearch.ingest.sources import Source, os_reason
+from jevsearch.ingest.renderer import failure_reason
+from jevsearch.ingest.sources import Source
 
 
 def render_range(data: bytes, name: str, kind: str, geometry: tuple, start: int, stop: int):
     """Render pages ``[start, stop)`` of a document given as bytes -> ``(meta, rasters)``.
 
-    meta: ``{"page_count", "tokens", "texts", "sizes", "seconds", "error"}``; ``error`` is the reason
-    the document cannot be ingested (then nothing else is set). rasters: one uint8 [h, w, 3] array per
-    page rendered. ``name`` (the original path) only supplies the file suffix.
+    meta: ``{"page_count", "numbers", "texts", "sizes", "thumbnails", "tokens", "missing", "seconds",
+    "thumb_seconds", "error"}``, one entry per rendered page in the lists; ``missing``: (page number,
+    reason) of pages that could not be rendered (the document keeps the others, as locally);
+    ``error``: why the whole file cannot be ingested (then nothing else counts). rasters: one uint8
+    [h, w, 3] array per rendered page. ``name`` (the original path) supplies the file suffix.
     """
     t0 = time.perf_counter()
     geometry = PageGeometry(*geometry)
-    meta = {"page_count": 0, "tokens": 0, "texts": [], "sizes": [], "error": None}
+    meta = {"page_count": 0, "numbers": [], "texts": [], "sizes": [], "thumbnails": [], "tokens": 0, "missing": [],
+            "thumb_seconds": 0.0, "error": None}
     rasters = []
     # MuPDF and PIL open files by name; a private temporary copy keeps the worker free of shared storage.
     with tempfile.NamedTemporaryFile(prefix="jevsearch-", suffix=os.path.splitext(name)[1]) as f:
@@ -42,17 +47,21 @@ def render_range(data: bytes, name: str, kind: str, geometry: tuple, start: int,
             with open_document(Source(f.name, kind)) as doc:
                 meta["page_count"] = doc.page_count
                 for i in range(start, min(stop, doc.page_count)):
-                    image = doc.render(i, geometry)
+                    try:
+                        image = doc.render(i, geometry)
+                    except DocumentError as e:  # this page only: the others are still indexed
+                        meta["missing"].append((i + 1, e.reason))
+                        continue
+                    meta["numbers"].append(i + 1)
                     meta["texts"].append(doc.text(i))
                     meta["sizes"].append(image.size)
                     meta["tokens"] += geometry.tokens(*image.size)
+                    t1 = time.perf_counter()
+                    meta["thumbnails"].append(thumbnail.encode(image))
+                    meta["thumb_seconds"] += time.perf_counter() - t1
                     rasters.append(np.asarray(image))
-        except DocumentError as e:
-            meta, rasters = {"error": e.reason}, []
-        except OSError as e:
-            meta, rasters = {"error": os_reason(e)}, []
-        except MemoryError:
-            meta, rasters = {"error": "out of memory while rendering"}, []
+        except Exception as e:  # noqa: BLE001 - whatever one file provokes fails that file only
+            meta, rasters = {"error": failure_reason(e), "thumb_seconds": 0.0}, []
     meta["seconds"] = time.perf_counter() - t0
     return meta, rasters
 
@@ -77,10 +86,11 @@ class EncoderWorker:
         self._geometry = modelinfo.page_geometry(self._encoder, recorded)
 
     def info(self) -> dict:
-        """The page geometry to render with and this actor's token budget per forward."""
+        """The page geometry to render with, this actor's token budget per forward, and the model's
+        processor (tokenizer and image rules, no weights: what the driver needs to record page views)."""
         g = self._geometry
         return {"geometry": (g.max_pixels, g.min_pixels, g.factor), "batch_tokens": self._encoder.max_batch_tokens,
-                "device": str(self._encoder.device)}
+                "device": str(self._encoder.device), "processor": self._encoder.processor}
 
     def encode(self, task: str, *ranges) -> dict:
         """Encode the pages of render results (each a list of [h, w, 3] arrays) in one call.
