@@ -2,6 +2,7 @@
 
 from jevsearch.errors import (
     CheckpointError,
+    ChecksumError,
     ClusterError,
     CorruptIndexError,
     DatasetError,
@@ -17,12 +18,14 @@ from jevsearch.errors import (
     PageNotFoundError,
     ReadOnlyIndexError,
     ShardError,
+    StorageError,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "ChecksumError",
     "ClusterError",
     "Engine",
     "Hit",
@@ -42,6 +45,7 @@ __all__ = [
     "ReadOnlyIndexError",
     "ShardError",
     "ShardedEngine",
+    "StorageError",
     "__version__",
 ]
 

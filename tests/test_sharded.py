@@ -211,6 +211,8 @@ def test_sharded_add_and_the_cli_on_a_sharded_index(tmp_path, model, capsys):
     assert (info["shards"], info["documents"], info["pages"]) == (3, 6, report.pages)
     assert main(["verify", "--index", str(tmp_path / "sh")]) == 0
     assert "ok (3 shards, 6 documents" in capsys.readouterr().out
+    assert main(["verify", "--index", str(tmp_path / "sh"), "--deep", "--repair"]) == 0  # each shard's writer
+    assert "ok (3 shards, 6 documents" in capsys.readouterr().out
     assert main(["search", "quarterly revenue", "--index", str(tmp_path / "sh"), "-k", "2", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["path"], r["page"]) for r in rows] == [(h.path, h.page) for h in want[:2]]

@@ -432,15 +432,20 @@ class ShardedEngine:
         total["missing"] = sorted(set(self.shards) - set(answers))
         return total
 
-    def verify(self, *, deep: bool = False) -> dict:
-        """Verify every shard (:meth:`Index.verify`) and that each document is in the shard it routes to.
+    def verify(self, *, deep: bool = False, repair: bool = False) -> dict:
+        """Verify every shard (:meth:`Index.verify`, ``repair`` with a writer) and that each document is
+        in the shard it routes to.
 
         Raises ShardError if a shard is missing (even with allow_partial: a partial index is not sound),
-        CorruptIndexError listing the problems. Returns the counts checked, summed, plus ``shards``.
+        CorruptIndexError listing the problems. Returns the counts checked, summed, plus ``shards`` (and
+        ``repaired``: what was done, each line naming its shard).
         """
         if self._missing:
             raise self._shard_error(self._missing)
-        reports = self._call("verify", deep=deep)
+        if repair:
+            reports = {name: self._writer(name).verify(deep=deep, repair=True) for name in self.shards}
+        else:
+            reports = self._call("verify", deep=deep)
         documents = self._call("documents")
         problems = [f"{name}: {doc!r} belongs in {self.route(doc)}" for name, ids in documents.items()
                     for doc in ids if self.route(doc) != name]
@@ -449,9 +454,12 @@ class ShardedEngine:
             raise CorruptIndexError(f"{self.path}: documents in the wrong shard: " + "; ".join(problems[:20]) + more +
                                     " (hint: the shard folders were renamed or mixed up; restore them)")
         total = {"shards": len(self.shards)}
-        for report in reports.values():
+        for name, report in reports.items():
             for key, value in report.items():
-                total[key] = total.get(key, 0) + value
+                if isinstance(value, list):
+                    total.setdefault(key, []).extend(f"{name}: {v}" for v in value)
+                else:
+                    total[key] = total.get(key, 0) + value
         return total
 
     @property
