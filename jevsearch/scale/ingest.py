@@ -4,8 +4,8 @@
     discover, hash, skip unchanged  ->  render tasks (CPU): bytes -> rasters  ->  assemble documents,
     file bytes -> object store          encoder actors (GPU or CPU): vectors      sink(document) = commit
 
-:meth:`EncoderPool.ingest` takes the place of :func:`jevsearch.ingest.ingest` (the local render process + encoder)
-and has the same contract: the caller's ``sink`` receives each complete document once, in the caller's
+:meth:`EncoderPool.ingest` takes the place of :func:`jevsearch.ingest.ingest` (the local render process
+and encoder) and has the same contract: the caller's ``sink`` receives each complete document once, in the caller's
 process; errors of one document (DocumentError, InvalidInputError from the sink) fail that document
 only; the report is the same. :meth:`Engine.add` does everything else exactly as for a local add.
 
@@ -41,7 +41,7 @@ from jevsearch.errors import ClusterError, DocumentError, InvalidInputError
 from jevsearch.ingest import EncodedDocument, IngestReport
 from jevsearch.ingest.renderer import unrendered_reason
 from jevsearch.ingest.sources import Source, os_reason
-from jevsearch.scale.cluster import Session, encoder_pool
+from jevsearch.scale.cluster import Session, encoder_pool, require_ray
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,10 @@ class EncoderPool:
     """
 
     def __init__(self, address, recorded: dict, workers: int | None = None):
-        from jevsearch.scale.cluster import require_ray
-
         require_ray()  # a missing install is said now, not after the files are hashed
         self.address, self.recorded, self.requested = address, dict(recorded), workers
         self.actors: list = []
         self._session: Session | None = None
-
-    @property
-    def started(self) -> bool:
-        return self._session is not None
 
     def start(self) -> None:
         """Join the cluster and start the actors (waits for their model loads); idempotent."""
@@ -238,11 +232,12 @@ class _Run:
         from tqdm.auto import tqdm
 
         t_wall = time.perf_counter()
-        # As a local ingest's: documents (a real ETA) and pages encoded (its rate is the throughput).
-        self.docs_bar = tqdm(total=len(self.sources), unit="doc", desc="documents", disable=not self.progress,
-                             dynamic_ncols=True)
-        self.pages_bar = tqdm(total=0, unit="page", desc="pages encoded", disable=not self.progress,
-                              dynamic_ncols=True, position=1)
+        # As a local ingest's: documents (a real ETA) and pages encoded (its rate is the throughput);
+        # disable=None: only when stderr is a terminal.
+        off = None if self.progress else True
+        self.docs_bar = tqdm(total=len(self.sources), unit="doc", desc="documents", disable=off, dynamic_ncols=True)
+        self.pages_bar = tqdm(total=0, unit="page", desc="pages encoded", disable=off, dynamic_ncols=True,
+                              position=1)
         try:
             while True:
                 self._admit()

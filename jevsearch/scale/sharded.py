@@ -38,6 +38,7 @@ from jevsearch.errors import (
     IndexLockedError,
     InvalidInputError,
     JevsearchError,
+    ModelMismatchError,
     NotAnIndexError,
     ReadOnlyIndexError,
     ShardError,
@@ -235,9 +236,9 @@ class ShardedEngine:
                     try:
                         opened[name] = Engine.open(shard_path, readonly=readonly, model=encoder, threads=threads,
                                                    device=device, dtype=dtype)
-                    except IndexLockedError:
-                        raise
-                    except (NotAnIndexError, CorruptIndexError, FormatVersionError, OSError) as e:
+                    except (IndexLockedError, ModelMismatchError):
+                        raise  # not a shard's damage: another writer, or the caller's model
+                    except (JevsearchError, OSError) as e:  # missing, damaged, unreadable: this shard only
                         missing[name] = e
             except BaseException:
                 for eng in opened.values():
