@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "DocHit",
     "Engine",
     "Hit",
     "Index",
@@ -41,4 +42,8 @@ def __getattr__(name: str):
         from jevsearch import engine
 
         return getattr(engine, name)
+    if name == "DocHit":
+        from jevsearch.docresults import DocHit
+
+        return DocHit
     raise AttributeError(f"module 'jevsearch' has no attribute {name!r}")

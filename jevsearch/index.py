@@ -27,8 +27,10 @@ An index is a directory::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -41,18 +43,22 @@ import torch
 from jevsearch.errors import (
     CorruptIndexError,
     IndexExistsError,
+    InvalidInputError,
     JevsearchError,
     ReadOnlyIndexError,
 )
-from jevsearch.search import rerank
+from jevsearch import docresults
+from jevsearch.search import filters, rerank
 from jevsearch.search.maxsim import pad_queries, scoring_device, top_with_ties
 from jevsearch.search.threads import torch_threads
-from jevsearch.store import validate
+from jevsearch.store import fields, validate
 from jevsearch.store.graphview import GraphView
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbstore import PageStore, current_env, fsync_dir
 from jevsearch.store.lock import WriterLock
 from jevsearch.store.manifest import check_manifest, new_manifest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,11 +101,15 @@ class Index:
         self._writer_lock = lock
         self._mutex = threading.RLock()
         self._view = GraphView(path, store, readonly=lock is None)
+        self._fields = fields.FieldView(store)
         with store.read() as txn:
             manifest = store.manifest(txn)
             check_manifest(manifest)
             self._manifest = manifest
             self._refresh(txn)
+            old = not self._store.state(txn).get("fields")
+        if old and not self.readonly:
+            self._build_field_table()
         self._device, self._dtype = scoring_device()
         self._scorer = rerank.Scorer(self._manifest["multi_dim"], np.dtype(self._manifest["multi_dtype"]),
                                      self._device, self._dtype)
@@ -143,7 +153,8 @@ class Index:
                                 ef_search=ef_search, model_info=model_info)
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        state = {"next_page_id": 0, "gen": 0, "epoch": 0, "docs": 0, "pages": 0, "tokens": 0, "tombs": 0}
+        state = {"next_page_id": 0, "gen": 0, "epoch": 0, "docs": 0, "pages": 0, "tokens": 0, "tombs": 0,
+                 "fields": 1}
         tmp = tempfile.mkdtemp(prefix=".jevsearch-create-", dir=parent)
         try:
             PageStore.initialise(tmp, manifest, state)
@@ -271,6 +282,11 @@ class Index:
         written faster (measured 1.1-1.7x at 10 pages x 770 tokens per document: benchmarks/search.py).
         Example: ``eng.add_embeddings_many([("a.pdf", s_a, m_a), ("b.pdf", s_b, m_b, {"title": "B"})])``.
         """
+        return self._add_many(docs)
+
+    def _add_many(self, docs, auto: tuple = ()) -> list[int]:
+        """add_embeddings_many; ``auto``: metadata keys recorded by the ingest (not the caller's to
+        change with update_metadata)."""
         with self._mutex:
             self._check_writable()
             with torch_threads(self.threads):  # torch converts to the stored dtype ~10x faster than numpy
@@ -278,18 +294,24 @@ class Index:
             if not prepared:
                 return []
             full = prepared[0]["singles"].shape[1]
-            manifest, removed, ids, vecs = self._manifest, [], [], []
+            manifest, removed, ids, vecs, added, gone = self._manifest, [], [], [], [], []
             with self._store.write() as txn:
                 state = self._store.state(txn)
                 if manifest["single_full_dim"] is None:
                     manifest = dict(manifest, single_full_dim=full)
                     self._store.put_manifest(txn, manifest)
                 for item in prepared:
-                    removed += self._remove(txn, state, item["doc_id"])
+                    old = self._remove(txn, state, item["doc_id"])
+                    removed += old
+                    gone += old[:1]
                     pages, tokens = len(item["multis"]), sum(m.shape[0] for m in item["multis"])
                     doc = {"doc_id": item["doc_id"], "first": state["next_page_id"], "pages": pages,
                            "tokens": tokens, "metadata": item["metadata"], "text": item["texts"] is not None}
+                    if auto:
+                        doc["auto"] = [k for k in auto if k in item["metadata"]]
                     self._store.put_document(txn, doc, item["singles"], item["multis"], item["texts"])
+                    added.append((doc["first"], fields.record(doc["doc_id"], pages, item["metadata"])))
+                    self._store.put_fields(txn, *added[-1])
                     ids.append(np.arange(doc["first"], doc["first"] + pages))
                     vecs.append(item["truncated"])
                     state["next_page_id"] += pages
@@ -299,6 +321,7 @@ class Index:
                 state["gen"] += 1
                 self._store.put_state(txn, state)
             self._manifest = manifest
+            self._fields.committed(state, added, gone)
             self._after_commit(state, removed, np.concatenate(ids), np.concatenate(vecs))
             return [len(item["multis"]) for item in prepared]
 
@@ -315,8 +338,33 @@ class Index:
                     return False
                 state["gen"] += 1
                 self._store.put_state(txn, state)
+            self._fields.committed(state, [], removed[:1])
             self._after_commit(state, removed, None, None)
             return True
+
+    def update_metadata(self, doc_id: str, metadata: dict, merge: bool = True) -> dict:
+        """Change a document's metadata without re-encoding it; returns the new metadata.
+
+        merge=True sets the keys of ``metadata`` and keeps the others; merge=False replaces the
+        caller's metadata with ``metadata`` (what the ingest recorded, e.g. sha256, kind, title,
+        stays). One atomic commit: readers, in other processes too, see the old metadata or the new,
+        and their next search filters on it. The computed fields (doc_id, path, name, pages) and the
+        ingest's cannot be set. Raises InvalidInputError if the document is not indexed.
+        Example: ``eng.update_metadata("/data/q3.pdf", {"status": "final"})``.
+        """
+        doc_id = validate.check_doc_id(doc_id)
+        metadata = validate.check_metadata(metadata)
+        with self._mutex:
+            self._check_writable()
+            with self._store.write() as txn:
+                doc, rec = fields.set_metadata(self._store, txn, doc_id, metadata, merge)
+                state = self._store.state(txn)
+                state["gen"] += 1
+                state["frev"] = state.get("frev", 0) + 1  # tells readers to reload their field index
+                self._store.put_state(txn, state)
+            self._fields.committed(state, [(doc["first"], rec)], [doc["first"]])
+            self._after_commit(state, [], None, None)
+            return dict(doc["metadata"])
 
     def compact(self) -> None:
         """Rebuild the HNSW from live pages (dropping tombstones) and shrink the LMDB file."""
@@ -335,6 +383,7 @@ class Index:
                 self._store.clear_tombstones(txn)
                 self._store.put_state(txn, state)
             self._view.replace(graph, epoch, state["gen"])
+            self._fields.gen = -1  # reloaded at the next search, without the rows of deleted documents
             self._store.compact_file()
 
     def _remove(self, txn, state: dict, doc_id: str) -> list[int]:
@@ -342,6 +391,7 @@ class Index:
         if old is None:
             return []
         removed = self._store.remove_document(txn, old)
+        self._store.delete_fields(txn, old["first"])
         state["docs"] -= 1
         state["pages"] -= old["pages"]
         state["tokens"] -= old["tokens"]
@@ -365,16 +415,30 @@ class Index:
         self._store.reopen_if_replaced()
 
     def _refresh(self, txn) -> None:
-        """Bring the manifest and the HNSW view up to the LMDB snapshot ``txn``."""
+        """Bring the manifest, the HNSW view and the field index up to the LMDB snapshot ``txn``."""
         state = self._store.state(txn)
         if state["gen"] != self._view.gen:
             self._manifest = self._store.manifest(txn)
             self._view.refresh(txn, state, self._manifest)
+        if state["gen"] != self._fields.gen:
+            self._fields.refresh(txn, state, self._view.tombs)
+
+    def _build_field_table(self) -> None:
+        """Give an index made before field records its ``fields`` table (writer, once, one commit)."""
+        with self._store.write() as txn:
+            state = self._store.state(txn)
+            if state.get("fields"):
+                return
+            n = self._fields.build_table(txn)
+            state["fields"] = 1
+            self._store.put_state(txn, state)
+        log.info("%s: built the field index of %d documents", self.path, n)
 
     # -- search ---------------------------------------------------------------------------------
 
-    def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int = 100,
-                          exhaustive: bool = False) -> list[Hit] | list[list[Hit]]:
+    def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int = 100, exhaustive: bool = False,
+                          *, where: dict | None = None, group_by: str | None = None,
+                          pages_per_document: int = 3) -> list[Hit] | list[list[Hit]]:
         """Search with query embeddings.
 
         One query: q_single [D] (D >= single_dim; may be None when exhaustive) and q_multi
@@ -384,9 +448,20 @@ class Index:
         MaxSim. ``exhaustive=True``: exact MaxSim over every page, streamed in chunks.
         Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
         fewer pages). ``candidates`` below k is raised to k.
+
+        where: a metadata filter (see :mod:`jevsearch.search.filters`), e.g. ``{"team": "finance",
+        "year": {"$gte": 2023}}``, applied before stage 1: only matching pages are candidates, so
+        min(k, matching pages) hits come back. group_by="document": :class:`DocHit` results instead,
+        k distinct documents ranked by their best page's score, each with its best pages (at most
+        ``pages_per_document``); stage 1 widens until its candidates cover k documents.
+        Example: ``eng.search_embeddings(qs, qm, k=5, where={"kind": "pdf"}, group_by="document")``.
         """
         k = validate.check_k(k)
         candidates = max(validate.check_k(candidates, "candidates"), k)
+        flt = filters.parse(where)
+        if group_by not in (None, "document"):
+            raise InvalidInputError(f'group_by: {group_by!r} (hint: None for pages, or "document")')
+        per_doc = validate.check_k(pages_per_document, "pages_per_document") if group_by else 0
         batch = isinstance(q_multi, (list, tuple))
         queries = validate.check_query_multis(q_multi, self._manifest["multi_dim"])
         singles = validate.check_query_singles(q_single, len(queries), batch, self._manifest["single_dim"],
@@ -396,17 +471,25 @@ class Index:
             # One torch thread: the scorer's own workers (self.threads of them) are the parallelism.
             with self._store.read() as txn, torch.no_grad(), torch_threads(1):
                 self._refresh(txn)
+                scope = None if flt is None else self._fields.pages(flt.mask(self._fields))
                 qt = pad_queries(queries, self._dtype, self._device)  # [Q, L, d]
-                if exhaustive:
-                    found = self._exhaustive(txn, qt, k)
+                if exhaustive:  # grouped: every page's score, so that every document has its best
+                    found = self._exhaustive(txn, qt, sys.maxsize if per_doc else k, scope)
                 else:
                     found = self._two_stage(txn, qt, [len(x) for x in queries],
-                                            truncate_normalize(singles, self._manifest["single_dim"]), k, candidates)
-                results = [self._hits(txn, ids, scores, k) for ids, scores in found]
+                                            truncate_normalize(singles, self._manifest["single_dim"]), k,
+                                            candidates, scope, per_doc)
+                results = [docresults.group(self._hits(txn, ids, scores, len(ids)), k, per_doc) if per_doc
+                           else self._hits(txn, ids, scores, k) for ids, scores in found]
         return results if batch else results[0]
 
-    def _two_stage(self, txn, qt: torch.Tensor, q_lens: list[int], qsingle: np.ndarray, k: int, candidates: int):
-        cand = self._view.search(qsingle, candidates)  # [Q, candidates]
+    def _two_stage(self, txn, qt: torch.Tensor, q_lens: list[int], qsingle: np.ndarray, k: int, candidates: int,
+                   scope: np.ndarray | None = None, per_doc: int = 0):
+        cand = self._view.search(qsingle, candidates, within=scope)  # [Q, candidates]
+        if per_doc:
+            cand = docresults.document_candidates(self._store, self._view, txn, qsingle, cand, k, candidates,
+                                                  scope, per_doc)
+            k = cand.shape[1]  # every reranked page is kept: grouped by document afterwards
         union = np.unique(cand[cand >= 0])
         if len(union) * len(cand) > 2 * int((cand >= 0).sum()):
             # Little overlap between the queries' candidates: scoring the union against every query
@@ -421,8 +504,13 @@ class Index:
         ids, raws, lens = self._fetch(txn, union)  # overlapping candidates are fetched and scored once
         return rerank.select_candidates(cand, ids, self._scorer.score(qt, raws, lens, self.threads), k)
 
-    def _exhaustive(self, txn, qt: torch.Tensor, k: int):
-        pages = ((pid, self._store.multi_raw(txn, pid), tokens) for pid, _, _, tokens in self._store.iter_pages(txn))
+    def _exhaustive(self, txn, qt: torch.Tensor, k: int, scope: np.ndarray | None = None):
+        if scope is None:
+            pages = ((pid, self._store.multi_raw(txn, pid), tokens)
+                     for pid, _, _, tokens in self._store.iter_pages(txn))
+        else:
+            pages = ((pid, self._store.multi_raw(txn, pid), self._store.page(txn, pid)[2])
+                     for pid in np.sort(scope).tolist())
         return rerank.exhaustive(pages, qt, k, self._scorer, self.threads)
 
     def _fetch(self, txn, page_ids: np.ndarray):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Hashable, Sequence
 
+import numpy as np
+
 
 def group_by_document(page_ids: Sequence[int], scores: Sequence[float], docs: Sequence[Hashable], k: int,
                       pages_per_document: int) -> list[tuple[Hashable, float, list[tuple[int, float]]]]:
@@ -30,3 +32,29 @@ def group_by_document(page_ids: Sequence[int], scores: Sequence[float], docs: Se
     groups.sort(key=lambda g: (-g[1], g[0]))
     return groups[:k]
 
+
+
+def cut_per_document(cand: np.ndarray, docs: Sequence[Sequence[Hashable]], cap: int, budget: int) -> np.ndarray:
+    """Per query row of candidate page ids [Q, n] (best first, -1 = none; ``docs[q][i]`` the document
+    of ``cand[q, i]``): at most ``cap`` per document and ``budget`` in all, in order -> [Q, w], -1 padded.
+    With ``budget >= k * cap`` the kept pages cover k documents whenever the row does.
+
+    >>> cut_per_document(np.array([[5, 6, 7, 8, -1]]), [["a", "a", "a", "b", None]], cap=2, budget=4).tolist()
+    [[5, 6, 8]]
+    """
+    rows = []
+    for ids, ds in zip(cand.tolist(), docs):
+        seen: dict = {}
+        kept = []
+        for pid, d in zip(ids, ds):
+            if pid < 0 or seen.get(d, 0) >= cap:
+                continue
+            seen[d] = seen.get(d, 0) + 1
+            kept.append(pid)
+            if len(kept) == budget:
+                break
+        rows.append(kept)
+    out = np.full((len(rows), max(1, max(map(len, rows)))), -1, dtype=np.int64)
+    for q, kept in enumerate(rows):
+        out[q, : len(kept)] = kept
+    return out

@@ -11,6 +11,9 @@ each compaction) with these named databases::
     multi   u64be page id -> multi_dtype [T, dm]  per-token multi-vectors, T from the page record
     text    u64be page id -> UTF-8 page text      (only when the caller gave texts)
     tomb    u64be page id -> b""                  deleted pages still present in the HNSW file
+    fields  u64be first page id -> JSON           a document's filterable fields (jevsearch.store.fields);
+                                                  optional: indexes made before it lack it until a writer
+                                                  opens them (state["fields"] says it is complete)
 
 A document and all its pages are written in one write transaction, so readers (other processes
 included) see all of it or nothing, and a crash loses at most the document being written. Page ids
@@ -43,6 +46,7 @@ DATA_FILE = "data.mdb"
 # readers in other processes never hit MDB_MAP_RESIZED while a writer grows the store.
 MAP_SIZE = 1 << 40
 DB_NAMES = ("meta", "docs", "pages", "single", "multi", "text", "tomb")
+OPTIONAL_DB_NAMES = ("fields",)  # tables older indexes may lack (opened when present)
 
 PAGE_KEY = struct.Struct(">Q")  # big-endian so LMDB key order == page id order
 PAGE_REC = struct.Struct("<16sII")  # doc key, page number (1-based), token count
@@ -130,7 +134,7 @@ class _EnvRegistry:
                 # 2 MB document). LMDB stays consistent; an OS crash (not a process crash) may undo
                 # the last commit. OS readahead stays on: a page's ~200 KB of multi-vectors are
                 # contiguous overflow pages, read whole.
-                env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(DB_NAMES), create=False,
+                env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + len(OPTIONAL_DB_NAMES), create=False,
                                 readonly=not os.access(real, os.W_OK), max_readers=256, metasync=False)
                 try:
                     entry = [env, self._open_dbs(env, real), 0]
@@ -150,7 +154,9 @@ class _EnvRegistry:
                                   "(hint: this is not a jevsearch index)")
         # py-lmdb opens named tables in a short write transaction of its own (a read transaction's
         # handles die with it), so this can wait a moment for another process's commit.
-        return {n: env.open_db(n.encode(), create=False) for n in DB_NAMES}
+        with env.begin() as txn:
+            present = [n for n in OPTIONAL_DB_NAMES if txn.get(n.encode()) is not None]
+        return {n: env.open_db(n.encode(), create=False) for n in DB_NAMES + tuple(present)}
 
     def release(self, env_dir: str) -> None:
         real = os.path.realpath(env_dir)
@@ -194,9 +200,9 @@ class PageStore:
         """Create the environment and its tables under ``index_dir`` (a fresh, private directory)."""
         env_dir = os.path.join(index_dir, ENV_PREFIX + "0")
         os.makedirs(env_dir)
-        env = lmdb.open(env_dir, map_size=MAP_SIZE, max_dbs=len(DB_NAMES))
+        env = lmdb.open(env_dir, map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + len(OPTIONAL_DB_NAMES))
         try:
-            dbs = {n: env.open_db(n.encode()) for n in DB_NAMES}
+            dbs = {n: env.open_db(n.encode()) for n in DB_NAMES + OPTIONAL_DB_NAMES}
             with env.begin(write=True) as txn:
                 txn.put(b"manifest", _dumps(manifest), db=dbs["meta"])
                 txn.put(b"state", _dumps(state), db=dbs["meta"])
@@ -345,6 +351,34 @@ class PageStore:
             if texts is not None:
                 txn.put(k, texts[i].encode("utf-8"), db=text, append=True)
         txn.put(dkey, _dumps(doc), db=self._db["docs"])
+
+    def put_document_record(self, txn, doc: dict) -> None:
+        """Rewrite a document's record (e.g. its metadata); its pages stay as they are."""
+        txn.put(doc_key(doc["doc_id"]), _dumps(doc), db=self._db["docs"])
+
+    # -- field records (see jevsearch.store.fields) -------------------------------------------
+
+    def has_table(self, name: str) -> bool:
+        return name in self._db
+
+    def create_table(self, txn, name: str) -> None:
+        """Create an optional table inside write transaction ``txn`` (visible to this process's
+        handle at once; other processes see it when they reopen)."""
+        self._db[name] = self.env.open_db(name.encode(), txn=txn, create=True)
+
+    def put_fields(self, txn, first: int, record: dict) -> None:
+        txn.put(page_key(first), _dumps(record), db=self._db["fields"])
+
+    def delete_fields(self, txn, first: int) -> None:
+        txn.delete(page_key(first), db=self._db["fields"])
+
+    def iter_fields(self, txn, start: int = 0) -> Iterator[tuple[int, dict]]:
+        """(first page id, field record) of documents whose first page id is >= ``start``, in id order."""
+        cur = txn.cursor(db=self._db["fields"])
+        if not cur.set_range(page_key(start)):
+            return
+        for k, v in cur:
+            yield PAGE_KEY.unpack(k)[0], _loads(v)
 
     def clear_tombstones(self, txn) -> None:
         txn.drop(self._db["tomb"], delete=False)
