@@ -1,22 +1,27 @@
 """The facade: the jina-embeddings-v4 model and the ingest pipeline on top of an :class:`Index`.
 
 ``Engine`` is an :class:`~jevsearch.index.Index` (every embedding-level method: add_embeddings,
-search_embeddings, delete, compact, verify, stats, ...) that also knows its model: it indexes PDFs and
-images (:meth:`Engine.add`) and searches with text or image queries (:meth:`Engine.search`).
+search_embeddings, delete, compact, verify, stats, ...) that also knows its model: it indexes PDFs,
+images and text files (:meth:`Engine.add`) and searches with text or image queries (:meth:`Engine.search`).
 
 >>> with Engine.create("indexes/papers", model="jinaai/jina-embeddings-v4") as eng:   # doctest: +SKIP
-...     report = eng.add(["papers/"])
-...     hits = eng.search("quarterly revenue by region", k=5)
+...     report = eng.add(["papers/", "notes/"], metadata={"team": "finance"})
+...     hits = eng.search("quarterly revenue by region", k=5, where={"kind": "pdf"})
+...     docs = eng.search("quarterly revenue by region", k=5, group_by="document")
 """
 
 from __future__ import annotations
 
+import os
+
+from jevsearch.docresults import DocHit
 from jevsearch.errors import InvalidInputError
 from jevsearch.index import Hit, Index
-from jevsearch.ingest import modelinfo
+from jevsearch.ingest import docinfo, modelinfo
 from jevsearch.search.threads import torch_threads
+from jevsearch.store import fields, validate
 
-__all__ = ["Engine", "Hit"]
+__all__ = ["DocHit", "Engine", "Hit"]
 
 
 class Engine(Index):
@@ -89,54 +94,93 @@ class Engine(Index):
         """How pages are rendered for this index's model (pixel budget, 28 px token grid)."""
         return modelinfo.page_geometry(self.encoder, self._manifest["model"])
 
-    def add(self, paths, *, progress: bool = False):
-        """Index PDFs and images (files, or folders searched recursively); returns an IngestReport.
+    def add(self, paths, *, metadata: dict | None = None, progress: bool = False):
+        """Index PDFs, images and text files (files, or folders searched recursively); returns an IngestReport.
 
-        A document's id is its absolute path; its SHA-256 is kept in its metadata. Unchanged files are
-        skipped, changed ones replaced, bad ones reported in ``report.failed`` as (path, reason) while
-        the rest goes on. Each document is committed whole, so after a crash (even kill -9) rerunning
-        the same call finishes the job without duplicates.
+        A document's id is its absolute path. ``metadata`` (a JSON object) is merged into every
+        document of the call, unchanged ones included (a changed file keeps the metadata it had, and
+        takes the call's on top); the ingest adds its own fields (kind, sha256,
+        bytes, mtime, and a PDF's title/author/created: jevsearch.ingest.docinfo), whose names the
+        caller's metadata may not use. .txt/.md files become passage documents (each passage a
+        "page": jevsearch.ingest.text). Unchanged files are skipped (by SHA-256), changed ones replaced,
+        bad ones reported in ``report.failed`` as (path, reason) while the rest goes on. Each document
+        is committed whole, so after a crash (even kill -9) rerunning the same call finishes the job
+        without duplicates.
 
-        >>> report = eng.add(["papers/", "scan.png"])          # doctest: +SKIP
+        >>> report = eng.add(["papers/", "scan.png", "notes/"], metadata={"team": "finance"})  # doctest: +SKIP
         >>> report.added, report.skipped, report.failed         # doctest: +SKIP
         """
         from jevsearch.ingest import IngestReport, discover, ingest
+        from jevsearch.ingest.text import ingest_texts
 
         self._check_writable()
+        user = validate.check_metadata(metadata)
+        taken = sorted(set(user) & set(fields.COMPUTED + docinfo.INGEST_FIELDS))
+        if taken:
+            raise InvalidInputError(f"metadata: {', '.join(taken)} set by jevsearch (hint: pick other names)")
         encoder, geometry = self.encoder, self.page_geometry
         sources, failed = discover(paths)
-        known = {}
+        known, kept = {}, {}
         for src in sources:
             doc = self.document(src.path)
             if doc is not None and "sha256" in doc["metadata"]:
                 known[src.path] = doc["metadata"]["sha256"]
+            if doc is not None:  # a changed file keeps the metadata its user gave it
+                kept[src.path] = {k: v for k, v in doc["metadata"].items() if k not in docinfo.INGEST_FIELDS}
 
         def store(doc) -> None:
-            self.add_embeddings(doc.path, doc.singles, doc.multis, page_texts=doc.texts,
-                                metadata={"sha256": doc.sha256, "kind": doc.kind})
+            meta = {**kept.get(doc.path, {}), **user, **docinfo.file_fields(doc.path, doc.kind, doc.sha256)}
+            self._add_many([(doc.path, doc.singles, doc.multis, meta, doc.texts)], auto=docinfo.INGEST_FIELDS)
 
+        report = IngestReport(failed=failed)
         with torch_threads(modelinfo.ingest_threads(encoder)):
-            report = ingest(sources, encoder, store, geometry=geometry, known=known, progress=progress,
-                            report=IngestReport(failed=failed), batch_tokens=encoder.max_batch_tokens)
+            visual = [s for s in sources if s.kind != "text"]
+            if visual:
+                ingest(visual, encoder, store, geometry=geometry, known=known, progress=progress, report=report,
+                       batch_tokens=encoder.max_batch_tokens)
+            texts = [s for s in sources if s.kind == "text"]
+            if texts:  # passages as long as a full page image of this index (see jevsearch.ingest.text)
+                ingest_texts(texts, encoder, store, known=known, report=report, progress=progress,
+                             page_tokens=geometry.max_pixels // geometry.factor ** 2)
+        for path in report.skipped if user else ():
+            if any(self.document(path)["metadata"].get(k) != v for k, v in user.items()):
+                self.update_metadata(path, user)  # an unchanged file still takes the call's metadata
         self.flush()
         return report
 
-    def search(self, query, k: int = 10, *, candidates: int = 100) -> list[Hit]:
+    def update_metadata(self, doc_id: str, metadata: dict, merge: bool = True) -> dict:
+        """As :meth:`Index.update_metadata`; ``doc_id`` may also be a file's path relative to here.
+
+        >>> eng.update_metadata("reports/q3.pdf", {"status": "final"})   # doctest: +SKIP
+        """
+        if isinstance(doc_id, str) and doc_id and self.document(doc_id) is None:
+            doc_id = os.path.abspath(doc_id)
+        return super().update_metadata(doc_id, metadata, merge)
+
+    def search(self, query, k: int = 10, *, candidates: int = 100, where: dict | None = None,
+               group_by: str | None = None, pages_per_document: int = 3) -> list[Hit] | list[DocHit]:
         """Search with a text (task retrieval, prompt "query") or a PIL image; best pages first.
 
-        Hits carry ``path``, ``page`` (1-based), ``score`` (MaxSim), ``snippet`` (page text around the
-        query's words), ``metadata``.
+        Hits carry ``path``, ``page`` (1-based; a text document's passage number), ``score``
+        (MaxSim), ``snippet`` (page text around the query's words; a passage's whole text),
+        ``metadata``. ``where``, ``group_by``, ``pages_per_document``: as in
+        :meth:`Index.search_embeddings` (a filter on metadata before stage 1; DocHits per document).
 
-        >>> hits = eng.search("quarterly revenue by region", k=10)   # doctest: +SKIP
+        >>> hits = eng.search("quarterly revenue by region", k=10, where={"year": {"$gte": 2023}})  # doctest: +SKIP
         >>> hits[0].path, hits[0].page, hits[0].score, hits[0].snippet   # doctest: +SKIP
+        >>> docs = eng.search("revenue", k=5, group_by="document")       # doctest: +SKIP
         """
         from jevsearch.search.snippets import snippet
 
         emb = modelinfo.encode_query(self.encoder, query, self.page_geometry)
-        hits = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates)
-        for hit in hits:
-            hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
-        return hits
+        results = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates, where=where,
+                                         group_by=group_by, pages_per_document=pages_per_document)
+        for hit in (p for d in results for p in d.pages) if group_by else results:
+            if hit.metadata.get("kind") == "text":
+                hit.snippet = hit.text or ""
+            else:
+                hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
+        return results
 
     def render(self, hit: Hit, dpi: float = 100):
         """The page of ``hit`` as a PIL image (from the file on disk), for display."""

@@ -1,4 +1,5 @@
-"""Finding the documents to ingest: PDFs (recursively in folders) and images as 1-page documents.
+"""Finding the documents to ingest: PDFs (recursively in folders), images as 1-page documents, and
+plain-text files (.txt, .md) split into passages (jevsearch.ingest.text).
 
 Discovery never raises for one bad path: it returns what it found plus ``(path, reason)`` pairs for
 what it could not use, so a batch goes on past a broken symlink or an unreadable folder.
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 
 PDF_SUFFIXES = frozenset({".pdf"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"})
-SUPPORTED = "PDF or png/jpg/jpeg/tiff/webp images"
+TEXT_SUFFIXES = frozenset({".txt", ".md"})
+SUPPORTED = "PDF, png/jpg/jpeg/tiff/webp images, or .txt/.md text"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -31,16 +33,18 @@ class Source:
     """One input document: its absolute path (the document id in an index) and its kind."""
 
     path: str
-    kind: str  # "pdf" | "image"
+    kind: str  # "pdf" | "image" | "text"
 
 
 def kind_of(path: str) -> str | None:
-    """``"pdf"``, ``"image"`` or None, from the file name's suffix (case-insensitive)."""
+    """``"pdf"``, ``"image"``, ``"text"`` or None, from the file name's suffix (case-insensitive)."""
     suffix = os.path.splitext(path)[1].lower()
     if suffix in PDF_SUFFIXES:
         return "pdf"
     if suffix in IMAGE_SUFFIXES:
         return "image"
+    if suffix in TEXT_SUFFIXES:
+        return "text"
     return None
 
 

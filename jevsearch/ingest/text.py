@@ -74,10 +74,10 @@ def read_text(path: str) -> str:
 
 
 def token_spans(text: str, tokenizer=None) -> np.ndarray:
-    """Character (start, end) of each token of ``text`` -> int64 [n, 2]; whitespace-only tokens dropped."""
+    """Character (start, end) of each token of ``text`` -> int64 [n, 2] (the approximation has no
+    whitespace tokens; the tokenizer's count, e.g. blank lines, as the encoder will)."""
     if tokenizer is not None:
-        spans = [(a, b) for a, b in tokenizer.encode(text, add_special_tokens=False).offsets
-                 if not text[a:b].isspace()]
+        spans = tokenizer.encode(text, add_special_tokens=False).offsets
     else:
         spans = [m.span() for m in _APPROX_TOKEN.finditer(text)]
     return np.array(spans, dtype=np.int64).reshape(-1, 2)
@@ -106,17 +106,7 @@ def _cut(text: str, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int) -> i
     """The best token index in [lo, hi] to end a passage before (passage = tokens ..c-1)."""
     best, best_rank = hi, -1
     for c in range(hi, lo - 1, -1):  # from the end: the longest passage among equally good cuts
-        gap = text[ends[c - 1]:starts[c]]
-        if "\n\n" in gap:
-            rank = 4
-        elif "\n" in gap:
-            rank = 3
-        elif gap and text[ends[c - 1] - 1] in _SENTENCE_END:
-            rank = 2
-        elif gap:
-            rank = 1
-        else:
-            rank = 0  # inside a word
+        rank = _boundary(text, int(ends[c - 1]), int(starts[c]))
         if rank > best_rank:
             best, best_rank = c, rank
             if rank == 4:
@@ -124,12 +114,30 @@ def _cut(text: str, starts: np.ndarray, ends: np.ndarray, lo: int, hi: int) -> i
     return best
 
 
+def _boundary(text: str, a: int, b: int) -> int:
+    """How good a cut between the characters ``a`` and ``b`` is: 4 a blank line, 3 a line end, 2 a
+    sentence end, 1 a space, 0 inside a word. The whitespace around the gap counts too: BPE tokens
+    carry their leading space (" word") and blank lines may be tokens of their own."""
+    while a > 0 and text[a - 1].isspace():
+        a -= 1
+    while b < len(text) and text[b].isspace():
+        b += 1
+    run = text[a:b]
+    if "\n\n" in run:
+        return 4
+    if "\n" in run:
+        return 3
+    if run and a > 0 and text[a - 1] in _SENTENCE_END:
+        return 2
+    return 1 if run else 0
+
+
 def _word_start(text: str, starts: np.ndarray, first: int, lo: int, hi: int) -> int:
     """Where the next passage starts: a token starting a word (so an overlap never begins mid-word or
     on a lone full stop), looked for back to ``first + 1`` (a longer overlap) and then on to ``hi``;
     ``lo`` when there is none (one long "word")."""
-    def word(c: int) -> bool:
-        return starts[c] == 0 or text[starts[c] - 1].isspace()
+    def word(c: int) -> bool:  # BPE tokens may carry the space before their word
+        return starts[c] == 0 or text[starts[c] - 1].isspace() or text[starts[c]].isspace()
 
     for c in (*range(lo, max(first, lo - (hi - lo) - 1), -1), *range(lo + 1, hi)):
         if word(c):
