@@ -8,9 +8,11 @@ exactly its results.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
+import faiss
 import lmdb
 import numpy as np
 import pytest
@@ -231,6 +233,27 @@ def test_selective_and_broad_filters_return_k(built, monkeypatch):
                     assert {h.doc_id for h in hits} <= set(ids)
 
 
+def test_a_selective_filter_never_starves_the_walk(tmp_path, monkeypatch):
+    """A sparse graph, a narrow beam and 1.5% matching pages: the ID-selector walk meets too few of
+    them, and stage 1 falls back to the exact scan rather than return fewer than k."""
+    rng = np.random.default_rng(2)
+    n = 2000
+    singles = unit(rng, n, D)
+    multis = [unit(rng, 8, 128) for _ in range(n)]
+    with Index.create(tmp_path / "i", single_dim=DIM, hnsw_m=4, ef_construction=16, ef_search=8) as eng:
+        eng.add_embeddings_many([(f"p{i}", singles[i:i + 1], multis[i:i + 1], {"rare": i % 67 == 0})
+                                 for i in range(n)])
+        monkeypatch.setattr(subset, "EXACT_SCAN_FRACTION", 0.0)  # the walk, whatever the selectivity
+        (qs, qm), = queries({"x": (singles, multis)}, 1)
+        hits = eng.search_embeddings(qs, qm, k=20, candidates=20, where={"rare": True})
+        bits = np.zeros(n, dtype=bool)
+        bits[::67] = True
+        walk = eng._view.settle().search(_t(qs[None]).astype(np.float32), 20,
+                                         exclude=faiss.IDSelectorBitmap(np.packbits(bits, bitorder="little")))[0]
+    assert len(hits) == 20 and all(int(h.doc_id[1:]) % 67 == 0 for h in hits)
+    assert (walk >= 0).sum() < 20  # the walk alone starves: the fallback filled the results
+
+
 def test_where_is_checked_where_it_enters(built):
     path, corpus, _ = built
     (qs, qm), = queries(corpus, 1)
@@ -324,8 +347,8 @@ def test_group_by_document(tmp_path):
                 assert [p.page for p in h.pages] == [p for _, p in best[h.doc_id][:3]]
                 assert h.score == pytest.approx(best[h.doc_id][0][0], abs=1e-4) == h.pages[0].score
                 assert h.path == h.doc_id and h.metadata == docs[h.doc_id]["metadata"]
-            # Two-stage: 100 candidates would all come from the 4 long documents; it still fills 6.
-            got = eng.search_embeddings(qs, qm, k=6, group_by="document", pages_per_document=2)
+            # Two-stage: the first 6 candidates come from the long documents; stage 1 widens to fill 6.
+            got = eng.search_embeddings(qs, qm, k=6, candidates=6, group_by="document", pages_per_document=2)
             assert len({h.doc_id for h in got}) == 6 and all(1 <= len(h.pages) <= 2 for h in got)
             assert [h.score for h in got] == sorted((h.score for h in got), reverse=True)
             got = eng.search_embeddings(qs, qm, k=20, group_by="document", where={"long": True})
@@ -345,8 +368,6 @@ def test_index_without_field_table_still_opens(tmp_path):
     with env.begin(write=True) as txn:  # make it look like an old index: no table, no flag
         txn.drop(env.open_db(b"fields", txn=txn), delete=True)
         meta = env.open_db(b"meta", txn=txn)
-        import json
-
         state = json.loads(txn.get(b"state", db=meta))
         del state["fields"]
         txn.put(b"state", json.dumps(state).encode(), db=meta)
@@ -360,6 +381,31 @@ def test_index_without_field_table_still_opens(tmp_path):
     with Index.open(tmp_path / "i", readonly=True) as eng:
         assert {h.doc_id for h in eng.search_embeddings(qs, qm, k=9, where={"i": {"$gte": 3}})} == want | {"d0"}
         assert eng.stats()["documents"] == 5
+    env = lmdb.open(env_dir, max_dbs=16, readonly=True, lock=False)
+    with env.begin() as txn:  # the writer built the table, with a record per document
+        state = json.loads(txn.get(b"state", db=env.open_db(b"meta", txn=txn)))
+        records = [json.loads(v) for _, v in txn.cursor(db=env.open_db(b"fields", txn=txn))]
+    env.close()
+    assert state["fields"] == 1 and sorted(r["d"] for r in records) == sorted(corpus)
+    assert next(r for r in records if r["d"] == "d0")["f"] == {"i": 7}
+
+
+def test_glob_semantics():
+    from jevsearch.search.filters import glob_regex
+
+    cases = {
+        "/data/**/x.pdf": (["/data/x.pdf", "/data/a/b/x.pdf"], ["/data/ax.pdf", "/other/x.pdf"]),
+        "/data/*.pdf": (["/data/a.pdf"], ["/data/a/b.pdf", "/data/a.pdfx"]),
+        "doc?.md": (["doc1.md", "/n/doc2.md"], ["doc12.md", "/n/xdoc1.md", "doc/.md"]),
+        "reports/2024/**": (["/h/reports/2024/a.pdf", "reports/2024/q/b.md"], ["/h/reports/2023/a.pdf",
+                                                                                "/h/myreports/2024/a.pdf"]),
+        "[ab]*.txt": (["/n/a1.txt", "b.txt"], ["/n/c.txt"]),
+        "[!ab]*.txt": (["/n/c.txt"], ["/n/a.txt"]),
+        "a+b (1).pdf": (["/x/a+b (1).pdf"], ["/x/aab (1).pdf"]),
+    }
+    for pattern, (yes, no) in cases.items():
+        rx = glob_regex(pattern)
+        assert [p for p in yes if not rx.match(p)] == [] and [p for p in no if rx.match(p)] == [], pattern
 
 
 def test_filter_parse_is_strict_about_types():

@@ -49,7 +49,10 @@ def search_subset(graph: HnswGraph, queries: np.ndarray, n: int, page_ids: np.nd
     if not exact:
         bits = np.zeros(next_id, dtype=bool)
         bits[page_ids] = True
-        cand = graph.search(queries, n, exclude=faiss.IDSelectorBitmap(np.packbits(bits, bitorder="little")))[0]
+        # The beam widened by 1/selectivity keeps ~as many matching pages in it as an unfiltered walk
+        # has (without: recall@10 0.86 instead of ~0.95 at 50 % in benchmarks/filters.py).
+        cand = graph.search(queries, n, exclude=faiss.IDSelectorBitmap(np.packbits(bits, bitorder="little")),
+                            widen=graph.ntotal / len(page_ids))[0]
         if (cand >= 0).sum(axis=1).min() >= min(n, len(page_ids)):
             return cand
     return exact_scan(graph, queries, n, page_ids)
