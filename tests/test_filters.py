@@ -231,6 +231,10 @@ def test_selective_and_broad_filters_return_k(built, monkeypatch):
                     hits = eng.search_embeddings(qs, qm, k=k, candidates=k, where={"doc_id": {"$in": ids}})
                     assert len(hits) == min(k, pages(ids))
                     assert {h.doc_id for h in hits} <= set(ids)
+                    batch = eng.search_embeddings(np.stack([qs, qs]), [qm, qm[:3]], k=k, where={"doc_id": {"$in": ids}})
+                    assert [len(b) for b in batch] == [min(k, pages(ids))] * 2
+                    assert [(h.doc_id, h.page) for h in batch[0]] == \
+                        [(h.doc_id, h.page) for h in eng.search_embeddings(qs, qm, k=k, where={"doc_id": {"$in": ids}})]
 
 
 def test_a_selective_filter_never_starves_the_walk(tmp_path, monkeypatch):
