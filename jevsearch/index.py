@@ -585,6 +585,7 @@ class Index:
                 self._refresh(txn)
                 report, problems = check_index(self._store, txn, self._manifest, self._view.settle().ids(),
                                                self._view.tombs, deep=deep)
+                problems += fields.check_table(self._store, txn)
         if problems:
             more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
             raise CorruptIndexError(f"{self.path}: " + "; ".join(problems[:20]) + more +

@@ -317,6 +317,7 @@ def test_filters_follow_update_metadata_and_delete(tmp_path):
                 assert {key: after[key] for key in ids_before if key[0] != "d1"} == \
                     {key: s for key, s in ids_before.items() if key[0] != "d1"}  # nothing renumbered
             eng.compact()
+            assert eng.verify()["documents"] == 8  # field records agree with the documents
             assert {h.doc_id for h in eng.search_embeddings(qs, qm, k=50, where=fin)} == {"d0", "d2", "d3", "d9"}
             assert {h.doc_id for h in reader.search_embeddings(qs, qm, k=50, where={"n": {"$lt": 3}})} == {"d0", "d2"}
         finally:
@@ -379,6 +380,7 @@ def test_index_without_field_table_still_opens(tmp_path):
     want = {"d3", "d4"}
     with Index.open(tmp_path / "i", readonly=True) as eng:
         assert {h.doc_id for h in eng.search_embeddings(qs, qm, k=9, where={"i": {"$gte": 3}})} == want
+        assert eng.verify()["documents"] == 5
     with Index.open(tmp_path / "i") as eng:
         assert {h.doc_id for h in eng.search_embeddings(qs, qm, k=9, where={"i": {"$gte": 3}})} == want
         eng.update_metadata("d0", {"i": 7})

@@ -84,6 +84,20 @@ def set_metadata(store: PageStore, txn, doc_id: str, metadata: dict, merge: bool
     return doc, rec
 
 
+def check_table(store: PageStore, txn) -> list[str]:
+    """Problems of the ``fields`` table against the documents table (for Index.verify): a record per
+    document, at its first page id, equal to what the document's metadata gives."""
+    if not (store.state(txn).get("fields") and store.has_table("fields")):
+        return []  # an index from before the table: computed from the documents, nothing to disagree
+    want = {d["first"]: record(d["doc_id"], d["pages"], d["metadata"]) for d in store.iter_documents(txn)}
+    problems = []
+    for first, rec in store.iter_fields(txn):
+        if want.pop(first, None) != rec:
+            problems.append(f"fields: the record at page id {first} ({rec.get('d')!r}) is not its document's")
+    problems += [f"fields: {rec['d']}: no field record" for rec in want.values()]
+    return problems
+
+
 def _kind(value) -> int | None:
     if isinstance(value, bool):
         return _BOOL
