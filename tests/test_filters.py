@@ -209,10 +209,10 @@ def test_every_operator_equals_an_exact_filtered_search(built, where, monkeypatc
             assert [(h.doc_id, h.page) for h in got] == [(d, p) for _, d, p in want]
             assert [h.score for h in got] == pytest.approx([s for s, _, _ in want], abs=1e-4)
             want = [(d, p) for _, d, p in reference(corpus, docs, qs, qm, where, k=10, candidates=20)]
-            for fraction in (1.0, 0.0):  # every filter as an exact scan, then through the HNSW selector
-                monkeypatch.setattr(subset, "EXACT_SCAN_FRACTION", fraction)
+            for slot in (float("inf"), 0.0):  # every filter as an exact scan, then through the HNSW selector
+                monkeypatch.setattr(subset, "WALK_SLOT_PAGES", slot)
                 got = eng.search_embeddings(qs, qm, k=10, candidates=20, where=where)
-                assert [(h.doc_id, h.page) for h in got] == want, fraction
+                assert [(h.doc_id, h.page) for h in got] == want, slot
     assert all(h.doc_id in matching for h in got)
 
 
@@ -225,8 +225,8 @@ def test_selective_and_broad_filters_return_k(built, monkeypatch):
     with Index.open(path, readonly=True) as eng:
         (qs, qm), = queries(corpus, 1, seed=3)
         for ids in (few, some, names):
-            for fraction in (0.0, subset.EXACT_SCAN_FRACTION):
-                monkeypatch.setattr(subset, "EXACT_SCAN_FRACTION", fraction)
+            for slot in (0.0, subset.WALK_SLOT_PAGES):
+                monkeypatch.setattr(subset, "WALK_SLOT_PAGES", slot)
                 for k in (5, 12):
                     hits = eng.search_embeddings(qs, qm, k=k, candidates=k, where={"doc_id": {"$in": ids}})
                     assert len(hits) == min(k, pages(ids))
@@ -247,7 +247,8 @@ def test_a_selective_filter_never_starves_the_walk(tmp_path, monkeypatch):
     with Index.create(tmp_path / "i", single_dim=DIM, hnsw_m=4, ef_construction=16, ef_search=8) as eng:
         eng.add_embeddings_many([(f"p{i}", singles[i:i + 1], multis[i:i + 1], {"rare": i % 67 == 0})
                                  for i in range(n)])
-        monkeypatch.setattr(subset, "EXACT_SCAN_FRACTION", 0.0)  # the walk, whatever the selectivity
+        monkeypatch.setattr(subset, "WALK_SLOT_PAGES", 0.0)  # the walk, whatever the selectivity,
+        monkeypatch.setattr(subset, "MAX_WIDEN", 1.0)  # with a beam too narrow for 1.5 % of the pages
         (qs, qm), = queries({"x": (singles, multis)}, 1)
         hits = eng.search_embeddings(qs, qm, k=20, candidates=20, where={"rare": True})
         bits = np.zeros(n, dtype=bool)

@@ -1,17 +1,19 @@
 """Stage 1 restricted to a subset of pages (a filter's matches): HNSW with an ID selector, or an exact scan.
 
-Two ways, picked by how many pages match (:func:`search_subset`):
+Two ways, picked by cost (:func:`search_subset`):
 
 * broad filters: the HNSW walk with a FAISS search-time selector (``SearchParametersHNSW.sel``), so
   non-matching pages steer the walk but are never returned. ``IDSelectorBitmap`` (one bit per page
   id: 12.5 kB at 100k pages; a membership test is a shift and a mask) rather than ``IDSelectorBatch``
-  (a hash set plus a Bloom filter, built per query from the ids);
-* selective filters: the walk must visit ~1/selectivity nodes to meet enough matches (and recall
-  drops as the matches lose their graph neighbours), while an exact scan of the matching pages'
-  stored vectors costs ~their number. Below EXACT_SCAN_FRACTION of the graph's vectors the matching
-  pages' vectors are read from the graph's own storage (float16, or float32 for older graphs) and
-  scored exactly: the same scores the walk would give, without the walk. Measured with
-  benchmarks/filters.py (see EXACT_SCAN_FRACTION).
+  (a hash set plus a Bloom filter built per query from the ids). The beam is widened by
+  1/selectivity, so it holds about as many matching pages as an unfiltered walk's: measured at 100k
+  pages (benchmarks/filters.py), recall@10 against the exact filtered two-stage was 0.970 / 0.957 /
+  0.920 at 50 / 30 / 20 % selectivity with the plain beam, 1.000 widened;
+* selective filters: the widened walk costs ~1/selectivity, while an exact scan of the matching
+  pages' vectors, read from the graph's own storage (float16, or float32 for older graphs), costs
+  their number. With M matching pages of N, n candidates: the walk's beam is EF_PER_RESULT * n * N / M
+  and the scan reads M vectors, so the scan is cheaper while M^2 < WALK_SLOT_PAGES * EF_PER_RESULT * n * N
+  (about 28 % of the pages at 100k and 100 candidates, 9 % at 1M).
 
 An HNSW walk that returns fewer than the pages asked for although more match (a selective filter
 the walk could not cover) is redone as an exact scan, so a filter never starves the results.
@@ -26,34 +28,33 @@ import numpy as np
 import torch
 
 from jevsearch.errors import CorruptIndexError
-from jevsearch.store.hnsw import HnswGraph
+from jevsearch.store.hnsw import EF_PER_RESULT, HnswGraph
 
 _ORDER: "weakref.WeakKeyDictionary[HnswGraph, tuple]" = weakref.WeakKeyDictionary()  # see _rows_of
 
-# Matching pages, as a fraction of the graph's vectors, below which stage 1 scans them exactly.
-# benchmarks/filters.py at 100k pages (M=32, 100 candidates, one thread; see the README table):
-# the exact scan costs ~0.05 ms per 1000 pages, the filtered walk ~2.5 ms at 50% and grows as the
-# selectivity falls (recall@100 of the walk drops below 0.9 around 2%).
-EXACT_SCAN_FRACTION = 0.10
+# What one slot of a walk's beam costs, in pages of exact scan. benchmarks/filters.py at 100k pages
+# (M=32, 100 candidates, one thread): the walk took 2.8 us more per beam slot (50 % -> 20 %
+# selectivity, beam 800 -> 2000), the scan 0.13 us more per page (50k -> 20k pages): ratio ~21.
+WALK_SLOT_PAGES = 20.0
+MAX_WIDEN = 16.0  # beyond, the exact scan is far cheaper anyway (only a forced walk gets there)
 
 
 def search_subset(graph: HnswGraph, queries: np.ndarray, n: int, page_ids: np.ndarray, next_id: int,
                   exact: bool | None = None) -> np.ndarray:
     """The ``n`` nearest of ``page_ids`` (ids live in the graph) for float32 queries [Q, dim]
     -> candidate ids [Q, n], -1 padded when fewer match. ``next_id``: above every page id.
-    ``exact``: force the exact scan (True) or the selector walk (False); None picks by size."""
+    ``exact``: force the exact scan (True) or the selector walk (False); None picks by cost."""
     if len(page_ids) == 0:
         return np.full((len(queries), n), -1, dtype=np.int64)
+    m = len(page_ids)
     if exact is None:
-        exact = len(page_ids) <= max(n, EXACT_SCAN_FRACTION * graph.ntotal)
+        exact = m <= n or m * m < WALK_SLOT_PAGES * EF_PER_RESULT * n * graph.ntotal
     if not exact:
         bits = np.zeros(next_id, dtype=bool)
         bits[page_ids] = True
-        # The beam widened by 1/selectivity keeps ~as many matching pages in it as an unfiltered walk
-        # has (without: recall@10 0.86 instead of ~0.95 at 50 % in benchmarks/filters.py).
         cand = graph.search(queries, n, exclude=faiss.IDSelectorBitmap(np.packbits(bits, bitorder="little")),
-                            widen=graph.ntotal / len(page_ids))[0]
-        if (cand >= 0).sum(axis=1).min() >= min(n, len(page_ids)):
+                            widen=min(MAX_WIDEN, graph.ntotal / m))[0]
+        if (cand >= 0).sum(axis=1).min() >= min(n, m):
             return cand
     return exact_scan(graph, queries, n, page_ids)
 
