@@ -12,7 +12,8 @@ Synthetic corpus (deterministic from --seed; same flags => same corpus, so runs 
     orthonormal columns, so the 2048-d single is correlated with the page's tokens and its first 128
     dims (the Matryoshka truncation the HNSW indexes) carry part of that signal.
   * queries: a random target page; L = --query-tokens tokens, each one of the target's tokens plus
-    noise (normalize(x + 1.0 * n)); q_single = normalize(W mean(q) + 0.3 * n).
+    noise (normalize(x + 1.0 * n)); q_single = normalize(W mean(q) + 0.3 * n) (benchmarks/eval.py raises
+    both noise weights to make the queries harder).
   Documents have --doc-pages pages each and are added with one add_embeddings call per document.
   At the end, --append-pages pages are appended to the full index twice, as new documents: once with
   one commit per document, once with add_embeddings_many (--batch-docs documents per commit).
@@ -71,13 +72,15 @@ class Corpus:
         single = _unit(self.w @ tokens.mean(0) + 0.3 * _unit(rng.standard_normal(D_FULL, dtype=np.float32)))
         return single, tokens
 
-    def query(self, i: int, n_tokens: int) -> tuple[np.ndarray, np.ndarray, int]:
+    def query(self, i: int, n_tokens: int, token_noise: float = 1.0,
+              single_noise: float = 0.3) -> tuple[np.ndarray, np.ndarray, int]:
+        """(q_single, q_multi, target page); the noise weights make queries harder (benchmarks/eval.py)."""
         rng = np.random.default_rng((self.seed + 1, i))
         target = int(rng.integers(self.pages))
         _, tokens = self.page(target)
         q = _unit(tokens[rng.choice(len(tokens), n_tokens, replace=False)]
-                  + _unit(rng.standard_normal((n_tokens, DM), dtype=np.float32)))
-        single = _unit(self.w @ q.mean(0) + 0.3 * _unit(rng.standard_normal(D_FULL, dtype=np.float32)))
+                  + token_noise * _unit(rng.standard_normal((n_tokens, DM), dtype=np.float32)))
+        single = _unit(self.w @ q.mean(0) + single_noise * _unit(rng.standard_normal(D_FULL, dtype=np.float32)))
         return single, q, target
 
 

@@ -2,15 +2,23 @@
 
     jevsearch make-tiny-model models/tiny                    # random weights: smoke tests only
     jevsearch index papers/ scan.png --index indexes/papers --model models/tiny
+    jevsearch index papers/ --index indexes/papers --prune   # follow renames, drop deleted files
     jevsearch search "quarterly revenue by region" --index indexes/papers -k 5
     jevsearch index reports/ --index indexes/papers --meta team=finance --meta year=2024
     jevsearch search "revenue" --index indexes/papers --where '{"year": {"$gte": 2023}}' --documents
+    jevsearch list --index indexes/papers                    # documents, pages, present/changed/missing
     jevsearch info --index indexes/papers
     jevsearch delete papers/old.pdf --index indexes/papers
-    jevsearch verify --index indexes/papers
+    jevsearch compact --index indexes/papers
+    jevsearch verify --index indexes/papers --deep
+    jevsearch eval datasets/papers --index indexes/papers-eval --model models/tiny --out report/
+    jevsearch explain "revenue by region" --index indexes/papers --hit 1 --out why.png
+    jevsearch serve --index indexes/papers                   # http://127.0.0.1:8000
 
-Exit status: 0 success; 1 an error (one line on stderr says why); 2 bad usage; 3 ``index`` finished but
-some documents failed (each listed with its reason); 130 interrupted (rerun ``index`` to resume).
+Exit status: 0 success; 1 an error (one line on stderr says why; ``verify`` lists the problems
+first); 2 bad usage; 3 ``index`` finished but some documents failed or lost pages (each listed with
+its reason); 130 interrupted (rerun ``index`` to resume). Never a traceback: an unexpected error is
+one line too, and ``-v`` logs its traceback.
 """
 
 from __future__ import annotations
@@ -19,24 +27,26 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import textwrap
 
+from jevsearch import __version__
 from jevsearch.errors import InvalidInputError, JevsearchError
 
 EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 1, 2, 3, 130
 DEFAULT_MODEL = "jinaai/jina-embeddings-v4"
+log = logging.getLogger("jevsearch")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="jevsearch: %(message)s")
+    restore = _logging(args)
     try:
         return args.run(args) or 0
     except JevsearchError as e:
-        _fail(str(e))
+        _fail(e.cli_message())
         return EXIT_ERROR
     except KeyboardInterrupt:
         hint = " (rerun the same command to resume)" if args.command == "index" else ""
@@ -45,6 +55,33 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
         return EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - a bug or an error nobody translated: still one line, no traceback
+        log.info("traceback of the unexpected error:", exc_info=True)
+        _fail(f"unexpected {type(e).__name__}: {e} (rerun with -v for details)")
+        return EXIT_ERROR
+    finally:
+        restore()
+
+
+def _logging(args):
+    """The package's messages on stderr at the level -q/-v asks for; returns what puts the logger back
+    (``main`` may run inside a program). Only ``jevsearch`` loggers: the libraries' INFO chatter (FAISS
+    announces which build it loaded) stays out of -v."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("jevsearch: %(message)s"))
+    before = log.level, log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING)
+    for name in ("faiss", "faiss.loader"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    def restore() -> None:
+        log.removeHandler(handler)
+        log.setLevel(before[0])
+        log.propagate = before[1]
+
+    return restore
 
 
 def _fail(message: str) -> None:
@@ -53,20 +90,61 @@ def _fail(message: str) -> None:
 
 # ----- commands ----------------------------------------------------------------------------------
 def _cmd_index(args) -> int:
+    from jevsearch.ingest import discover
+
+    # The inputs first: a typo must neither load a model nor leave an empty index behind.
+    sources, failed = discover(args.paths)
+    new = _new_index_dir(args.index)
+    if not sources and (new or not args.prune):
+        for path, reason in failed:
+            print(f"failed: {path}: {reason}", file=sys.stderr)
+        raise InvalidInputError(f"nothing to index: {_nothing_found(args.paths, failed)} (hint: index takes "
+                                "PDF or png/jpg/jpeg/tiff/webp files, or folders holding them)")
     from jevsearch.engine import Engine
     from jevsearch.errors import NotAnIndexError
 
-    try:
-        eng = Engine.open(args.index, model=args.model)
-    except NotAnIndexError:
+    if new:
         eng = Engine.create(args.index, model=args.model or DEFAULT_MODEL)
+    else:
+        try:
+            eng = Engine.open(args.index, model=args.model)
+        except NotAnIndexError as e:
+            e.cli_hint = "pick a new or empty folder for --index"
+            raise
     with eng:
-        report = eng.add(args.paths, metadata=dict(args.meta or ()) or None, progress=not args.quiet)
+        report = eng.add(args.paths, metadata=dict(args.meta or ()) or None, prune=args.prune,
+                         retry_failed=args.retry_failed, progress=not args.quiet, found=(sources, failed))
     for path, reason in report.failed:
         print(f"failed: {path}: {reason}", file=sys.stderr)
+    for path, reason in report.not_retried:
+        print(f"failed: {path}: {reason} (unchanged since it failed; --retry-failed tries again)", file=sys.stderr)
+    for path, page, reason in report.missing_pages:
+        print(f"missing page: {path}: page {page}: {reason}", file=sys.stderr)
     if not args.quiet:
         print(f"{args.index}: {report}")
-    return EXIT_PARTIAL if report.failed else 0
+    return EXIT_PARTIAL if report.failed or report.not_retried or report.missing_pages else 0
+
+
+def _new_index_dir(index: str) -> bool:
+    """True when ``index`` does not exist or is an empty folder: `index` creates it there."""
+    try:
+        return not os.listdir(index)
+    except FileNotFoundError:
+        return True
+    except NotADirectoryError:
+        return False  # Engine.open says what it is
+
+
+def _nothing_found(paths, failed) -> str:
+    from jevsearch.ingest.sources import describe_folder
+
+    reasons = dict(failed)
+    said = []
+    for raw in paths:
+        path = os.path.abspath(raw)
+        said.append(f"{raw}: {reasons[path]}" if path in reasons else
+                    f"{raw}: {describe_folder(path)}" if os.path.isdir(path) else f"{raw}: not a document")
+    return "; ".join(said)
 
 
 def _cmd_search(args) -> int:
@@ -109,6 +187,35 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_list(args) -> int:
+    from jevsearch.engine import Engine
+    from jevsearch.ingest.sources import file_status
+
+    with Engine.open(args.index, readonly=True) as eng:
+        docs, failures = eng.document_list(), eng.failures()
+    rows = []
+    for doc in docs:
+        meta = doc["metadata"]
+        status = file_status(doc["doc_id"], meta["sha256"], meta.get("size"), meta.get("mtime_ns")) \
+            if "sha256" in meta else None  # added with add_embeddings: not a file
+        rows.append({"path": doc["doc_id"], "pages": doc["pages"], "added": meta.get("added"), "status": status,
+                     "missing_pages": [page for page, _ in meta.get("missing_pages", [])]})
+    rows += [{"path": path, "pages": 0, "added": None, "status": "failed", "reason": f.get("reason")}
+             for path, f in sorted(failures.items())]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    if not rows:
+        print("no documents")
+        return 0
+    print(f"{'status':<8}  {'pages':>5}  {'added':<20}  path")
+    for r in rows:
+        note = (f"  (missing pages: {', '.join(map(str, r['missing_pages']))})" if r.get("missing_pages") else
+                f"  ({r['reason']})" if r["status"] == "failed" else "")
+        print(f"{r['status'] or '-':<8}  {r['pages']:>5}  {r['added'] or '-':<20}  {_short_path(r['path'])}{note}")
+    return 0
+
+
 def _cmd_delete(args) -> int:
     from jevsearch.engine import Engine
 
@@ -116,20 +223,87 @@ def _cmd_delete(args) -> int:
         # As indexed (an absolute path), or a path relative to here.
         doc_id = args.doc if eng.document(args.doc) is not None else os.path.abspath(args.doc)
         if not eng.delete(doc_id):
-            raise InvalidInputError(f"{args.doc}: not in the index (hint: `jevsearch search` shows indexed paths)")
+            raise InvalidInputError(f"{args.doc}: not in the index (hint: `jevsearch list --index {args.index}` "
+                                    "shows the indexed paths)")
     if not args.quiet:
         print(f"deleted {doc_id}")
     return 0
 
 
-def _cmd_verify(args) -> int:
+def _cmd_compact(args) -> int:
     from jevsearch.engine import Engine
 
-    with Engine.open(args.index, readonly=True) as eng:
-        summary = eng.verify()
+    with Engine.open(args.index) as eng:
+        before = eng.stats()["bytes"]
+        eng.compact()
+        after, stats = eng.stats()["bytes"], eng.stats()
+    if not args.quiet:
+        size = lambda b: f"{(b['lmdb_file'] + b['hnsw_file']) / 1e6:.1f} MB"  # noqa: E731
+        print(f"{args.index}: compacted: {stats['documents']} documents, {stats['pages']} pages, "
+              f"{size(before)} -> {size(after)}")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from jevsearch.engine import Engine
+    from jevsearch.errors import CorruptIndexError
+
+    try:
+        with Engine.open(args.index, readonly=True) as eng:
+            summary = eng.verify(deep=args.deep)
+    except CorruptIndexError as e:
+        for problem in _problems(str(e)):
+            print(f"problem: {problem}")
+        raise
     if not args.quiet:
         counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in (summary or {}).items())
         print(f"{args.index}: ok" + (f" ({counts})" if counts else ""))
+    return 0
+
+
+def _problems(message: str) -> list[str]:
+    """The problems of a verify message: "<index>: [N problems: ]p1; p2; ... (hint: ...)"."""
+    cut = message.rfind(" (hint: ")
+    body = re.sub(r"^\d+ problems?: ", "", (message[:cut] if cut >= 0 else message).split(": ", 1)[-1])
+    return [p.strip() for p in body.split("; ") if p.strip()]
+
+
+def _cmd_eval(args) -> int:
+    from jevsearch.eval.command import run
+
+    return run(args.dataset, args.index, model=args.model, out=args.out, k=args.k, candidates=args.candidates,
+               default_model=DEFAULT_MODEL, quiet=args.quiet)
+
+
+def _cmd_explain(args) -> int:
+    from jevsearch.engine import Engine
+
+    with Engine.open(args.index, readonly=True, model=args.model) as eng:
+        hits = eng.search(args.query, k=args.hit)
+        if len(hits) < args.hit:
+            raise InvalidInputError(f"--hit {args.hit}: the index has only {len(hits)} pages")
+        hit = hits[args.hit - 1]
+        ex = eng.explain(hit, args.query)
+        ex.overlay(token=args.token, alpha=args.alpha).save(args.out)
+    if not args.quiet:
+        print(f"{_short_path(hit.path)} page {hit.page}: score {hit.score:.4f}" + (f" ({ex.note})" if ex.note else ""))
+        for token, score, meaningful in zip(ex.tokens, ex.token_scores, ex.meaningful):
+            if meaningful:
+                print(f"  {token!r:>20}  {score:7.4f}")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from jevsearch.serve import run
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"jevsearch: warning: serving on {args.host}: anyone who can reach this machine can search the "
+              "index and read its documents", file=sys.stderr)
+    if not args.quiet:
+        print(f"serving {args.index} on http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
+    run(args.index, host=args.host, port=args.port, model=args.model,
+        log_level="warning" if not args.verbose else "info")
     return 0
 
 
@@ -150,8 +324,10 @@ def _info(eng) -> dict:
     """A flat summary for people: counts, dims, model and bytes on disk (the model is not loaded)."""
     stats, m = eng.stats(), eng.manifest
     model = m.get("model") or {}
+    partial = sum(1 for d in eng.document_list() if d["metadata"].get("missing_pages"))
     return {"path": os.path.abspath(eng.path), "format_version": m["format_version"],
             "documents": stats["documents"], "pages": stats["pages"], "tokens": stats["tokens"],
+            "documents_with_missing_pages": partial, "failed_files": len(eng.failures()),
             "tombstones": stats["tombstones"], "model": model.get("source"),
             "model_fingerprint": model.get("identity", {}).get("fingerprint"),
             "max_pixels": model.get("max_pixels"), "single_dim": m["single_dim"],
@@ -184,26 +360,35 @@ def _short_path(path: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries; errors only")
-    common.add_argument("-v", "--verbose", action="store_true", help="log what happens (skipped files, repairs)")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="log what happens (skipped files, moves, repairs; tracebacks of unexpected errors)")
     index_opt = argparse.ArgumentParser(add_help=False)
-    index_opt.add_argument("--index", required=True, metavar="DIR", help="index directory (e.g. indexes/papers)")
+    index_opt.add_argument("--index", required=True, type=_index_dir, metavar="DIR",
+                           help="index directory (e.g. indexes/papers)")
 
     p = argparse.ArgumentParser(
         prog="jevsearch",
         description="Search PDF corpora with jina-embeddings-v4 (visual page embeddings + late interaction).",
-        epilog="exit status: 0 ok, 1 error, 2 usage, 3 some documents failed to index, 130 interrupted",
+        epilog="exit status: 0 ok, 1 error, 2 usage, 3 some documents failed or lost pages, 130 interrupted",
     )
+    p.add_argument("--version", action="version", version=f"jevsearch {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("index", parents=[common, index_opt], help="add PDFs/images (files or folders) to an index",
                        description="Create the index if needed, then add documents. Unchanged files are "
-                       "skipped, changed ones replaced; rerun after an interruption to resume.")
-    c.add_argument("paths", nargs="+", metavar="PATH", help="PDF or image files, or folders (searched recursively)")
+                       "skipped, changed ones replaced, renamed or copied ones re-keyed without encoding; "
+                       "rerun after an interruption to resume.")
+    c.add_argument("paths", nargs="+", metavar="PATH", help="PDF, image, .txt or .md files, or folders (searched "
+                   "recursively)")
     c.add_argument("--model", metavar="M", help=f"hub id or local snapshot path (new index: default {DEFAULT_MODEL}; "
                    "existing index: must be the recorded model)")
     c.add_argument("--meta", type=_meta, action="append", metavar="KEY=VALUE",
                    help="metadata for every document of this run, repeatable; VALUE is read as JSON when it is "
                    "(2024, true) else as text")
+    c.add_argument("--prune", action="store_true",
+                   help="also remove documents under PATHs whose files are gone (deleted or moved away)")
+    c.add_argument("--retry-failed", action="store_true",
+                   help="try again files that failed before and pages that could not be rendered, even if unchanged")
     c.set_defaults(run=_cmd_index)
 
     c = sub.add_parser("search", parents=[common, index_opt], help="search an index with a text query")
@@ -216,6 +401,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
     c.set_defaults(run=_cmd_search)
 
+    c = sub.add_parser("list", parents=[common, index_opt],
+                       help="list the documents: pages, date added, file present/changed/missing")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(run=_cmd_list)
+
     c = sub.add_parser("info", parents=[common, index_opt], help="show an index's model, sizes and counts")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(run=_cmd_info)
@@ -224,8 +414,46 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("doc", metavar="DOC", help="the document's path (as indexed, or relative to here)")
     c.set_defaults(run=_cmd_delete)
 
+    c = sub.add_parser("compact", parents=[common, index_opt],
+                       help="drop deleted pages, rebuild the search graph and shrink the files")
+    c.set_defaults(run=_cmd_compact)
+
     c = sub.add_parser("verify", parents=[common, index_opt], help="check an index's integrity")
+    c.add_argument("--deep", action="store_true", help="also read every stored vector (finite, unit norm)")
     c.set_defaults(run=_cmd_verify)
+
+    c = sub.add_parser("eval", parents=[common, index_opt], help="measure quality and latency on a dataset",
+                       description="Evaluate search settings on a dataset (BEIR-style folder or ViDoRe Parquet "
+                       "download): nDCG@5/@k, recall@k/@100, MRR@k and p50/p95 search latency per setting. "
+                       "Indexes the dataset's corpus first if the index is empty (exit status 3 if some of its "
+                       "documents fail). Needs: pip install 'jevsearch[eval]'.")
+    c.add_argument("dataset", metavar="DATASET", help="dataset folder")
+    c.add_argument("--model", metavar="M", help=f"new index: default {DEFAULT_MODEL}; existing: the recorded one")
+    c.add_argument("--out", default="report", metavar="DIR", help="where report.json and quality_vs_latency.png "
+                   "go (default report/)")
+    c.add_argument("-k", type=_positive_int, default=10, help="cutoff of nDCG@k, recall@k, MRR@k (default 10)")
+    c.add_argument("--candidates", type=_int_list, metavar="N,N,...", help="two-stage candidates to compare "
+                   "(default 20,50,100,200)")
+    c.set_defaults(run=_cmd_eval)
+
+    c = sub.add_parser("explain", parents=[common, index_opt], help="draw where a query matched on a result page",
+                       description="Search, take the hit ranked --hit, and write its page with the heat-map of "
+                       "the query's similarity per 28x28-px patch blended over it.")
+    c.add_argument("query", help="the query text")
+    c.add_argument("--hit", type=_positive_int, default=1, help="which result, 1 = the best (default 1)")
+    c.add_argument("--out", required=True, metavar="PNG", help="image file to write (e.g. why.png)")
+    c.add_argument("--token", help="one query token's map (its text, e.g. revenue) instead of all words")
+    c.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity, 0..1 (default 0.5)")
+    c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
+    c.set_defaults(run=_cmd_explain)
+
+    c = sub.add_parser("serve", parents=[common, index_opt], help="search the index in a web browser",
+                       description="A local web app: search box, result thumbnails, heat-maps, source documents; "
+                       "and a JSON API (/api/search?q=...&k=...). Needs: pip install 'jevsearch[serve]'.")
+    c.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    c.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
+    c.set_defaults(run=_cmd_serve)
 
     c = sub.add_parser("make-tiny-model", parents=[common], help="write a tiny checkpoint with RANDOM weights "
                        "(offline smoke tests; results are meaningless)")
@@ -255,6 +483,16 @@ def _meta(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def _index_dir(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path (name the index folder, e.g. --index indexes/papers)")
+    return text
+
+
+def _int_list(text: str) -> list[int]:
+    return [_positive_int(part) for part in text.split(",")]
 
 
 def _positive_int(text: str) -> int:

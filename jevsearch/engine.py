@@ -12,7 +12,9 @@ images and text files (:meth:`Engine.add`) and searches with text or image queri
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 
 from jevsearch.docresults import DocHit
 from jevsearch.errors import InvalidInputError
@@ -22,6 +24,8 @@ from jevsearch.search.threads import torch_threads
 from jevsearch.store import fields, validate
 
 __all__ = ["DocHit", "Engine", "Hit"]
+
+log = logging.getLogger(__name__)
 
 
 class Engine(Index):
@@ -85,7 +89,7 @@ class Engine(Index):
         if self._encoder is None:
             recorded = modelinfo.recorded_model(self._manifest)
             encoder = modelinfo.load_encoder(recorded["source"], *self._model_args, recorded=True)
-            modelinfo.check_same_model(recorded, encoder)
+            modelinfo.check_same_model(recorded, encoder, given=False)
             self._encoder = encoder
         return self._encoder
 
@@ -94,23 +98,35 @@ class Engine(Index):
         """How pages are rendered for this index's model (pixel budget, 28 px token grid)."""
         return modelinfo.page_geometry(self.encoder, self._manifest["model"])
 
-    def add(self, paths, *, metadata: dict | None = None, progress: bool = False):
+    def add(self, paths, *, metadata: dict | None = None, prune: bool = False, retry_failed: bool = False,
+            progress: bool = False, found: tuple | None = None):
         """Index PDFs, images and text files (files, or folders searched recursively); returns an IngestReport.
 
-        A document's id is its absolute path. ``metadata`` (a JSON object) is merged into every
-        document of the call, unchanged ones included (a changed file keeps the metadata it had, and
-        takes the call's on top); the ingest adds its own fields (kind, sha256,
-        bytes, mtime, and a PDF's title/author/created: jevsearch.ingest.docinfo), whose names the
-        caller's metadata may not use. .txt/.md files become passage documents (each passage a
-        "page": jevsearch.ingest.text). Unchanged files are skipped (by SHA-256), changed ones replaced,
-        bad ones reported in ``report.failed`` as (path, reason) while the rest goes on. Each document
-        is committed whole, so after a crash (even kill -9) rerunning the same call finishes the job
-        without duplicates.
+        A document's id is its absolute path; its metadata records sha256, kind, size, mtime_ns,
+        ``added`` (UTC) and a PDF's own title, author and created (jevsearch.ingest.docinfo).
+        ``metadata`` (a JSON object) is merged into every document of the call, unchanged, moved and
+        copied ones included; a changed file keeps the metadata it had and takes the call's on top. Its
+        names may not be those the ingest records. .txt/.md files become passage documents (each
+        passage a "page": jevsearch.ingest.text). Unchanged files are skipped, changed ones replaced; a renamed or moved file is
+        re-keyed and a copy gets the stored vectors, neither re-encoded (``report.moved``/``copied``);
+        ``prune=True`` removes documents under ``paths`` whose files are gone (``report.pruned``).
+        Bad files are reported in ``report.failed`` as (path, reason) while the rest goes on, and
+        recorded: unchanged, they are not tried again (``report.not_retried``) unless ``retry_failed``.
+        A page that cannot be rendered is left out (``report.missing_pages``; the document's metadata
+        ``missing_pages``: [[page, reason], ...]) and its other pages keep their numbers;
+        ``retry_failed`` retries those documents too. Files are checked before the model is loaded,
+        and a run with nothing to encode never loads it. Each document is committed whole, so after a
+        crash (even kill -9) rerunning the same call finishes the job without duplicates. ``progress``:
+        bars on stderr when it is a terminal. ``found``: the
+        result of ``discover(paths)`` when the caller has it already (the CLI checks inputs first).
 
-        >>> report = eng.add(["papers/", "scan.png", "notes/"], metadata={"team": "finance"})  # doctest: +SKIP
-        >>> report.added, report.skipped, report.failed         # doctest: +SKIP
+        >>> report = eng.add(["papers/", "scan.png"], prune=True)     # doctest: +SKIP
+        >>> report.added, report.moved, report.pruned, report.failed  # doctest: +SKIP
+        >>> eng.add(["notes/"], metadata={"team": "finance"})        # doctest: +SKIP
         """
+        from jevsearch import visuals
         from jevsearch.ingest import IngestReport, discover, ingest
+        from jevsearch.ingest.sync import make_plan
         from jevsearch.ingest.text import ingest_texts
 
         self._check_writable()
@@ -118,32 +134,64 @@ class Engine(Index):
         taken = sorted(set(user) & set(fields.COMPUTED + docinfo.INGEST_FIELDS))
         if taken:
             raise InvalidInputError(f"metadata: {', '.join(taken)} set by jevsearch (hint: pick other names)")
-        encoder, geometry = self.encoder, self.page_geometry
-        sources, failed = discover(paths)
-        known, kept = {}, {}
-        for src in sources:
-            doc = self.document(src.path)
-            if doc is not None and "sha256" in doc["metadata"]:
-                known[src.path] = doc["metadata"]["sha256"]
-            if doc is not None:  # a changed file keeps the metadata its user gave it
-                kept[src.path] = {k: v for k, v in doc["metadata"].items() if k not in docinfo.INGEST_FIELDS}
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        sources, failed = found if found is not None else discover(paths)
+        docs = {d["doc_id"]: d["metadata"] for d in self.document_list()}
+        failures = self.failures()
+        plan = make_plan(sources, docs, failures, paths, prune=prune, retry_failed=retry_failed)
+        pruned = set(plan.pruned)
+        report = IngestReport(failed=[f for f in failed if f[0] not in pruned] + plan.failed,
+                              skipped=plan.skipped, not_retried=plan.not_retried)
+        for path in plan.skipped:
+            log.info("%s: unchanged, skipped", path)
+        for old, new in plan.moved:
+            self.rename_document(old, new, metadata=dict(docs[old], **user, **_file_fields(plan.files[new])))
+            report.moved.append((old, new))
+            log.info("%s: moved from %s (not re-encoded)", new, old)
+        origin = {new: old for old, new in plan.moved}  # a copy of a file moved in this same run
+        for src, new in plan.copied:
+            meta = docs[origin.get(src, src)]
+            self.copy_document(src, new, metadata=dict(meta, **user, **_file_fields(plan.files[new]), added=_now()))
+            report.copied.append((src, new))
+            log.info("%s: a copy of %s (not re-encoded)", new, src)
+        for doc_id in plan.pruned:
+            self.delete(doc_id)
+            report.pruned.append(doc_id)
+            log.info("%s: file gone, removed from the index", doc_id)
 
         def store(doc) -> None:
-            meta = {**kept.get(doc.path, {}), **user, **docinfo.file_fields(doc.path, doc.kind, doc.sha256)}
-            self._add_many([(doc.path, doc.singles, doc.multis, meta, doc.texts)], auto=docinfo.INGEST_FIELDS)
+            kept = {k: v for k, v in docs.get(doc.path, {}).items() if k not in docinfo.INGEST_FIELDS}
+            meta = {**kept, **user, "sha256": doc.sha256, "kind": doc.kind, **_file_fields(plan.files[doc.path]),
+                    "added": _now(), **(docinfo.pdf_fields(doc.path) if doc.kind == "pdf" else {})}
+            if doc.missing:
+                meta["missing_pages"] = [[page, reason] for page, reason in doc.missing]
+            text = doc.kind == "text"
+            self._add_many([(doc.path, doc.singles, doc.multis, meta, doc.texts, None if text else doc.page_numbers,
+                             None if text else visuals.page_views(encoder, geometry, doc))],
+                           auto=docinfo.INGEST_FIELDS)
 
-        report = IngestReport(failed=failed)
-        with torch_threads(modelinfo.ingest_threads(encoder)):
-            visual = [s for s in sources if s.kind != "text"]
-            if visual:
-                ingest(visual, encoder, store, geometry=geometry, known=known, progress=progress, report=report,
-                       batch_tokens=encoder.max_batch_tokens)
-            texts = [s for s in sources if s.kind == "text"]
-            if texts:  # passages as long as a full page image of this index (see jevsearch.ingest.text)
-                ingest_texts(texts, encoder, store, known=known, report=report, progress=progress,
-                             page_tokens=geometry.max_pixels // geometry.factor ** 2)
+        try:
+            if plan.encode:
+                encoder, geometry = self.encoder, self.page_geometry
+                visual = [s for s in plan.encode if s.kind != "text"]
+                texts = [s for s in plan.encode if s.kind == "text"]
+                with torch_threads(modelinfo.ingest_threads(encoder)):
+                    if visual:
+                        ingest(visual, encoder, store, geometry=geometry, progress=progress, report=report,
+                               batch_tokens=encoder.max_batch_tokens)
+                    if texts:  # passages as long as a full page image of this index (jevsearch.ingest.text)
+                        ingest_texts(texts, encoder, store, report=report, progress=progress,
+                                     page_tokens=geometry.max_pixels // geometry.factor ** 2,
+                                     hashes={p: f.sha256 for p, f in plan.files.items()})
+        except BaseException:
+            try:  # what was learnt about failed files is kept, also after an interruption
+                self._remember_failures(failures, plan, report, paths if prune else [])
+            except Exception:  # noqa: BLE001 - never hide the error in flight behind this one
+                log.warning("could not record the failed files", exc_info=True)
+            raise
+        self._remember_failures(failures, plan, report, paths if prune else [])
         for path in report.skipped if user else ():
-            if any(self.document(path)["metadata"].get(k) != v for k, v in user.items()):
+            if any(docs[path].get(k) != v for k, v in user.items()):
                 self.update_metadata(path, user)  # an unchanged file still takes the call's metadata
         self.flush()
         return report
@@ -156,6 +204,19 @@ class Engine(Index):
         if isinstance(doc_id, str) and doc_id and self.document(doc_id) is None:
             doc_id = os.path.abspath(doc_id)
         return super().update_metadata(doc_id, metadata, merge)
+
+    def _remember_failures(self, failures: dict, plan, report, pruned_roots: list) -> None:
+        """Record this run's failed files (with their hash: unchanged, they are not retried) and forget
+        the records of files now indexed or gone."""
+        from jevsearch.ingest.sync import stale_failures
+
+        done = {*report.added, *report.skipped, *(n for _, n in report.moved), *(n for _, n in report.copied)}
+        changes: dict = {p: None for p in failures if p in done}
+        changes.update(dict.fromkeys(stale_failures(failures, pruned_roots), None))
+        changes.update({p: {"sha256": plan.files[p].sha256, "reason": r} for p, r in report.failed
+                        if p in plan.files and _lasting(r)})
+        if changes:
+            self.set_failures(changes)
 
     def search(self, query, k: int = 10, *, candidates: int = 100, where: dict | None = None,
                group_by: str | None = None, pages_per_document: int = 3) -> list[Hit] | list[DocHit]:
@@ -187,3 +248,42 @@ class Engine(Index):
         from jevsearch.ingest.pages import render_page
 
         return render_page(hit.path, hit.page, dpi, kind=hit.metadata.get("kind"))
+
+    def explain(self, hit: Hit, query):
+        """Why ``hit`` matched ``query`` (the text or PIL image searched with): an
+        :class:`~jevsearch.search.explain.Explanation` with ``tokens`` (the query's tokens as text),
+        ``maps`` (float32 [L, rows, cols]: each token's similarity with each 28x28-px patch of the page,
+        on the vectors the index scored), ``token_scores`` and ``overlay(token=None, alpha=0.5)``.
+
+        Pages indexed without a patch layout (older indexes) or whose stored rows are not one per patch
+        are re-encoded from the source file (``ex.source == "recomputed"``, ``ex.note`` says why);
+        DocumentError if that file is gone or changed. PageNotFoundError if the page left the index.
+
+        >>> ex = eng.explain(hits[0], "revenue by region")                    # doctest: +SKIP
+        >>> ex.maps.shape, ex.tokens[2], ex.overlay(token=" revenue").size   # doctest: +SKIP
+        ((32, 23), ' revenue', (827, 1169))
+        """
+        from jevsearch import visuals
+
+        return visuals.explain(self, hit, query)
+
+    def thumbnail(self, hit: Hit, width: int = 256):
+        """A PIL image of ``hit``'s page, ``width`` px wide: the thumbnail stored at ingest (256 px; works
+        when the source file has moved or changed), or for a larger width a fresh render of the source
+        when it is still the file indexed (same SHA-256); else the stored one enlarged (logged)."""
+        from jevsearch import visuals
+
+        return visuals.thumbnail(self, hit, width)
+
+def _file_fields(state) -> dict:
+    """What a document's metadata records of its file (list compares them cheaply before hashing)."""
+    return {"sha256": state.sha256, "size": state.size, "mtime_ns": state.mtime_ns}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _lasting(reason: str) -> bool:
+    """A failure the same file would meet again (not a lack of memory, not a killed renderer)."""
+    return "out of memory" not in reason and not reason.startswith("renderer crashed (exit status -9)")

@@ -66,6 +66,10 @@ class CorruptIndexError(JevsearchError):
     """The index on disk is damaged beyond what open-time repair can fix."""
 
 
+class PageNotFoundError(JevsearchError, LookupError):
+    """A page asked for by id or hit is not in the index (its document was deleted or re-added since)."""
+
+
 class CheckpointError(JevsearchError, ValueError):
     """A model checkpoint is missing files or tensors, or has tensors of the wrong shape."""
 
@@ -74,13 +78,27 @@ class ModelMismatchError(JevsearchError, ValueError):
     """The model (or its truncation) differs from the one recorded in the index."""
 
 
-class DocumentError(JevsearchError):
-    """One input document could not be read (corrupt, encrypted, empty, ...).
+class DatasetError(JevsearchError, ValueError):
+    """An evaluation dataset (jevsearch.eval) is missing files or names ids it does not define."""
 
-    Ingest reports these per file and goes on with the rest of the batch.
+
+class MissingDependencyError(JevsearchError, ImportError):
+    """An optional feature needs a package that is not installed (the message says which extra)."""
+
+
+class DocumentError(JevsearchError):
+    """One input document, or one page of it (``page``, 1-based), could not be read (corrupt,
+    encrypted, empty, ...).
+
+    Ingest reports these per file (and per page: a document's other pages are still indexed) and
+    goes on with the rest of the batch.
+
+    >>> str(DocumentError("a.pdf", "damaged PDF: premature end of data", page=3))
+    'a.pdf: page 3: damaged PDF: premature end of data'
     """
 
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, path: str, reason: str, *, page: int | None = None):
+        super().__init__(f"{path}: {'' if page is None else f'page {page}: '}{reason}")
         self.path = path
         self.reason = reason
+        self.page = page

@@ -26,12 +26,14 @@ An index is a directory::
 
 from __future__ import annotations
 
+import errno
+import bisect
 import json
 import logging
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -45,6 +47,7 @@ from jevsearch.errors import (
     IndexExistsError,
     InvalidInputError,
     JevsearchError,
+    PageNotFoundError,
     ReadOnlyIndexError,
 )
 from jevsearch import docresults
@@ -54,9 +57,10 @@ from jevsearch.search.threads import torch_threads
 from jevsearch.store import fields, validate
 from jevsearch.store.graphview import GraphView
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
-from jevsearch.store.lmdbstore import PageStore, current_env, fsync_dir
+from jevsearch.store.lmdbstore import CURRENT, ENV_PREFIX, PageStore, current_env, fsync_dir
 from jevsearch.store.lock import WriterLock
 from jevsearch.store.manifest import check_manifest, new_manifest
+from jevsearch.store.visual import PageView
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,8 @@ class Hit:
 
     ``page`` is 1-based; ``metadata`` is the document's metadata; ``text`` the page text given to
     ``add_embeddings(page_texts=...)``, or None when none was stored; ``snippet`` (set by
-    :meth:`Engine.search`) a short window of it around the query's words; ``path`` the document's file.
+    :meth:`Engine.search`) a short window of it around the query's words; ``path`` the document's file;
+    ``page_id`` the page's id in the index (ids are never reused: a re-added document's pages get new ones).
     """
 
     doc_id: str
@@ -76,6 +81,7 @@ class Hit:
     metadata: dict = field(default_factory=dict)
     text: str | None = None
     snippet: str = ""
+    page_id: int | None = None
 
     @property
     def path(self) -> str:
@@ -141,31 +147,46 @@ class Index:
         number of candidates asked for, see jevsearch.store.hnsw). model_info: JSON object describing
         the encoder, kept in the manifest. threads: CPU threads for the index's own tensor work (see
         :meth:`open`).
-        The index is built in a temporary sibling directory and renamed into place, so a crash never
-        leaves a half-created index. Returns the index opened for writing.
+        The index is built in a temporary directory and moved into place, so a crash never leaves a
+        half-created index. A new directory gets the mode the umask gives; an empty directory the user
+        made is filled in place and keeps its mode and owner. Returns the index opened for writing.
         """
-        path = os.fspath(path)
-        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        path = _index_path(path)
+        existing = os.path.isdir(path)
+        # Another create's work folder (or a crashed one's) does not make the folder taken.
+        if os.path.exists(path) and (not existing or any(not n.startswith(_TMP_PREFIX) for n in os.listdir(path))):
             raise IndexExistsError(f"{path}: already exists and is not empty "
-                                   "(hint: open it, or pick a new path)")
+                                   "(hint: open it, or pick a new path)",
+                                   cli_hint="pick a new or empty folder for --index")
         manifest = new_manifest(single_dim=single_dim, single_full_dim=single_full_dim, multi_dim=multi_dim,
                                 multi_dtype=multi_dtype, hnsw_m=hnsw_m, ef_construction=ef_construction,
                                 ef_search=ef_search, model_info=model_info)
         parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
+        if not existing:
+            os.makedirs(parent, exist_ok=True)
         state = {"next_page_id": 0, "gen": 0, "epoch": 0, "docs": 0, "pages": 0, "tokens": 0, "tombs": 0,
                  "fields": 1}
-        tmp = tempfile.mkdtemp(prefix=".jevsearch-create-", dir=parent)
+        tmp = _new_dir(path if existing else parent)
         try:
             PageStore.initialise(tmp, manifest, state)
             HnswGraph(single_dim, hnsw_m, ef_construction, ef_search).save(tmp, epoch=0, next_page_id=0)
-            os.rename(tmp, path)  # POSIX rename replaces an empty directory atomically
+            if existing:
+                # The store first: a create racing into the same folder fails there, before moving
+                # anything of its own; CURRENT, which makes the folder an index, last.
+                for name in sorted(os.listdir(tmp), key=lambda n: (n == CURRENT, not n.startswith(ENV_PREFIX))):
+                    os.rename(os.path.join(tmp, name), os.path.join(path, name))
+                os.rmdir(tmp)
+            else:
+                os.rename(tmp, path)  # fails if another process got there first
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, OSError) and os.path.exists(path):
-                raise IndexExistsError(f"{path}: appeared while creating ({e}) (hint: pick a new path)") from e
+            if isinstance(e, OSError) and e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise IndexExistsError(f"{path}: another process is creating an index here ({e.strerror}) "
+                                       "(hint: wait for it to finish, then open it)",
+                                       cli_hint="another jevsearch command is creating it: wait for it to "
+                                       "finish and rerun") from e
             raise
-        fsync_dir(parent)
+        fsync_dir(path if existing else parent)
         return cls.open(path, threads=threads)
 
     @classmethod
@@ -181,7 +202,7 @@ class Index:
         A writer repairs the HNSW from LMDB when they disagree (after a crash). Raises
         NotAnIndexError, FormatVersionError, IndexLockedError (another writer).
         """
-        path = os.fspath(path)
+        path = _index_path(path)
         threads = validate.check_k(threads, "threads")
         current_env(path)  # NotAnIndexError before touching anything (no lock file in a random dir)
         lock = None if readonly else WriterLock(path)
@@ -191,6 +212,7 @@ class Index:
             if lock is not None:
                 HnswGraph.remove_stale_temp(path)
                 store.remove_stale()
+                store.create_missing_tables()
             return cls(path, store, lock, threads)
         except BaseException:
             if store is not None:
@@ -255,13 +277,18 @@ class Index:
     # -- writes ---------------------------------------------------------------------------------
 
     def add_embeddings(self, doc_id: str, singles, multis, metadata: dict | None = None,
-                       page_texts: list[str] | None = None) -> int:
+                       page_texts: list[str] | None = None, page_numbers: list[int] | None = None,
+                       page_views: list | None = None) -> int:
         """Add (or atomically replace) a document; returns its page count.
 
         singles: float [P, D], one L2-normalised vector per page; D >= single_dim, and the same D for
             every document of the index (fixed by the first one).
         multis: P float arrays [T_i, multi_dim] (or one [P, T, multi_dim] array), L2-normalised rows.
         metadata: JSON object returned on hits. page_texts: optional P strings, returned as Hit.text.
+        page_numbers: optional P increasing 1-based numbers, returned as Hit.page (default 1..P), for a
+        document whose unreadable pages were left out.
+        page_views: optional P :class:`~jevsearch.store.visual.PageView` (or None): where each page's
+            multi-vector rows sit on the page (for :meth:`page_data` / heat-maps) and its thumbnail.
         Vectors within validate.NORM_TOLERANCE of unit norm are renormalised; anything else invalid
         raises InvalidInputError and writes nothing. One LMDB commit per call (the document is durable
         and visible to readers when this returns); the in-memory HNSW takes the new pages in one batch
@@ -270,12 +297,14 @@ class Index:
         together: :meth:`add_embeddings_many`.
         Example: ``eng.add_embeddings("report.pdf", singles, multis, metadata={"title": "Q3"})``.
         """
-        return self.add_embeddings_many([(doc_id, singles, multis, metadata, page_texts)])[0]
+        return self.add_embeddings_many([(doc_id, singles, multis, metadata, page_texts, page_numbers,
+                                          page_views)])[0]
 
     def add_embeddings_many(self, docs) -> list[int]:
         """Add (or replace) several documents in ONE commit; returns their page counts.
 
-        docs: iterable of ``(doc_id, singles, multis[, metadata[, page_texts]])`` tuples, each as in
+        docs: iterable of ``(doc_id, singles, multis[, metadata[, page_texts[, page_numbers[, page_views]]]])``
+        tuples, each as in
         :meth:`add_embeddings`, with distinct doc ids. Every document is validated before anything is
         written, and the commit is all or nothing: a bad document (or a crash) leaves none of the batch
         in the index. One fsync for the batch instead of one per document, so small documents are
@@ -307,11 +336,15 @@ class Index:
                     pages, tokens = len(item["multis"]), sum(m.shape[0] for m in item["multis"])
                     doc = {"doc_id": item["doc_id"], "first": state["next_page_id"], "pages": pages,
                            "tokens": tokens, "metadata": item["metadata"], "text": item["texts"] is not None}
+                    if item["numbers"] is not None:
+                        doc["page_numbers"] = item["numbers"]
                     if auto:
                         doc["auto"] = [k for k in auto if k in item["metadata"]]
                     self._store.put_document(txn, doc, item["singles"], item["multis"], item["texts"])
                     added.append((doc["first"], fields.record(doc["doc_id"], pages, item["metadata"])))
                     self._store.put_fields(txn, *added[-1])
+                    if item["views"] is not None:
+                        self._store.put_views(txn, doc["first"], item["views"])
                     ids.append(np.arange(doc["first"], doc["first"] + pages))
                     vecs.append(item["truncated"])
                     state["next_page_id"] += pages
@@ -365,6 +398,78 @@ class Index:
             self._fields.committed(state, [(doc["first"], rec)], [doc["first"]])
             self._after_commit(state, [], None, None)
             return dict(doc["metadata"])
+
+    def rename_document(self, old: str, new: str, *, metadata: dict | None = None) -> None:
+        """Give document ``old`` the id ``new`` (its file was renamed or moved), keeping its pages and
+        vectors: nothing is re-encoded, and its pages keep their ids and HNSW entries. A document
+        already at ``new`` is replaced. ``metadata`` replaces the document's (default: kept). One commit.
+
+        >>> eng.rename_document("/docs/a.pdf", "/docs/2024/a.pdf")      # doctest: +SKIP
+        """
+        old, new = validate.check_doc_id(old), validate.check_doc_id(new)
+        metadata = None if metadata is None else validate.check_metadata(metadata)
+        with self._mutex:
+            self._check_writable()
+            with self._store.write() as txn:
+                doc = self._store.document(txn, old)
+                if doc is None:
+                    raise InvalidInputError(f"{old}: not in the index (hint: documents() lists the ids)")
+                state = self._store.state(txn)
+                removed = self._remove(txn, state, new) if new != old else []
+                meta = doc["metadata"] if metadata is None else metadata
+                self._store.rekey_document(txn, doc, new, meta)
+                rec = fields.record(new, doc["pages"], meta)
+                self._store.put_fields(txn, doc["first"], rec)
+                state["gen"] += 1
+                state["frev"] = state.get("frev", 0) + 1  # a record changed in place: readers reload
+                self._store.put_state(txn, state)
+            self._fields.committed(state, [(doc["first"], rec)], removed[:1] + [doc["first"]])
+            self._after_commit(state, removed, None, None)
+
+    def copy_document(self, src: str, dst: str, *, metadata: dict | None = None) -> int:
+        """Add document ``dst`` with the stored vectors, texts and page numbers of ``src`` (a copy of
+        its file: no encoding needed); ``metadata`` default: src's. Returns the page count.
+
+        >>> eng.copy_document("/docs/a.pdf", "/backup/a.pdf")             # doctest: +SKIP
+        """
+        src = validate.check_doc_id(src)
+        dm, dtype = self._manifest["multi_dim"], np.dtype(self._manifest["multi_dtype"])
+        with self._mutex:
+            self._check_writable()
+            with self._store.read() as txn:
+                doc = self._store.document(txn, src)
+                if doc is None:
+                    raise InvalidInputError(f"{src}: not in the index (hint: documents() lists the ids)")
+                ids = range(doc["first"], doc["first"] + doc["pages"])
+                # Copied out while the transaction's zero-copy views are valid.
+                singles = np.stack([np.frombuffer(self._store.single_raw(txn, pid), np.float32) for pid in ids])
+                multis = [np.frombuffer(self._store.multi_raw(txn, pid), dtype).reshape(-1, dm).astype(np.float32)
+                          for pid in ids]
+                texts = [self._store.text(txn, pid) for pid in ids] if doc["text"] else None
+                views = [self._store.view(txn, pid) for pid in ids]
+            return self.add_embeddings(dst, singles, multis, doc["metadata"] if metadata is None else metadata,
+                                       texts, doc.get("page_numbers"), views)
+
+    def failures(self) -> dict[str, dict]:
+        """Files :meth:`Engine.add` could not index, as recorded: {path: {"sha256", "reason"}}."""
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                return self._store.failures(txn)
+
+    def set_failures(self, changes: dict[str, dict | None]) -> None:
+        """Record failed files ({path: {"sha256", "reason"}}), or forget them (value None); one commit."""
+        changes = validate.check_metadata(changes)
+        with self._mutex:
+            self._check_writable()
+            with self._store.write() as txn:
+                failures = self._store.failures(txn)
+                for path, record in changes.items():
+                    if record is None:
+                        failures.pop(path, None)
+                    else:
+                        failures[path] = record
+                self._store.put_failures(txn, failures)
 
     def compact(self) -> None:
         """Rebuild the HNSW from live pages (dropping tombstones) and shrink the LMDB file."""
@@ -531,9 +636,54 @@ class Index:
             key, page_no, _ = self._store.page(txn, pid)
             doc = docs.get(key) or docs.setdefault(key, self._store.document_by_key(txn, key))
             text = self._store.text(txn, pid) if doc["text"] else None
-            hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text))
+            hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text, page_id=pid))
         hits.sort(key=lambda h: (-h.score, h.doc_id, h.page))
         return hits[:k]
+
+    def search_singles(self, q_single, k: int = 10, *, exact: bool = False) -> list[Hit] | list[list[Hit]]:
+        """Search with single vectors only (no MaxSim): for measuring stage 1, e.g. by jevsearch.eval.
+
+        ``exact=False``: the HNSW over the singles truncated to ``single_dim``, i.e. the first k
+        candidates a two-stage search would rerank. ``exact=True``: the inner product with every live
+        page's stored full single vector (``single_full_dim`` dims), a scan of the store (no cache:
+        slow on large indexes, meant for evaluation). Hit scores are the inner products of the
+        (truncated, renormalised) vectors; ties broken by (doc_id, page) as in :meth:`search_embeddings`.
+        q_single: [D] -> list[Hit], or [Q, D] -> Q lists; D >= single_dim, and D == single_full_dim
+        when exact.
+
+        >>> hits = eng.search_singles(q_single, k=10)               # doctest: +SKIP
+        >>> exact = eng.search_singles(q_single, k=10, exact=True)  # doctest: +SKIP
+        """
+        from jevsearch.search.singles import exact_top
+
+        k = validate.check_k(k)
+        qs = np.asarray(q_single.detach().float().cpu() if hasattr(q_single, "detach") else q_single)
+        batch = qs.ndim == 2
+        singles = validate.check_query_singles(qs, len(qs) if batch else 1, batch, self._manifest["single_dim"],
+                                               required=True)
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn, torch.no_grad(), torch_threads(self.threads):
+                self._refresh(txn)
+                dim, full = self._manifest["single_dim"], self._manifest["single_full_dim"]
+                if exact:
+                    if full is not None and singles.shape[1] != full:
+                        raise InvalidInputError(f"q_single: {singles.shape[1]} dims, but the stored singles have "
+                                                f"{full} (hint: pass the full query vector for exact=True)")
+                    pages = ((pid, self._store.single_raw(txn, pid)) for pid, _, _, _ in self._store.iter_pages(txn))
+                    found = exact_top(pages, singles, singles.shape[1], k)
+                else:
+                    q = truncate_normalize(singles, dim)
+                    found = []
+                    for qi, row in enumerate(self._view.search(q, k)):
+                        live = [(pid, self._store.single_raw(txn, pid)) for pid in row[row >= 0].tolist()]
+                        live = [(pid, raw) for pid, raw in live if raw is not None]  # deleted meanwhile
+                        ids = np.array([pid for pid, _ in live], dtype=np.int64)
+                        vecs = [np.frombuffer(raw, dtype=np.float32, count=full) for _, raw in live]
+                        scores = truncate_normalize(np.stack(vecs), dim) @ q[qi] if vecs else np.zeros(0, np.float32)
+                        found.append((ids, scores))
+                results = [self._hits(txn, ids, scores, k) for ids, scores in found]
+        return results if batch else results[0]
 
     # -- inspection -----------------------------------------------------------------------------
 
@@ -548,6 +698,58 @@ class Index:
         return {"doc_id": doc["doc_id"], "pages": doc["pages"], "tokens": doc["tokens"],
                 "metadata": doc["metadata"]}
 
+    def page_hit(self, page_id: int) -> Hit:
+        """The live page ``page_id`` (e.g. from ``Hit.page_id``) as a Hit with score 0.
+
+        Raises PageNotFoundError if no such page is indexed (page ids are never reused, so an id from
+        before a document was deleted or re-added finds nothing rather than another page).
+        """
+        page_id = validate.check_page_id(page_id)
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                rec = self._store.page(txn, page_id)
+                doc = None if rec is None else self._store.document_by_key(txn, rec[0])
+                if doc is None:
+                    raise PageNotFoundError(f"page id {page_id}: not in the index (deleted, or its document was "
+                                            "re-added since) (hint: search again)")
+                text = self._store.text(txn, page_id) if doc["text"] else None
+        return Hit(doc["doc_id"], rec[1], 0.0, doc["metadata"], text, page_id=page_id)
+
+    def page_data(self, hit: Hit, *, vectors: bool = True) -> tuple[np.ndarray | None, PageView | None]:
+        """The page of ``hit`` as the index scores it: (its multi-vectors as float32 [T, multi_dim],
+        exactly the stored values, or None if not ``vectors``; its
+        :class:`~jevsearch.store.visual.PageView` (grid layout, thumbnail), or None if the page has
+        none, e.g. it was indexed before views were recorded).
+
+        Raises PageNotFoundError if the page is no longer indexed, or its document was re-added since
+        the hit was found (the hit's metadata no longer matches).
+        """
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                pid = self._locate(txn, hit)
+                multi = None
+                if vectors:
+                    tokens, dtype = self._store.page(txn, pid)[2], np.dtype(self._manifest["multi_dtype"])
+                    multi = np.frombuffer(self._store.multi_raw(txn, pid), dtype=dtype)
+                    multi = multi.reshape(tokens, self._manifest["multi_dim"]).astype(np.float32)  # a copy: txn ends
+                return multi, self._store.view(txn, pid)
+
+    def _locate(self, txn, hit: Hit) -> int:
+        """The page id of ``hit`` in ``txn``; PageNotFoundError if it is gone or stale."""
+        doc = self._store.document(txn, validate.check_doc_id(hit.doc_id))
+        gone = PageNotFoundError(f"{hit.doc_id}: page {hit.page} is no longer in the index (the document was "
+                                 "deleted or re-added since this hit was found) (hint: search again)")
+        if doc is None or doc["metadata"] != hit.metadata:
+            raise gone
+        # Page numbers are 1..pages, or those recorded for a document whose unreadable pages were left out.
+        numbers = doc.get("page_numbers") or range(1, doc["pages"] + 1)
+        i = bisect.bisect_left(numbers, hit.page)
+        if i == len(numbers) or numbers[i] != hit.page or hit.page_id not in (None, doc["first"] + i):
+            raise gone
+        return doc["first"] + i
+
     def documents(self) -> Iterator[str]:
         """The indexed document ids, sorted."""
         with self._mutex:
@@ -555,6 +757,15 @@ class Index:
             with self._store.read() as txn:
                 ids = sorted(d["doc_id"] for d in self._store.iter_documents(txn))
         return iter(ids)
+
+    def document_list(self) -> list[dict]:
+        """Every document as :meth:`document` gives it, sorted by id, read in one snapshot."""
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn:
+                docs = [{"doc_id": d["doc_id"], "pages": d["pages"], "tokens": d["tokens"], "metadata": d["metadata"]}
+                        for d in self._store.iter_documents(txn)]
+        return sorted(docs, key=lambda d: d["doc_id"])
 
     def stats(self) -> dict:
         """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, and
@@ -591,3 +802,25 @@ class Index:
             raise CorruptIndexError(f"{self.path}: " + "; ".join(problems[:20]) + more +
                                     " (hint: restore from a backup, or re-add the listed documents)")
         return report
+
+
+_TMP_PREFIX = ".jevsearch-create-"
+
+
+def _index_path(path) -> str:
+    path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise InvalidInputError(f"index path: {path!r} is empty (hint: name a folder, e.g. indexes/papers)")
+    return path
+
+
+def _new_dir(parent: str) -> str:
+    """A new uniquely named directory in ``parent`` with the umask's mode (mkdtemp forces 0700, which
+    the index folder would keep)."""
+    while True:
+        tmp = os.path.join(parent, f"{_TMP_PREFIX}{secrets.token_hex(6)}")
+        try:
+            os.mkdir(tmp)
+            return tmp
+        except FileExistsError:
+            continue

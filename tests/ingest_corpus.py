@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import struct
 
 import pymupdf
 from PIL import Image, ImageDraw
@@ -90,6 +91,27 @@ def make_truncated_pdf(path, keep: float = 0.3) -> None:
     data = open(path, "rb").read()
     with open(path, "wb") as f:
         f.write(data[: int(len(data) * keep)])
+
+
+def make_bad_page_count_pdf(path) -> None:
+    """A PDF whose page tree says /Count -1: pymupdf opens it, then ``page_count`` raises (MuPDF
+    "Invalid number of pages")."""
+    with open(path, "wb") as f:
+        f.write(b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
+                b"2 0 obj << /Type /Pages /Kids [3 0 R] /Count -1 >> endobj\n"
+                b"3 0 obj << /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >> endobj\n"
+                b"trailer << /Root 1 0 R >>\n%%EOF\n")
+
+
+def make_broken_png(path) -> None:
+    """A PNG whose IDAT chunk claims half its length: PIL opens it, then decoding reads a chunk header
+    from the middle of the data and raises SyntaxError ("broken PNG file"), not an OSError."""
+    data = bytearray(png_bytes(picture(60, 40)))
+    at = data.index(b"IDAT") - 4
+    (n,) = struct.unpack(">I", data[at:at + 4])
+    data[at:at + 4] = struct.pack(">I", n // 2)
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def make_fake_pdf(path) -> None:

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.ingest_corpus import make_pdf, make_truncated_pdf, picture
+from tests.ingest_corpus import make_bad_page_count_pdf, make_pdf, make_truncated_pdf, picture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +35,8 @@ def run_main(capsys, *args):
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory):
-    """make-tiny-model, then index a folder with one bad PDF: the shared state of the CLI tests."""
+    """make-tiny-model, then index a folder with one bad PDF and one missing a page: the shared state
+    of the CLI tests."""
     tmp = tmp_path_factory.mktemp("cli")
     model = tmp / "tiny"
     made = jevsearch("make-tiny-model", model)
@@ -45,7 +46,8 @@ def indexed(tmp_path_factory):
     make_pdf(corpus / "alpha.pdf", 2, seed=1)
     make_pdf(corpus / "sub" / "beta.pdf", 1, seed=2, texts=["Invoice ledger audit for the harbor warehouse."])
     picture(200, 150).save(corpus / "sub" / "scan.png")
-    make_truncated_pdf(corpus / "cut.pdf")
+    make_truncated_pdf(corpus / "cut.pdf")  # page 1 cannot be rendered, pages 2 and 3 can
+    make_bad_page_count_pdf(corpus / "bad.pdf")
     index = tmp / "idx"
     run = jevsearch("index", corpus, "--index", index, "--model", model, cwd=tmp)
     return dict(tmp=tmp, model=model, corpus=corpus, index=index, made=made, run=run)
@@ -59,8 +61,11 @@ def test_index_reports_failures_with_exit_3_and_indexes_the_rest(indexed, capsys
     run = indexed["run"]
     assert run.returncode == 3, run.stderr
     failed = [line for line in run.stderr.splitlines() if line.startswith("failed: ")]
-    assert len(failed) == 1 and "cut.pdf: damaged PDF" in failed[0]
-    assert "added 3, skipped 0 unchanged, failed 1 (4 pages" in run.stdout
+    assert len(failed) == 1 and "bad.pdf: corrupt PDF: cannot count its pages" in failed[0]
+    missing = [line for line in run.stderr.splitlines() if line.startswith("missing page: ")]
+    assert len(missing) == 1 and "cut.pdf: page 1: damaged PDF" in missing[0]
+    assert "added 4 (1 with missing pages), moved 0, pruned 0, skipped 0 unchanged, failed 1 (6 pages" in run.stdout
+    assert "Traceback" not in run.stderr
     code, out, err = run_main(capsys, "index", indexed["corpus"] / "alpha.pdf", "--index", indexed["index"], "-q")
     assert (code, out, err) == (0, "", "")  # unchanged: skipped, quietly
 
@@ -69,11 +74,12 @@ def test_search_json_through_subprocess(indexed):
     as_json = jevsearch("search", "harbor warehouse audit", "--index", indexed["index"], "-k", "10", "--json")
     assert as_json.returncode == 0, as_json.stderr
     rows = json.loads(as_json.stdout)
-    assert len(rows) == 4 and [r["rank"] for r in rows] == [1, 2, 3, 4]  # k bounded by the 4 pages
+    assert len(rows) == 6 and [r["rank"] for r in rows] == [1, 2, 3, 4, 5, 6]  # k bounded by the 6 pages
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
     beta = next(r for r in rows if r["path"].endswith("beta.pdf"))
     assert beta["page"] == 1 and "harbor warehouse" in beta["snippet"]
-    assert {os.path.basename(r["path"]) for r in rows} == {"alpha.pdf", "beta.pdf", "scan.png"}
+    assert {os.path.basename(r["path"]) for r in rows} == {"alpha.pdf", "beta.pdf", "scan.png", "cut.pdf"}
+    assert sorted(r["page"] for r in rows if r["path"].endswith("cut.pdf")) == [2, 3]  # the pages' true numbers
 
 
 def test_search_table(indexed, capsys, monkeypatch):
@@ -96,10 +102,11 @@ def test_info_delete_verify(indexed, capsys, monkeypatch, tmp_path):
     code, out, err = run_main(capsys, "info", "--index", index, "--json")
     assert code == 0, err
     data = json.loads(out)
-    assert data["documents"] == 3 and data["pages"] == 4 and data["single_dim"] == 64
+    assert data["documents"] == 4 and data["pages"] == 6 and data["single_dim"] == 64
+    assert data["documents_with_missing_pages"] == 1 and data["failed_files"] == 1
     assert data["model"] == str(indexed["model"])
     code, out, _ = run_main(capsys, "info", "--index", index)
-    assert code == 0 and any(line.split()[:2] == ["documents", "3"] for line in out.splitlines())
+    assert code == 0 and any(line.split()[:2] == ["documents", "4"] for line in out.splitlines())
 
     monkeypatch.chdir(indexed["tmp"])
     code, out, err = run_main(capsys, "delete", "docs/alpha.pdf", "--index", index)
@@ -111,7 +118,7 @@ def test_info_delete_verify(indexed, capsys, monkeypatch, tmp_path):
     code, out, err = run_main(capsys, "verify", "--index", index)
     assert code == 0 and out.startswith(f"{index}: ok"), err
     code, out, _ = run_main(capsys, "info", "--index", index, "--json")
-    assert json.loads(out)["documents"] == 2
+    assert json.loads(out)["documents"] == 3
 
 
 def test_errors_are_one_line_with_nonzero_exit(tmp_path, capsys):
@@ -123,7 +130,8 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path, capsys):
     with pytest.raises(SystemExit) as usage:
         run_main(capsys, "search", "q", "--index", tmp_path / "plain", "-k", "0")
     assert usage.value.code == 2 and "not a positive integer" in capsys.readouterr().err
-    code, out, err = run_main(capsys, "index", tmp_path / "plain", "--index", tmp_path / "new",
+    make_pdf(tmp_path / "one.pdf", 1)
+    code, out, err = run_main(capsys, "index", tmp_path / "one.pdf", "--index", tmp_path / "new",
                               "--model", tmp_path / "nope")
     assert code == 1 and err.count("\n") == 1 and "nope" in err
     assert not (tmp_path / "new").exists()  # nothing half-created

@@ -62,21 +62,28 @@ def test_add_search_render(tmp_path, corpus, model):
         assert eng.manifest["single_dim"] == 64  # 128 is not among the tiny model's dims 4..64
         report = eng.add([corpus])
         names = lambda paths: sorted(os.path.relpath(p, corpus) for p in paths)  # noqa: E731
-        assert names(report.added) == ["chart.png", "deep/er/note.pdf", "deep/memo.pdf", "report.pdf"]
-        assert names(p for p, _ in report.failed) == ["deep/cut.pdf", "deep/empty.pdf", "locked.pdf"]
-        assert report.pages == 7 and report.skipped == []
+        assert names(report.added) == ["chart.png", "deep/cut.pdf", "deep/er/note.pdf", "deep/memo.pdf", "report.pdf"]
+        assert names(p for p, _ in report.failed) == ["deep/empty.pdf", "locked.pdf"]
+        assert report.pages == 9 and report.skipped == []
         assert sorted(eng.documents()) == sorted(report.added)
         doc = eng.document(str(corpus / "report.pdf"))
         assert doc["pages"] == 3 and len(doc["metadata"]["sha256"]) == 64
+        # A partial document: page 1 of the cut PDF cannot be rendered; pages 2 and 3 keep their numbers.
+        cut = str(corpus / "deep" / "cut.pdf")
+        assert [(p, page) for p, page, _ in report.missing_pages] == [(cut, 1)]
+        (missing,) = eng.document(cut)["metadata"]["missing_pages"]
+        assert missing[0] == 1 and missing[1].startswith("damaged PDF")
+        assert sorted(h.page for h in eng.search("x", k=9) if h.path == cut) == [2, 3]
+        eng.verify(deep=True)
 
         hits = eng.search("quarterly revenue by region", k=5)
         assert len(hits) == 5 and [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         for h in hits:
-            assert h.path in report.added and 1 <= h.page <= eng.document(h.path)["pages"]
-        note = eng.search("glacier survey", k=7)  # every page: the note's is among them
+            assert h.path in report.added and 1 <= h.page <= 3
+        note = eng.search("glacier survey", k=9)  # every page: the note's is among them
         (hit,) = [h for h in note if h.path.endswith("note.pdf")]
         assert "glacier survey" in hit.snippet and hit.page == 1
-        assert len(eng.search("anything", k=100)) == 7  # k bounded by the pages there are
+        assert len(eng.search("anything", k=100)) == 9  # k bounded by the pages there are
 
         # An image query identical to an indexed image finds it first, with the maximal MaxSim:
         # every query token meets itself (score = its token count, up to float16 storage).
@@ -86,7 +93,7 @@ def test_add_search_render(tmp_path, corpus, model):
         assert img_hits[0].score == pytest.approx(tokens, rel=2e-3)
         assert img_hits[0].snippet == ""  # an image has no text layer
 
-        rotated = eng.render(next(h for h in eng.search("x", k=7) if h.path.endswith("report.pdf") and h.page == 2),
+        rotated = eng.render(next(h for h in eng.search("x", k=9) if h.path.endswith("report.pdf") and h.page == 2),
                              dpi=72)
         assert rotated.mode == "RGB" and rotated.size == (842, 595)
         with pytest.raises(InvalidInputError, match="query"):
@@ -100,9 +107,9 @@ def test_readd_skips_unchanged_replaces_changed(tmp_path, corpus, model):
         assert sorted(again.skipped) == sorted(first.added) and again.added == []
         make_pdf(corpus / "report.pdf", 5, seed=7)
         third = eng.add([corpus])
-        assert third.added == [str(corpus / "report.pdf")] and len(third.skipped) == 3
+        assert third.added == [str(corpus / "report.pdf")] and len(third.skipped) == 4
         assert eng.document(str(corpus / "report.pdf"))["pages"] == 5
-        assert eng.stats()["pages"] == 9 and eng.stats()["documents"] == 4
+        assert eng.stats()["pages"] == 11 and eng.stats()["documents"] == 5
 
 
 def test_reopen_uses_recorded_model_and_refuses_another(tmp_path, corpus, model):

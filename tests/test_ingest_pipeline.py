@@ -12,6 +12,8 @@ import pytest
 from jevsearch.errors import DocumentError
 from jevsearch.ingest import PageGeometry, discover, ingest, open_document
 from tests.ingest_corpus import (
+    make_bad_page_count_pdf,
+    make_broken_png,
     make_encrypted_pdf,
     make_fake_pdf,
     make_pdf,
@@ -49,7 +51,9 @@ def folder(tmp_path):
     make_encrypted_pdf(root / "locked.pdf")
     make_zero_page_pdf(root / "a" / "empty.pdf")
     make_fake_pdf(root / "a" / "b" / "fake.pdf")
-    make_truncated_pdf(root / "cut.pdf")
+    make_truncated_pdf(root / "cut.pdf")  # page 1's content is cut short; pages 2 and 3 render
+    make_bad_page_count_pdf(root / "a" / "count.pdf")
+    make_broken_png(root / "a" / "b" / "broken.png")
     return root, texts
 
 
@@ -60,16 +64,27 @@ def test_ingest_folder_encodes_every_good_page_and_reports_bad_files(enc, geom, 
     report = ingest(sources, enc, stored.append, geometry=geom, batch_tokens=400, queue_pages=2)
 
     rel = lambda p: os.path.relpath(p, root)  # noqa: E731
-    assert [rel(p) for p in report.added] == ["a/b/three.pdf", "a/scan.png", "a/two.pdf", "one.pdf"]
+    assert [rel(p) for p in report.added] == ["a/b/three.pdf", "a/scan.png", "a/two.pdf", "cut.pdf", "one.pdf"]
     assert [rel(d.path) for d in stored] == [rel(p) for p in report.added]
+    # Whatever a file makes the render process raise fails that file only: here MuPDF's "Invalid
+    # number of pages" from page_count, and PIL's SyntaxError (not an OSError) from a broken PNG.
     assert sorted((rel(p), r.split(":")[0]) for p, r in report.failed) == [
+        ("a/b/broken.png", "cannot be read"),
         ("a/b/fake.pdf", "not a PDF (file starts with b'This is ')"),
+        ("a/count.pdf", "corrupt PDF"),
         ("a/empty.pdf", "PDF has no pages; corrupt or empty (MuPDF"),
-        ("cut.pdf", "damaged PDF"),
         ("locked.pdf", "encrypted PDF needs a password (hint"),
     ]
+    reasons = {rel(p): r for p, r in report.failed}
+    assert reasons["a/count.pdf"] == "corrupt PDF: cannot count its pages: Invalid number of pages"
+    assert reasons["a/b/broken.png"].startswith("cannot be read: SyntaxError: broken PNG file")
+    # A partial document: the page that cannot be rendered is reported, the others keep their numbers.
+    assert [(rel(p), page, r.split(":")[0]) for p, page, r in report.missing_pages] == [("cut.pdf", 1, "damaged PDF")]
+    cut = next(d for d in stored if rel(d.path) == "cut.pdf")
+    assert cut.page_numbers == [2, 3] and [p for p, _ in cut.missing] == [1] and cut.pages == 2
     assert report.skipped == [] and failed == []
-    assert report.pages == 7 == sum(d.pages for d in stored)
+    assert report.pages == 9 == sum(d.pages for d in stored)
+    assert all(d.page_numbers == list(range(1, d.pages + 1)) for d in stored if d is not cut)
 
     by_name = {rel(d.path): d for d in stored}
     for name, want in texts.items():

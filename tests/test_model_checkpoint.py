@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,20 @@ def test_corrupt_adapter_weights_are_refused(tmp_path):
     (ckpt / "adapters/adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"lora_A\.code\.weight has shape \(32, 128\), expected \(16, 128\)"):
         JinaV4Encoder.from_pretrained(ckpt, device="cpu")
+
+
+@pytest.mark.parametrize("rel, keep", [("model.safetensors", 0.5), ("model.safetensors", 0.999),
+                                       ("model.safetensors", 12 / 19831088),  # cut inside the header
+                                       ("adapters/adapter_model.safetensors", 0.7)])
+def test_truncated_weights_say_redownload(tmp_path, rel, keep):
+    """An interrupted download: the file is cut short. A CheckpointError names it and the fix."""
+    ckpt = _copy(tmp_path)
+    path = ckpt / rel
+    os.truncate(path, max(9, int(path.stat().st_size * keep)))
+    with pytest.raises(CheckpointError) as info:
+        JinaV4Encoder.from_pretrained(ckpt, device="cpu")
+    assert str(path) in str(info.value) and "truncated" in str(info.value)
+    assert "download the model snapshot again" in str(info.value)
 
 
 @pytest.mark.parametrize("rel", ["config.json", "adapters/adapter_config.json", "adapters/adapter_model.safetensors",

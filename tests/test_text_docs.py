@@ -105,7 +105,10 @@ def test_mixed_index_of_pdfs_and_passages(tmp_path, mixed, model):
         meta = eng.document(str(mixed / "report.pdf"))["metadata"]
         assert meta["title"] == "Quarterly report" and meta["author"] == "Ana"
         assert meta["created"] == "2024-03-15T08:30:00Z" and meta["team"] == "fin" and meta["kind"] == "pdf"
-        assert meta["bytes"] == os.path.getsize(mixed / "report.pdf") and meta["mtime"].endswith("Z")
+        size = os.path.getsize(mixed / "report.pdf")
+        assert meta["size"] == size
+        by_file = eng.search("x", k=9, where={"bytes": size, "mtime": {"$gte": "2020-01-01", "$lt": "2100"}})
+        assert {h.path for h in by_file} == {str(mixed / "report.pdf")}  # size/mtime_ns as bytes/mtime
 
         total = eng.stats()["pages"]
         hits = eng.search("glacier survey basalt", k=total)  # one vector space: every page and passage

@@ -1,11 +1,11 @@
-"""The fields an ingest records about each file, for filters and for display.
+"""What an ingest records about a PDF itself, for filters and for display.
 
-Every document: ``kind`` ("pdf", "image", "text"), ``sha256`` (of the content: unchanged files are
-skipped), ``bytes``, ``mtime`` (ISO 8601, UTC: ``"2024-05-01T09:30:00Z"``). A PDF also gets its own
-metadata where it has them: ``title``, ``author`` and ``created`` (its creation date as ISO 8601, UTC
-when the PDF gives a time zone, e.g. ``"2023-11-02T14:05:00Z"``). ISO strings compare in time order,
-so ``{"created": {"$gte": "2024"}}`` works. (``doc_id``, ``path``, ``name`` and ``pages`` are computed
-by the index itself: jevsearch.store.fields.)
+Every document's metadata records ``kind`` ("pdf", "image", "text"), ``sha256``, ``size``,
+``mtime_ns`` and ``added`` (jevsearch.engine; the field index also offers them as ``bytes`` and
+``mtime``, an ISO 8601 UTC string: jevsearch.store.fields). A PDF also gets its own metadata where it
+has them: ``title``, ``author`` and ``created`` (its creation date as ISO 8601, UTC when the PDF gives
+a time zone, e.g. ``"2023-11-02T14:05:00Z"``). ISO strings compare in time order, so
+``{"created": {"$gte": "2024"}}`` works.
 
 >>> pdf_date("D:20231102150500+01'00'"), pdf_date("D:2024"), pdf_date("yesterday")
 ('2023-11-02T14:05:00Z', '2024-01-01T00:00:00', None)
@@ -14,23 +14,13 @@ by the index itself: jevsearch.store.fields.)
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 
-#: Metadata keys the ingest sets: a caller's metadata may not use them (Engine.add refuses them).
-INGEST_FIELDS = ("sha256", "kind", "bytes", "mtime", "title", "author", "created")
+#: Metadata keys the ingest sets: a caller's metadata may not use them (Engine.add refuses them,
+#: update_metadata keeps them).
+INGEST_FIELDS = ("sha256", "kind", "size", "mtime_ns", "added", "missing_pages", "title", "author", "created")
 
 _PDF_DATE = re.compile(r"(?:D:)?(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:(Z)|([+-])(\d{2})'?(\d{2})?'?)?")
-
-
-def file_fields(path: str, kind: str, sha256: str) -> dict:
-    """The ingest's fields of one file (see the module docstring)."""
-    st = os.stat(path)
-    out = {"kind": kind, "sha256": sha256, "bytes": st.st_size,
-           "mtime": dt.datetime.fromtimestamp(int(st.st_mtime), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    if kind == "pdf":
-        out.update(pdf_fields(path))
-    return out
 
 
 def pdf_fields(path: str) -> dict:

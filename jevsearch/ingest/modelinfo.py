@@ -41,8 +41,13 @@ def load_encoder(source, device=None, dtype=None, *, recorded: bool = False):
     except CheckpointError as e:
         if not recorded:
             raise
-        raise CheckpointError(f"{e} (the index records model {source!r}; if the snapshot moved, pass its "
-                              "path: Engine.open(path, model=...) or --model)") from e
+        text = str(e)
+        cut = text.rfind(" (hint: ")
+        what, own = (text[:cut], text[cut + 8:-1] + "; ") if cut >= 0 else (text, "")
+        moved = "if the model moved, pass its new path"
+        raise CheckpointError(f"{what} (this index records model {source!r}) "
+                              f"(hint: {own}{moved}: Engine.open(path, model=...))",
+                              cli_hint=f"{own}{moved} with --model") from e
 
 
 def choose_single_dim(matryoshka_dims, single_dim: int | None) -> int:
@@ -75,19 +80,34 @@ def recorded_model(manifest) -> dict:
     recorded = manifest.get("model")
     if not recorded or "identity" not in recorded:
         raise InvalidInputError("this index holds embeddings added by the caller, not by a model "
-                                "(hint: use add_embeddings/search_embeddings, or create an index with model=...)")
+                                "(hint: use add_embeddings/search_embeddings, or create an index with model=...)",
+                                cli_hint="it was made from Python without a model: index into a new --index "
+                                "(with --model) instead")
     return recorded
 
 
-def check_same_model(recorded: dict, encoder) -> None:
-    """Refuse ``encoder`` unless it is the model ``recorded`` in the index (compared by fingerprint)."""
+def check_same_model(recorded: dict, encoder, *, given: bool = True) -> None:
+    """Refuse ``encoder`` unless it is the model ``recorded`` in the index (compared by fingerprint).
+
+    ``given``: the caller passed this model; else it was loaded from the recorded source, whose files
+    have then changed since the index was built (the hint differs: there is no other model to omit).
+    """
     want, got = recorded["identity"], encoder.identity
-    if want["fingerprint"] != got["fingerprint"]:
+    if want["fingerprint"] == got["fingerprint"]:
+        return
+    if given:
         raise ModelMismatchError(
             f"model {got['name']!r} (fingerprint {got['fingerprint'][:12]}) is not the model this index "
             f"was built with, {recorded['source']!r} (fingerprint {want['fingerprint'][:12]}): their embeddings "
-            "are not comparable (hint: open without a model to use the recorded one, or build a new index)"
-        )
+            "are not comparable (hint: open without a model to use the recorded one, or build a new index)",
+            cli_hint="omit --model to use the recorded model, or build a new index (another --index) with this one")
+    raise ModelMismatchError(
+        f"the model at {recorded['source']!r}, recorded by this index, has changed since the index was built "
+        f"(fingerprint {got['fingerprint'][:12]}, the index's {want['fingerprint'][:12]}): its embeddings are not "
+        "comparable (hint: put the original model back there or pass where it is now: Engine.open(path, "
+        "model=...); or build a new index with the new model)",
+        cli_hint="put the original model back there or pass where it is now with --model; or build a new "
+                 "index (another --index) with the new model")
 
 
 def prepare(model, single_dim: int | None, max_pixels: int | None, device=None, dtype=None):

@@ -134,15 +134,21 @@ class PdfDocument:
                 raise DocumentError(path, f"corrupt PDF: {detail}") from None
             self._repair = pymupdf.TOOLS.mupdf_warnings(reset=True)
         self._doc = doc
-        # Read needs_pass once: re-reading it after authenticate() can drop pages; is_encrypted afterwards.
-        if doc.needs_pass:
+        try:
+            # Read needs_pass once: re-reading it after authenticate() can drop pages; is_encrypted afterwards.
+            if doc.needs_pass:
+                raise DocumentError(path, "encrypted PDF needs a password (hint: decrypt it, e.g. `qpdf --decrypt`)")
+            try:
+                # MuPDF reads the page tree's /Count here and raises for a negative one.
+                self.page_count: int = doc.page_count
+            except Exception as e:
+                raise DocumentError(path, f"corrupt PDF: cannot count its pages: {_mupdf_reason(e)}") from None
+            if self.page_count == 0:
+                detail = f" (MuPDF: {_first_line(self._repair)})" if self._repair else ""
+                raise DocumentError(path, f"PDF has no pages; corrupt or empty{detail}")
+        except BaseException:
             doc.close()
-            raise DocumentError(path, "encrypted PDF needs a password (hint: decrypt it, e.g. `qpdf --decrypt`)")
-        if doc.page_count == 0:
-            doc.close()
-            detail = f" (MuPDF: {_first_line(self._repair)})" if self._repair else ""
-            raise DocumentError(path, f"PDF has no pages; corrupt or empty{detail}")
-        self.page_count: int = doc.page_count
+            raise
         if self._repair:
             log.info("%s: repaired on open: %s", path, _first_line(self._repair))
 
@@ -155,7 +161,7 @@ class PdfDocument:
         try:
             width, height = geometry.fit_page(rect.width, rect.height)
         except ValueError as e:
-            raise DocumentError(self.path, f"page {index + 1}: {e}") from None
+            raise DocumentError(self.path, str(e), page=index + 1) from None
         matrix = pymupdf.Matrix(width / rect.width, height / rect.height)
         image = self._pixmap(index, page, matrix)
         # MuPDF rounds the transformed page box; keep the exact size the encoder expects.
@@ -185,8 +191,11 @@ class PdfDocument:
 
     def _load(self, index: int):
         if not 0 <= index < self.page_count:
-            raise DocumentError(self.path, f"page {index + 1}: out of range (document has {self.page_count} pages)")
-        return self._doc.load_page(index)
+            raise DocumentError(self.path, f"out of range (document has {self.page_count} pages)", page=index + 1)
+        try:
+            return self._doc.load_page(index)
+        except Exception as e:  # a broken page object: that page fails, not the document
+            raise DocumentError(self.path, f"cannot load page: {_mupdf_reason(e)}", page=index + 1) from None
 
     def _pixmap(self, index: int, page, matrix) -> Image.Image:
         import pymupdf
@@ -196,11 +205,11 @@ class PdfDocument:
             try:
                 pix = page.get_pixmap(matrix=matrix, colorspace=pymupdf.csRGB, alpha=False)
             except Exception as e:
-                raise DocumentError(self.path, f"page {index + 1}: cannot render: {_first_line(e)}") from None
+                raise DocumentError(self.path, f"cannot render: {_mupdf_reason(e)}", page=index + 1) from None
             messages = pymupdf.TOOLS.mupdf_warnings(reset=True)
         damage = _damage_line(messages)
         if damage:
-            raise DocumentError(self.path, f"damaged PDF: page {index + 1}: {damage}")
+            raise DocumentError(self.path, f"damaged PDF: {damage}", page=index + 1)
         return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
 
     def close(self) -> None:
@@ -235,7 +244,7 @@ class ImageDocument:
             self._image.draft("RGB", geometry.fit_image(*_oriented_size(self._image)))
             return prepare_image(self._image, geometry)
         except ValueError as e:
-            raise DocumentError(self.path, f"page 1: {e}") from None
+            raise DocumentError(self.path, str(e), page=1) from None
         except (OSError, Image.DecompressionBombError) as e:
             raise DocumentError(self.path, f"cannot decode image: {_first_line(e)}") from None
 
@@ -252,7 +261,7 @@ class ImageDocument:
 
     def _check(self, index: int) -> None:
         if index != 0:
-            raise DocumentError(self.path, f"page {index + 1}: out of range (an image is one page)")
+            raise DocumentError(self.path, "out of range (an image is one page)", page=index + 1)
 
     def close(self) -> None:
         self._image.close()
@@ -313,6 +322,11 @@ def _damage_line(messages: str) -> str | None:
         if _DAMAGE.search(line):
             return line.removeprefix("format error: ").strip()
     return None
+
+
+def _mupdf_reason(e: Exception) -> str:
+    """MuPDF's message without pymupdf's ``code=N: `` prefix."""
+    return re.sub(r"^code=\d+: ", "", _first_line(e))
 
 
 def _first_line(x) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 
 from jevsearch.errors import DocumentError, InvalidInputError
 from jevsearch.ingest.pages import PageGeometry
-from jevsearch.ingest.renderer import DONE, END, FAIL, PAGE, SKIP, START, RenderProcess
+from jevsearch.ingest.renderer import DONE, END, FAIL, MISSING, PAGE, SKIP, START, RenderProcess
 from jevsearch.ingest.sources import Source
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class ImageEncoder(Protocol):
 
 @dataclass
 class EncodedDocument:
-    """One document, all pages encoded: what the sink receives."""
+    """One document, every page that could be rendered encoded: what the sink receives."""
 
     path: str
     kind: str
@@ -53,6 +53,9 @@ class EncodedDocument:
     multis: list[np.ndarray]  # P arrays [T_i, multi_dim], L2-normalised rows
     texts: list[str]  # P page text layers ("" for scans and images)
     sizes: list[tuple[int, int]]  # P raster sizes (w, h) the encoder saw
+    page_numbers: list[int] = field(default_factory=list)  # P 1-based page numbers in the file
+    missing: list[tuple[int, str]] = field(default_factory=list)  # (page number, reason) of pages not rendered
+    thumbnails: list[bytes] = field(default_factory=list)  # P thumbnails (jevsearch.ingest.thumbnail)
 
     @property
     def pages(self) -> int:
@@ -61,21 +64,37 @@ class EncodedDocument:
 
 @dataclass
 class IngestReport:
-    """What an ingest did. ``failed`` holds ``(path, reason)``; one bad file never stops a batch."""
+    """What an ingest did. ``failed`` holds ``(path, reason)``; one bad file never stops a batch.
+
+    ``missing_pages``: ``(path, page, reason)`` of pages that could not be rendered in documents that
+    were added with their other pages. :meth:`Engine.add` also fills ``moved`` ``(old, new)`` (a renamed
+    file re-keyed without encoding), ``copied`` ``(indexed, new)`` (a copy given the stored vectors),
+    ``pruned`` (documents whose files are gone) and ``not_retried`` ``(path, reason)`` (files that
+    failed before and are unchanged).
+    """
 
     added: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    missing_pages: list[tuple[str, int, str]] = field(default_factory=list)
+    moved: list[tuple[str, str]] = field(default_factory=list)
+    copied: list[tuple[str, str]] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    not_retried: list[tuple[str, str]] = field(default_factory=list)
     pages: int = 0  # pages encoded and handed to the sink
     tokens: int = 0  # visual tokens encoded
-    # Seconds: render (in the render process: hashing, opening, rendering), encode, store (the sink), wall.
-    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("render", "encode", "store", "wall"), 0.0))
+    # Seconds: render (in the render process: hashing, opening, rendering, thumbnails), of it thumbnail,
+    # encode, store (the sink), wall.
+    timings: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("render", "thumbnail", "encode", "store", "wall"), 0.0))
 
     def __str__(self) -> str:
-        return (
-            f"added {len(self.added)}, skipped {len(self.skipped)} unchanged, failed {len(self.failed)} "
-            f"({self.pages} pages in {self.timings['wall']:.1f} s)"
-        )
+        partial = len({path for path, _, _ in self.missing_pages})
+        parts = [f"added {len(self.added)}" + (f" ({partial} with missing pages)" if partial else "")]
+        parts += [f"moved {len(self.moved)}"] + [f"copied {len(self.copied)}"] * bool(self.copied)
+        parts += [f"pruned {len(self.pruned)}"]
+        parts += [f"skipped {len(self.skipped)} unchanged", f"failed {len(self.failed) + len(self.not_retried)}"]
+        return ", ".join(parts) + f" ({self.pages} pages in {self.timings['wall']:.1f} s)"
 
 
 @dataclass
@@ -88,7 +107,14 @@ class _Pending:
     multis: list = field(default_factory=list)
     texts: list = field(default_factory=list)
     sizes: list = field(default_factory=list)
+    numbers: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    thumbnails: list = field(default_factory=list)
     rendered_all: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.rendered_all and len(self.texts) + len(self.missing) == self.page_count
 
 
 def ingest(
@@ -107,10 +133,12 @@ def ingest(
     """Render, encode and hand over ``sources`` one complete document at a time.
 
     ``known`` maps a path to the SHA-256 already stored for it: an unchanged file is skipped without
-    rendering. ``sink(doc)`` stores a document; a DocumentError or InvalidInputError from it fails that
+    rendering. A page that cannot be rendered is left out (``doc.missing``, ``report.missing_pages``) and
+    the document keeps its other pages; one with no page rendered fails. ``sink(doc)`` stores a
+    document; a DocumentError or InvalidInputError from it fails that
     document only. Errors of the encoder or other sink errors stop the ingest (after the worker stops)
     and propagate: they are not about one file. Pass ``report`` to extend an existing one (e.g. with
-    discovery failures already in it).
+    discovery failures already in it). ``progress``: bars on stderr when it is a terminal.
 
     Memory: besides the bounded queues, the embeddings of the document being encoded are held until it
     is complete (float32: ~0.4 MB per page at 768 visual tokens; ~400 MB for a 1000-page PDF).
@@ -128,9 +156,11 @@ def ingest(
     batch: list[tuple[int, object]] = []  # (source index, rendered page)
     batch_tok = 0
     # Two bars: documents (total known up front, so a real ETA) and pages encoded (total grows as
-    # documents are opened; its rate is the throughput).
-    docs_bar = tqdm(total=len(sources), unit="doc", desc="documents", disable=not progress, dynamic_ncols=True)
-    bar = tqdm(total=0, unit="page", desc="pages encoded", disable=not progress, dynamic_ncols=True, position=1)
+    # documents are opened; its rate is the throughput). disable=None: only when stderr is a terminal,
+    # as redrawn bars in a log file are noise.
+    off = None if progress else True
+    docs_bar = tqdm(total=len(sources), unit="doc", desc="documents", disable=off, dynamic_ncols=True)
+    bar = tqdm(total=0, unit="page", desc="pages encoded", disable=off, dynamic_ncols=True, position=1)
     done_before = len(report.added) + len(report.skipped) + len(report.failed)
 
     def show_docs() -> None:
@@ -143,7 +173,7 @@ def ingest(
         doc, src = pending.pop(idx), sources[idx]
         storer.put(EncodedDocument(
             src.path, src.kind, doc.sha256, np.stack(doc.singles).astype(np.float32, copy=False),
-            doc.multis, doc.texts, doc.sizes,
+            doc.multis, doc.texts, doc.sizes, doc.numbers, doc.missing, doc.thumbnails,
         ))
 
     def encode_batch() -> None:
@@ -159,7 +189,7 @@ def ingest(
         report.tokens += batch_tok
         storer.check()
         done = []
-        for j, (idx, (image, text)) in enumerate(batch):
+        for j, (idx, (image, text, page_no, thumb)) in enumerate(batch):
             doc = pending.get(idx)
             if doc is None:  # the document failed after this page was rendered
                 continue
@@ -169,7 +199,9 @@ def ingest(
             doc.multis.append(multi.copy() if multi.base is not None else multi)
             doc.texts.append(text)
             doc.sizes.append(image.size)
-            if doc.rendered_all and len(doc.texts) == doc.page_count:
+            doc.numbers.append(page_no)
+            doc.thumbnails.append(thumb)
+            if doc.complete:
                 done.append(idx)
         bar.update(len(batch))
         batch, batch_tok = [], 0
@@ -185,12 +217,16 @@ def ingest(
                 encode_batch()  # nothing rendered right now: encode what we have rather than wait idle
                 kind, idx, payload = q.get()
             if kind == PAGE:
-                image, text = payload
+                image = payload[0]
                 tok = geometry.tokens(*image.size)
                 if batch and batch_tok + tok > batch_tokens:
                     encode_batch()
-                batch.append((idx, (image, text)))
+                batch.append((idx, payload))
                 batch_tok += tok
+            elif kind == MISSING:
+                pending[idx].missing.append(payload)
+                bar.total -= 1
+                bar.refresh()
             elif kind == START:
                 sha256, page_count = payload
                 pending[idx] = _Pending(sha256, page_count)
@@ -199,7 +235,7 @@ def ingest(
             elif kind == END:
                 doc = pending[idx]
                 doc.rendered_all = True
-                if len(doc.texts) == doc.page_count:
+                if doc.complete:
                     finish(idx)
             elif kind == SKIP:
                 report.skipped.append(sources[idx].path)
@@ -208,7 +244,7 @@ def ingest(
                 doc = pending.pop(idx, None)
                 if doc is not None:
                     in_batch = sum(1 for i, _ in batch if i == idx)
-                    bar.total -= doc.page_count - len(doc.texts) - in_batch
+                    bar.total -= doc.page_count - len(doc.texts) - len(doc.missing) - in_batch
                     bar.refresh()
                 report.failed.append((sources[idx].path, payload))
                 log.info("%s: %s", sources[idx].path, payload)
@@ -224,6 +260,7 @@ def ingest(
     finally:
         renderer.close()
         report.timings["render"] += renderer.render_seconds
+        report.timings["thumbnail"] += renderer.thumbnail_seconds
         storer.close()  # complete documents already handed over are still stored
         bar.close()
         docs_bar.close()
@@ -275,6 +312,9 @@ class _StoreThread:
                 self._sink(doc)
                 report.added.append(doc.path)
                 report.pages += doc.pages
+                report.missing_pages += [(doc.path, page, reason) for page, reason in doc.missing]
+                for page, reason in doc.missing:
+                    log.info("%s: page %d not indexed: %s", doc.path, page, reason)
             except (DocumentError, InvalidInputError) as e:
                 report.failed.append((doc.path, getattr(e, "reason", None) or str(e)))
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread by check()

@@ -9,7 +9,8 @@ file being rendered is reported and a new child goes on with the next one.
 The child runs :func:`_child` in a fresh interpreter (no fork: nothing of the parent, such as the index's
 lock file descriptor, leaks into it): it reads one JSON job from stdin (sources, known
 hashes, raster geometry) and writes framed messages to stdout: a 4-byte big-endian length, a JSON header,
-then for a page its raw RGB bytes. It hashes each file, skips unchanged ones, validates and renders
+then for a page its raw RGB bytes and its thumbnail (:mod:`.thumbnail`, made here so it costs the
+encoder nothing). It hashes each file, skips unchanged ones, validates and renders
 the rest. When the parent dies, the child's next write fails and it exits.
 """
 
@@ -30,26 +31,30 @@ from typing import Mapping, Sequence
 from PIL import Image
 
 from jevsearch.errors import DocumentError
+from jevsearch.ingest import thumbnail
 from jevsearch.ingest.pages import PageGeometry, open_document
 from jevsearch.ingest.sources import Source, file_sha256, os_reason
 
 # Messages put on the consumer's queue: (kind, source index, payload).
-START, PAGE, END, SKIP, FAIL, DONE = range(6)
+START, PAGE, END, SKIP, FAIL, DONE, MISSING = range(7)
 _LEN = struct.Struct(">I")
 
 
 class RenderProcess:
     """Parent side: runs the child (restarting it after a crash) and feeds a bounded queue.
 
-    ``queue`` yields (START, i, (sha256, pages)), (PAGE, i, (image, text)), (END, i, None),
-    (SKIP, i, None), (FAIL, i, reason) and finally (DONE, -1, error or None). ``render_seconds`` is the
-    children's own time spent hashing, opening and rendering.
+    ``queue`` yields (START, i, (sha256, pages)), (PAGE, i, (image, text, page number, thumbnail bytes)),
+    (MISSING, i, (page number, reason)) for a page that cannot be rendered, (END, i, None), (SKIP, i, None),
+    (FAIL, i, reason) and finally (DONE, -1, error or None). A document's pages come in order, each as
+    PAGE or MISSING; END follows when at least one was rendered, else FAIL. ``render_seconds`` is the
+    children's own time spent hashing, opening and rendering (``thumbnail_seconds`` of it thumbnails).
     """
 
     def __init__(self, sources: Sequence[Source], known: Mapping[str, str], geometry: PageGeometry,
                  queue_pages: int):
         self.queue: queue.Queue = queue.Queue(maxsize=queue_pages)
         self.render_seconds = 0.0
+        self.thumbnail_seconds = 0.0  # of render_seconds: making thumbnails
         self._sources, self._known, self._geometry = sources, known, geometry
         self._stop = threading.Event()
         self._proc: subprocess.Popen | None = None
@@ -117,20 +122,23 @@ class RenderProcess:
                 head = json.loads(out.read(_LEN.unpack(raw)[0]))
                 kind, idx = head["t"], head.get("i", -1)
                 if kind == "page":
-                    data = out.read(head["n"])
-                    if len(data) < head["n"]:
+                    data, thumb = out.read(head["n"]), out.read(head["tn"])
+                    if len(data) < head["n"] or len(thumb) < head["tn"]:
                         break
-                    item = (PAGE, idx, (Image.frombytes("RGB", (head["w"], head["h"]), data), head["text"]))
+                    item = (PAGE, idx, (Image.frombytes("RGB", (head["w"], head["h"]), data), head["text"], head["p"],
+                                        thumb))
                 elif kind == "done":
                     self.render_seconds += head["render_s"]
+                    self.thumbnail_seconds += head["thumb_s"]
                     if head["error"]:
                         raise RuntimeError(f"render process failed: {head['error']}")
                     return len(self._sources)
                 else:
                     current = idx
                     item = {"start": (START, idx, (head.get("sha"), head.get("pages"))), "end": (END, idx, None),
-                            "skip": (SKIP, idx, None), "fail": (FAIL, idx, head.get("reason"))}[kind]
-                    if kind != "start":
+                            "skip": (SKIP, idx, None), "fail": (FAIL, idx, head.get("reason")),
+                            "missing": (MISSING, idx, (head.get("p"), head.get("reason")))}[kind]
+                    if kind not in ("start", "missing"):
                         current = idx + 1
                 if not self._put(item):
                     return len(self._sources)
@@ -147,6 +155,11 @@ class RenderProcess:
         if current < len(self._sources):
             self._put((FAIL, current, why))
         return current + 1
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _drain(q: queue.Queue) -> None:
@@ -168,7 +181,7 @@ def _child() -> int:
     job = json.loads(sys.stdin.buffer.read())
     geometry = PageGeometry(*job["geometry"])
     known, offset = job["known"], job["offset"]
-    spent = 0.0
+    spent = thumb_s = 0.0
 
     def send(head: dict, payload: bytes = b"") -> None:
         data = json.dumps(head).encode()
@@ -191,28 +204,47 @@ def _child() -> int:
                 with open_document(Source(path, kind)) as doc:
                     spent += time.perf_counter() - t0
                     send({"t": "start", "i": idx, "sha": sha256, "pages": doc.page_count})
+                    missing = []
                     for i in range(doc.page_count):
                         t0 = time.perf_counter()
-                        image, text = doc.render(i, geometry), doc.text(i)
+                        try:
+                            image = doc.render(i, geometry)
+                        except DocumentError as e:  # this page only: the others are still indexed
+                            spent += time.perf_counter() - t0
+                            missing.append(e.reason)
+                            send({"t": "missing", "i": idx, "p": i + 1, "reason": e.reason})
+                            continue
+                        text = doc.text(i)
                         data = image.tobytes()
+                        t1 = time.perf_counter()
+                        thumb = thumbnail.encode(image)
+                        thumb_s += time.perf_counter() - t1
                         spent += time.perf_counter() - t0
-                        send({"t": "page", "i": idx, "w": image.width, "h": image.height, "text": text,
-                              "n": len(data)}, data)
-                send({"t": "end", "i": idx})
+                        send({"t": "page", "i": idx, "p": i + 1, "w": image.width, "h": image.height,
+                              "text": text, "n": len(data), "tn": len(thumb)}, data + thumb)
+                if len(missing) < doc.page_count:
+                    send({"t": "end", "i": idx})
+                elif kind == "image":
+                    send({"t": "fail", "i": idx, "reason": missing[0]})
+                else:
+                    every = "" if doc.page_count == 1 else f"none of its {doc.page_count} pages could be rendered; "
+                    send({"t": "fail", "i": idx, "reason": f"{every}page 1: {missing[0]}"})
+            except BrokenPipeError:
+                raise
             except DocumentError as e:
-                send({"t": "fail", "i": idx, "reason": e.reason})
+                send({"t": "fail", "i": idx, "reason": e.reason if e.page is None else f"page {e.page}: {e.reason}"})
             except OSError as e:
-                if isinstance(e, BrokenPipeError):
-                    raise
                 send({"t": "fail", "i": idx, "reason": os_reason(e)})
             except MemoryError:
                 send({"t": "fail", "i": idx, "reason": "out of memory while rendering"})
+            except Exception as e:  # noqa: BLE001 - whatever one file provokes fails that file only
+                send({"t": "fail", "i": idx, "reason": f"cannot be read: {type(e).__name__}: {_first_line(e)}"})
     except BrokenPipeError:
         return 0  # the parent is gone or stopped us: nothing to report to
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
         error = f"{type(e).__name__}: {e}"
     try:
-        send({"t": "done", "render_s": spent, "error": error})
+        send({"t": "done", "render_s": spent, "thumb_s": thumb_s, "error": error})
     except BrokenPipeError:
         pass
     return 0

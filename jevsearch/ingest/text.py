@@ -145,12 +145,13 @@ def _word_start(text: str, starts: np.ndarray, first: int, lo: int, hi: int) -> 
     return lo
 
 
-def ingest_texts(sources: Sequence, encoder, sink: Callable, *, known: Mapping[str, str], report,
-                 page_tokens: int, task: str = "retrieval", progress: bool = False):
-    """Index text sources one by one into ``report`` (an IngestReport): hash (skip if ``known`` has
-    the same SHA-256), read, chunk (:func:`passage_budget` of ``page_tokens``), encode with the
-    passage prompt, ``sink(EncodedDocument)``. A file that fails (not UTF-8, empty, unreadable) is
-    reported and the rest goes on; like PDFs, each document is stored whole or not at all."""
+def ingest_texts(sources: Sequence, encoder, sink: Callable, *, report, page_tokens: int,
+                 hashes: Mapping[str, str] | None = None, task: str = "retrieval", progress: bool = False):
+    """Index text sources one by one into ``report`` (an IngestReport): read, chunk
+    (:func:`passage_budget` of ``page_tokens``), encode with the passage prompt, ``sink(EncodedDocument)``.
+    ``hashes``: SHA-256 already computed per path (else hashed here). A file that fails (not UTF-8,
+    empty, unreadable) is reported and the rest goes on; like PDFs, each document is stored whole or
+    not at all."""
     from tqdm.auto import tqdm
 
     from jevsearch.ingest.pipeline import EncodedDocument
@@ -158,17 +159,16 @@ def ingest_texts(sources: Sequence, encoder, sink: Callable, *, known: Mapping[s
 
     budget, overlap = passage_budget(page_tokens)
     tokenizer = getattr(getattr(encoder, "processor", None), "tokenizer", None)
+    hashes = hashes or {}
     t_wall = time.perf_counter()
-    for src in tqdm(sources, unit="doc", desc="text documents", disable=not progress, dynamic_ncols=True):
+    for src in tqdm(sources, unit="doc", desc="text documents", disable=None if progress else True,
+                    dynamic_ncols=True):
         try:
             t0 = time.perf_counter()
             try:
-                sha256 = file_sha256(src.path)
+                sha256 = hashes.get(src.path) or file_sha256(src.path)
             except OSError as e:
                 raise DocumentError(src.path, os_reason(e)) from e
-            if known.get(src.path) == sha256:
-                report.skipped.append(src.path)
-                continue
             passages = chunk_text(read_text(src.path), budget, overlap, tokenizer)
             report.timings["render"] += time.perf_counter() - t0
             if not passages:
@@ -192,4 +192,3 @@ def ingest_texts(sources: Sequence, encoder, sink: Callable, *, known: Mapping[s
         report.tokens += sum(len(m) for m in multis)
     report.timings["wall"] += time.perf_counter() - t_wall
     return report
-

@@ -47,6 +47,7 @@ JINA_KEYS = ("task_names", "matryoshka_dims", "multi_vector_projector_dim")
 #: Files fetched for a hub id.
 HUB_FILES = ["*.json", "model*.safetensors", "adapters/*", "*.txt"]
 _ADAPTER_PREFIX = "base_model.model."
+REDOWNLOAD = "download the model snapshot again, e.g. `hf download jinaai/jina-embeddings-v4 --local-dir DIR`"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -170,14 +171,26 @@ def adapter_key_to_param(key: str) -> str | None:
 
 # ----- strict loading ----------------------------------------------------------------------------
 def _headers(path: Path) -> dict:
-    """A safetensors file's tensor table: {key: {"dtype", "shape", ...}}."""
+    """A safetensors file's tensor table: {key: {"dtype", "shape", "data_offsets"}}.
+
+    Also checks the file is as long as its header says: an interrupted download leaves a file cut
+    short, which the safetensors reader would only report as an "incomplete metadata" traceback.
+    """
     try:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             (n,) = struct.unpack("<Q", f.read(8))
-            table = json.loads(f.read(n))
-    except (OSError, struct.error, ValueError) as e:
-        raise CheckpointError(f"{path}: not a safetensors file: {e}") from e
-    table.pop("__metadata__", None)
+            head = f.read(n)
+        table, end = None, 8 + n
+        if len(head) == n:
+            table = json.loads(head)
+            table.pop("__metadata__", None)
+            end += max((int(info["data_offsets"][1]) for info in table.values()), default=0)
+    except (OSError, struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise CheckpointError(f"{path}: not a safetensors file: {e} (hint: {REDOWNLOAD})") from e
+    if size < end:
+        raise CheckpointError(f"{path}: truncated: {size} bytes but its header describes {end} "
+                              f"(an interrupted download?) (hint: {REDOWNLOAD})")
     return table
 
 

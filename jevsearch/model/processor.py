@@ -123,6 +123,47 @@ class JinaV4Processor:
         """Tokens of the image prompt besides the image's own tokens (11 for the real template)."""
         return len(self._prompt_head) + len(self._prompt_tail)
 
+    @property
+    def image_prefix_tokens(self) -> int:
+        """Prompt tokens before an image's visual tokens (4 for the real template): the image's
+        multi-vector rows are these, then its visual tokens row-major over the merged grid, then the
+        rest of the prompt."""
+        return len(self._prompt_head)
+
+    def image_grid(self, width: int, height: int, max_pixels: int | None = None) -> tuple[int, int]:
+        """(rows, cols) of visual tokens of an image: one per ``patch_size * merge_size`` square of
+        the resized image; token ``r * cols + c`` after the prefix is the square at row r, column c
+        (the vision tower merges each 2x2 window of patches, windows in row-major order)."""
+        w, h = self.resized_size(width, height, max_pixels)
+        f = self.patch_size * self.merge_size
+        return h // f, w // f
+
+    def text_token_labels(self, text: str, prefix: str) -> tuple[list[str], list[bool]]:
+        """(label, meaningful) of each token of ``prefix + text``, aligned with its multi-vector rows.
+
+        A label is the token's span of the original text (so characters split over several byte
+        tokens stay readable); a token is meaningful when it covers part of ``text`` (not only the
+        prefix) and holds a letter or digit (punctuation and spaces are not).
+
+        >>> proc.text_token_labels("revenue, 2024", "Query: ")
+        (['Query', ':', ' revenue', ',', ' ', '2', '0', '2', '4'], [False, False, True, False, False, True, True, True, True])
+        """
+        full = prefix + text
+        enc = self.tokenizer.encode(full, add_special_tokens=False)
+        labels = [full[a:b] for a, b in enc.offsets][:MAX_TEXT_TOKENS]
+        meaningful = [b > len(prefix) and any(ch.isalnum() for ch in label)
+                      for (_, b), label in zip(enc.offsets, labels)]
+        return labels, meaningful
+
+    def image_token_labels(self, rows: int, cols: int) -> tuple[list[str], list[bool]]:
+        """(label, meaningful) of each token of an image prompt with a ``rows`` x ``cols`` grid: the
+        prompt's own tokens (not meaningful) and ``patch r,c`` for each visual token."""
+        decode = lambda ids: [self.tokenizer.decode([t], skip_special_tokens=False) for t in ids]  # noqa: E731
+        patches = [f"patch {r},{c}" for r in range(rows) for c in range(cols)]
+        labels = decode(self._prompt_head) + patches + decode(self._prompt_tail)
+        head, n = len(self._prompt_head), len(patches)
+        return labels, [head <= i < head + n for i in range(len(labels))]
+
     def check_max_pixels(self, max_pixels: int | None) -> int:
         """The pixel budget to use: ``max_pixels`` if given (validated), else the snapshot's."""
         if max_pixels is None:

@@ -8,7 +8,8 @@ page id (ids only grow, so "documents added since X" is a cursor range, as for t
 Filterable metadata: top-level values that are strings, numbers, booleans, or lists of those (null,
 objects and NaN are kept in the document's metadata but not here). Every document also has the
 computed fields ``doc_id``, ``path`` (the same string: Hit.path), ``name`` (the last path component)
-and ``pages`` (its page count), which win over metadata keys of those names.
+and ``pages`` (its page count), which win over metadata keys of those names; and the ingest's
+``size``/``mtime_ns`` are also ``bytes`` and ``mtime`` (ISO 8601, UTC).
 
 In memory (:class:`FieldView`) the records become columns (one row per document record, see
 :class:`jevsearch.search.filters.FieldTable`): a filter is a few numpy operations over them, never a
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import numpy as np
 
@@ -61,8 +63,18 @@ def filterable(metadata: dict) -> dict:
 
 
 def record(doc_id: str, pages: int, metadata: dict) -> dict:
-    """The LMDB field record of a document."""
-    return {"d": doc_id, "p": pages, "f": filterable(metadata)}
+    """The LMDB field record of a document.
+
+    >>> record("/a.pdf", 2, {"size": 10, "mtime_ns": 1714555800 * 10**9, "t": [None]})
+    {'d': '/a.pdf', 'p': 2, 'f': {'size': 10, 'mtime_ns': 1714555800000000000, 'bytes': 10, 'mtime': '2024-05-01T09:30:00Z'}}
+    """
+    f = filterable(metadata)
+    # The ingest's file size and time (jevsearch.engine) under the names filters use.
+    if type(f.get("size")) is int:
+        f.setdefault("bytes", f["size"])
+    if type(f.get("mtime_ns")) is int:
+        f.setdefault("mtime", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(f["mtime_ns"] // 10**9)))
+    return {"d": doc_id, "p": pages, "f": f}
 
 
 def set_metadata(store: PageStore, txn, doc_id: str, metadata: dict, merge: bool) -> tuple[dict, dict]:
@@ -241,8 +253,7 @@ class FieldView:
             self.gen = -1  # mostly dead rows: reloaded from LMDB at the next search
 
     def build_table(self, txn) -> int:
-        """Create and fill the ``fields`` table from the documents table (writer, write txn); -> documents."""
-        self.store.create_table(txn, "fields")
+        """Fill the (empty) ``fields`` table from the documents table (writer, write txn); -> documents."""
         n = 0
         for d in self.store.iter_documents(txn):
             self.store.put_fields(txn, d["first"], record(d["doc_id"], d["pages"], d["metadata"]))

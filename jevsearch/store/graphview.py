@@ -185,6 +185,8 @@ class GraphView:
         graph = self.settle()
         if self.epoch == -1:
             return  # a broken view: the file on disk stays older, and open repairs it from LMDB
+        if self.clean:
+            return  # the file already holds this graph (a rerun that only skipped, deleted or renamed)
         graph.save(self.index_dir, epoch=self.epoch, next_page_id=self.next_page_id)
         self.unsaved, self.clean = 0, True
 

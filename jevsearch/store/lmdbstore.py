@@ -5,12 +5,14 @@ each compaction) with these named databases::
 
     meta    b"manifest" -> JSON (format version, dims, dtypes, HNSW parameters, model identity)
             b"state"    -> JSON (next page id, generation, epoch, counters)
+            b"failures" -> JSON {path: {sha256, reason}}: files ingest could not read (may be absent)
     docs    blake2b-128(doc_id) -> JSON {doc_id, first, pages, tokens, metadata, text}
     pages   u64be page id -> PAGE_REC (doc key, 1-based page number, token count)
     single  u64be page id -> float32 [D]          full single vector (HNSW can be rebuilt from it)
     multi   u64be page id -> multi_dtype [T, dm]  per-token multi-vectors, T from the page record
     text    u64be page id -> UTF-8 page text      (only when the caller gave texts)
     tomb    u64be page id -> b""                  deleted pages still present in the HNSW file
+    visual  u64be page id -> grid layout + thumbnail (optional table: jevsearch.store.visual)
     fields  u64be first page id -> JSON           a document's filterable fields (jevsearch.store.fields);
                                                   optional: indexes made before it lack it until a writer
                                                   opens them (state["fields"] says it is complete)
@@ -38,6 +40,7 @@ import lmdb
 import numpy as np
 
 from jevsearch.errors import CorruptIndexError, NotAnIndexError
+from jevsearch.store import visual
 
 CURRENT = "CURRENT"  # names the live LMDB directory; replaced atomically by compact()
 ENV_PREFIX = "store-"  # <index>/store-<n>/{data.mdb, lock.mdb}
@@ -46,7 +49,9 @@ DATA_FILE = "data.mdb"
 # readers in other processes never hit MDB_MAP_RESIZED while a writer grows the store.
 MAP_SIZE = 1 << 40
 DB_NAMES = ("meta", "docs", "pages", "single", "multi", "text", "tomb")
-OPTIONAL_DB_NAMES = ("fields",)  # tables older indexes may lack (opened when present)
+# Tables added after format version 1: an index without them still opens (its handle is None
+# until a writer creates the table; readers treat the table as empty).
+OPTIONAL_DB_NAMES = (visual.TABLE, "fields")
 
 PAGE_KEY = struct.Struct(">Q")  # big-endian so LMDB key order == page id order
 PAGE_REC = struct.Struct("<16sII")  # doc key, page number (1-based), token count
@@ -59,6 +64,11 @@ def doc_key(doc_id: str) -> bytes:
 
 def page_key(page_id: int) -> bytes:
     return PAGE_KEY.pack(page_id)
+
+
+def page_numbers(doc: dict) -> list[int]:
+    """The 1-based page numbers of a document record's pages (in page id order)."""
+    return doc.get("page_numbers") or list(range(1, doc["pages"] + 1))
 
 
 def _dumps(obj) -> bytes:
@@ -104,7 +114,8 @@ def current_env(index_dir: str) -> tuple[str, int]:
             ino = os.fstat(f.fileno()).st_ino
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise NotAnIndexError(f"{index_dir}: not a jevsearch index (no {CURRENT} file) "
-                              "(hint: create one with Engine.create)") from None
+                              "(hint: create one with Engine.create)",
+                              cli_hint=f"`jevsearch index FILES --index {index_dir}` creates one") from None
     env_dir = os.path.join(index_dir, name)
     if not name.startswith(ENV_PREFIX) or "/" in name or not os.path.isfile(os.path.join(env_dir, DATA_FILE)):
         raise NotAnIndexError(f"{index_dir}: {CURRENT} names no LMDB store ({name!r}) "
@@ -134,8 +145,9 @@ class _EnvRegistry:
                 # 2 MB document). LMDB stays consistent; an OS crash (not a process crash) may undo
                 # the last commit. OS readahead stays on: a page's ~200 KB of multi-vectors are
                 # contiguous overflow pages, read whole.
-                env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + len(OPTIONAL_DB_NAMES), create=False,
-                                readonly=not os.access(real, os.W_OK), max_readers=256, metasync=False)
+                env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + len(OPTIONAL_DB_NAMES),
+                                create=False, readonly=not os.access(real, os.W_OK), max_readers=256,
+                                metasync=False)
                 try:
                     entry = [env, self._open_dbs(env, real), 0]
                 except BaseException:
@@ -154,9 +166,11 @@ class _EnvRegistry:
                                   "(hint: this is not a jevsearch index)")
         # py-lmdb opens named tables in a short write transaction of its own (a read transaction's
         # handles die with it), so this can wait a moment for another process's commit.
+        dbs = {n: env.open_db(n.encode(), create=False) for n in DB_NAMES}
         with env.begin() as txn:
             present = [n for n in OPTIONAL_DB_NAMES if txn.get(n.encode()) is not None]
-        return {n: env.open_db(n.encode(), create=False) for n in DB_NAMES + tuple(present)}
+        dbs.update({n: env.open_db(n.encode(), create=False) if n in present else None for n in OPTIONAL_DB_NAMES})
+        return dbs
 
     def release(self, env_dir: str) -> None:
         real = os.path.realpath(env_dir)
@@ -222,6 +236,13 @@ class PageStore:
                 shutil.rmtree(os.path.join(self.index_dir, name), ignore_errors=True)
             elif name.startswith(CURRENT + ".tmp."):
                 os.unlink(os.path.join(self.index_dir, name))
+
+    def create_missing_tables(self) -> None:
+        """Add the optional tables an older index lacks (writer lock required). The handles are
+        shared with every PageStore of this process on the same environment."""
+        for name in OPTIONAL_DB_NAMES:
+            if self._db[name] is None:
+                self._db[name] = self.env.open_db(name.encode(), create=True)
 
     def close(self) -> None:
         if self.env is not None:
@@ -313,7 +334,15 @@ class PageStore:
             key, no, tokens = PAGE_REC.unpack(v)
             yield PAGE_KEY.unpack(k)[0], key, no, tokens
 
+    def view(self, txn, page_id: int) -> visual.PageView | None:
+        """The page's visual record (grid layout, thumbnail), None if it has none."""
+        db = self._db[visual.TABLE]
+        raw = None if db is None else txn.get(page_key(page_id), db=db)
+        return None if raw is None else visual.PageView.decode(raw)
+
     def iter_keys(self, txn, table: str) -> Iterator[int]:
+        if self._db[table] is None:  # an optional table this index does not have
+            return
         for k in txn.cursor(db=self._db[table]).iternext(keys=True, values=False):
             yield PAGE_KEY.unpack(k)[0]
 
@@ -331,21 +360,24 @@ class PageStore:
         ids = list(range(doc["first"], doc["first"] + doc["pages"]))
         for pid in ids:
             k = page_key(pid)
-            for table in ("pages", "single", "multi", "text"):
-                txn.delete(k, db=self._db[table])
+            for table in ("pages", "single", "multi", "text", visual.TABLE):
+                if self._db[table] is not None:
+                    txn.delete(k, db=self._db[table])
             txn.put(k, b"", db=self._db["tomb"])
         txn.delete(doc_key(doc["doc_id"]), db=self._db["docs"])
         return ids
 
     def put_document(self, txn, doc: dict, singles: np.ndarray, multis: list[np.ndarray],
                      texts: list[str] | None) -> None:
-        """Write one document whose pages get ids ``doc["first"] ...`` (all above existing ids)."""
+        """Write one document whose pages get ids ``doc["first"] ...`` (all above existing ids); their
+        page numbers are ``doc["page_numbers"]`` when the document has one (pages left out), else 1..P."""
         dkey = doc_key(doc["doc_id"])
+        numbers = page_numbers(doc)
         pages, single, multi, text = (self._db[n] for n in ("pages", "single", "multi", "text"))
         for i, m in enumerate(multis):
             k = page_key(doc["first"] + i)
             # append=True: ids only grow, so each put lands at the B-tree's right edge.
-            txn.put(k, PAGE_REC.pack(dkey, i + 1, m.shape[0]), db=pages, append=True)
+            txn.put(k, PAGE_REC.pack(dkey, numbers[i], m.shape[0]), db=pages, append=True)
             txn.put(k, np.ascontiguousarray(singles[i]), db=single, append=True)  # a buffer: no bytes copy
             txn.put(k, np.ascontiguousarray(m), db=multi, append=True)
             if texts is not None:
@@ -359,12 +391,8 @@ class PageStore:
     # -- field records (see jevsearch.store.fields) -------------------------------------------
 
     def has_table(self, name: str) -> bool:
-        return name in self._db
-
-    def create_table(self, txn, name: str) -> None:
-        """Create an optional table inside write transaction ``txn`` (visible to this process's
-        handle at once; other processes see it when they reopen)."""
-        self._db[name] = self.env.open_db(name.encode(), txn=txn, create=True)
+        """Whether this process has a handle on the optional table ``name`` (see OPTIONAL_DB_NAMES)."""
+        return self._db.get(name) is not None
 
     def put_fields(self, txn, first: int, record: dict) -> None:
         txn.put(page_key(first), _dumps(record), db=self._db["fields"])
@@ -387,6 +415,31 @@ class PageStore:
         if raws:
             yield from zip(keys, json.loads(b"[" + b",".join(raws) + b"]"))
 
+    def put_views(self, txn, first: int, views: list[visual.PageView]) -> None:
+        """Write the visual records of a document's pages (ids ``first ...``) just put by put_document."""
+        for i, v in enumerate(views):
+            if v.rows * v.cols or v.thumbnail:  # an empty view is no record: the page reads as having none
+                txn.put(page_key(first + i), v.encode(), db=self._db[visual.TABLE], append=True)
+
+    def rekey_document(self, txn, doc: dict, new_id: str, metadata: dict) -> None:
+        """Move a document's record to ``new_id`` and point its page records at it; the vectors and page
+        ids stay as they are. The caller has removed any document at ``new_id``."""
+        new_key = doc_key(new_id)
+        for pid in range(doc["first"], doc["first"] + doc["pages"]):
+            k = page_key(pid)
+            _, no, tokens = PAGE_REC.unpack(txn.get(k, db=self._db["pages"]))
+            txn.put(k, PAGE_REC.pack(new_key, no, tokens), db=self._db["pages"])
+        txn.delete(doc_key(doc["doc_id"]), db=self._db["docs"])
+        txn.put(new_key, _dumps(dict(doc, doc_id=new_id, metadata=metadata)), db=self._db["docs"])
+
+    def failures(self, txn) -> dict:
+        """Files that failed to ingest: {path: {"sha256", "reason"}} (none recorded: {})."""
+        raw = txn.get(b"failures", db=self._db["meta"])
+        return {} if raw is None else _loads(raw)
+
+    def put_failures(self, txn, failures: dict) -> None:
+        txn.put(b"failures", _dumps(failures), db=self._db["meta"])
+
     def clear_tombstones(self, txn) -> None:
         txn.drop(self._db["tomb"], delete=False)
 
@@ -397,6 +450,8 @@ class PageStore:
         out = {}
         with self.env.begin() as txn:
             for name, db in self._db.items():
+                if db is None:
+                    continue
                 st = txn.stat(db)
                 out[name] = st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
         return out

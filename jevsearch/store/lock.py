@@ -20,14 +20,16 @@ class WriterLock:
 
     def __init__(self, index_dir: str):
         path = os.path.join(index_dir, FILE_NAME)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for the other files
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(self._fd)
             raise IndexLockedError(f"{index_dir}: another writer holds the index (pid {holder}) "
-                                   "(hint: close it first, or open with readonly=True)") from None
+                                   "(hint: close it first, or open with readonly=True)",
+                                   cli_hint="another jevsearch command is writing to it: wait for it to "
+                                   "finish and rerun") from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, str(os.getpid()).encode(), 0)
 

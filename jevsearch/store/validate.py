@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from jevsearch.errors import InvalidInputError
+from jevsearch.store import visual
 from jevsearch.store.hnsw import truncate_normalize
 
 NORM_TOLERANCE = 0.05
@@ -141,6 +142,12 @@ def check_k(k, name: str = "k") -> int:
     return int(k)
 
 
+def check_page_id(page_id) -> int:
+    if isinstance(page_id, bool) or not isinstance(page_id, (int, np.integer)) or not 0 <= page_id < 1 << 63:
+        raise InvalidInputError(f"page_id: {page_id!r} is not a page id (hint: take it from Hit.page_id)")
+    return int(page_id)
+
+
 def check_doc_id(doc_id) -> str:
     if not isinstance(doc_id, str) or not doc_id:
         raise InvalidInputError(f"doc_id: {doc_id!r} is not a non-empty string (hint: use the PDF's path)")
@@ -154,6 +161,21 @@ def check_texts(page_texts, pages: int) -> list[str] | None:
             or not all(isinstance(t, str) for t in page_texts):
         raise InvalidInputError(f"page_texts: expected a list of {pages} strings (one per page) or None")
     return list(page_texts)
+
+
+def check_page_numbers(page_numbers, pages: int) -> list[int] | None:
+    """P increasing 1-based page numbers (a document whose unreadable pages were left out), or None
+    for pages 1..P (also returned when the numbers given are exactly those)."""
+    if page_numbers is None:
+        return None
+    numbers = list(page_numbers) if isinstance(page_numbers, Sequence) and not isinstance(page_numbers, str) else None
+    if numbers is None or len(numbers) != pages or not all(
+            isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n < 2**32 for n in numbers) \
+            or any(a >= b for a, b in zip(numbers, numbers[1:])):
+        raise InvalidInputError(f"page_numbers: expected {pages} increasing page numbers >= 1 (one per page) "
+                                "or None")
+    numbers = [int(n) for n in numbers]
+    return None if numbers == list(range(1, pages + 1)) else numbers
 
 
 def check_metadata(metadata) -> dict:
@@ -173,9 +195,10 @@ _TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
 
 
 def prepare_documents(docs, manifest: dict) -> list[dict]:
-    """Check a batch of ``(doc_id, singles, multis[, metadata[, page_texts]])`` tuples against the
-    index ``manifest`` and convert them to their stored form (no I/O): a list of dicts with doc_id,
-    metadata, singles [P, D] float32, multis (P arrays in the stored dtype), texts, truncated [P, dim].
+    """Check a batch of ``(doc_id, singles, multis[, metadata[, page_texts[, page_numbers[, page_views]]]])``
+    tuples against the index ``manifest`` and convert them to their stored form (no I/O): a list of
+    dicts with doc_id, metadata, singles [P, D] float32, multis (P arrays in the stored dtype), texts,
+    truncated [P, dim], numbers (the pages' 1-based numbers, or None for 1..P), views (P PageView or None).
 
     Everything is checked before the caller writes anything; a doc id repeated in the batch is
     refused; the first document fixes D when the index has none yet.
@@ -184,9 +207,9 @@ def prepare_documents(docs, manifest: dict) -> list[dict]:
     out, seen, full = [], set(), manifest["single_full_dim"]
     stored = _TORCH_DTYPE[manifest["multi_dtype"]]
     for i, doc in enumerate(docs):
-        if not isinstance(doc, tuple) or not 3 <= len(doc) <= 5:
+        if not isinstance(doc, tuple) or not 3 <= len(doc) <= 7:
             raise InvalidInputError(f"docs[{i}]: expected a tuple (doc_id, singles, multis[, metadata"
-                                    f"[, page_texts]]), got {type(doc).__name__}")
+                                    f"[, page_texts[, page_numbers[, page_views]]]]), got {type(doc).__name__}")
         try:
             item = _prepare(*doc, manifest=manifest, full_dim=full, stored=stored)
         except InvalidInputError as e:
@@ -202,12 +225,15 @@ def prepare_documents(docs, manifest: dict) -> list[dict]:
     return out
 
 
-def _prepare(doc_id, singles, multis, metadata=None, page_texts=None, *, manifest, full_dim, stored) -> dict:
+def _prepare(doc_id, singles, multis, metadata=None, page_texts=None, page_numbers=None, page_views=None, *,
+             manifest, full_dim, stored) -> dict:
     doc_id = check_doc_id(doc_id)
     metadata = check_metadata(metadata)
     singles = check_singles(singles, manifest["single_dim"], full_dim)
     multis = check_multis(multis, singles.shape[0], manifest["multi_dim"])
     texts = check_texts(page_texts, singles.shape[0])
-    return {"doc_id": doc_id, "metadata": metadata, "singles": singles, "texts": texts,
+    numbers = check_page_numbers(page_numbers, singles.shape[0])
+    return {"doc_id": doc_id, "metadata": metadata, "singles": singles, "texts": texts, "numbers": numbers,
+            "views": visual.check_views(page_views, multis),
             "multis": [torch.from_numpy(m).to(stored).numpy() for m in multis],
             "truncated": truncate_normalize(singles, manifest["single_dim"])}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jevsearch.store.lmdbstore import PageStore, doc_key
+from jevsearch.store.lmdbstore import PageStore, doc_key, page_numbers
 from jevsearch.store.validate import NORM_TOLERANCE
 
 
@@ -20,13 +20,14 @@ def check_index(store: PageStore, txn, manifest: dict, graph_ids: np.ndarray, to
     for doc in store.iter_documents(txn):
         docs += 1
         name, key, doc_tokens = doc["doc_id"], doc_key(doc["doc_id"]), 0
+        numbers = page_numbers(doc)
         for i in range(doc["pages"]):
             pid = doc["first"] + i
             rec = store.page(txn, pid)
             if rec is None:
                 problems.append(f"{name}: page {i + 1} (id {pid}) missing")
                 continue
-            if rec[0] != key or rec[1] != i + 1:
+            if rec[0] != key or rec[1] != numbers[i]:
                 problems.append(f"{name}: page id {pid} is recorded as another page")
             tokens = rec[2]
             doc_tokens += tokens
@@ -46,7 +47,7 @@ def check_index(store: PageStore, txn, manifest: dict, graph_ids: np.ndarray, to
         if doc_tokens != doc["tokens"]:
             problems.append(f"{name}: {doc_tokens} tokens on its pages but {doc['tokens']} recorded")
         tokens_total += doc_tokens
-    for table in ("pages", "single", "multi", "text"):
+    for table in ("pages", "single", "multi", "text", "visual"):
         orphans = [pid for pid in store.iter_keys(txn, table) if pid not in live]
         if orphans:
             problems.append(f"{table}: {len(orphans)} entries of no document (first id {orphans[0]})")
