@@ -422,3 +422,22 @@ def test_filter_parse_is_strict_about_types():
         parse({"": 1})
     with pytest.raises(InvalidInputError, match="not a filterable type"):
         parse({"a": b"x"})
+
+
+def test_filters_follow_rename_and_copy(tmp_path):
+    corpus = {f"/d/{n}.pdf": make_doc(i, 2, tokens=(8, 16)) for i, n in enumerate("abc")}
+    (qs, qm), = queries(corpus, 1)
+    with Index.create(tmp_path / "i", single_dim=DIM) as eng, Index.open(tmp_path / "i", readonly=True) as reader:
+        for name, (s, m) in corpus.items():
+            eng.add_embeddings(name, s, m, metadata={"team": "fin"})
+        reader.search_embeddings(qs, qm, k=1)  # the reader's view is loaded before the changes
+        eng.rename_document("/d/a.pdf", "/d/2024/z.pdf", metadata={"team": "ops"})
+        eng.copy_document("/d/b.pdf", "/d/2024/b2.pdf")
+        for who in (eng, reader):
+            assert {h.doc_id for h in who.search_embeddings(qs, qm, k=20, where={"path": {"$glob": "2024/*"}})} \
+                == {"/d/2024/z.pdf", "/d/2024/b2.pdf"}
+            assert {h.doc_id for h in who.search_embeddings(qs, qm, k=20, where={"team": "fin"})} == \
+                {"/d/b.pdf", "/d/c.pdf", "/d/2024/b2.pdf"}
+            assert [h.doc_id for h in who.search_embeddings(qs, qm, k=20, where={"name": "z.pdf"})] == \
+                ["/d/2024/z.pdf"] * 2
+        assert eng.verify()["documents"] == 4
