@@ -70,7 +70,7 @@ def discover(paths: PathLike | Iterable[PathLike]) -> tuple[list[Source], list[t
                 suffix = os.path.splitext(path)[1] or "(none)"
                 failed.append((path, f"unsupported file type {suffix} (hint: {SUPPORTED})"))
             else:
-                log.info("%s: skipped (not a PDF or image)", path)
+                log.info("%s: skipped (not a PDF, image or text file)", path)
             return
         if not stat.S_ISREG(st.st_mode):
             failed.append((path, "not a regular file"))
@@ -127,7 +127,7 @@ def describe_folder(folder: str, limit: int = 3) -> str:
     """What a folder without documents holds, for the message that says nothing was found.
 
     >>> describe_folder("notes/")                                    # doctest: +SKIP
-    'no PDF or image files in it (found 2 .txt, 1 .docx)'
+    'no PDF, image or text files in it (found 2 .csv, 1 .docx)'
     """
     counts: dict[str, int] = {}
     hidden = 0
@@ -145,7 +145,7 @@ def describe_folder(folder: str, limit: int = 3) -> str:
         found.append(f"{rest} other")
     if hidden:
         found.append(f"{hidden} hidden (skipped)")
-    return "empty folder" if not found else f"no PDF or image files in it (found {', '.join(found)})"
+    return "empty folder" if not found else f"no PDF, image or text files in it (found {', '.join(found)})"
 
 
 def file_status(path: str, sha256: str | None, size: int | None = None, mtime_ns: int | None = None) -> str:
