@@ -44,7 +44,7 @@ from jevsearch import Engine  # noqa: E402
 from jevsearch.search.maxsim import CPU_BLOCK_TOKENS, maxsim_concat, pad_queries  # noqa: E402
 from jevsearch.search.pack import ConcatPacker  # noqa: E402
 from jevsearch.search.threads import torch_threads  # noqa: E402
-from jevsearch.store.lmdbstore import MAP_SIZE  # noqa: E402
+from jevsearch.store.lmdbstore import MAP_SIZE, page_key  # noqa: E402
 
 DM, D_FULL = 128, 2048
 
@@ -132,8 +132,12 @@ def rerank_ids(eng: Engine, q: np.ndarray, page_ids: np.ndarray, workers: int = 
     only), as a search runs it: torch on 1 thread, ``workers`` scorer threads."""
     with eng._store.read() as txn, torch.no_grad(), torch_threads(1):
         ids, raws, lens = eng._fetch(txn, page_ids)
-        scores = eng._scorer.score(pad_queries([q], torch.float32, torch.device("cpu")), raws, lens, workers)[0]
-    return ids, scores
+        threads, eng.threads = eng.threads, workers
+        try:  # checked against their checksums as a search does
+            ids, scores = eng._score(txn, pad_queries([q], torch.float32, torch.device("cpu")), [len(q)], ids, raws, lens)
+        finally:
+            eng.threads = threads
+    return ids, scores[0]
 
 
 def lmdb_floor(root: str, doc_bytes: int, docs: int = 100) -> float:
@@ -164,7 +168,8 @@ def floors(eng: Engine, n_pages: int, q: np.ndarray) -> dict:
     real = repeat_ms(lambda: rerank_ids(eng, q, ids), 10)
     real2 = repeat_ms(lambda: rerank_ids(eng, q, ids, 2), 10)
     with torch_threads(1), eng._store.read() as txn:
-        _, raws, lens = eng._fetch(txn, ids)
+        fetched, raws, lens = eng._fetch(txn, ids)
+        raws = [eng._store.unseal("multi", page_key(pid), r) for pid, r in zip(fetched.tolist(), raws)]
         host16 = np.concatenate([np.frombuffer(r, dtype=np.float16) for r in raws])
         pages32 = torch.from_numpy(host16.astype(np.float32)).view(-1, DM)  # [sum T, d]
         qt = torch.from_numpy(q)  # [L, d]

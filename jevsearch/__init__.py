@@ -2,6 +2,7 @@
 
 from jevsearch.errors import (
     CheckpointError,
+    ChecksumError,
     CorruptIndexError,
     DatasetError,
     DocumentError,
@@ -15,12 +16,14 @@ from jevsearch.errors import (
     NotAnIndexError,
     PageNotFoundError,
     ReadOnlyIndexError,
+    StorageError,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "ChecksumError",
     "DocHit",
     "Engine",
     "Hit",
@@ -38,6 +41,7 @@ __all__ = [
     "NotAnIndexError",
     "PageNotFoundError",
     "ReadOnlyIndexError",
+    "StorageError",
     "__version__",
 ]
 

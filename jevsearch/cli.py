@@ -10,7 +10,7 @@
     jevsearch info --index indexes/papers
     jevsearch delete papers/old.pdf --index indexes/papers
     jevsearch compact --index indexes/papers
-    jevsearch verify --index indexes/papers --deep
+    jevsearch verify --index indexes/papers --deep [--repair]
     jevsearch eval datasets/papers --index indexes/papers-eval --model models/tiny --out report/
     jevsearch explain "revenue by region" --index indexes/papers --hit 1 --out why.png
     jevsearch serve --index indexes/papers                   # http://127.0.0.1:8000
@@ -249,12 +249,20 @@ def _cmd_verify(args) -> int:
     from jevsearch.errors import CorruptIndexError
 
     try:
-        with Engine.open(args.index, readonly=True) as eng:
-            summary = eng.verify(deep=args.deep)
+        if args.repair:  # a writer; also restores a lost CURRENT file (no model needed)
+            from jevsearch.index import Index
+
+            with Index.open(args.index, repair=True) as eng:
+                summary = eng.verify(deep=args.deep, repair=True)
+        else:
+            with Engine.open(args.index, readonly=True) as eng:
+                summary = eng.verify(deep=args.deep)
     except CorruptIndexError as e:
         for problem in _problems(str(e)):
             print(f"problem: {problem}")
         raise
+    for done in summary.pop("repaired", []):
+        print(f"repaired: {done}")
     if not args.quiet:
         counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in (summary or {}).items())
         print(f"{args.index}: ok" + (f" ({counts})" if counts else ""))
@@ -419,7 +427,10 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(run=_cmd_compact)
 
     c = sub.add_parser("verify", parents=[common, index_opt], help="check an index's integrity")
-    c.add_argument("--deep", action="store_true", help="also read every stored vector (finite, unit norm)")
+    c.add_argument("--deep", action="store_true", help="also read every stored value (checksums, finite unit "
+                   "vectors) and walk the search graph")
+    c.add_argument("--repair", action="store_true", help="rebuild what the stored pages allow (search graph, "
+                   "counters, a lost CURRENT file) and name the documents to re-add for the rest")
     c.set_defaults(run=_cmd_verify)
 
     c = sub.add_parser("eval", parents=[common, index_opt], help="measure quality and latency on a dataset",

@@ -66,6 +66,24 @@ class CorruptIndexError(JevsearchError):
     """The index on disk is damaged beyond what open-time repair can fix."""
 
 
+class ChecksumError(CorruptIndexError):
+    """A stored value does not match its checksum (see :mod:`jevsearch.store.checksum`).
+
+    ``table`` and ``key`` say which value; callers on the search path skip the page it belongs to.
+    """
+
+    def __init__(self, table: str, key: bytes, where: str | None = None, *, hint: str = "the value is damaged",
+                 cli_hint: str | None = None):
+        super().__init__(f"{where or f'{table} value {key.hex()}'}: checksum mismatch (hint: {hint})",
+                         cli_hint=cli_hint)
+        self.table, self.key = table, key
+
+
+class StorageError(JevsearchError, OSError):
+    """The disk or the operating system refused a read or write of the index (full disk, I/O error,
+    permissions). What was committed before is intact."""
+
+
 class PageNotFoundError(JevsearchError, LookupError):
     """A page asked for by id or hit is not in the index (its document was deleted or re-added since)."""
 

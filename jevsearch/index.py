@@ -29,18 +29,14 @@ from __future__ import annotations
 import errno
 import bisect
 import json
-import logging
 import os
 import secrets
 import shutil
-import sys
 import threading
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from jevsearch.errors import (
     CorruptIndexError,
@@ -50,46 +46,26 @@ from jevsearch.errors import (
     PageNotFoundError,
     ReadOnlyIndexError,
 )
-from jevsearch import docresults
-from jevsearch.search import filters, rerank
-from jevsearch.search.maxsim import pad_queries, scoring_device, top_with_ties
+from jevsearch.search import rerank
+from jevsearch.index_fields import IndexFields
+from jevsearch.index_maintenance import IndexMaintenance
+from jevsearch.index_search import Hit, IndexSearch
+from jevsearch.search.maxsim import scoring_device
 from jevsearch.search.threads import torch_threads
-from jevsearch.store import fields, validate
+from jevsearch.store import fields, validate, verify
+from jevsearch.store.damage import DamageLog
 from jevsearch.store.graphview import GraphView
-from jevsearch.store.hnsw import HnswGraph, truncate_normalize
-from jevsearch.store.lmdbstore import CURRENT, ENV_PREFIX, PageStore, current_env, fsync_dir
+from jevsearch.store.hnsw import HnswGraph
+from jevsearch.store.lmdbenv import CURRENT, ENV_PREFIX, current_env, fsync_dir, restore_current, store_dirs
+from jevsearch.store.lmdbstore import PageStore
 from jevsearch.store.lock import WriterLock
 from jevsearch.store.manifest import check_manifest, new_manifest
 from jevsearch.store.visual import PageView
 
-log = logging.getLogger(__name__)
+__all__ = ["Hit", "Index"]
 
 
-@dataclass
-class Hit:
-    """One search result: a page of a document.
-
-    ``page`` is 1-based; ``metadata`` is the document's metadata; ``text`` the page text given to
-    ``add_embeddings(page_texts=...)``, or None when none was stored; ``snippet`` (set by
-    :meth:`Engine.search`) a short window of it around the query's words; ``path`` the document's file;
-    ``page_id`` the page's id in the index (ids are never reused: a re-added document's pages get new ones).
-    """
-
-    doc_id: str
-    page: int
-    score: float
-    metadata: dict = field(default_factory=dict)
-    text: str | None = None
-    snippet: str = ""
-    page_id: int | None = None
-
-    @property
-    def path(self) -> str:
-        """The document's file: a document added by :meth:`Engine.add` has its absolute path as id."""
-        return self.doc_id
-
-
-class Index:
+class Index(IndexSearch, IndexMaintenance, IndexFields):
     """A persistent page index with two-stage search (HNSW candidates, MaxSim rerank).
 
     Create with :meth:`create`, reopen with :meth:`open`. One writer per index (another raises
@@ -106,19 +82,20 @@ class Index:
         self._store = store
         self._writer_lock = lock
         self._mutex = threading.RLock()
-        self._view = GraphView(path, store, readonly=lock is None)
-        self._fields = fields.FieldView(store)
+        self._damage = DamageLog(path)  # pages found damaged (skipped, counted, listed by verify)
+        self._view = GraphView(path, store, readonly=lock is None, damage=self._damage)
+        self._fields = fields.FieldView(store)  # filterable fields as columns (jevsearch.store.fields)
         with store.read() as txn:
             manifest = store.manifest(txn)
             check_manifest(manifest)
             self._manifest = manifest
-            self._refresh(txn)
-            old = not self._store.state(txn).get("fields")
+            old = not self._refresh(txn).get("fields")
         if old and not self.readonly:
             self._build_field_table()
         self._device, self._dtype = scoring_device()
         self._scorer = rerank.Scorer(self._manifest["multi_dim"], np.dtype(self._manifest["multi_dtype"]),
                                      self._device, self._dtype)
+        self._row_bytes = self._manifest["multi_dim"] * np.dtype(self._manifest["multi_dtype"]).itemsize
         if not self.readonly and not self._view.clean:
             self.flush()  # repaired at open: persist so the next open is fast
 
@@ -190,7 +167,7 @@ class Index:
         return cls.open(path, threads=threads)
 
     @classmethod
-    def open(cls, path, *, readonly: bool = False, threads: int = 1):
+    def open(cls, path, *, readonly: bool = False, threads: int = 1, repair: bool = False):
         """Open an existing index; ``readonly=True`` for readers (no lock, writes raise ReadOnlyIndexError).
 
         threads: CPU threads for the index's own tensor work: worker threads sharing a search's MaxSim
@@ -199,15 +176,23 @@ class Index:
         busy cores once made reranks 3x slower). Set it to the cores you can spare for searching.
         FAISS uses 1 thread per query.
 
-        A writer repairs the HNSW from LMDB when they disagree (after a crash). Raises
-        NotAnIndexError, FormatVersionError, IndexLockedError (another writer).
+        A writer repairs the HNSW from LMDB when they disagree (after a crash). ``repair=True`` (a
+        writer): also restore a lost CURRENT file when exactly one store directory holds a whole LMDB
+        file (then :meth:`verify` with ``repair=True``). Raises NotAnIndexError, FormatVersionError,
+        IndexLockedError (another writer), CorruptIndexError (a damaged index: see its message).
         """
         path = _index_path(path)
         threads = validate.check_k(threads, "threads")
-        current_env(path)  # NotAnIndexError before touching anything (no lock file in a random dir)
+        try:
+            current_env(path)  # NotAnIndexError before touching anything (no lock file in a random dir)
+        except CorruptIndexError:
+            if not (repair and not readonly and store_dirs(path)):
+                raise
         lock = None if readonly else WriterLock(path)
         store = None
         try:
+            if repair and lock is not None and not os.path.exists(os.path.join(path, "CURRENT")):
+                restore_current(path)
             store = PageStore(path)
             if lock is not None:
                 HnswGraph.remove_stale_temp(path)
@@ -375,30 +360,6 @@ class Index:
             self._after_commit(state, removed, None, None)
             return True
 
-    def update_metadata(self, doc_id: str, metadata: dict, merge: bool = True) -> dict:
-        """Change a document's metadata without re-encoding it; returns the new metadata.
-
-        merge=True sets the keys of ``metadata`` and keeps the others; merge=False replaces the
-        caller's metadata with ``metadata`` (what the ingest recorded, e.g. sha256, kind, title,
-        stays). One atomic commit: readers, in other processes too, see the old metadata or the new,
-        and their next search filters on it. The computed fields (doc_id, path, name, pages) and the
-        ingest's cannot be set. Raises InvalidInputError if the document is not indexed.
-        Example: ``eng.update_metadata("/data/q3.pdf", {"status": "final"})``.
-        """
-        doc_id = validate.check_doc_id(doc_id)
-        metadata = validate.check_metadata(metadata)
-        with self._mutex:
-            self._check_writable()
-            with self._store.write() as txn:
-                doc, rec = fields.set_metadata(self._store, txn, doc_id, metadata, merge)
-                state = self._store.state(txn)
-                state["gen"] += 1
-                state["frev"] = state.get("frev", 0) + 1  # tells readers to reload their field index
-                self._store.put_state(txn, state)
-            self._fields.committed(state, [(doc["first"], rec)], [doc["first"]])
-            self._after_commit(state, [], None, None)
-            return dict(doc["metadata"])
-
     def rename_document(self, old: str, new: str, *, metadata: dict | None = None) -> None:
         """Give document ``old`` the id ``new`` (its file was renamed or moved), keeping its pages and
         vectors: nothing is re-encoded, and its pages keep their ids and HNSW entries. A document
@@ -471,28 +432,11 @@ class Index:
                         failures[path] = record
                 self._store.put_failures(txn, failures)
 
-    def compact(self) -> None:
-        """Rebuild the HNSW from live pages (dropping tombstones) and shrink the LMDB file."""
-        with self._mutex:
-            self._check_writable()
-            with self._store.read() as txn:
-                state = self._store.state(txn)
-                graph = GraphView.new_graph(self._manifest)
-                self._view.add_pages(txn, graph, 0, self._manifest)
-            epoch = state["epoch"] + 1
-            # File first, then LMDB: a crash in between leaves epochs that differ -> rebuilt at open.
-            graph.save(self.path, epoch=epoch, next_page_id=state["next_page_id"])
-            with self._store.write() as txn:
-                state = self._store.state(txn)
-                state.update(epoch=epoch, tombs=0, gen=state["gen"] + 1)
-                self._store.clear_tombstones(txn)
-                self._store.put_state(txn, state)
-            self._view.replace(graph, epoch, state["gen"])
-            self._fields.gen = -1  # reloaded at the next search, without the rows of deleted documents
-            self._store.compact_file()
-
     def _remove(self, txn, state: dict, doc_id: str) -> list[int]:
-        old = self._store.document(txn, doc_id)
+        try:
+            old = self._store.document(txn, doc_id)
+        except CorruptIndexError:  # a damaged record: its pages are found by their records
+            old = verify.salvage_document(self._store, txn, doc_id)
         if old is None:
             return []
         removed = self._store.remove_document(txn, old)
@@ -504,6 +448,7 @@ class Index:
         return removed
 
     def _after_commit(self, state: dict, removed: list[int], ids, vecs) -> None:
+        self._damage.forget(removed)
         if self._view.committed(state, removed, ids, vecs):
             self.flush()
 
@@ -519,171 +464,18 @@ class Index:
             raise JevsearchError(f"{self.path}: index is closed (hint: open it again)")
         self._store.reopen_if_replaced()
 
-    def _refresh(self, txn) -> None:
-        """Bring the manifest, the HNSW view and the field index up to the LMDB snapshot ``txn``."""
+    def _refresh(self, txn) -> dict:
+        """Bring the manifest, the HNSW view and the field index up to the LMDB snapshot ``txn``;
+        returns its state."""
         state = self._store.state(txn)
         if state["gen"] != self._view.gen:
             self._manifest = self._store.manifest(txn)
             self._view.refresh(txn, state, self._manifest)
+            if len(self._damage):
+                self._damage.prune(self._store, txn)
         if state["gen"] != self._fields.gen:
             self._fields.refresh(txn, state, self._view.tombs)
-
-    def _build_field_table(self) -> None:
-        """Give an index made before field records its ``fields`` table (writer, once, one commit)."""
-        with self._store.write() as txn:
-            state = self._store.state(txn)
-            if state.get("fields"):
-                return
-            n = self._fields.build_table(txn)
-            state["fields"] = 1
-            self._store.put_state(txn, state)
-        log.info("%s: built the field index of %d documents", self.path, n)
-
-    # -- search ---------------------------------------------------------------------------------
-
-    def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int = 100, exhaustive: bool = False,
-                          *, where: dict | None = None, group_by: str | None = None,
-                          pages_per_document: int = 3) -> list[Hit] | list[list[Hit]]:
-        """Search with query embeddings.
-
-        One query: q_single [D] (D >= single_dim; may be None when exhaustive) and q_multi
-        [L, multi_dim] -> list[Hit]. A batch: q_single [Q, D] and q_multi a list of Q [L_i, multi_dim]
-        -> list of Q lists (scored together).
-        Two-stage: the ``candidates`` nearest pages in the HNSW (truncated singles) reranked by
-        MaxSim. ``exhaustive=True``: exact MaxSim over every page, streamed in chunks.
-        Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
-        fewer pages). ``candidates`` below k is raised to k.
-
-        where: a metadata filter (see :mod:`jevsearch.search.filters`), e.g. ``{"team": "finance",
-        "year": {"$gte": 2023}}``, applied before stage 1: only matching pages are candidates, so
-        min(k, matching pages) hits come back. group_by="document": :class:`DocHit` results instead,
-        k distinct documents ranked by their best page's score, each with its best pages (at most
-        ``pages_per_document``); stage 1 widens until its candidates cover k documents.
-        Example: ``eng.search_embeddings(qs, qm, k=5, where={"kind": "pdf"}, group_by="document")``.
-        """
-        k = validate.check_k(k)
-        candidates = max(validate.check_k(candidates, "candidates"), k)
-        flt = filters.parse(where)
-        if group_by not in (None, "document"):
-            raise InvalidInputError(f'group_by: {group_by!r} (hint: None for pages, or "document")')
-        per_doc = validate.check_k(pages_per_document, "pages_per_document") if group_by else 0
-        batch = isinstance(q_multi, (list, tuple))
-        queries = validate.check_query_multis(q_multi, self._manifest["multi_dim"])
-        singles = validate.check_query_singles(q_single, len(queries), batch, self._manifest["single_dim"],
-                                               required=not exhaustive)
-        with self._mutex:
-            self._check_open()
-            # One torch thread: the scorer's own workers (self.threads of them) are the parallelism.
-            with self._store.read() as txn, torch.no_grad(), torch_threads(1):
-                self._refresh(txn)
-                scope = None if flt is None else self._fields.pages(flt.mask(self._fields))
-                qt = pad_queries(queries, self._dtype, self._device)  # [Q, L, d]
-                if exhaustive:  # grouped: every page's score, so that every document has its best
-                    found = self._exhaustive(txn, qt, sys.maxsize if per_doc else k, scope)
-                else:
-                    found = self._two_stage(txn, qt, [len(x) for x in queries],
-                                            truncate_normalize(singles, self._manifest["single_dim"]), k,
-                                            candidates, scope, per_doc)
-                results = [docresults.group(self._hits(txn, ids, scores, len(ids)), k, per_doc) if per_doc
-                           else self._hits(txn, ids, scores, k) for ids, scores in found]
-        return results if batch else results[0]
-
-    def _two_stage(self, txn, qt: torch.Tensor, q_lens: list[int], qsingle: np.ndarray, k: int, candidates: int,
-                   scope: np.ndarray | None = None, per_doc: int = 0):
-        cand = self._view.search(qsingle, candidates, within=scope)  # [Q, candidates]
-        if per_doc:
-            cand = docresults.document_candidates(self._store, self._view, txn, qsingle, cand, k, candidates,
-                                                  scope, per_doc)
-            k = cand.shape[1]  # every reranked page is kept: grouped by document afterwards
-        union = np.unique(cand[cand >= 0])
-        if len(union) * len(cand) > 2 * int((cand >= 0).sum()):
-            # Little overlap between the queries' candidates: scoring the union against every query
-            # would multiply the work by ~Q (measured: 433 ms instead of ~30 ms per query at Q=50).
-            out = []
-            for q in range(len(cand)):
-                ids, raws, lens = self._fetch(txn, cand[q][cand[q] >= 0])
-                scores = self._scorer.score(qt[q:q + 1, : q_lens[q]], raws, lens, self.threads)[0]  # [C]
-                sel = top_with_ties(scores, k)
-                out.append((ids[sel], scores[sel]))
-            return out
-        ids, raws, lens = self._fetch(txn, union)  # overlapping candidates are fetched and scored once
-        return rerank.select_candidates(cand, ids, self._scorer.score(qt, raws, lens, self.threads), k)
-
-    def _exhaustive(self, txn, qt: torch.Tensor, k: int, scope: np.ndarray | None = None):
-        if scope is None:
-            pages = ((pid, self._store.multi_raw(txn, pid), tokens)
-                     for pid, _, _, tokens in self._store.iter_pages(txn))
-        else:
-            pages = ((pid, self._store.multi_raw(txn, pid), self._store.page(txn, pid)[2])
-                     for pid in np.sort(scope).tolist())
-        return rerank.exhaustive(pages, qt, k, self._scorer, self.threads)
-
-    def _fetch(self, txn, page_ids: np.ndarray):
-        """Zero-copy multi-vectors of the pages still live in ``txn`` (others are skipped)."""
-        ids, raws, lens = [], [], []
-        for pid in page_ids.tolist():
-            rec = self._store.page(txn, pid)
-            if rec is not None:
-                ids.append(pid)
-                raws.append(self._store.multi_raw(txn, pid))
-                lens.append(rec[2])
-        return np.array(ids, dtype=np.int64), raws, lens
-
-    def _hits(self, txn, ids: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
-        docs: dict[bytes, dict] = {}
-        hits = []
-        for pid, score in zip(ids.tolist(), scores.tolist()):
-            key, page_no, _ = self._store.page(txn, pid)
-            doc = docs.get(key) or docs.setdefault(key, self._store.document_by_key(txn, key))
-            text = self._store.text(txn, pid) if doc["text"] else None
-            hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text, page_id=pid))
-        hits.sort(key=lambda h: (-h.score, h.doc_id, h.page))
-        return hits[:k]
-
-    def search_singles(self, q_single, k: int = 10, *, exact: bool = False) -> list[Hit] | list[list[Hit]]:
-        """Search with single vectors only (no MaxSim): for measuring stage 1, e.g. by jevsearch.eval.
-
-        ``exact=False``: the HNSW over the singles truncated to ``single_dim``, i.e. the first k
-        candidates a two-stage search would rerank. ``exact=True``: the inner product with every live
-        page's stored full single vector (``single_full_dim`` dims), a scan of the store (no cache:
-        slow on large indexes, meant for evaluation). Hit scores are the inner products of the
-        (truncated, renormalised) vectors; ties broken by (doc_id, page) as in :meth:`search_embeddings`.
-        q_single: [D] -> list[Hit], or [Q, D] -> Q lists; D >= single_dim, and D == single_full_dim
-        when exact.
-
-        >>> hits = eng.search_singles(q_single, k=10)               # doctest: +SKIP
-        >>> exact = eng.search_singles(q_single, k=10, exact=True)  # doctest: +SKIP
-        """
-        from jevsearch.search.singles import exact_top
-
-        k = validate.check_k(k)
-        qs = np.asarray(q_single.detach().float().cpu() if hasattr(q_single, "detach") else q_single)
-        batch = qs.ndim == 2
-        singles = validate.check_query_singles(qs, len(qs) if batch else 1, batch, self._manifest["single_dim"],
-                                               required=True)
-        with self._mutex:
-            self._check_open()
-            with self._store.read() as txn, torch.no_grad(), torch_threads(self.threads):
-                self._refresh(txn)
-                dim, full = self._manifest["single_dim"], self._manifest["single_full_dim"]
-                if exact:
-                    if full is not None and singles.shape[1] != full:
-                        raise InvalidInputError(f"q_single: {singles.shape[1]} dims, but the stored singles have "
-                                                f"{full} (hint: pass the full query vector for exact=True)")
-                    pages = ((pid, self._store.single_raw(txn, pid)) for pid, _, _, _ in self._store.iter_pages(txn))
-                    found = exact_top(pages, singles, singles.shape[1], k)
-                else:
-                    q = truncate_normalize(singles, dim)
-                    found = []
-                    for qi, row in enumerate(self._view.search(q, k)):
-                        live = [(pid, self._store.single_raw(txn, pid)) for pid in row[row >= 0].tolist()]
-                        live = [(pid, raw) for pid, raw in live if raw is not None]  # deleted meanwhile
-                        ids = np.array([pid for pid, _ in live], dtype=np.int64)
-                        vecs = [np.frombuffer(raw, dtype=np.float32, count=full) for _, raw in live]
-                        scores = truncate_normalize(np.stack(vecs), dim) @ q[qi] if vecs else np.zeros(0, np.float32)
-                        found.append((ids, scores))
-                results = [self._hits(txn, ids, scores, k) for ids, scores in found]
-        return results if batch else results[0]
+        return state
 
     # -- inspection -----------------------------------------------------------------------------
 
@@ -768,8 +560,9 @@ class Index:
         return sorted(docs, key=lambda d: d["doc_id"])
 
     def stats(self) -> dict:
-        """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, and
-        bytes {"lmdb_file", "hnsw_file", plus LMDB pages used per table: multi, single, ...}."""
+        """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, damaged_pages
+        (found damaged and skipped by this process: see :meth:`verify`), and bytes {"lmdb_file",
+        "hnsw_file", plus LMDB pages used per table: multi, single, ...}."""
         with self._mutex:
             self._check_open()
             with self._store.read() as txn:
@@ -779,29 +572,8 @@ class Index:
                      "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0}
             sizes.update(self._store.table_bytes())
             return {"documents": state["docs"], "pages": state["pages"], "tokens": state["tokens"],
-                    "tombstones": state["tombs"], "hnsw_vectors": self._view.settle().ntotal, "bytes": sizes}
-
-    def verify(self, *, deep: bool = False) -> dict:
-        """Check the index is consistent; raises CorruptIndexError listing the problems.
-
-        Checks every document's pages, vector sizes, counters, orphans, and that the HNSW holds
-        every live page (after open-time repair it always should). ``deep=True`` also reads every
-        vector and checks it is finite and unit norm. Returns the counts checked.
-        """
-        from jevsearch.store.verify import check_index
-
-        with self._mutex:
-            self._check_open()
-            with self._store.read() as txn:
-                self._refresh(txn)
-                report, problems = check_index(self._store, txn, self._manifest, self._view.settle().ids(),
-                                               self._view.tombs, deep=deep)
-                problems += fields.check_table(self._store, txn)
-        if problems:
-            more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
-            raise CorruptIndexError(f"{self.path}: " + "; ".join(problems[:20]) + more +
-                                    " (hint: restore from a backup, or re-add the listed documents)")
-        return report
+                    "tombstones": state["tombs"], "hnsw_vectors": self._view.settle().ntotal,
+                    "damaged_pages": len(self._damage), "bytes": sizes}
 
 
 _TMP_PREFIX = ".jevsearch-create-"

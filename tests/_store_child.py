@@ -2,6 +2,7 @@
 
     python tests/_store_child.py write INDEX --docs N [--crash POINT]   # prints "committed <doc>" per add
     python tests/_store_child.py read INDEX --until N                    # searches until it sees N docs
+    python tests/_store_child.py upgrade INDEX --docs N --crash POINT    # a version-1 index, then compact()
 
 Crash points kill the process with SIGKILL at a precise place by wrapping a library function in
 this child only (the library has no test hooks):
@@ -11,6 +12,7 @@ this child only (the library has no test hooks):
   mid_compact  after compact() wrote the new hnsw.bin, before LMDB records the new epoch
   mid_copy     after compact() copied LMDB to store-<n+1>/, before CURRENT names it
   after_swap   after CURRENT names the compacted store, before the old store-<n>/ is deleted
+  mid_rewrite  (upgrade) while compact() rewrites a version-1 store: after its multi-vectors are copied
   none         no injected crash (the parent kills at a random moment)
 """
 
@@ -97,6 +99,16 @@ def _install_crash(point: str) -> None:
             if epoch > 0:
                 _kill()
         engine.HnswGraph.save = save
+    elif point == "mid_rewrite":
+        from jevsearch.store import rewrite
+
+        orig_copy = rewrite._copy_table
+
+        def copy_table(store, txn, table, *a):
+            orig_copy(store, txn, table, *a)
+            if table == "multi":
+                _kill()
+        rewrite._copy_table = copy_table
     elif point in ("mid_copy", "after_swap"):
         orig_write, orig_rmtree = lmdbstore.write_atomic, lmdbstore.shutil.rmtree
 
@@ -133,6 +145,39 @@ def write(index: str, docs: int, crash: str) -> None:
         if i == 5:
             eng.compact()
     eng.close()
+    print("done", flush=True)
+
+
+def as_version_1(path: str) -> None:
+    """Rewrite a closed index in format version 1 (no checksums), as jevsearch wrote them before."""
+    from jevsearch.store.lmdbstore import PageStore
+    from jevsearch.store.lock import WriterLock
+    from jevsearch.store.rewrite import Rewrite, rewrite
+
+    lock, store = WriterLock(path), PageStore(path)
+    try:
+        with store.read() as txn:
+            m = store.manifest(txn)
+        m.pop("checksums")
+        rewrite(store, Rewrite(manifest=dict(m, format_version=1)))
+    finally:
+        store.close()
+        lock.release()
+
+
+def upgrade(index: str, docs: int, crash: str) -> None:
+    """A version-1 index of ``docs`` documents, then compact() (which rewrites it with checksums)."""
+    from jevsearch import Index
+
+    with Index.create(index, single_dim=64) as eng:
+        for i in range(docs):
+            singles, multis = make_doc(i, pages=2 + i % 3, tokens=(200, 400))
+            eng.add_embeddings(f"doc-{i}", singles, multis, metadata={"pages": len(multis)})
+            print(f"committed doc-{i}", flush=True)
+    as_version_1(index)
+    _install_crash(crash)
+    with Index.open(index) as eng:
+        eng.compact()
     print("done", flush=True)
 
 
@@ -173,10 +218,13 @@ def read(index: str, until: int) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["write", "read"])
+    p.add_argument("mode", choices=["write", "read", "upgrade"])
     p.add_argument("index")
     p.add_argument("--docs", type=int, default=10)
     p.add_argument("--crash", default="none")
     p.add_argument("--until", type=int, default=10)
     a = p.parse_args()
-    write(a.index, a.docs, a.crash) if a.mode == "write" else read(a.index, a.until)
+    if a.mode == "read":
+        read(a.index, a.until)
+    else:
+        (write if a.mode == "write" else upgrade)(a.index, a.docs, a.crash)

@@ -247,8 +247,8 @@ def test_explain_recomputes_for_pages_without_a_layout_and_says_so(tmp_path):
         # Stored rows that are not one per patch (as pooled tokens would be): recomputed, and said why.
         multi, view = eng.page_data(hit)
         with eng._store.write() as txn:
-            txn.put(page_key(hit.page_id), PageView(view.rows, view.cols, view.first, view.tokens + 3).encode(),
-                    db=eng._store._db["visual"])
+            eng._store.put(txn, "visual", page_key(hit.page_id),  # sealed: a valid record, not a damaged one
+                           PageView(view.rows, view.cols, view.first, view.tokens + 3).encode())
         pooled = eng.explain(hit, "quarterly revenue")
         assert pooled.source == "recomputed" and "not one per patch" in pooled.note
         np.testing.assert_allclose(pooled.maps, stored.maps, atol=2e-3)

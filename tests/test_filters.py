@@ -8,20 +8,18 @@ exactly its results.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import faiss
-import lmdb
 import numpy as np
 import pytest
 
 from _store_child import D, make_doc, unit
-from jevsearch import DocHit, Index, InvalidInputError
+from jevsearch import CorruptIndexError, DocHit, Index, InvalidInputError
 from jevsearch.search.filters import parse
 from jevsearch.store import subset
-from jevsearch.store.lmdbstore import current_env
+from jevsearch.store.lmdbstore import PageStore
 
 DIM = 64
 TEAMS = ["fin", "ops", "legal", "hr", "eng"]
@@ -369,15 +367,13 @@ def test_index_without_field_table_still_opens(tmp_path):
     with Index.create(tmp_path / "i", single_dim=DIM) as eng:
         for i, (name, (s, m)) in enumerate(corpus.items()):
             eng.add_embeddings(name, s, m, metadata={"i": i})
-    env_dir, _ = current_env(str(tmp_path / "i"))
-    env = lmdb.open(env_dir, max_dbs=16)
-    with env.begin(write=True) as txn:  # make it look like an old index: no table, no flag
-        txn.drop(env.open_db(b"fields", txn=txn), delete=True)
-        meta = env.open_db(b"meta", txn=txn)
-        state = json.loads(txn.get(b"state", db=meta))
+    store = PageStore(str(tmp_path / "i"))
+    with store.write() as txn:  # make it look like an old index: no table, no flag
+        txn.drop(store._db["fields"], delete=True)
+        state = store.state(txn)
         del state["fields"]
-        txn.put(b"state", json.dumps(state).encode(), db=meta)
-    env.close()
+        store.put_state(txn, state)
+    store.close()
     want = {"d3", "d4"}
     with Index.open(tmp_path / "i", readonly=True) as eng:
         assert {h.doc_id for h in eng.search_embeddings(qs, qm, k=9, where={"i": {"$gte": 3}})} == want
@@ -388,11 +384,11 @@ def test_index_without_field_table_still_opens(tmp_path):
     with Index.open(tmp_path / "i", readonly=True) as eng:
         assert {h.doc_id for h in eng.search_embeddings(qs, qm, k=9, where={"i": {"$gte": 3}})} == want | {"d0"}
         assert eng.stats()["documents"] == 5
-    env = lmdb.open(env_dir, max_dbs=16, readonly=True, lock=False)
-    with env.begin() as txn:  # the writer built the table, with a record per document
-        state = json.loads(txn.get(b"state", db=env.open_db(b"meta", txn=txn)))
-        records = [json.loads(v) for _, v in txn.cursor(db=env.open_db(b"fields", txn=txn))]
-    env.close()
+    store = PageStore(str(tmp_path / "i"))
+    with store.read() as txn:  # the writer built the table, with a record per document
+        state = store.state(txn)
+        records = [rec for _, rec in store.iter_fields(txn)]
+    store.close()
     assert state["fields"] == 1 and sorted(r["d"] for r in records) == sorted(corpus)
     assert next(r for r in records if r["d"] == "d0")["f"] == {"i": 7}
 
@@ -441,3 +437,21 @@ def test_filters_follow_rename_and_copy(tmp_path):
             assert [h.doc_id for h in who.search_embeddings(qs, qm, k=20, where={"name": "z.pdf"})] == \
                 ["/d/2024/z.pdf"] * 2
         assert eng.verify()["documents"] == 4
+
+
+def test_verify_finds_and_repairs_a_wrong_field_record(tmp_path):
+    corpus = {f"d{i}": make_doc(i, 2, tokens=(8, 16)) for i in range(3)}
+    (qs, qm), = queries(corpus, 1)
+    with Index.create(tmp_path / "i", single_dim=DIM) as eng:
+        for i, (name, (s, m)) in enumerate(corpus.items()):
+            eng.add_embeddings(name, s, m, metadata={"i": i})
+    store = PageStore(str(tmp_path / "i"))
+    with store.write() as txn:  # a record that disagrees with its document (a bug, or a bad restore)
+        store.put_fields(txn, 0, {"d": "d0", "p": 2, "f": {"i": 99}})
+    store.close()
+    with Index.open(tmp_path / "i") as eng:
+        with pytest.raises(CorruptIndexError, match="fields: the record at page id 0"):
+            eng.verify()
+        assert "rebuilt the field index (3 documents)" in eng.verify(repair=True)["repaired"]
+        assert {h.doc_id for h in eng.search_embeddings(qs, qm, k=9, where={"i": 0})} == {"d0"}
+        assert eng.verify()["documents"] == 3

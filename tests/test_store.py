@@ -23,6 +23,7 @@ from jevsearch import (
     ReadOnlyIndexError,
 )
 from jevsearch.engine import Hit
+from jevsearch.store import checksum
 from jevsearch.store.validate import NORM_TOLERANCE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +66,7 @@ def test_round_trip_and_reopen(index):
         assert again.document("nope.pdf") is None
         m = again.manifest
         assert (m["format_version"], m["single_dim"], m["single_full_dim"], m["multi_dim"], m["multi_dtype"]) == \
-            (1, 64, D, DM, "float16")
+            (2, 64, D, DM, "float16")
         assert m["model"] == {"name": "tiny", "revision": "r1"} and m["hnsw"]["M"] == 32
         with pytest.raises(TypeError):
             m["model"] = None  # a read-only view
@@ -202,8 +203,9 @@ def test_not_an_index_and_newer_format(tmp_path):
     env = lmdb.open(os.path.join(path, "store-0"), max_dbs=8)
     meta = env.open_db(b"meta")
     with env.begin(write=True) as txn:
-        m = json.loads(txn.get(b"manifest", db=meta))
-        txn.put(b"manifest", json.dumps(dict(m, format_version=99)).encode(), db=meta)
+        m = json.loads(checksum.unseal("meta", b"manifest", txn.get(b"manifest", db=meta)).tobytes())
+        txn.put(b"manifest", checksum.seal("meta", b"manifest", json.dumps(dict(m, format_version=99)).encode()),
+                db=meta)
     env.close()
     for ro in (False, True):
         with pytest.raises(FormatVersionError, match="upgrade jevsearch"):

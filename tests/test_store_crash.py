@@ -70,6 +70,31 @@ def test_kill9_at_injected_points(tmp_path, point):
     _check_recovered(path, [x for x in lines if x])
 
 
+@pytest.mark.parametrize("point", ["mid_rewrite", "mid_copy", "after_swap"])
+def test_kill9_while_compact_upgrades_a_version_1_index(tmp_path, point):
+    """The store rewrite (format upgrade) leaves the old store or the new one, never a mix."""
+    path = str(tmp_path / "idx")
+    proc = _child("upgrade", path, "--docs", "6", "--crash", point)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, err)
+    assert "done" not in out.split("\n")
+    with Engine.open(path) as eng:
+        version = eng.manifest["format_version"]
+        assert version == (2 if point == "after_swap" else 1), version
+        eng.verify(deep=True)
+        assert list(eng.documents()) == [f"doc-{i}" for i in range(6)]
+        for i in range(6):
+            singles, multis = make_doc(i, pages=2 + i % 3, tokens=(200, 400))
+            qs, qm = query_for(multis, singles, page=0)
+            top = eng.search_embeddings(qs, qm, k=1, candidates=5)[0]
+            assert (top.doc_id, top.page) == (f"doc-{i}", 1)
+        eng.compact()  # a rerun finishes the upgrade
+        assert eng.manifest["format_version"] == 2 and eng.manifest["checksums"]
+        eng.verify(deep=True)
+    # One store left: the interrupted copy (or the old store) was removed.
+    assert [f for f in os.listdir(path) if f.startswith("store-")] == ["store-3" if point == "after_swap" else "store-2"]
+
+
 def test_kill9_at_random_moments(tmp_path):
     path = str(tmp_path / "idx")
     rng = random.Random(5)

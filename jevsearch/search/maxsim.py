@@ -95,12 +95,17 @@ def top_with_ties(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` best scores plus every score tied with the k-th (any order).
 
     Keeping the ties lets the caller apply its own deterministic tie-break (doc id, page) so that
-    the chosen k do not depend on scan order or chunking.
+    the chosen k do not depend on scan order or chunking. NaN ranks below every number: one NaN
+    score (a damaged page) must not push the k-th score to NaN, which nothing is ``>=``.
+
+    >>> sorted(top_with_ties(np.array([0.5, np.nan, 0.9, 0.1], np.float32), 2).tolist())
+    [0, 2]
     """
     if len(scores) <= k:
         return np.arange(len(scores))
-    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-    return np.flatnonzero(scores >= kth)
+    ranked = np.where(np.isnan(scores), -np.inf, scores)
+    kth = np.partition(ranked, len(ranked) - k)[len(ranked) - k]
+    return np.flatnonzero(ranked >= kth)
 
 
 def scoring_device() -> tuple[torch.device, torch.dtype]:

@@ -12,6 +12,7 @@ reuses them instead of faulting in fresh memory per query.
 from __future__ import annotations
 
 import warnings
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -50,10 +51,11 @@ class ConcatPacker:
         self._buf = torch.empty(0, dtype=torch.float32)
         self._sim = torch.empty(0, dtype=torch.float32)
 
-    def pack(self, raws: list, lengths: list[int]) -> tuple[torch.Tensor, np.ndarray]:
+    def pack(self, raws: Iterable, lengths: list[int]) -> tuple[torch.Tensor, np.ndarray]:
         """Pages ``raws[c]`` of ``lengths[c]`` tokens -> (tokens [N, d], starts [C]: first row of each).
 
-        The tokens are a view of the reused buffer: valid until the next ``pack`` call.
+        ``raws`` is read once, in order (it may be a generator that fetches each page as it is
+        reached). The tokens are a view of the reused buffer: valid until the next ``pack`` call.
         """
         d = self.dim
         starts = np.zeros(len(lengths), dtype=np.intp)

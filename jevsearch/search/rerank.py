@@ -7,7 +7,7 @@ them, a :class:`Scorer` packs and scores them in bounded blocks, and the functio
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -44,11 +44,17 @@ class Scorer:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
 
-    def score(self, qt: torch.Tensor, raws: list, lens: list[int], workers: int = 1) -> np.ndarray:
+    def score(self, qt: torch.Tensor, raws: list, lens: list[int], workers: int = 1,
+              open_page: Callable[[int], object] | None = None) -> np.ndarray:
         """MaxSim of queries qt [Q, L, d] against pages ``raws`` of ``lens`` tokens -> float32 [Q, C].
 
         On the CPU, the caller runs this with torch set to 1 intra-op thread: the parallelism is the
         ``workers`` threads, one block at a time each.
+
+        ``open_page(c)``: the bytes of page c (e.g. ``raws[c]`` checked against its checksum) or None
+        when the page is damaged (its scores are then NaN). Called by the worker that packs the page,
+        just before it does: the check reads the bytes into the cache the copy then reads them from
+        (checking them all up front read ~20 MB twice from memory: +4 ms per 100-candidate query).
         """
         out = np.empty((qt.shape[0], len(raws)), dtype=np.float32)
         if not raws:
@@ -61,16 +67,32 @@ class Scorer:
                                  else PagePacker(self.dim, self.stored, self.device, self.dtype))
 
         todo = iter(blocks)  # shared: a worker takes the next block when free, so a busy core takes fewer
+        damaged: list[int] = []
+
+        def opened(start: int, stop: int):
+            """The block's pages, each opened as the packer reaches it (a generator on the CPU: the
+            check of one page and its copy then share the L2 cache)."""
+            if open_page is None:
+                return raws[start:stop]
+            pages = (_open(c) for c in range(start, stop))
+            return pages if cpu else list(pages)
+
+        def _open(c: int):
+            page = open_page(c)
+            if page is None:
+                damaged.append(c)
+                page = bytes(lens[c] * self.dim * self.stored.itemsize)  # scored, then set to NaN
+            return page
 
         def run(w: int) -> None:
             packer = self._packers[w]
             for start, stop in todo:
                 if cpu:
-                    tokens, starts = packer.pack(raws[start:stop], lens[start:stop])  # [N, d], [C]
+                    tokens, starts = packer.pack(opened(start, stop), lens[start:stop])  # [N, d], [C]
                     sim = packer.sim(qt.shape[0] * qt.shape[1], tokens.shape[0])
                     out[:, start:stop] = maxsim_concat(qt, tokens, starts, out=sim)
                 else:
-                    pages = packer.pack(raws[start:stop], lens[start:stop])  # [C, T, d]
+                    pages = packer.pack(opened(start, stop), lens[start:stop])  # [C, T, d]
                     out[:, start:stop] = maxsim(qt, pages).cpu().numpy()
 
         helpers = []
@@ -86,6 +108,8 @@ class Scorer:
         finally:
             for f in helpers:  # they write into ``out`` and use the packers: never return before them
                 f.result()
+        if damaged:
+            out[:, damaged] = np.nan
         return out
 
     def close(self) -> None:
@@ -111,6 +135,22 @@ def _blocks(lens: list[int], budget: int, padded: bool) -> list[tuple[int, int]]
     return blocks
 
 
+# MaxSim of unit vectors is a sum of L cosines, so |score| <= L (query tokens); the tolerance covers
+# float16 storage (rows within ~1e-3 of unit norm) and float16 scoring on a GPU.
+SCORE_TOLERANCE = 0.01
+
+
+def implausible(scores: np.ndarray, q_lens: list[int]) -> np.ndarray:
+    """Pages (columns of ``scores`` [Q, C]) whose score no unit vectors can give: NaN, or above the
+    query's token count (x 1 + SCORE_TOLERANCE) for some query: damaged stored vectors -> bool [C].
+
+    >>> implausible(np.array([[1.5, 2.5, np.nan]], np.float32), [2]).tolist()
+    [False, True, True]
+    """
+    bound = np.asarray(q_lens, dtype=np.float32)[:, None] * (1 + SCORE_TOLERANCE)
+    return ~(np.abs(scores) <= bound).all(axis=0)
+
+
 def select_candidates(cand: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int):
     """Per query, the top k (with ties) of its own candidates.
 
@@ -126,17 +166,27 @@ def select_candidates(cand: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: 
 
 
 def exhaustive(pages: Iterable[tuple[int, object, int]], qt: torch.Tensor, k: int, scorer: Scorer,
-               workers: int = 1):
+               workers: int = 1, q_lens: list[int] | None = None,
+               open_page: Callable[[int, object], object] | None = None):
     """Exact top k (with ties) over every page of ``pages`` ((page id, raw, tokens) tuples), streamed in
-    chunks of bounded size. -> Q pairs (page ids, scores)."""
+    chunks of bounded size. With ``q_lens`` (each query's token count), pages scoring
+    :func:`implausible` are left out. ``open_page(page id, raw)``: as in :meth:`Scorer.score`.
+    -> (Q pairs (page ids, scores), ids of the pages left out)."""
     nq = qt.shape[0]
     best = [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(nq)]
     budget = block_tokens(qt.shape[0] * qt.shape[1])  # page tokens per streamed chunk
     ids, raws, lens, chunk_tokens = [], [], [], 0
+    dropped: list[int] = []
 
     def score_chunk():
-        s = scorer.score(qt, raws, lens, workers)
+        opener = None if open_page is None else (lambda c, ids=ids, raws=raws: open_page(ids[c], raws[c]))
+        s = scorer.score(qt, raws, lens, workers, opener)
         cid = np.array(ids, dtype=np.int64)
+        if q_lens is not None:
+            bad = implausible(s, q_lens)
+            if bad.any():
+                dropped.extend(cid[bad].tolist())
+                cid, s = cid[~bad], s[:, ~bad]
         for q in range(nq):
             all_ids = np.concatenate([best[q][0], cid])
             all_s = np.concatenate([best[q][1], s[q]])
@@ -153,4 +203,4 @@ def exhaustive(pages: Iterable[tuple[int, object, int]], qt: torch.Tensor, k: in
             ids, raws, lens, chunk_tokens = [], [], [], 0
     if ids:
         score_chunk()
-    return best
+    return best, dropped

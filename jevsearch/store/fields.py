@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from jevsearch.errors import InvalidInputError
+from jevsearch.errors import CorruptIndexError, InvalidInputError
 from jevsearch.store.lmdbstore import PageStore
 
 COMPUTED = ("doc_id", "path", "name", "pages")  # fields derived from the document itself
@@ -99,16 +99,31 @@ def set_metadata(store: PageStore, txn, doc_id: str, metadata: dict, merge: bool
 
 def check_table(store: PageStore, txn) -> list[str]:
     """Problems of the ``fields`` table against the documents table (for Index.verify): a record per
-    document, at its first page id, equal to what the document's metadata gives."""
+    document, at its first page id, equal to what the document's metadata gives. A repair refills the
+    table from the documents (:func:`fill_table`)."""
     if not (store.state(txn).get("fields") and store.has_table("fields")):
         return []  # an index from before the table: computed from the documents, nothing to disagree
-    want = {d["first"]: record(d["doc_id"], d["pages"], d["metadata"]) for d in store.iter_documents(txn)}
-    problems = []
-    for first, rec in store.iter_fields(txn):
-        if want.pop(first, None) != rec:
-            problems.append(f"fields: the record at page id {first} ({rec.get('d')!r}) is not its document's")
-    problems += [f"fields: {rec['d']}: no field record" for rec in want.values()]
-    return problems
+    try:
+        want = {d["first"]: record(d["doc_id"], d["pages"], d["metadata"]) for d in store.iter_documents(txn)}
+        problems = []
+        for first, rec in store.iter_fields(txn):
+            if want.pop(first, None) != rec:
+                problems.append(f"fields: the record at page id {first} ({rec.get('d')!r}) is not its document's")
+    except CorruptIndexError as e:  # a damaged record (the check of the documents names theirs)
+        return [f"fields: not checked ({e})"]
+    return problems + [f"fields: {rec['d']}: no field record" for rec in want.values()]
+
+
+def fill_table(store: PageStore, txn) -> int:
+    """Write the ``fields`` table afresh from the documents table (writer, write txn: an index made
+    before the table, or a repair); -> documents."""
+    for key, _ in list(store.items(txn, "fields", raw=True)):
+        store.delete(txn, "fields", bytes(key))
+    n = 0
+    for d in store.iter_documents(txn):
+        store.put_fields(txn, d["first"], record(d["doc_id"], d["pages"], d["metadata"]))
+        n += 1
+    return n
 
 
 def _kind(value) -> int | None:
@@ -251,14 +266,6 @@ class FieldView:
         self.frev, self._tombs_seen = state.get("frev", 0), state["tombs"]
         if self.dead > max(1024, self.rows - self.dead):
             self.gen = -1  # mostly dead rows: reloaded from LMDB at the next search
-
-    def build_table(self, txn) -> int:
-        """Fill the (empty) ``fields`` table from the documents table (writer, write txn); -> documents."""
-        n = 0
-        for d in self.store.iter_documents(txn):
-            self.store.put_fields(txn, d["first"], record(d["doc_id"], d["pages"], d["metadata"]))
-            n += 1
-        return n
 
     def _kill(self, firsts) -> None:
         alive = self._alive.a

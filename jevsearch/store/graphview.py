@@ -12,7 +12,13 @@ LMDB is the truth; this view mirrors it into a :class:`~jevsearch.store.hnsw.Hns
   releases the GIL); the rest goes in before the next search, save or check (:meth:`settle`), which
   first waits for the background batch. The graph is saved every SAVE_EVERY_PAGES pages and on
   flush/close;
-* deleted pages stay in the graph as tombstones, skipped by a FAISS selector until compaction.
+* deleted pages stay in the graph as tombstones, skipped by a FAISS selector until compaction;
+* a page whose stored single vector (or page record) fails its checksum is left out of the graph
+  and noted in the index's :class:`~jevsearch.store.damage.DamageLog` (logged once, listed by verify);
+  re-adding its document fixes it.
+
+A read-only view that had to rebuild a damaged, missing or stale file keeps the repair in memory
+and says once (``repaired_in_memory``) that a writer will persist it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import faiss
 import numpy as np
 
-from jevsearch.errors import CorruptIndexError
+from jevsearch.errors import ChecksumError, CorruptIndexError
+from jevsearch.store.damage import DamageLog
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbstore import PageStore
 from jevsearch.store.subset import search_subset
@@ -42,8 +49,9 @@ BACKGROUND_THREADS = max(1, (os.cpu_count() or 1) - 1)
 
 
 class GraphView:
-    def __init__(self, index_dir: str, store: PageStore, readonly: bool):
+    def __init__(self, index_dir: str, store: PageStore, readonly: bool, damage: DamageLog | None = None):
         self.index_dir, self.store, self.readonly = index_dir, store, readonly
+        self.damage = damage if damage is not None else DamageLog(index_dir)
         self.graph: HnswGraph | None = None
         self.epoch = -1
         self.next_page_id = 0  # every page with a smaller id that LMDB had is in the graph
@@ -56,6 +64,7 @@ class GraphView:
         self._queued = 0  # pages in _pending
         self._pool: ThreadPoolExecutor | None = None  # the background inserter (writer only)
         self._job: Future | None = None  # its batch in flight
+        self.repaired_in_memory: str | None = None  # why a read-only view rebuilt the file's graph
 
     @staticmethod
     def new_graph(manifest: dict) -> HnswGraph:
@@ -67,21 +76,24 @@ class GraphView:
         self._wait(quiet=True)  # the graph must be still while it changes; a failed batch: reload it
         if state["epoch"] != self.epoch:
             self.graph, self.next_page_id, self.clean, self._pending, self._queued = None, 0, False, [], 0
+            problem = None
             try:
-                graph, header = HnswGraph.load(self.index_dir, manifest["hnsw"]["ef_search"])
+                graph, header = HnswGraph.load(self.index_dir, manifest["hnsw"]["ef_search"],
+                                               require_digest=bool(manifest.get("checksums")))
                 # A writer never sees a file ahead of LMDB unless something is off; a reader may
                 # (its snapshot predates the writer's latest save): pages it cannot see are skipped.
                 ahead = header["next_page_id"] > state["next_page_id"]
                 if header["epoch"] == state["epoch"] and header["dim"] == manifest["single_dim"] \
                         and (self.readonly or not ahead):
                     self.graph, self.next_page_id, self.clean = graph, header["next_page_id"], True
+                    self.repaired_in_memory = None  # a writer saved a good file since
                 else:
-                    log.warning("%s: HNSW file is from another state of the index; rebuilding from LMDB",
-                                self.index_dir)
+                    problem = "the HNSW file is from another state of the index"
             except CorruptIndexError as e:
-                log.warning("%s: %s; rebuilding the HNSW from LMDB", self.index_dir, e)
+                problem = str(e)
             if self.graph is None:
                 self.graph = self.new_graph(manifest)
+                self._rebuilding(problem)
             self.epoch = state["epoch"]
         if self.next_page_id < state["next_page_id"]:
             added = self.add_pages(txn, self.graph, self.next_page_id, manifest)
@@ -92,13 +104,34 @@ class GraphView:
         self._set_tombstones(self.store.tombstones(txn) if state["tombs"] else np.zeros(0, np.int64))
         self.gen = state["gen"]
 
+    def _rebuilding(self, problem: str) -> None:
+        if not self.readonly:
+            log.warning("%s: %s; rebuilding the HNSW from LMDB", self.index_dir, problem)
+            return
+        if self.repaired_in_memory is None:
+            # Once per view: a reader rebuilds at every open until a writer saves the repair.
+            log.warning("%s: %s; rebuilding the HNSW from LMDB in memory only: a writer persists the repair "
+                        "(Index.compact(), or `jevsearch compact --index %s`)", self.index_dir, problem,
+                        self.index_dir)
+        self.repaired_in_memory = problem
+
     def add_pages(self, txn, graph: HnswGraph, start: int, manifest: dict) -> int:
-        """Add every live page with id >= start from LMDB to ``graph``; returns how many."""
+        """Add every live page with id >= start from LMDB to ``graph``; returns how many. Pages whose
+        single vector or page record is damaged are left out (noted in ``damage``)."""
         dim, full = manifest["single_dim"], manifest["single_full_dim"]
         ids, vecs, n = [], [], 0
-        for pid, _, _, _ in self.store.iter_pages(txn, start):
+        bad: list[int] = []
+        for pid, _, _, _ in self.store.iter_pages(txn, start, damaged=bad):
+            try:
+                single = self.store.single_raw(txn, pid)
+            except ChecksumError:
+                bad.append(pid)
+                continue
+            if single is None or len(single) != 4 * full:
+                bad.append(pid)
+                continue
             ids.append(pid)
-            vecs.append(np.frombuffer(self.store.single_raw(txn, pid), dtype=np.float32, count=full))
+            vecs.append(np.frombuffer(single, dtype=np.float32, count=full))
             if len(ids) == _BULK:
                 graph.add(np.array(ids), truncate_normalize(np.stack(vecs), dim))
                 n += len(ids)
@@ -106,7 +139,20 @@ class GraphView:
         if ids:
             graph.add(np.array(ids), truncate_normalize(np.stack(vecs), dim))
             n += len(ids)
+        for pid in bad:
+            self.damage.note(self.store, txn, pid, "its single vector or page record is damaged: left out of the HNSW")
         return n
+
+    def rebuilt(self, txn, manifest: dict) -> HnswGraph:
+        """A fresh graph of every live page of ``txn``'s snapshot, every node reachable (see
+        :meth:`HnswGraph.link_unreachable`); the view itself is unchanged (see :meth:`replace`)."""
+        graph = self.new_graph(manifest)
+        self.add_pages(txn, graph, 0, manifest)
+        lost = graph.link_unreachable()
+        if len(lost):
+            log.warning("%s: %d HNSW nodes stay unreachable after relinking (first page id %d); searches "
+                        "asking for every page still score them all", self.index_dir, len(lost), lost[0])
+        return graph
 
     def committed(self, state: dict, removed: list[int], ids: np.ndarray | None = None,
                   vecs: np.ndarray | None = None) -> bool:
@@ -178,6 +224,7 @@ class GraphView:
         """Adopt a graph rebuilt by compaction (already saved under ``epoch``), with no tombstones."""
         self._wait(quiet=True)
         self.graph, self.epoch, self.gen, self.unsaved, self.clean = graph, epoch, gen, 0, True
+        self.repaired_in_memory = None
         self._pending, self._queued = [], 0
         self._set_tombstones(np.zeros(0, dtype=np.int64))
 

@@ -4,7 +4,11 @@ The graph is a cache of what LMDB holds. It lives in memory and is saved to ``<i
 on flush/close/compact and every few thousand added pages; the file is written atomically
 (temp file, fsync, ``os.replace``) and starts with a JSON header saying which LMDB state it covers::
 
-    b"JEVHNSW1" | u32 header length | JSON {epoch, next_page_id, dim, ntotal} | faiss.serialize_index bytes
+    b"JEVHNSW1" | u32 header length | JSON {epoch, next_page_id, dim, ntotal, xxh3} | faiss.serialize_index bytes
+
+``xxh3``: the xxHash3-64 digest of the FAISS bytes. A file whose bytes fail it (e.g. a permuted id
+map, which FAISS would load without complaint) is damaged and rebuilt; files written before it
+existed have none and load as they are, except in an index whose values carry checksums.
 
 ``next_page_id``: every page with a smaller id that was live when the file was written is in the
 graph, so opening adds only pages with ids >= it (a cursor range in LMDB). ``epoch`` changes on
@@ -28,6 +32,7 @@ from contextlib import contextmanager
 
 import faiss
 import numpy as np
+import xxhash
 
 from jevsearch.errors import CorruptIndexError
 from jevsearch.store.lmdbstore import write_atomic
@@ -116,9 +121,9 @@ class HnswGraph:
 
     def save(self, index_dir: str, *, epoch: int, next_page_id: int) -> None:
         """Write ``hnsw.bin`` atomically: a crash leaves the old file or the new one, never half."""
-        header = json.dumps({"epoch": epoch, "next_page_id": next_page_id, "dim": self.dim,
-                             "ntotal": self.ntotal}).encode()
         body = faiss.serialize_index(self.index)
+        header = json.dumps({"epoch": epoch, "next_page_id": next_page_id, "dim": self.dim,
+                             "ntotal": self.ntotal, "xxh3": xxhash.xxh3_64_intdigest(body)}).encode()
         write_atomic(os.path.join(index_dir, FILE_NAME), _MAGIC + _LEN.pack(len(header)) + header, memoryview(body))
 
     @staticmethod
@@ -129,8 +134,9 @@ class HnswGraph:
                 os.unlink(os.path.join(index_dir, name))
 
     @classmethod
-    def load(cls, index_dir: str, ef_search: int) -> tuple["HnswGraph", dict]:
-        """Read ``hnsw.bin``; raises CorruptIndexError if it is missing or damaged (caller rebuilds)."""
+    def load(cls, index_dir: str, ef_search: int, require_digest: bool = False) -> tuple["HnswGraph", dict]:
+        """Read ``hnsw.bin``; raises CorruptIndexError if it is missing or damaged (caller rebuilds),
+        or has no digest when ``require_digest``."""
         path = os.path.join(index_dir, FILE_NAME)
         try:
             raw = np.fromfile(path, dtype=np.uint8)
@@ -143,11 +149,86 @@ class HnswGraph:
         start = len(_MAGIC) + _LEN.size
         try:
             header = json.loads(raw[start:start + hlen].tobytes())
-            index = faiss.deserialize_index(raw[start + hlen:])
-        except (ValueError, RuntimeError) as e:
+            body = raw[start + hlen:]
+            if "xxh3" in header or require_digest:
+                if header.get("xxh3") != xxhash.xxh3_64_intdigest(body):
+                    raise CorruptIndexError(f"{path}: checksum mismatch (the graph is damaged)")
+            index = faiss.deserialize_index(body)
+        except (ValueError, RuntimeError, AttributeError) as e:
             raise CorruptIndexError(f"{path}: damaged ({e})") from e
         if not isinstance(index, faiss.IndexIDMap) or not isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW) \
                 or index.ntotal != header.get("ntotal") or index.d != header.get("dim"):
             raise CorruptIndexError(f"{path}: header does not match the graph")
         faiss.downcast_index(index.index).hnsw.efSearch = ef_search
         return cls(header["dim"], 0, 0, ef_search, index=index), header
+
+    # -- graph structure (verify and repair) --------------------------------------------------
+
+    def _level0(self):
+        """(hnsw, neighbours [N, 2M] at level 0 with -1 for none, entry point) of the graph."""
+        hnsw = faiss.downcast_index(self.index.index).hnsw
+        n = self.ntotal
+        offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
+        nb = faiss.vector_to_array(hnsw.neighbors)
+        cum = faiss.vector_to_array(hnsw.cum_nneighbor_per_level)
+        slots = offsets[:n, None] + np.arange(cum[0], cum[1])  # level 0 of node i: offsets[i] + [cum0, cum1)
+        if n and (len(offsets) < n + 1 or slots.max() >= len(nb)):
+            raise CorruptIndexError("hnsw: neighbour lists out of range (the graph is damaged)")
+        return hnsw, nb, slots, int(hnsw.entry_point)
+
+    def unreachable(self) -> np.ndarray:
+        """Page ids of the nodes no search can reach: no path of level-0 links from the entry point.
+
+        HNSW inserts can leave a node without incoming links (measured with plain FAISS on
+        near-duplicate vectors: 1 build order in 40); such a page is never a candidate.
+        """
+        n = self.ntotal
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        _, nb, slots, entry = self._level0()
+        links = nb[slots]  # [N, 2M]
+        # FAISS stops reading a list at its first -1: later entries do not count.
+        links = np.where(np.cumprod(links >= 0, axis=1).astype(bool), links, -1)
+        if links.max() >= n:
+            raise CorruptIndexError("hnsw: a link names no node (the graph is damaged)")
+        seen = np.zeros(n, dtype=bool)
+        if 0 <= entry < n:
+            seen[entry] = True
+            frontier = np.array([entry])
+            while len(frontier):
+                nxt = links[frontier].ravel()
+                nxt = np.unique(nxt[nxt >= 0])
+                frontier = nxt[~seen[nxt]]
+                seen[frontier] = True
+        return self.ids()[~seen]
+
+    def link_unreachable(self, rounds: int = 8) -> np.ndarray:
+        """Link every unreachable node into the level-0 lists of its nearest reachable nodes (a free
+        slot, else in place of the last, farthest-kept neighbour); returns the page ids still
+        unreachable after ``rounds`` passes (empty when all were linked)."""
+        for _ in range(rounds):
+            lost = self.unreachable()
+            if not len(lost):
+                break
+            hnsw, nb, slots, _ = self._level0()
+            ids = self.ids()
+            vecs = faiss.downcast_index(self.index.index).reconstruct_n(0, self.ntotal)
+            row = {pid: i for i, pid in enumerate(ids.tolist())}
+            reach = np.flatnonzero(~np.isin(ids, lost))
+            if not len(reach):
+                break
+            for pid in lost.tolist():
+                u = row[pid]
+                near = reach[np.argsort(-(vecs[reach] @ vecs[u]), kind="stable")[:16]]
+                lists = nb[slots[near]]  # [16, 2M]
+                free = np.flatnonzero((lists < 0).any(axis=1))
+                v = near[free[0]] if len(free) else near[0]
+                own = nb[slots[v]]
+                j = int(np.argmax(own < 0)) if (own < 0).any() else len(own) - 1
+                nb[slots[v][j]] = u
+            faiss.copy_array_to_vector(nb, hnsw.neighbors)
+        return self.unreachable()
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(page ids [N], the graph's own copies of their vectors float32 [N, dim])."""
+        return self.ids(), faiss.downcast_index(self.index.index).reconstruct_n(0, self.ntotal)

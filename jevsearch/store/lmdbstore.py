@@ -17,6 +17,11 @@ each compaction) with these named databases::
                                                   optional: indexes made before it lack it until a writer
                                                   opens them (state["fields"] says it is complete)
 
+Format version 2 (``"checksums": true`` in the manifest): every value except the empty tombstone
+markers ends with an 8-byte xxHash3 digest seeded by table and key (:mod:`jevsearch.store.checksum`);
+the accessors below return the payload without it (a zero-copy slice) and raise ChecksumError when
+it does not match. Version-1 stores carry no digests and are read as they are.
+
 A document and all its pages are written in one write transaction, so readers (other processes
 included) see all of it or nothing, and a crash loses at most the document being written. Page ids
 come from a monotonic counter and a document's pages get consecutive ids, so "pages added since X"
@@ -39,19 +44,27 @@ from typing import Iterator
 import lmdb
 import numpy as np
 
-from jevsearch.errors import CorruptIndexError, NotAnIndexError
-from jevsearch.store import visual
+from jevsearch.errors import ChecksumError, CorruptIndexError, JevsearchError, NotAnIndexError
+from jevsearch.store import checksum, visual
+from jevsearch.store.lmdbenv import (
+    CURRENT,
+    DATA_FILE,
+    ENV_PREFIX,
+    MAP_SIZE,
+    MAX_DBS,
+    current_env,
+    fsync_dir,
+    lmdb_error,
+    open_env,
+    writable,
+    write_atomic,
+)
 
-CURRENT = "CURRENT"  # names the live LMDB directory; replaced atomically by compact()
-ENV_PREFIX = "store-"  # <index>/store-<n>/{data.mdb, lock.mdb}
-DATA_FILE = "data.mdb"
-# Virtual address space only: LMDB on Linux grows the file as it fills, and a fixed large map means
-# readers in other processes never hit MDB_MAP_RESIZED while a writer grows the store.
-MAP_SIZE = 1 << 40
 DB_NAMES = ("meta", "docs", "pages", "single", "multi", "text", "tomb")
 # Tables added after format version 1: an index without them still opens (its handle is None
 # until a writer creates the table; readers treat the table as empty).
 OPTIONAL_DB_NAMES = (visual.TABLE, "fields")
+UNSEALED = frozenset({"tomb"})  # empty markers: their keys are the data, so they carry no digest
 
 PAGE_KEY = struct.Struct(">Q")  # big-endian so LMDB key order == page id order
 PAGE_REC = struct.Struct("<16sII")  # doc key, page number (1-based), token count
@@ -71,56 +84,12 @@ def page_numbers(doc: dict) -> list[int]:
     return doc.get("page_numbers") or list(range(1, doc["pages"] + 1))
 
 
-def _dumps(obj) -> bytes:
+def dump_json(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
-def _loads(buf) -> dict:
+def load_json(buf) -> dict:
     return json.loads(bytes(buf))
-
-
-def write_atomic(path: str, *chunks) -> None:
-    """Replace ``path`` with the concatenated ``chunks`` (bytes-like): temp file, fsync, ``os.replace``,
-    fsync of the directory. A crash leaves the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(os.path.dirname(path))
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def current_env(index_dir: str) -> tuple[str, int]:
-    """(live LMDB directory, inode of CURRENT) of an index; NotAnIndexError if there is none."""
-    path = os.path.join(index_dir, CURRENT)
-    try:
-        with open(path, "rb") as f:
-            name = f.read(64).decode("ascii", "replace").strip()
-            ino = os.fstat(f.fileno()).st_ino
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        raise NotAnIndexError(f"{index_dir}: not a jevsearch index (no {CURRENT} file) "
-                              "(hint: create one with Engine.create)",
-                              cli_hint=f"`jevsearch index FILES --index {index_dir}` creates one") from None
-    env_dir = os.path.join(index_dir, name)
-    if not name.startswith(ENV_PREFIX) or "/" in name or not os.path.isfile(os.path.join(env_dir, DATA_FILE)):
-        raise NotAnIndexError(f"{index_dir}: {CURRENT} names no LMDB store ({name!r}) "
-                              "(hint: this is not a jevsearch index)")
-    return env_dir, ino
 
 
 class _EnvRegistry:
@@ -141,15 +110,12 @@ class _EnvRegistry:
             if entry is None:
                 # Opened writable whenever possible so a later writer in this process can share it;
                 # read-only Engines never start a write transaction.
-                # metasync=False: one fsync per commit instead of two (measured here: 17 -> 9 ms per
-                # 2 MB document). LMDB stays consistent; an OS crash (not a process crash) may undo
-                # the last commit. OS readahead stays on: a page's ~200 KB of multi-vectors are
-                # contiguous overflow pages, read whole.
-                env = lmdb.open(real, map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + len(OPTIONAL_DB_NAMES),
-                                create=False, readonly=not os.access(real, os.W_OK), max_readers=256,
-                                metasync=False)
+                env = open_env(real, writable(real))
                 try:
                     entry = [env, self._open_dbs(env, real), 0]
+                except lmdb.Error as e:
+                    env.close()
+                    raise lmdb_error(real, e) from e
                 except BaseException:
                     env.close()
                     raise
@@ -160,16 +126,16 @@ class _EnvRegistry:
     @staticmethod
     def _open_dbs(env: lmdb.Environment, env_dir: str) -> dict:
         with env.begin() as txn:
-            missing = [n for n in DB_NAMES if txn.get(n.encode()) is None]
+            names = [bytes(k).decode("utf-8", "replace") for k in txn.cursor().iternext(values=False)]
+        missing = [n for n in DB_NAMES if n not in names]
         if missing:
             raise NotAnIndexError(f"{env_dir}: LMDB has no {', '.join(missing)} tables "
                                   "(hint: this is not a jevsearch index)")
+        # Every named table, also those a rewrite added; an optional table the index lacks is None.
         # py-lmdb opens named tables in a short write transaction of its own (a read transaction's
         # handles die with it), so this can wait a moment for another process's commit.
-        dbs = {n: env.open_db(n.encode(), create=False) for n in DB_NAMES}
-        with env.begin() as txn:
-            present = [n for n in OPTIONAL_DB_NAMES if txn.get(n.encode()) is not None]
-        dbs.update({n: env.open_db(n.encode(), create=False) if n in present else None for n in OPTIONAL_DB_NAMES})
+        dbs = {n: env.open_db(n.encode(), create=False) for n in names}
+        dbs.update({n: None for n in OPTIONAL_DB_NAMES if n not in dbs})
         return dbs
 
     def release(self, env_dir: str) -> None:
@@ -186,11 +152,17 @@ _REGISTRY = _EnvRegistry()
 
 
 class PageStore:
-    """Typed access to the LMDB environment of one index (see the module docstring for the layout)."""
+    """Typed access to the LMDB environment of one index (see the module docstring for the layout).
+
+    ``checksums``: whether this store's values carry digests (format version 2), read from its
+    manifest at open. Accessors of sealed values raise ChecksumError (a CorruptIndexError) when one
+    fails; ``None`` still means absent.
+    """
 
     def __init__(self, index_dir: str):
         self.index_dir = index_dir
         self.env = None
+        self._sealer = checksum.Sealer()
         self._open()
 
     def _open(self) -> None:
@@ -199,27 +171,54 @@ class PageStore:
             try:
                 env_dir, ino = current_env(self.index_dir)
                 self.env, self._db = _REGISTRY.acquire(env_dir)
-            except (lmdb.Error, OSError, NotAnIndexError):
+            except (lmdb.Error, OSError, JevsearchError):
                 # A compaction in another process may have swapped stores and deleted the old one
                 # between reading CURRENT and opening it: follow CURRENT again.
                 if current_env(self.index_dir)[1] != before:
                     continue
                 raise
             self.env_dir, self._current_ino = env_dir, ino
+            try:
+                with self.read() as txn:
+                    self.checksums, self._manifest = self._read_manifest(txn)
+            except BaseException:
+                self.close()
+                raise
             return
         raise CorruptIndexError(f"{self.index_dir}: {CURRENT} keeps changing (hint: retry; is a compaction looping?)")
+
+    def _read_manifest(self, txn) -> tuple[bool, dict]:
+        """(checksums, manifest): a sealed manifest is JSON + digest, a version-1 one plain JSON."""
+        raw = txn.get(b"manifest", db=self._db["meta"])
+        if raw is None:
+            raise NotAnIndexError(f"{self.env_dir}: no manifest (hint: this is not a jevsearch index)")
+        if checksum.intact("meta", b"manifest", raw):
+            manifest = load_json(raw[:-checksum.SIZE])
+            if manifest.get("checksums") is True:
+                return True, manifest
+        else:
+            try:
+                manifest = load_json(raw)
+            except ValueError:
+                manifest = None
+            if isinstance(manifest, dict) and not manifest.get("checksums"):
+                return False, manifest
+        raise CorruptIndexError(f"{self.env_dir}: the manifest record is damaged (checksum mismatch) "
+                                "(hint: restore the index from a backup)")
 
     @staticmethod
     def initialise(index_dir: str, manifest: dict, state: dict) -> None:
         """Create the environment and its tables under ``index_dir`` (a fresh, private directory)."""
         env_dir = os.path.join(index_dir, ENV_PREFIX + "0")
         os.makedirs(env_dir)
-        env = lmdb.open(env_dir, map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + len(OPTIONAL_DB_NAMES))
+        env = lmdb.open(env_dir, map_size=MAP_SIZE, max_dbs=MAX_DBS)
         try:
             dbs = {n: env.open_db(n.encode()) for n in DB_NAMES + OPTIONAL_DB_NAMES}
+            sealed = bool(manifest.get("checksums"))
             with env.begin(write=True) as txn:
-                txn.put(b"manifest", _dumps(manifest), db=dbs["meta"])
-                txn.put(b"state", _dumps(state), db=dbs["meta"])
+                for key, obj in ((b"manifest", manifest), (b"state", state)):
+                    raw = dump_json(obj)
+                    txn.put(key, checksum.seal("meta", key, raw) if sealed else raw, db=dbs["meta"])
             env.sync(True)
         finally:
             env.close()
@@ -268,76 +267,185 @@ class PageStore:
     @contextmanager
     def read(self) -> Iterator[lmdb.Transaction]:
         """A read snapshot; values are zero-copy memoryviews valid only inside the block."""
-        with self.env.begin(buffers=True) as txn:
-            yield txn
+        try:
+            with self.env.begin(buffers=True) as txn:
+                yield txn
+        except lmdb.Error as e:
+            raise lmdb_error(self.env_dir, e) from e
 
     @contextmanager
     def write(self) -> Iterator[lmdb.Transaction]:
         """A write transaction: committed (and fsynced by LMDB) on success, aborted on any error."""
-        with self.env.begin(write=True, buffers=True) as txn:
-            yield txn
+        try:
+            with self.env.begin(write=True, buffers=True) as txn:
+                yield txn
+        except lmdb.Error as e:
+            raise lmdb_error(self.env_dir, e) from e
 
-    # -- small records --------------------------------------------------------------------------
+    # -- any table ------------------------------------------------------------------------------
+
+    def get(self, txn, table: str, key: bytes, raw: bool = False):
+        """The payload stored under ``key`` in ``table`` (a zero-copy view valid inside ``txn``), None
+        if absent; ChecksumError if its digest fails. ``raw=True``: the stored value as it is."""
+        db = self._db[table]
+        value = None if db is None else txn.get(key, db=db)  # None: an optional table this index lacks
+        if value is None or raw:
+            return value
+        return self.unseal(table, key, value)
+
+    def unseal(self, table: str, key: bytes, value):
+        """The payload of a ``value`` of ``table`` read with ``raw=True``: checked and without its digest
+        (a zero-copy slice) when the store has checksums; ChecksumError if it fails."""
+        if not self.checksums or table in UNSEALED:
+            return value
+        try:
+            return checksum.unseal(table, key, value)
+        except ChecksumError:
+            raise self.checksum_error(table, key) from None
+
+    def page_check(self, failed: list[int]):
+        """``check(page id, raw multi value) -> payload | None`` for a scorer to run as it packs each
+        page (see ``Scorer.score``): the checked payload, or None with the page id appended to
+        ``failed``. None when the store has no checksums (raw values are then the payload)."""
+        if not self.checksums:
+            return None
+
+        def check(page_id: int, raw):
+            try:
+                return checksum.unseal("multi", page_key(page_id), raw)
+            except ChecksumError:
+                failed.append(page_id)
+                return None
+        return check
+
+    def checksum_error(self, table: str, key: bytes) -> ChecksumError:
+        """The error for a damaged value of this index, saying how to find what it affects."""
+        what = f"page id {PAGE_KEY.unpack(key)[0]}" if len(key) == PAGE_KEY.size else f"key {bytes(key).hex()}"
+        return ChecksumError(table, bytes(key), f"{self.index_dir}: the {table} value of {what}",
+                             hint="Index.verify(deep=True) names the documents it affects",
+                             cli_hint=f"jevsearch verify --deep --index {self.index_dir} names the documents "
+                                      "it affects")
+
+    def payload_size(self, stored) -> int:
+        """Bytes of the payload of a stored (``raw``) value: without its digest, if it has one."""
+        return len(stored) - (checksum.SIZE if self.checksums else 0)
+
+    def delete(self, txn, table: str, key: bytes) -> None:
+        if self._db[table] is not None:
+            txn.delete(key, db=self._db[table])
+
+    def last_page_key(self, txn, table: str) -> int | None:
+        """The largest page id with an entry in ``table`` (a page-keyed table), None if empty."""
+        if self._db[table] is None:
+            return None
+        cur = txn.cursor(db=self._db[table])
+        return PAGE_KEY.unpack(cur.key())[0] if cur.last() else None
+
+    def put(self, txn, table: str, key: bytes, payload, append: bool = False) -> None:
+        """Store ``payload`` (bytes or a C-contiguous array) under ``key``, sealed when the store has
+        checksums (one copy of the payload into a reused buffer)."""
+        if self.checksums and table not in UNSEALED:
+            payload = self._sealer.seal(table, key, payload)
+        txn.put(key, payload, db=self._db[table], append=append)
+
+    def items(self, txn, table: str, start: bytes | None = None, raw: bool = False) -> Iterator[tuple[bytes, object]]:
+        """(key, payload) of ``table`` in key order from ``start``; ChecksumError at a damaged value.
+        ``raw=True``: the stored values as they are (digest included, unchecked)."""
+        if self._db[table] is None:  # an optional table this index lacks: empty
+            return
+        cur = txn.cursor(db=self._db[table])
+        if start is not None and not cur.set_range(start):
+            return
+        sealed = self.checksums and table not in UNSEALED and not raw
+        for k, v in (cur if start is not None else cur.iternext()):
+            if sealed and not checksum.intact(table, k, v):
+                raise self.checksum_error(table, k)
+            yield k, (v[:-checksum.SIZE] if sealed else v)
+
+    def tables(self) -> list[str]:
+        return list(self._db)
+
+    # -- records --------------------------------------------------------------------------------
 
     def manifest(self, txn) -> dict:
-        raw = txn.get(b"manifest", db=self._db["meta"])
+        raw = self.get(txn, "meta", b"manifest")
         if raw is None:
             raise NotAnIndexError(f"{self.env_dir}: no manifest (hint: this is not a jevsearch index)")
-        return _loads(raw)
+        return load_json(raw)
 
     def put_manifest(self, txn, manifest: dict) -> None:
-        txn.put(b"manifest", _dumps(manifest), db=self._db["meta"])
+        self.put(txn, "meta", b"manifest", dump_json(manifest))
 
     def state(self, txn) -> dict:
-        raw = txn.get(b"state", db=self._db["meta"])
+        raw = self.get(txn, "meta", b"state")
         if raw is None:
             raise CorruptIndexError(f"{self.env_dir}: no state record (hint: restore the index)")
-        return _loads(raw)
+        return load_json(raw)
 
     def put_state(self, txn, state: dict) -> None:
-        txn.put(b"state", _dumps(state), db=self._db["meta"])
+        self.put(txn, "meta", b"state", dump_json(state))
 
     def document(self, txn, doc_id: str) -> dict | None:
-        raw = txn.get(doc_key(doc_id), db=self._db["docs"])
-        return None if raw is None else _loads(raw)
+        return self.document_by_key(txn, doc_key(doc_id))
 
     def document_by_key(self, txn, key: bytes) -> dict | None:
-        raw = txn.get(key, db=self._db["docs"])
-        return None if raw is None else _loads(raw)
+        raw = self.get(txn, "docs", key)
+        return None if raw is None else load_json(raw)
 
     def iter_documents(self, txn) -> Iterator[dict]:
-        for _, raw in txn.cursor(db=self._db["docs"]):
-            yield _loads(raw)
+        for _, raw in self.items(txn, "docs"):
+            yield load_json(raw)
 
     def page(self, txn, page_id: int) -> tuple[bytes, int, int] | None:
         """(doc key, 1-based page number, token count) of a live page, None if absent."""
-        raw = txn.get(page_key(page_id), db=self._db["pages"])
-        return None if raw is None else PAGE_REC.unpack(raw)
+        raw = self.get(txn, "pages", page_key(page_id))
+        if raw is None:
+            return None
+        if len(raw) != PAGE_REC.size:
+            raise CorruptIndexError(f"{self.env_dir}: page record of page id {page_id} has {len(raw)} bytes "
+                                    "(hint: the store is damaged)")
+        return PAGE_REC.unpack(raw)
 
     def text(self, txn, page_id: int) -> str | None:
-        raw = txn.get(page_key(page_id), db=self._db["text"])
-        return None if raw is None else bytes(raw).decode("utf-8")
+        raw = self.get(txn, "text", page_key(page_id))
+        return None if raw is None else bytes(raw).decode("utf-8", "replace")
 
     def multi_raw(self, txn, page_id: int):
-        """Zero-copy view of a page's multi-vector bytes (valid inside ``txn`` only)."""
-        return txn.get(page_key(page_id), db=self._db["multi"])
+        """A page's multi-vector bytes, checked (zero-copy, valid inside ``txn`` only). The search path
+        reads them unchecked and checks them as it packs them (:meth:`page_check`)."""
+        return self.get(txn, "multi", page_key(page_id))
 
     def single_raw(self, txn, page_id: int):
-        return txn.get(page_key(page_id), db=self._db["single"])
+        return self.get(txn, "single", page_key(page_id))
 
-    def iter_pages(self, txn, start: int = 0) -> Iterator[tuple[int, bytes, int, int]]:
-        """Live pages with id >= ``start`` in id order: (page id, doc key, page number, tokens)."""
-        cur = txn.cursor(db=self._db["pages"])
-        if not cur.set_range(page_key(start)):
-            return
-        for k, v in cur:
+    def iter_pages(self, txn, start: int = 0, damaged: list | None = None) -> Iterator[tuple[int, bytes, int, int]]:
+        """Live pages with id >= ``start`` in id order: (page id, doc key, page number, tokens).
+
+        A page record that fails its checksum raises ChecksumError, or, given a ``damaged`` list, is
+        skipped and its page id appended to it.
+        """
+        sealed = self.checksums
+        for k, v in self.items(txn, "pages", page_key(start), raw=True):
+            pid = PAGE_KEY.unpack(k)[0]
+            if sealed:
+                if not checksum.intact("pages", k, v):
+                    if damaged is None:
+                        raise self.checksum_error("pages", bytes(k))
+                    damaged.append(pid)
+                    continue
+                v = v[:-checksum.SIZE]
+            if len(v) != PAGE_REC.size:
+                if damaged is None:
+                    raise CorruptIndexError(f"{self.env_dir}: page record of page id {pid} has {len(v)} bytes "
+                                            "(hint: the store is damaged)")
+                damaged.append(pid)
+                continue
             key, no, tokens = PAGE_REC.unpack(v)
-            yield PAGE_KEY.unpack(k)[0], key, no, tokens
+            yield pid, key, no, tokens
 
     def view(self, txn, page_id: int) -> visual.PageView | None:
         """The page's visual record (grid layout, thumbnail), None if it has none."""
-        db = self._db[visual.TABLE]
-        raw = None if db is None else txn.get(page_key(page_id), db=db)
+        raw = self.get(txn, visual.TABLE, page_key(page_id))
         return None if raw is None else visual.PageView.decode(raw)
 
     def iter_keys(self, txn, table: str) -> Iterator[int]:
@@ -345,10 +453,6 @@ class PageStore:
             return
         for k in txn.cursor(db=self._db[table]).iternext(keys=True, values=False):
             yield PAGE_KEY.unpack(k)[0]
-
-    def iter_lengths(self, txn, table: str) -> Iterator[tuple[int, int]]:
-        for k, v in txn.cursor(db=self._db[table]):
-            yield PAGE_KEY.unpack(k)[0], len(v)
 
     def tombstones(self, txn) -> np.ndarray:
         return np.fromiter(self.iter_keys(txn, "tomb"), dtype=np.int64)
@@ -373,20 +477,19 @@ class PageStore:
         page numbers are ``doc["page_numbers"]`` when the document has one (pages left out), else 1..P."""
         dkey = doc_key(doc["doc_id"])
         numbers = page_numbers(doc)
-        pages, single, multi, text = (self._db[n] for n in ("pages", "single", "multi", "text"))
         for i, m in enumerate(multis):
             k = page_key(doc["first"] + i)
             # append=True: ids only grow, so each put lands at the B-tree's right edge.
-            txn.put(k, PAGE_REC.pack(dkey, numbers[i], m.shape[0]), db=pages, append=True)
-            txn.put(k, np.ascontiguousarray(singles[i]), db=single, append=True)  # a buffer: no bytes copy
-            txn.put(k, np.ascontiguousarray(m), db=multi, append=True)
+            self.put(txn, "pages", k, PAGE_REC.pack(dkey, numbers[i], m.shape[0]), append=True)
+            self.put(txn, "single", k, np.ascontiguousarray(singles[i]), append=True)  # a buffer: no bytes copy
+            self.put(txn, "multi", k, np.ascontiguousarray(m), append=True)
             if texts is not None:
-                txn.put(k, texts[i].encode("utf-8"), db=text, append=True)
-        txn.put(dkey, _dumps(doc), db=self._db["docs"])
+                self.put(txn, "text", k, texts[i].encode("utf-8"), append=True)
+        self.put(txn, "docs", dkey, dump_json(doc))
 
     def put_document_record(self, txn, doc: dict) -> None:
         """Rewrite a document's record (e.g. its metadata); its pages stay as they are."""
-        txn.put(doc_key(doc["doc_id"]), _dumps(doc), db=self._db["docs"])
+        self.put(txn, "docs", doc_key(doc["doc_id"]), dump_json(doc))
 
     # -- field records (see jevsearch.store.fields) -------------------------------------------
 
@@ -395,19 +498,16 @@ class PageStore:
         return self._db.get(name) is not None
 
     def put_fields(self, txn, first: int, record: dict) -> None:
-        txn.put(page_key(first), _dumps(record), db=self._db["fields"])
+        self.put(txn, "fields", page_key(first), dump_json(record))
 
     def delete_fields(self, txn, first: int) -> None:
-        txn.delete(page_key(first), db=self._db["fields"])
+        self.delete(txn, "fields", page_key(first))
 
     def iter_fields(self, txn, start: int = 0) -> Iterator[tuple[int, dict]]:
         """(first page id, field record) of documents whose first page id is >= ``start``, in id order."""
-        cur = txn.cursor(db=self._db["fields"])
-        if not cur.set_range(page_key(start)):
-            return
         keys, raws = [], []
-        for k, v in cur:  # parsed 4096 at a time as one JSON array: ~2x faster than one loads each
-            keys.append(PAGE_KEY.unpack(k)[0])
+        for k, v in self.items(txn, "fields", page_key(start)):  # parsed 4096 at a time as one JSON
+            keys.append(PAGE_KEY.unpack(k)[0])                   # array: ~2x faster than a loads each
             raws.append(bytes(v))
             if len(raws) == 4096:
                 yield from zip(keys, json.loads(b"[" + b",".join(raws) + b"]"))
@@ -419,26 +519,28 @@ class PageStore:
         """Write the visual records of a document's pages (ids ``first ...``) just put by put_document."""
         for i, v in enumerate(views):
             if v.rows * v.cols or v.thumbnail:  # an empty view is no record: the page reads as having none
-                txn.put(page_key(first + i), v.encode(), db=self._db[visual.TABLE], append=True)
+                self.put(txn, visual.TABLE, page_key(first + i), v.encode(), append=True)
 
     def rekey_document(self, txn, doc: dict, new_id: str, metadata: dict) -> None:
         """Move a document's record to ``new_id`` and point its page records at it; the vectors and page
         ids stay as they are. The caller has removed any document at ``new_id``."""
         new_key = doc_key(new_id)
         for pid in range(doc["first"], doc["first"] + doc["pages"]):
-            k = page_key(pid)
-            _, no, tokens = PAGE_REC.unpack(txn.get(k, db=self._db["pages"]))
-            txn.put(k, PAGE_REC.pack(new_key, no, tokens), db=self._db["pages"])
-        txn.delete(doc_key(doc["doc_id"]), db=self._db["docs"])
-        txn.put(new_key, _dumps(dict(doc, doc_id=new_id, metadata=metadata)), db=self._db["docs"])
+            rec = self.page(txn, pid)  # ChecksumError when damaged: a rename never certifies damage
+            if rec is None:
+                raise CorruptIndexError(f"{self.index_dir}: {doc['doc_id']}: page id {pid} missing "
+                                        "(hint: Index.verify(deep=True) lists what is damaged)")
+            self.put(txn, "pages", page_key(pid), PAGE_REC.pack(new_key, rec[1], rec[2]))
+        self.delete(txn, "docs", doc_key(doc["doc_id"]))
+        self.put(txn, "docs", new_key, dump_json(dict(doc, doc_id=new_id, metadata=metadata)))
 
     def failures(self, txn) -> dict:
         """Files that failed to ingest: {path: {"sha256", "reason"}} (none recorded: {})."""
-        raw = txn.get(b"failures", db=self._db["meta"])
-        return {} if raw is None else _loads(raw)
+        raw = self.get(txn, "meta", b"failures")
+        return {} if raw is None else load_json(raw)
 
     def put_failures(self, txn, failures: dict) -> None:
-        txn.put(b"failures", _dumps(failures), db=self._db["meta"])
+        self.put(txn, "meta", b"failures", dump_json(failures))
 
     def clear_tombstones(self, txn) -> None:
         txn.drop(self._db["tomb"], delete=False)
@@ -448,7 +550,7 @@ class PageStore:
     def table_bytes(self) -> dict[str, int]:
         """Bytes of LMDB pages used by each table (B-tree + overflow pages)."""
         out = {}
-        with self.env.begin() as txn:
+        with self.read() as txn:
             for name, db in self._db.items():
                 if db is None:
                     continue
@@ -459,23 +561,37 @@ class PageStore:
     def file_bytes(self) -> int:
         return os.stat(os.path.join(self.env_dir, DATA_FILE)).st_size
 
-    def compact_file(self) -> None:
-        """Copy the store without its free pages into a new LMDB directory and make it current.
-
-        The copy gets its own lock file: LMDB's lock file records the last transaction id, so a data
-        file must never be swapped under a live one. CURRENT is replaced atomically; readers in other
-        processes switch at their next call (:meth:`reopen_if_replaced`) and the old directory is
-        deleted (open handles keep its files alive until they close). Writer lock required.
-        """
+    def next_dir(self) -> str:
+        """A fresh, empty ``store-<n+1>/`` beside the live store (a leftover of a crash is removed)."""
         n = int(os.path.basename(self.env_dir)[len(ENV_PREFIX):]) + 1
         new_dir = os.path.join(self.index_dir, f"{ENV_PREFIX}{n}")
         shutil.rmtree(new_dir, ignore_errors=True)
         os.makedirs(new_dir)
-        self.env.copy(new_dir, compact=True)
+        return new_dir
+
+    def install(self, new_dir: str) -> None:
+        """Make the complete LMDB directory ``new_dir`` (from :meth:`next_dir`) the live store.
+
+        Its data file is fsynced, then CURRENT is replaced atomically: a crash at any point leaves
+        the old store or the new one live, never a mix (a leftover is removed at the next writer's
+        open). Readers in other processes switch at their next call (:meth:`reopen_if_replaced`);
+        the old directory is deleted (open handles keep its files alive until they close).
+        """
         with open(os.path.join(new_dir, DATA_FILE), "rb") as f:
             os.fsync(f.fileno())
         fsync_dir(new_dir)
         old_dir = self.env_dir
-        write_atomic(os.path.join(self.index_dir, CURRENT), f"{ENV_PREFIX}{n}\n".encode())
+        write_atomic(os.path.join(self.index_dir, CURRENT), f"{os.path.basename(new_dir)}\n".encode())
         self.reopen_if_replaced()
         shutil.rmtree(old_dir, ignore_errors=True)
+
+    def compact_file(self) -> None:
+        """Copy the store without its free pages into a new LMDB directory and make it current.
+
+        The copy gets its own lock file: LMDB's lock file records the last transaction id, so a data
+        file must never be swapped under a live one. Writer lock required. To change values on the
+        way (format upgrades, re-encodings): :func:`jevsearch.store.rewrite.rewrite`.
+        """
+        new_dir = self.next_dir()
+        self.env.copy(new_dir, compact=True)
+        self.install(new_dir)

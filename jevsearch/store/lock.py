@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from jevsearch.errors import IndexLockedError
+from jevsearch.errors import IndexLockedError, ReadOnlyIndexError
 
 FILE_NAME = "writer.lock"
 
@@ -20,7 +20,13 @@ class WriterLock:
 
     def __init__(self, index_dir: str):
         path = os.path.join(index_dir, FILE_NAME)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for the other files
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for the other files
+        except PermissionError as e:
+            raise ReadOnlyIndexError(f"{index_dir}: cannot write here ({e.strerror}), so cannot open it to write "
+                                     "(hint: open it with readonly=True to search it)",
+                                     cli_hint="you may only read this index: search, list, info and verify "
+                                     "work; writing needs write permission") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

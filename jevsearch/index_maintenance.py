@@ -1,0 +1,94 @@
+"""Upkeep of an :class:`~jevsearch.index.Index`: compaction (which also upgrades the on-disk format)
+and verification with repair.
+
+``compact`` rebuilds the HNSW from LMDB (every page reachable), drops tombstones and shrinks the
+LMDB file; an index in an older format is rewritten in the current one
+(:mod:`jevsearch.store.rewrite`). ``verify`` checks the index (:mod:`jevsearch.store.verify`),
+deep or not, and with ``repair`` fixes what LMDB can rebuild.
+"""
+
+from __future__ import annotations
+
+from jevsearch.search.threads import torch_threads
+from jevsearch.store import fields, verify
+from jevsearch.store.manifest import FORMAT_VERSION
+from jevsearch.store.rewrite import rewrite, upgrade
+
+
+class IndexMaintenance:
+    """The upkeep methods of :class:`~jevsearch.index.Index` (a mixin: it uses the index's store,
+    graph view and damage log)."""
+
+    def compact(self) -> None:
+        """Rebuild the HNSW from live pages (dropping tombstones, every page reachable) and shrink
+        the LMDB file; an older format is rewritten in the current one (1 -> 2: values get checksums)
+        after a deep check (CorruptIndexError naming the documents to re-add, nothing changed, when
+        vectors are damaged). Crash-safe: a kill at any point leaves the old index or the new one."""
+        with self._mutex:
+            self._check_writable()
+            old_format = self._manifest["format_version"] < FORMAT_VERSION
+            if old_format:
+                damaged = [p for p in self._check(deep=True)[1] if not p.fixable]
+                if damaged:
+                    raise verify.describe(self.path, damaged, repairing=True)
+            with self._store.read() as txn:
+                state = self._store.state(txn)
+                graph = self._view.rebuilt(txn, self._manifest)
+            epoch = state["epoch"] + 1
+            # File first, then LMDB: a crash in between leaves epochs that differ -> rebuilt at open.
+            graph.save(self.path, epoch=epoch, next_page_id=state["next_page_id"])
+            with self._store.write() as txn:
+                state = self._store.state(txn)
+                state.update(epoch=epoch, tombs=0, gen=state["gen"] + 1)
+                self._store.clear_tombstones(txn)
+                self._store.put_state(txn, state)
+            self._view.replace(graph, epoch, state["gen"])
+            self._fields.gen = -1  # reloaded at the next search, without the rows of deleted documents
+            if old_format:
+                rewrite(self._store, upgrade(self._manifest))
+                with self._store.read() as txn:
+                    self._refresh(txn)
+            else:
+                self._store.compact_file()
+
+    def verify(self, *, deep: bool = False, repair: bool = False) -> dict:
+        """Check the index is consistent; raises CorruptIndexError listing the problems.
+
+        Checks every document's pages, vector sizes, counters, orphans, that the HNSW holds every live
+        page, and the pages searches found damaged. ``deep=True`` also reads every value: checksums,
+        finite unit vectors, and the graph (every node reachable from its entry point, every node's
+        vector the one LMDB holds for its id). ``repair=True`` (a writer) first fixes what LMDB can
+        rebuild (:func:`jevsearch.store.verify.repair_records`, then :meth:`compact`) and checks again;
+        what remains (damaged pages: re-add their documents) is raised, its ``cli_hint`` giving the
+        commands. Returns the counts checked (and ``repaired``: what was done).
+        """
+        with self._mutex:
+            (self._check_writable if repair else self._check_open)()
+            report, problems = self._check(deep)
+            if repair and any(p.fixable for p in problems):
+                with self._store.write() as txn:
+                    done = verify.repair_records(self._store, txn)
+                    if fields.check_table(self._store, txn):
+                        done.append(f"rebuilt the field index ({fields.fill_table(self._store, txn)} documents)")
+                self.compact()
+                with self._store.read() as txn:
+                    self._damage.prune(self._store, txn)
+                report, problems = self._check(deep)
+                report["repaired"] = done + ["rebuilt the HNSW from LMDB and saved it"]
+        if problems:
+            raise verify.describe(self.path, problems, repairing=repair)
+        return report
+
+    def _check(self, deep: bool):
+        # One torch thread: the row checks are small ops, slowed ~10x by a thread team on busy cores.
+        with self._store.read() as txn, torch_threads(1):
+            self._refresh(txn)
+            report, problems = verify.check_index(self._store, txn, self._manifest, self._view.settle(),
+                                                  self._view.tombs, deep=deep)
+            problems += [verify.Problem(text, fixable=True) for text in fields.check_table(self._store, txn)]
+        if not deep:  # a deep check finds them itself
+            problems += self._damage.problems()
+        if self._view.repaired_in_memory:
+            problems.append(verify.Problem(f"hnsw.bin: {self._view.repaired_in_memory} (rebuilt in memory only)",
+                                           fixable=True))
+        return report, problems

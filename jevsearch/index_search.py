@@ -1,0 +1,253 @@
+"""The search path of an :class:`~jevsearch.index.Index`: stage 1 in the HNSW, stage 2 MaxSim over
+the candidates' stored multi-vectors, and the hits.
+
+Every stored value a query reads is verified: multi-vectors against their checksums as the scorer
+packs them (``PageStore.page_check``), page and document records and texts as they are read. A page
+that fails, or whose MaxSim no unit vectors can give (``rerank.implausible``: damaged vectors in an
+index without checksums), is skipped and noted once in the index's
+:class:`~jevsearch.store.damage.DamageLog`. ``k`` and ``candidates`` are capped to the live pages,
+and a search whose candidates reach the live page count scores every page exactly.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from jevsearch import docresults
+from jevsearch.errors import CorruptIndexError, InvalidInputError
+from jevsearch.search import filters, rerank
+from jevsearch.search.maxsim import pad_queries, top_with_ties
+from jevsearch.search.threads import torch_threads
+from jevsearch.store import validate
+from jevsearch.store.hnsw import truncate_normalize
+from jevsearch.store.lmdbstore import page_key
+
+
+@dataclass
+class Hit:
+    """One search result: a page of a document.
+
+    ``page`` is 1-based; ``metadata`` is the document's metadata; ``text`` the page text given to
+    ``add_embeddings(page_texts=...)``, or None when none was stored; ``snippet`` (set by
+    :meth:`Engine.search`) a short window of it around the query's words; ``path`` the document's file;
+    ``page_id`` the page's id in the index (ids are never reused: a re-added document's pages get new ones).
+    """
+
+    doc_id: str
+    page: int
+    score: float
+    metadata: dict = field(default_factory=dict)
+    text: str | None = None
+    snippet: str = ""
+    page_id: int | None = None
+
+    @property
+    def path(self) -> str:
+        """The document's file: a document added by :meth:`Engine.add` has its absolute path as id."""
+        return self.doc_id
+
+
+class IndexSearch:
+    """The search methods of :class:`~jevsearch.index.Index` (a mixin: it uses the index's store,
+    graph view, scorer and damage log)."""
+
+    def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int = 100, exhaustive: bool = False,
+                          *, where: dict | None = None, group_by: str | None = None,
+                          pages_per_document: int = 3) -> list[Hit] | list[list[Hit]]:
+        """Search with query embeddings.
+
+        One query: q_single [D] (D >= single_dim; may be None when exhaustive) and q_multi
+        [L, multi_dim] -> list[Hit]. A batch: q_single [Q, D] and q_multi a list of Q [L_i, multi_dim]
+        -> list of Q lists (scored together).
+        Two-stage: the ``candidates`` nearest pages in the HNSW (truncated singles) reranked by
+        MaxSim. ``exhaustive=True``: exact MaxSim over every page, streamed in chunks; so is a search
+        whose ``candidates`` reach the live page count (no page can hide from it in the graph).
+        Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
+        fewer pages). ``candidates`` below k is raised to k; both are capped to the live pages. Every
+        value read is verified: a damaged page (checksum, impossible score) is skipped and noted once.
+
+        where: a metadata filter (see :mod:`jevsearch.search.filters`), e.g. ``{"team": "finance",
+        "year": {"$gte": 2023}}``, applied before stage 1: only matching pages are candidates, so
+        min(k, matching pages) hits come back. group_by="document": :class:`~jevsearch.docresults.DocHit`
+        results instead, k distinct documents ranked by their best page's score, each with its best
+        pages (at most ``pages_per_document``); stage 1 widens until its candidates cover k documents.
+        Example: ``eng.search_embeddings(qs, qm, k=5, where={"kind": "pdf"}, group_by="document")``.
+        """
+        k = validate.check_k(k)
+        candidates = max(validate.check_k(candidates, "candidates"), k)
+        flt = filters.parse(where)
+        if group_by not in (None, "document"):
+            raise InvalidInputError(f'group_by: {group_by!r} (hint: None for pages, or "document")')
+        per_doc = validate.check_k(pages_per_document, "pages_per_document") if group_by else 0
+        batch = isinstance(q_multi, (list, tuple))
+        queries = validate.check_query_multis(q_multi, self._manifest["multi_dim"])
+        singles = validate.check_query_singles(q_single, len(queries), batch, self._manifest["single_dim"],
+                                               required=not exhaustive)
+        with self._mutex:
+            self._check_open()
+            # One torch thread: the scorer's own workers (self.threads of them) are the parallelism.
+            with self._store.read() as txn, torch.no_grad(), torch_threads(1):
+                live = self._refresh(txn)["pages"]
+                scope = None if flt is None else self._fields.pages(flt.mask(self._fields))  # matching pages
+                if scope is not None:
+                    live = len(scope)
+                # Capped before anything is sized by them: a huge k costs nothing on a small index.
+                k, candidates = min(k, max(live, 1)), min(candidates, max(live, 1))
+                qt = pad_queries(queries, self._dtype, self._device)  # [Q, L, d]
+                q_lens = [len(x) for x in queries]
+                if exhaustive or candidates >= live:  # grouped: every page's score, for every document's best
+                    found = self._exhaustive(txn, qt, q_lens, sys.maxsize if per_doc else k, scope)
+                else:
+                    found = self._two_stage(txn, qt, q_lens, truncate_normalize(singles, self._manifest["single_dim"]),
+                                            k, candidates, scope, per_doc)
+                results = [docresults.group(self._hits(txn, ids, scores, len(ids)), k, per_doc) if per_doc
+                           else self._hits(txn, ids, scores, k) for ids, scores in found]
+        return results if batch else results[0]
+
+    def search_singles(self, q_single, k: int = 10, *, exact: bool = False) -> list[Hit] | list[list[Hit]]:
+        """Search with single vectors only (no MaxSim): for measuring stage 1, e.g. by jevsearch.eval.
+
+        ``exact=False``: the HNSW over the singles truncated to ``single_dim``, i.e. the first k
+        candidates a two-stage search would rerank. ``exact=True``: the inner product with every live
+        page's stored full single vector (``single_full_dim`` dims), a scan of the store (no cache:
+        slow on large indexes, meant for evaluation). Hit scores are the inner products of the
+        (truncated, renormalised) vectors; ties broken by (doc_id, page) as in :meth:`search_embeddings`.
+        q_single: [D] -> list[Hit], or [Q, D] -> Q lists; D >= single_dim, and D == single_full_dim
+        when exact.
+
+        >>> hits = eng.search_singles(q_single, k=10)               # doctest: +SKIP
+        >>> exact = eng.search_singles(q_single, k=10, exact=True)  # doctest: +SKIP
+        """
+        from jevsearch.search.singles import exact_top
+
+        k = validate.check_k(k)
+        qs = np.asarray(q_single.detach().float().cpu() if hasattr(q_single, "detach") else q_single)
+        batch = qs.ndim == 2
+        singles = validate.check_query_singles(qs, len(qs) if batch else 1, batch, self._manifest["single_dim"],
+                                               required=True)
+        with self._mutex:
+            self._check_open()
+            with self._store.read() as txn, torch.no_grad(), torch_threads(self.threads):
+                k = min(k, max(self._refresh(txn)["pages"], 1))  # capped before FAISS sizes anything by it
+                dim, full = self._manifest["single_dim"], self._manifest["single_full_dim"]
+                if exact:
+                    if full is not None and singles.shape[1] != full:
+                        raise InvalidInputError(f"q_single: {singles.shape[1]} dims, but the stored singles have "
+                                                f"{full} (hint: pass the full query vector for exact=True)")
+                    found = exact_top(self._singles(txn, (pid for pid, _, _, _ in self._store.iter_pages(txn))),
+                                      singles, singles.shape[1], k)
+                else:
+                    q = truncate_normalize(singles, dim)
+                    found = []
+                    for qi, row in enumerate(self._view.search(q, k)):
+                        live = list(self._singles(txn, row[row >= 0].tolist()))  # deleted meanwhile: left out
+                        ids = np.array([pid for pid, _ in live], dtype=np.int64)
+                        vecs = [np.frombuffer(raw, dtype=np.float32, count=full) for _, raw in live]
+                        scores = truncate_normalize(np.stack(vecs), dim) @ q[qi] if vecs else np.zeros(0, np.float32)
+                        found.append((ids, scores))
+                results = [self._hits(txn, ids, scores, k) for ids, scores in found]
+        return results if batch else results[0]
+
+    def _singles(self, txn, page_ids):
+        """(page id, stored single vector) of the live pages among ``page_ids``; damaged ones noted, left out."""
+        for pid in page_ids:
+            try:
+                raw = self._store.single_raw(txn, pid)
+            except CorruptIndexError:
+                self._damage.note(self._store, txn, pid, "its single vector fails its checksum")
+                continue
+            if raw is not None:
+                yield pid, raw
+
+    def _two_stage(self, txn, qt: torch.Tensor, q_lens: list[int], qsingle: np.ndarray, k: int, candidates: int,
+                   scope: np.ndarray | None = None, per_doc: int = 0):
+        cand = self._view.search(qsingle, candidates, within=scope)  # [Q, candidates]
+        if per_doc:
+            cand = docresults.document_candidates(self._store, self._view, txn, qsingle, cand, k, candidates,
+                                                  scope, per_doc)
+            k = cand.shape[1]  # every reranked page is kept: grouped by document afterwards
+        union = np.unique(cand[cand >= 0])
+        if len(union) * len(cand) > 2 * int((cand >= 0).sum()):
+            # Little overlap between the queries' candidates: scoring the union against every query
+            # would multiply the work by ~Q (measured: 433 ms instead of ~30 ms per query at Q=50).
+            out = []
+            for q in range(len(cand)):
+                ids, raws, lens = self._fetch(txn, cand[q][cand[q] >= 0])
+                ids, scores = self._score(txn, qt[q:q + 1, : q_lens[q]], q_lens[q:q + 1], ids, raws, lens)
+                sel = top_with_ties(scores[0], k)
+                out.append((ids[sel], scores[0, sel]))
+            return out
+        ids, raws, lens = self._fetch(txn, union)  # overlapping candidates are fetched and scored once
+        return rerank.select_candidates(cand, *self._score(txn, qt, q_lens, ids, raws, lens), k)
+
+    def _score(self, txn, qt: torch.Tensor, q_lens: list[int], ids: np.ndarray, raws: list, lens: list[int]):
+        """MaxSim [Q, C] of the fetched pages, without the damaged ones (checksum, impossible score)."""
+        failed: list[int] = []
+        check = self._store.page_check(failed)
+        scores = self._scorer.score(qt, raws, lens, self.threads, check and (lambda c: check(int(ids[c]), raws[c])))
+        bad = rerank.implausible(scores, q_lens)
+        if bad.any():
+            self._damage.note_scored(self._store, txn, ids[bad].tolist(), failed)
+            ids, scores = ids[~bad], scores[:, ~bad]
+        return ids, scores
+
+    def _exhaustive(self, txn, qt: torch.Tensor, q_lens: list[int], k: int, scope: np.ndarray | None = None):
+        bad, failed = [], []
+        if scope is None:
+            pages = ((pid, raw, tokens) for pid, _, _, tokens in self._store.iter_pages(txn, damaged=bad)
+                     if (raw := self._multi(txn, pid, tokens)) is not None)
+        else:  # a filter's matching pages
+            pages = zip(*self._fetch(txn, np.sort(scope)))
+        found, implausible = rerank.exhaustive(pages, qt, k, self._scorer, self.threads, q_lens,
+                                               self._store.page_check(failed))
+        for pid in bad:
+            self._damage.note(self._store, txn, pid, "its page record fails its checksum")
+        self._damage.note_scored(self._store, txn, implausible, failed)
+        return found
+
+    def _multi(self, txn, pid: int, tokens: int):
+        """A page's stored multi-vectors, unchecked (the scorer checks them as it packs them:
+        PageStore.page_check); None (noted) when known damaged, missing or of the wrong size."""
+        if pid in self._damage:
+            return None
+        raw = self._store.get(txn, "multi", page_key(pid), raw=True)
+        if raw is None or self._store.payload_size(raw) != tokens * self._row_bytes:
+            self._damage.note(self._store, txn, pid, "its multi-vectors are missing or of the wrong size")
+            return None
+        return raw
+
+    def _fetch(self, txn, page_ids: np.ndarray):
+        """Zero-copy multi-vectors (unchecked, see _multi) of the pages still live in ``txn``."""
+        ids, raws, lens = [], [], []
+        for pid in page_ids.tolist():
+            try:
+                rec = self._store.page(txn, pid)
+            except CorruptIndexError:
+                self._damage.note(self._store, txn, pid, "its page record fails its checksum")
+                continue
+            if rec is not None and (raw := self._multi(txn, pid, rec[2])) is not None:
+                ids.append(pid)
+                raws.append(raw)
+                lens.append(rec[2])
+        return np.array(ids, dtype=np.int64), raws, lens
+
+    def _hits(self, txn, ids: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
+        docs: dict[bytes, dict] = {}
+        hits = []
+        for pid, score in zip(ids.tolist(), scores.tolist()):
+            try:
+                key, page_no, _ = self._store.page(txn, pid)
+                doc = docs.get(key) or docs.setdefault(key, self._store.document_by_key(txn, key))
+                text = self._store.text(txn, pid) if doc and doc["text"] else None
+            except CorruptIndexError:
+                doc = None
+            if doc is None:  # also a page no document owns (an orphan: verify lists it, repair drops it)
+                self._damage.note(self._store, txn, pid, "its document record or text is missing or damaged")
+                continue
+            hits.append(Hit(doc["doc_id"], page_no, score, doc["metadata"], text, page_id=pid))
+        hits.sort(key=lambda h: (-h.score, h.doc_id, h.page))
+        return hits[:k]
