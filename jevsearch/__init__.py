@@ -27,6 +27,7 @@ __all__ = [
     "CheckpointError",
     "ChecksumError",
     "ClusterError",
+    "DocHit",
     "Engine",
     "Hit",
     "Index",
@@ -60,4 +61,8 @@ def __getattr__(name: str):
         from jevsearch.scale.sharded import ShardedEngine
 
         return ShardedEngine
+    if name == "DocHit":
+        from jevsearch.docresults import DocHit
+
+        return DocHit
     raise AttributeError(f"module 'jevsearch' has no attribute {name!r}")

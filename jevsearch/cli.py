@@ -5,6 +5,8 @@
     jevsearch index papers/ --index indexes/papers --prune   # follow renames, drop deleted files
     jevsearch index corpus/ --index indexes/big --shards 4 --ray auto --workers 8   # sharded, on Ray
     jevsearch search "quarterly revenue by region" --index indexes/papers -k 5
+    jevsearch index reports/ --index indexes/papers --meta team=finance --meta year=2024
+    jevsearch search "revenue" --index indexes/papers --where '{"year": {"$gte": 2023}}' --documents
     jevsearch list --index indexes/papers                    # documents, pages, present/changed/missing
     jevsearch info --index indexes/papers
     jevsearch delete papers/old.pdf --index indexes/papers
@@ -115,8 +117,9 @@ def _cmd_index(args) -> int:
             e.cli_hint = "pick a new or empty folder for --index"
             raise
     with eng:
-        report = eng.add(args.paths, prune=args.prune, retry_failed=args.retry_failed, progress=not args.quiet,
-                         found=(sources, failed), ray=args.ray, workers=args.workers)
+        report = eng.add(args.paths, metadata=dict(args.meta or ()) or None, prune=args.prune,
+                         retry_failed=args.retry_failed, progress=not args.quiet, found=(sources, failed),
+                         ray=args.ray, workers=args.workers)
     for path, reason in report.failed:
         print(f"failed: {path}: {reason}", file=sys.stderr)
     for path, reason in report.not_retried:
@@ -151,16 +154,30 @@ def _nothing_found(paths, failed) -> str:
 
 
 def _cmd_search(args) -> int:
+    where = _where(args.where)
+    filters = {"where": where} if where is not None else {}
+    if args.documents:
+        filters["group_by"] = "document"
+    if filters and _is_sharded(args.index):
+        raise InvalidInputError("--where/--documents: not available on a sharded index yet "
+                                "(hint: search each shard's folder with them, or drop them)")
     with _reader(args.index, model=args.model) as eng:
-        hits = eng.search(args.query, k=args.k)
-    if args.json:
+        hits = eng.search(args.query, k=args.k, **filters)
+    if args.documents:
+        hits = [h.pages[0] for h in hits] if not args.json else hits
+    if args.json and args.documents:
+        rows = [{"rank": r, "score": d.score, "path": d.path, "metadata": d.metadata,
+                 "pages": [{"page": h.page, "score": h.score, "snippet": h.snippet} for h in d.pages]}
+                for r, d in enumerate(hits, 1)]
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+    elif args.json:
         rows = [
             {"rank": r, "score": h.score, "path": h.path, "page": h.page, "snippet": h.snippet, "metadata": h.metadata}
             for r, h in enumerate(hits, 1)
         ]
         print(json.dumps(rows, ensure_ascii=False, indent=2))
     elif not hits:
-        print("no results (the index is empty)")
+        print("no results (no page matches --where)" if where else "no results (the index is empty)")
     else:
         print(_table(hits))
     return 0
@@ -412,9 +429,13 @@ def _parser() -> argparse.ArgumentParser:
                        description="Create the index if needed, then add documents. Unchanged files are "
                        "skipped, changed ones replaced, renamed or copied ones re-keyed without encoding; "
                        "rerun after an interruption to resume.")
-    c.add_argument("paths", nargs="+", metavar="PATH", help="PDF or image files, or folders (searched recursively)")
+    c.add_argument("paths", nargs="+", metavar="PATH", help="PDF, image, .txt or .md files, or folders (searched "
+                   "recursively)")
     c.add_argument("--model", metavar="M", help=f"hub id or local snapshot path (new index: default {DEFAULT_MODEL}; "
                    "existing index: must be the recorded model)")
+    c.add_argument("--meta", type=_meta, action="append", metavar="KEY=VALUE",
+                   help="metadata for every document of this run, repeatable; VALUE is read as JSON when it is "
+                   "(2024, true) else as text")
     c.add_argument("--prune", action="store_true",
                    help="also remove documents under PATHs whose files are gone (deleted or moved away)")
     c.add_argument("--retry-failed", action="store_true",
@@ -431,6 +452,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("query", help="the query text")
     c.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
     c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    c.add_argument("--where", metavar="JSON", help='metadata filter, e.g. \'{"year": {"$gte": 2023}}\' '
+                   "(operators $eq $ne $in $nin $gt $gte $lt $lte $glob $exists $and $or)")
+    c.add_argument("--documents", action="store_true", help="rank documents (by their best page) instead of pages")
     c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
     c.set_defaults(run=_cmd_search)
 
@@ -497,6 +521,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     c.set_defaults(run=_cmd_make_tiny_model)
     return p
+
+
+def _where(text: str | None) -> dict | None:
+    """``--where``: a JSON object (checked by the library when it searches)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInputError(f"--where: not valid JSON ({e}) (hint: quote it for the shell, e.g. "
+                                """--where '{"year": {"$gte": 2023}}')""") from None
+
+
+def _meta(text: str) -> tuple[str, object]:
+    """``--meta key=value``: the value as JSON when it is (2024, true, "x"), else as text."""
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not key=value (hint: --meta team=finance)")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def _index_dir(text: str) -> str:

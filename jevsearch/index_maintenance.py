@@ -10,7 +10,7 @@ deep or not, and with ``repair`` fixes what LMDB can rebuild.
 from __future__ import annotations
 
 from jevsearch.search.threads import torch_threads
-from jevsearch.store import verify
+from jevsearch.store import fields, verify
 from jevsearch.store.manifest import FORMAT_VERSION
 from jevsearch.store.rewrite import rewrite, upgrade
 
@@ -43,6 +43,7 @@ class IndexMaintenance:
                 self._store.clear_tombstones(txn)
                 self._store.put_state(txn, state)
             self._view.replace(graph, epoch, state["gen"])
+            self._fields.gen = -1  # reloaded at the next search, without the rows of deleted documents
             if old_format:
                 rewrite(self._store, upgrade(self._manifest))
                 with self._store.read() as txn:
@@ -67,6 +68,8 @@ class IndexMaintenance:
             if repair and any(p.fixable for p in problems):
                 with self._store.write() as txn:
                     done = verify.repair_records(self._store, txn)
+                    if fields.check_table(self._store, txn):
+                        done.append(f"rebuilt the field index ({fields.fill_table(self._store, txn)} documents)")
                 self.compact()
                 with self._store.read() as txn:
                     self._damage.prune(self._store, txn)
@@ -82,6 +85,7 @@ class IndexMaintenance:
             self._refresh(txn)
             report, problems = verify.check_index(self._store, txn, self._manifest, self._view.settle(),
                                                   self._view.tombs, deep=deep)
+            problems += [verify.Problem(text, fixable=True) for text in fields.check_table(self._store, txn)]
         if not deep:  # a deep check finds them itself
             problems += self._damage.problems()
         if self._view.repaired_in_memory:

@@ -11,13 +11,15 @@ and a search whose candidates reach the live page count scores every page exactl
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from jevsearch import docresults
 from jevsearch.errors import CorruptIndexError, InvalidInputError
-from jevsearch.search import rerank
+from jevsearch.search import filters, rerank
 from jevsearch.search.maxsim import pad_queries, top_with_ties
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import validate
@@ -53,8 +55,9 @@ class IndexSearch:
     """The search methods of :class:`~jevsearch.index.Index` (a mixin: it uses the index's store,
     graph view, scorer and damage log)."""
 
-    def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int = 100,
-                          exhaustive: bool = False) -> list[Hit] | list[list[Hit]]:
+    def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int = 100, exhaustive: bool = False,
+                          *, where: dict | None = None, group_by: str | None = None,
+                          pages_per_document: int = 3) -> list[Hit] | list[list[Hit]]:
         """Search with query embeddings.
 
         One query: q_single [D] (D >= single_dim; may be None when exhaustive) and q_multi
@@ -66,9 +69,20 @@ class IndexSearch:
         Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
         fewer pages). ``candidates`` below k is raised to k; both are capped to the live pages. Every
         value read is verified: a damaged page (checksum, impossible score) is skipped and noted once.
+
+        where: a metadata filter (see :mod:`jevsearch.search.filters`), e.g. ``{"team": "finance",
+        "year": {"$gte": 2023}}``, applied before stage 1: only matching pages are candidates, so
+        min(k, matching pages) hits come back. group_by="document": :class:`~jevsearch.docresults.DocHit`
+        results instead, k distinct documents ranked by their best page's score, each with its best
+        pages (at most ``pages_per_document``); stage 1 widens until its candidates cover k documents.
+        Example: ``eng.search_embeddings(qs, qm, k=5, where={"kind": "pdf"}, group_by="document")``.
         """
         k = validate.check_k(k)
         candidates = max(validate.check_k(candidates, "candidates"), k)
+        flt = filters.parse(where)
+        if group_by not in (None, "document"):
+            raise InvalidInputError(f'group_by: {group_by!r} (hint: None for pages, or "document")')
+        per_doc = validate.check_k(pages_per_document, "pages_per_document") if group_by else 0
         batch = isinstance(q_multi, (list, tuple))
         queries = validate.check_query_multis(q_multi, self._manifest["multi_dim"])
         singles = validate.check_query_singles(q_single, len(queries), batch, self._manifest["single_dim"],
@@ -78,16 +92,20 @@ class IndexSearch:
             # One torch thread: the scorer's own workers (self.threads of them) are the parallelism.
             with self._store.read() as txn, torch.no_grad(), torch_threads(1):
                 live = self._refresh(txn)["pages"]
+                scope = None if flt is None else self._fields.pages(flt.mask(self._fields))  # matching pages
+                if scope is not None:
+                    live = len(scope)
                 # Capped before anything is sized by them: a huge k costs nothing on a small index.
                 k, candidates = min(k, max(live, 1)), min(candidates, max(live, 1))
                 qt = pad_queries(queries, self._dtype, self._device)  # [Q, L, d]
                 q_lens = [len(x) for x in queries]
-                if exhaustive or candidates >= live:
-                    found = self._exhaustive(txn, qt, q_lens, k)
+                if exhaustive or candidates >= live:  # grouped: every page's score, for every document's best
+                    found = self._exhaustive(txn, qt, q_lens, sys.maxsize if per_doc else k, scope)
                 else:
                     found = self._two_stage(txn, qt, q_lens, truncate_normalize(singles, self._manifest["single_dim"]),
-                                            k, candidates)
-                results = [self._hits(txn, ids, scores, k) for ids, scores in found]
+                                            k, candidates, scope, per_doc)
+                results = [docresults.group(self._hits(txn, ids, scores, len(ids)), k, per_doc) if per_doc
+                           else self._hits(txn, ids, scores, k) for ids, scores in found]
         return results if batch else results[0]
 
     def search_singles(self, q_single, k: int = 10, *, exact: bool = False) -> list[Hit] | list[list[Hit]]:
@@ -145,8 +163,13 @@ class IndexSearch:
             if raw is not None:
                 yield pid, raw
 
-    def _two_stage(self, txn, qt: torch.Tensor, q_lens: list[int], qsingle: np.ndarray, k: int, candidates: int):
-        cand = self._view.search(qsingle, candidates)  # [Q, candidates]
+    def _two_stage(self, txn, qt: torch.Tensor, q_lens: list[int], qsingle: np.ndarray, k: int, candidates: int,
+                   scope: np.ndarray | None = None, per_doc: int = 0):
+        cand = self._view.search(qsingle, candidates, within=scope)  # [Q, candidates]
+        if per_doc:
+            cand = docresults.document_candidates(self._store, self._view, txn, qsingle, cand, k, candidates,
+                                                  scope, per_doc)
+            k = cand.shape[1]  # every reranked page is kept: grouped by document afterwards
         union = np.unique(cand[cand >= 0])
         if len(union) * len(cand) > 2 * int((cand >= 0).sum()):
             # Little overlap between the queries' candidates: scoring the union against every query
@@ -172,10 +195,13 @@ class IndexSearch:
             ids, scores = ids[~bad], scores[:, ~bad]
         return ids, scores
 
-    def _exhaustive(self, txn, qt: torch.Tensor, q_lens: list[int], k: int):
+    def _exhaustive(self, txn, qt: torch.Tensor, q_lens: list[int], k: int, scope: np.ndarray | None = None):
         bad, failed = [], []
-        pages = ((pid, raw, tokens) for pid, _, _, tokens in self._store.iter_pages(txn, damaged=bad)
-                 if (raw := self._multi(txn, pid, tokens)) is not None)
+        if scope is None:
+            pages = ((pid, raw, tokens) for pid, _, _, tokens in self._store.iter_pages(txn, damaged=bad)
+                     if (raw := self._multi(txn, pid, tokens)) is not None)
+        else:  # a filter's matching pages
+            pages = zip(*self._fetch(txn, np.sort(scope)))
         found, implausible = rerank.exhaustive(pages, qt, k, self._scorer, self.threads, q_lens,
                                                self._store.page_check(failed))
         for pid in bad:

@@ -300,9 +300,9 @@ class ShardedEngine:
         return self._manifest["shards"][route(doc_id, len(self._manifest["shards"]))]
 
     # -- writes ---------------------------------------------------------------------------------
-    def add(self, paths, *, prune: bool = False, retry_failed: bool = False, progress: bool = False,
-            found: tuple | None = None, ray=None, workers: int | None = None):
-        """Index PDFs and images into their shards; one IngestReport, as :meth:`Engine.add` gives.
+    def add(self, paths, *, metadata: dict | None = None, prune: bool = False, retry_failed: bool = False,
+            progress: bool = False, found: tuple | None = None, ray=None, workers: int | None = None):
+        """Index PDFs, images and text files into their shards; one IngestReport, as :meth:`Engine.add` gives.
 
         Files are routed by their document id (absolute path); each shard runs :meth:`Engine.add` on
         its own files (``prune``, ``retry_failed``: within that shard; a file renamed into another
@@ -320,7 +320,7 @@ class ShardedEngine:
             groups.setdefault(self.route(src.path), []).append(src)
         for name in groups:
             self._writer(name)  # writable, present: checked before any model loads
-        args = {"prune": prune, "retry_failed": retry_failed, "progress": progress}
+        args = {"metadata": metadata, "prune": prune, "retry_failed": retry_failed, "progress": progress}
 
         def each(**kw) -> list:  # every shard sees all paths (for pruning) and finds only its own files
             return [self._writer(name).add(paths, found=(own, []), **args, **kw) for name, own in groups.items()]
