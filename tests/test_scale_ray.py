@@ -11,8 +11,6 @@ import collections
 import logging
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 
@@ -25,6 +23,7 @@ from jevsearch.ingest import discover, ingest, modelinfo
 from jevsearch.scale.ingest import EncoderPool
 from jevsearch.search.threads import torch_threads
 from tests.ingest_corpus import (
+    kill_after_documents,
     make_bad_page_count_pdf,
     make_broken_png,
     make_encrypted_pdf,
@@ -35,7 +34,6 @@ from tests.ingest_corpus import (
     picture,
     tiny_encoder,
 )
-
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_PIXELS = 128 * 28 * 28  # ~128 visual tokens per page: 16 pages per render task
@@ -217,18 +215,8 @@ def test_driver_killed_mid_ingest_then_rerun_finishes_without_duplicates(tmp_pat
     address = ray.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "jevsearch", "index", str(corpus), "--index", str(tmp_path / "crashed"),
            "--ray", address, "--workers", "1", "-q"]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    seen, deadline = 0, time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        with Engine.open(tmp_path / "crashed", readonly=True) as reader:
-            seen = reader.stats()["documents"]
-        if seen >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 2 <= seen < total, f"killed after {seen} of {total} documents: {proc.stderr.read().decode()[-800:]}"
+    seen = kill_after_documents(cmd, tmp_path / "crashed", dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"),
+                                REPO, total)
 
     with Engine.open(tmp_path / "crashed") as eng:  # opens after the crash, repairs, verifies
         eng.verify()
