@@ -36,7 +36,7 @@ import textwrap
 from jevsearch import __version__
 from jevsearch.errors import InvalidInputError, JevsearchError
 
-EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 3, 130, 141
 DEFAULT_MODEL = "jinaai/jina-embeddings-v4"
 log = logging.getLogger("jevsearch")
 
@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     except JevsearchError as e:
         _fail(e.cli_message())
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader of our output went away (`jevsearch list | head`): stop quietly, as shell tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         hint = " (rerun the same command to resume)" if args.command == "index" else ""
         _fail(f"interrupted{hint}")
