@@ -3,6 +3,7 @@
 from jevsearch.errors import (
     CheckpointError,
     ChecksumError,
+    ClusterError,
     CorruptIndexError,
     DatasetError,
     DocumentError,
@@ -16,6 +17,7 @@ from jevsearch.errors import (
     NotAnIndexError,
     PageNotFoundError,
     ReadOnlyIndexError,
+    ShardError,
     StorageError,
 )
 
@@ -24,6 +26,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "ChecksumError",
+    "ClusterError",
+    "DocHit",
     "Engine",
     "Hit",
     "Index",
@@ -40,6 +44,8 @@ __all__ = [
     "NotAnIndexError",
     "PageNotFoundError",
     "ReadOnlyIndexError",
+    "ShardError",
+    "ShardedEngine",
     "StorageError",
     "__version__",
 ]
@@ -51,4 +57,12 @@ def __getattr__(name: str):
         from jevsearch import engine
 
         return getattr(engine, name)
+    if name == "ShardedEngine":  # ray stays unimported until a cluster is asked for
+        from jevsearch.scale.sharded import ShardedEngine
+
+        return ShardedEngine
+    if name == "DocHit":
+        from jevsearch.docresults import DocHit
+
+        return DocHit
     raise AttributeError(f"module 'jevsearch' has no attribute {name!r}")

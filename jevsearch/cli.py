@@ -3,7 +3,10 @@
     jevsearch make-tiny-model models/tiny                    # random weights: smoke tests only
     jevsearch index papers/ scan.png --index indexes/papers --model models/tiny
     jevsearch index papers/ --index indexes/papers --prune   # follow renames, drop deleted files
+    jevsearch index corpus/ --index indexes/big --shards 4 --ray auto --workers 8   # sharded, on Ray
     jevsearch search "quarterly revenue by region" --index indexes/papers -k 5
+    jevsearch index reports/ --index indexes/papers --meta team=finance --meta year=2024
+    jevsearch search "revenue" --index indexes/papers --where '{"year": {"$gte": 2023}}' --documents
     jevsearch list --index indexes/papers                    # documents, pages, present/changed/missing
     jevsearch info --index indexes/papers
     jevsearch delete papers/old.pdf --index indexes/papers
@@ -33,7 +36,7 @@ import textwrap
 from jevsearch import __version__
 from jevsearch.errors import InvalidInputError, JevsearchError
 
-EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 3, 130, 141
 DEFAULT_MODEL = "jinaai/jina-embeddings-v4"
 log = logging.getLogger("jevsearch")
 
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     except JevsearchError as e:
         _fail(e.cli_message())
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader of our output went away (`jevsearch list | head`): stop quietly, as shell tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         hint = " (rerun the same command to resume)" if args.command == "index" else ""
         _fail(f"interrupted{hint}")
@@ -101,8 +108,12 @@ def _cmd_index(args) -> int:
     from jevsearch.engine import Engine
     from jevsearch.errors import NotAnIndexError
 
+    if args.workers is not None and args.ray is None:
+        raise InvalidInputError("--workers: only with --ray (hint: --ray auto --workers N)")
     storage = _storage_args(args)
-    if new:
+    if args.shards is not None or _is_sharded(args.index):
+        eng = _sharded_writer(args, new, storage)
+    elif new:
         eng = Engine.create(args.index, model=args.model or DEFAULT_MODEL, **storage)
     else:
         try:
@@ -116,8 +127,9 @@ def _cmd_index(args) -> int:
             eng.close()
             raise
     with eng:
-        report = eng.add(args.paths, prune=args.prune, retry_failed=args.retry_failed, progress=not args.quiet,
-                         found=(sources, failed))
+        report = eng.add(args.paths, metadata=dict(args.meta or ()) or None, prune=args.prune,
+                         retry_failed=args.retry_failed, progress=not args.quiet, found=(sources, failed),
+                         ray=args.ray, workers=args.workers)
     for path, reason in report.failed:
         print(f"failed: {path}: {reason}", file=sys.stderr)
     for path, reason in report.not_retried:
@@ -167,27 +179,37 @@ def _nothing_found(paths, failed) -> str:
 
 
 def _cmd_search(args) -> int:
-    from jevsearch.engine import Engine
-
-    with Engine.open(args.index, readonly=True, model=args.model) as eng:
-        hits = eng.search(args.query, k=args.k)
-    if args.json:
+    where = _where(args.where)
+    filters = {"where": where} if where is not None else {}
+    if args.documents:
+        filters["group_by"] = "document"
+    if filters and _is_sharded(args.index):
+        raise InvalidInputError("--where/--documents: not available on a sharded index yet "
+                                "(hint: search each shard's folder with them, or drop them)")
+    with _reader(args.index, model=args.model) as eng:
+        hits = eng.search(args.query, k=args.k, **filters)
+    if args.documents:
+        hits = [h.pages[0] for h in hits] if not args.json else hits
+    if args.json and args.documents:
+        rows = [{"rank": r, "score": d.score, "path": d.path, "metadata": d.metadata,
+                 "pages": [{"page": h.page, "score": h.score, "snippet": h.snippet} for h in d.pages]}
+                for r, d in enumerate(hits, 1)]
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+    elif args.json:
         rows = [
             {"rank": r, "score": h.score, "path": h.path, "page": h.page, "snippet": h.snippet, "metadata": h.metadata}
             for r, h in enumerate(hits, 1)
         ]
         print(json.dumps(rows, ensure_ascii=False, indent=2))
     elif not hits:
-        print("no results (the index is empty)")
+        print("no results (no page matches --where)" if where else "no results (the index is empty)")
     else:
         print(_table(hits))
     return 0
 
 
 def _cmd_info(args) -> int:
-    from jevsearch.engine import Engine
-
-    with Engine.open(args.index, readonly=True) as eng:
+    with _reader(args.index) as eng:
         info = _info(eng)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
@@ -257,17 +279,21 @@ def _cmd_compact(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from jevsearch.engine import Engine
     from jevsearch.errors import CorruptIndexError
 
     try:
-        if args.repair:  # a writer; also restores a lost CURRENT file (no model needed)
+        if args.repair and _is_sharded(args.index):  # every shard's writer (a lost CURRENT: repair that shard)
+            from jevsearch.scale import ShardedEngine
+
+            with ShardedEngine.open(args.index) as eng:
+                summary = eng.verify(deep=args.deep, repair=True)
+        elif args.repair:  # a writer; also restores a lost CURRENT file (no model needed)
             from jevsearch.index import Index
 
             with Index.open(args.index, repair=True) as eng:
                 summary = eng.verify(deep=args.deep, repair=True)
         else:
-            with Engine.open(args.index, readonly=True) as eng:
+            with _reader(args.index) as eng:
                 summary = eng.verify(deep=args.deep)
     except CorruptIndexError as e:
         for problem in _problems(str(e)):
@@ -279,6 +305,40 @@ def _cmd_verify(args) -> int:
         counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in (summary or {}).items())
         print(f"{args.index}: ok" + (f" ({counts})" if counts else ""))
     return 0
+
+
+def _is_sharded(path: str) -> bool:
+    from jevsearch.scale import is_sharded
+
+    return is_sharded(path)
+
+
+def _reader(path: str, model=None):
+    """The index at ``path`` opened read-only: an Engine, or a ShardedEngine for a sharded index."""
+    if _is_sharded(path):
+        from jevsearch.scale import ShardedEngine
+
+        return ShardedEngine.open(path, readonly=True, model=model)
+    from jevsearch.engine import Engine
+
+    return Engine.open(path, readonly=True, model=model)
+
+
+def _sharded_writer(args, new: bool, storage: dict):
+    from jevsearch.scale import ShardedEngine
+
+    if new:
+        return ShardedEngine.create(args.index, shards=args.shards, model=args.model or DEFAULT_MODEL, **storage)
+    sh = ShardedEngine.open(args.index, model=args.model)
+    try:
+        if args.shards is not None and args.shards != len(sh.shards):
+            raise InvalidInputError(f"--shards {args.shards}: {args.index} has {len(sh.shards)} shards "
+                                    "(hint: omit --shards for an existing index)")
+        _check_storage(sh, storage, args.index)
+    except BaseException:
+        sh.close()
+        raise
+    return sh
 
 
 def _problems(message: str) -> list[str]:
@@ -360,7 +420,8 @@ def _info(eng) -> dict:
             "single_full_dim": m["single_full_dim"], "single_dtype": stats["single_dtype"], "multi_dim": m["multi_dim"],
             "codec": stats["codec"], "keep_exact": stats["keep_exact"], "pool_factor": stats["pool_factor"],
             "bytes_on_disk": stats["bytes"]["lmdb_file"] + stats["bytes"]["hnsw_file"],
-            "bytes_per_page": {k: round(v) for k, v in stats["bytes_per_page"].items()}}
+            "bytes_per_page": {k: round(v) for k, v in stats["bytes_per_page"].items()},
+            **({"shards": stats["shards"]} if "shards" in stats else {})}
 
 
 def _table(hits) -> str:
@@ -417,13 +478,23 @@ def _parser() -> argparse.ArgumentParser:
                        description="Create the index if needed, then add documents. Unchanged files are "
                        "skipped, changed ones replaced, renamed or copied ones re-keyed without encoding; "
                        "rerun after an interruption to resume.")
-    c.add_argument("paths", nargs="+", metavar="PATH", help="PDF or image files, or folders (searched recursively)")
+    c.add_argument("paths", nargs="+", metavar="PATH", help="PDF, image, .txt or .md files, or folders (searched "
+                   "recursively)")
     c.add_argument("--model", metavar="M", help=f"hub id or local snapshot path (new index: default {DEFAULT_MODEL}; "
                    "existing index: must be the recorded model)")
+    c.add_argument("--meta", type=_meta, action="append", metavar="KEY=VALUE",
+                   help="metadata for every document of this run, repeatable; VALUE is read as JSON when it is "
+                   "(2024, true) else as text")
     c.add_argument("--prune", action="store_true",
                    help="also remove documents under PATHs whose files are gone (deleted or moved away)")
     c.add_argument("--retry-failed", action="store_true",
                    help="try again files that failed before and pages that could not be rendered, even if unchanged")
+    c.add_argument("--ray", metavar="ADDRESS", help="render and encode on a Ray cluster: 'auto' (this machine's, "
+                   "or a new local one) or HOST:PORT (needs pip install -e \".[ray]\")")
+    c.add_argument("--workers", type=_positive_int, metavar="N", help="with --ray: encoder actors (default: "
+                   "one per GPU, else one per CPU but one)")
+    c.add_argument("--shards", type=_positive_int, metavar="N", help="new index: split it into N shards by "
+                   "document (a sharded index; search/info/verify take it as they take any)")
     _storage_options(c, "new index: ")
     c.set_defaults(run=_cmd_index)
 
@@ -431,6 +502,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("query", help="the query text")
     c.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
     c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    c.add_argument("--where", metavar="JSON", help='metadata filter, e.g. \'{"year": {"$gte": 2023}}\' '
+                   "(operators $eq $ne $in $nin $gt $gte $lt $lte $glob $exists $and $or)")
+    c.add_argument("--documents", action="store_true", help="rank documents (by their best page) instead of pages")
     c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
     c.set_defaults(run=_cmd_search)
 
@@ -501,6 +575,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     c.set_defaults(run=_cmd_make_tiny_model)
     return p
+
+
+def _where(text: str | None) -> dict | None:
+    """``--where``: a JSON object (checked by the library when it searches)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInputError(f"--where: not valid JSON ({e}) (hint: quote it for the shell, e.g. "
+                                """--where '{"year": {"$gte": 2023}}')""") from None
+
+
+def _meta(text: str) -> tuple[str, object]:
+    """``--meta key=value``: the value as JSON when it is (2024, true, "x"), else as text."""
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not key=value (hint: --meta team=finance)")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def _index_dir(text: str) -> str:

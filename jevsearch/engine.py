@@ -1,12 +1,13 @@
 """The facade: the jina-embeddings-v4 model and the ingest pipeline on top of an :class:`Index`.
 
 ``Engine`` is an :class:`~jevsearch.index.Index` (every embedding-level method: add_embeddings,
-search_embeddings, delete, compact, verify, stats, ...) that also knows its model: it indexes PDFs and
-images (:meth:`Engine.add`) and searches with text or image queries (:meth:`Engine.search`).
+search_embeddings, delete, compact, verify, stats, ...) that also knows its model: it indexes PDFs,
+images and text files (:meth:`Engine.add`) and searches with text or image queries (:meth:`Engine.search`).
 
 >>> with Engine.create("indexes/papers", model="jinaai/jina-embeddings-v4") as eng:   # doctest: +SKIP
-...     report = eng.add(["papers/"])
-...     hits = eng.search("quarterly revenue by region", k=5)
+...     report = eng.add(["papers/", "notes/"], metadata={"team": "finance"})
+...     hits = eng.search("quarterly revenue by region", k=5, where={"kind": "pdf"})
+...     docs = eng.search("quarterly revenue by region", k=5, group_by="document")
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import logging
 import os
 import time
 
+from jevsearch.docresults import DocHit
 from jevsearch.errors import InvalidInputError
 from jevsearch.index import Hit, Index
-from jevsearch.ingest import modelinfo
+from jevsearch.ingest import docinfo, modelinfo
 from jevsearch.search.threads import torch_threads
+from jevsearch.store import fields, validate
 
-__all__ = ["Engine", "Hit"]
+__all__ = ["DocHit", "Engine", "Hit"]
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +99,16 @@ class Engine(Index):
         """How pages are rendered for this index's model (pixel budget, 28 px token grid)."""
         return modelinfo.page_geometry(self.encoder, self._manifest["model"])
 
-    def add(self, paths, *, prune: bool = False, retry_failed: bool = False, progress: bool = False,
-            found: tuple | None = None):
-        """Index PDFs and images (files, or folders searched recursively); returns an IngestReport.
+    def add(self, paths, *, metadata: dict | None = None, prune: bool = False, retry_failed: bool = False,
+            progress: bool = False, found: tuple | None = None, ray=None, workers: int | None = None):
+        """Index PDFs, images and text files (files, or folders searched recursively); returns an IngestReport.
 
-        A document's id is its absolute path; its metadata records sha256, kind, size, mtime_ns and
-        ``added`` (UTC). Unchanged files are skipped, changed ones replaced; a renamed or moved file is
+        A document's id is its absolute path; its metadata records sha256, kind, size, mtime_ns,
+        ``added`` (UTC) and a PDF's own title, author and created (jevsearch.ingest.docinfo).
+        ``metadata`` (a JSON object) is merged into every document of the call, unchanged, moved and
+        copied ones included; a changed file keeps the metadata it had and takes the call's on top. Its
+        names may not be those the ingest records. .txt/.md files become passage documents (each
+        passage a "page": jevsearch.ingest.text). Unchanged files are skipped, changed ones replaced; a renamed or moved file is
         re-keyed and a copy gets the stored vectors, neither re-encoded (``report.moved``/``copied``);
         ``prune=True`` removes documents under ``paths`` whose files are gone (``report.pruned``).
         Bad files are reported in ``report.failed`` as (path, reason) while the rest goes on, and
@@ -113,15 +120,26 @@ class Engine(Index):
         crash (even kill -9) rerunning the same call finishes the job without duplicates. ``progress``:
         bars on stderr when it is a terminal. ``found``: the
         result of ``discover(paths)`` when the caller has it already (the CLI checks inputs first).
+        ``ray``: ``"auto"``, a cluster address or an open :class:`jevsearch.scale.ingest.EncoderPool`:
+        render and encode on a Ray cluster instead (``workers`` encoder actors; ``pip install -e
+        ".[ray]"``); everything else is as above, and so are the report and the index.
 
         >>> report = eng.add(["papers/", "scan.png"], prune=True)     # doctest: +SKIP
         >>> report.added, report.moved, report.pruned, report.failed  # doctest: +SKIP
+        >>> eng.add(["notes/"], metadata={"team": "finance"})        # doctest: +SKIP
         """
         from jevsearch import visuals
         from jevsearch.ingest import IngestReport, discover, ingest
         from jevsearch.ingest.sync import make_plan
+        from jevsearch.ingest.text import ingest_texts
 
         self._check_writable()
+        if workers is not None and ray is None:
+            raise InvalidInputError("workers: only with ray=... (hint: ray=\"auto\" to use a Ray cluster)")
+        user = validate.check_metadata(metadata)
+        taken = sorted(set(user) & set(fields.COMPUTED + docinfo.INGEST_FIELDS))
+        if taken:
+            raise InvalidInputError(f"metadata: {', '.join(taken)} set by jevsearch (hint: pick other names)")
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         sources, failed = found if found is not None else discover(paths)
         docs = {d["doc_id"]: d["metadata"] for d in self.document_list()}
@@ -133,13 +151,13 @@ class Engine(Index):
         for path in plan.skipped:
             log.info("%s: unchanged, skipped", path)
         for old, new in plan.moved:
-            self.rename_document(old, new, metadata=dict(docs[old], **_file_fields(plan.files[new])))
+            self.rename_document(old, new, metadata=dict(docs[old], **user, **_file_fields(plan.files[new])))
             report.moved.append((old, new))
             log.info("%s: moved from %s (not re-encoded)", new, old)
         origin = {new: old for old, new in plan.moved}  # a copy of a file moved in this same run
         for src, new in plan.copied:
             meta = docs[origin.get(src, src)]
-            self.copy_document(src, new, metadata=dict(meta, **_file_fields(plan.files[new]), added=_now()))
+            self.copy_document(src, new, metadata=dict(meta, **user, **_file_fields(plan.files[new]), added=_now()))
             report.copied.append((src, new))
             log.info("%s: a copy of %s (not re-encoded)", new, src)
         for doc_id in plan.pruned:
@@ -148,18 +166,38 @@ class Engine(Index):
             log.info("%s: file gone, removed from the index", doc_id)
 
         def store(doc) -> None:
-            meta = {"sha256": doc.sha256, "kind": doc.kind, **_file_fields(plan.files[doc.path]), "added": _now()}
+            kept = {k: v for k, v in docs.get(doc.path, {}).items() if k not in docinfo.INGEST_FIELDS}
+            meta = {**kept, **user, "sha256": doc.sha256, "kind": doc.kind, **_file_fields(plan.files[doc.path]),
+                    "added": _now(), **(docinfo.pdf_fields(doc.path) if doc.kind == "pdf" else {})}
             if doc.missing:
                 meta["missing_pages"] = [[page, reason] for page, reason in doc.missing]
-            self.add_embeddings(doc.path, doc.singles, doc.multis, metadata=meta, page_texts=doc.texts,
-                                page_numbers=doc.page_numbers, page_views=visuals.page_views(encoder, geometry, doc))
+            text = doc.kind == "text"
+            self._add_many([(doc.path, doc.singles, doc.multis, meta, doc.texts, None if text else doc.page_numbers,
+                             None if text else visuals.page_views(encoder, geometry, doc))],
+                           auto=docinfo.INGEST_FIELDS)
 
         try:
-            if plan.encode:
+            visual = [s for s in plan.encode if s.kind != "text"]
+            texts = [s for s in plan.encode if s.kind == "text"]
+            if visual and ray is not None:  # the model loads on the cluster's actors, not here
+                from jevsearch.scale.ingest import open_pool
+
+                with open_pool(ray, modelinfo.recorded_model(self._manifest), workers) as pool:
+                    # The pool stands in for the encoder: page views need only its processor.
+                    encoder, geometry = pool, pool.page_geometry
+                    pool.ingest(visual, store, progress=progress, report=report)
+            elif visual:
                 encoder, geometry = self.encoder, self.page_geometry
                 with torch_threads(modelinfo.ingest_threads(encoder)):
-                    ingest(plan.encode, encoder, store, geometry=geometry, progress=progress, report=report,
+                    ingest(visual, encoder, store, geometry=geometry, progress=progress, report=report,
                            batch_tokens=encoder.max_batch_tokens)
+            if texts:  # encoded here, with ray= too: passages cost little next to page images
+                encoder, geometry = self.encoder, self.page_geometry
+                with torch_threads(modelinfo.ingest_threads(encoder)):
+                    # Passages as long as a full page image of this index (jevsearch.ingest.text).
+                    ingest_texts(texts, encoder, store, report=report, progress=progress,
+                                 page_tokens=geometry.max_pixels // geometry.factor ** 2,
+                                 hashes={p: f.sha256 for p, f in plan.files.items()})
         except BaseException:
             try:  # what was learnt about failed files is kept, also after an interruption
                 self._remember_failures(failures, plan, report, paths if prune else [])
@@ -167,8 +205,20 @@ class Engine(Index):
                 log.warning("could not record the failed files", exc_info=True)
             raise
         self._remember_failures(failures, plan, report, paths if prune else [])
+        for path in report.skipped if user else ():
+            if any(docs[path].get(k) != v for k, v in user.items()):
+                self.update_metadata(path, user)  # an unchanged file still takes the call's metadata
         self.flush()
         return report
+
+    def update_metadata(self, doc_id: str, metadata: dict, merge: bool = True) -> dict:
+        """As :meth:`Index.update_metadata`; ``doc_id`` may also be a file's path relative to here.
+
+        >>> eng.update_metadata("reports/q3.pdf", {"status": "final"})   # doctest: +SKIP
+        """
+        if isinstance(doc_id, str) and doc_id and self.document(doc_id) is None:
+            doc_id = os.path.abspath(doc_id)
+        return super().update_metadata(doc_id, metadata, merge)
 
     def _remember_failures(self, failures: dict, plan, report, pruned_roots: list) -> None:
         """Record this run's failed files (with their hash: unchanged, they are not retried) and forget
@@ -183,22 +233,32 @@ class Engine(Index):
         if changes:
             self.set_failures(changes)
 
-    def search(self, query, k: int = 10, *, candidates: int | None = None, rescore: int | None = None) -> list[Hit]:
+    def search(self, query, k: int = 10, *, candidates: int | None = None, rescore: int | None = None,
+               where: dict | None = None, group_by: str | None = None,
+               pages_per_document: int = 3) -> list[Hit] | list[DocHit]:
         """Search with a text (task retrieval, prompt "query") or a PIL image; best pages first.
 
-        Hits carry ``path``, ``page`` (1-based), ``score`` (MaxSim), ``snippet`` (page text around the
-        query's words), ``metadata``. ``candidates`` / ``rescore``: as in :meth:`Index.search_embeddings`.
+        Hits carry ``path``, ``page`` (1-based; a text document's passage number), ``score``
+        (MaxSim), ``snippet`` (page text around the query's words; a passage's whole text),
+        ``metadata``. ``candidates``, ``rescore``, ``where``, ``group_by``, ``pages_per_document``: as
+        in :meth:`Index.search_embeddings` (the search's depth; a filter on metadata before stage 1;
+        DocHits per document).
 
-        >>> hits = eng.search("quarterly revenue by region", k=10)   # doctest: +SKIP
+        >>> hits = eng.search("quarterly revenue by region", k=10, where={"year": {"$gte": 2023}})  # doctest: +SKIP
         >>> hits[0].path, hits[0].page, hits[0].score, hits[0].snippet   # doctest: +SKIP
+        >>> docs = eng.search("revenue", k=5, group_by="document")       # doctest: +SKIP
         """
         from jevsearch.search.snippets import snippet
 
         emb = modelinfo.encode_query(self.encoder, query, self.page_geometry)
-        hits = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates, rescore=rescore)
-        for hit in hits:
-            hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
-        return hits
+        results = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates, rescore=rescore,
+                                         where=where, group_by=group_by, pages_per_document=pages_per_document)
+        for hit in (p for d in results for p in d.pages) if group_by else results:
+            if hit.metadata.get("kind") == "text":
+                hit.snippet = hit.text or ""
+            else:
+                hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
+        return results
 
     def render(self, hit: Hit, dpi: float = 100):
         """The page of ``hit`` as a PIL image (from the file on disk), for display."""

@@ -96,6 +96,14 @@ class ModelMismatchError(JevsearchError, ValueError):
     """The model (or its truncation) differs from the one recorded in the index."""
 
 
+class ShardError(JevsearchError):
+    """A shard of a sharded index is missing, damaged or did not answer (see ``allow_partial``)."""
+
+
+class ClusterError(JevsearchError):
+    """A Ray cluster cannot be reached or used, or its workers keep failing."""
+
+
 class DatasetError(JevsearchError, ValueError):
     """An evaluation dataset (jevsearch.eval) is missing files or names ids it does not define."""
 

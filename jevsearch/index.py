@@ -46,18 +46,18 @@ from jevsearch.errors import (
     PageNotFoundError,
     ReadOnlyIndexError,
 )
-from jevsearch.search import rerank
 from jevsearch.index_codec import Layout, new_layout
+from jevsearch.index_fields import IndexFields
 from jevsearch.index_maintenance import IndexMaintenance
 from jevsearch.index_search import Hit, IndexSearch
 from jevsearch.search.maxsim import scoring_device
 from jevsearch.search.threads import torch_threads
-from jevsearch.store import validate, verify
+from jevsearch.store import fields, validate, verify
 from jevsearch.store.damage import DamageLog
 from jevsearch.store.graphview import GraphView
-from jevsearch.store.hnsw import HnswGraph, truncate_normalize
+from jevsearch.store.hnsw import HnswGraph
 from jevsearch.store.lmdbenv import CURRENT, ENV_PREFIX, current_env, fsync_dir, restore_current, store_dirs
-from jevsearch.store.lmdbstore import EXACT, PageStore, page_key
+from jevsearch.store.lmdbstore import PageStore
 from jevsearch.store.lock import WriterLock
 from jevsearch.store.manifest import check_manifest, new_manifest
 from jevsearch.store.visual import PageView
@@ -65,7 +65,7 @@ from jevsearch.store.visual import PageView
 __all__ = ["Hit", "Index"]
 
 
-class Index(IndexSearch, IndexMaintenance):
+class Index(IndexSearch, IndexMaintenance, IndexFields):
     """A persistent page index with two-stage search (HNSW candidates, MaxSim rerank).
 
     Create with :meth:`create`, reopen with :meth:`open`. One writer per index (another raises
@@ -84,6 +84,7 @@ class Index(IndexSearch, IndexMaintenance):
         self._mutex = threading.RLock()
         self._damage = DamageLog(path)  # pages found damaged (skipped, counted, listed by verify)
         self._view = GraphView(path, store, readonly=lock is None, damage=self._damage)
+        self._fields = fields.FieldView(store)  # filterable fields as columns (jevsearch.store.fields)
         self._device, self._dtype = scoring_device()
         self._layout, self._scorers = None, {}
         with store.read() as txn:
@@ -91,7 +92,9 @@ class Index(IndexSearch, IndexMaintenance):
             check_manifest(manifest)
             self._use_layout(manifest)
             self._manifest = manifest
-            self._refresh(txn)
+            old = not self._refresh(txn).get("fields")
+        if old and not self.readonly:
+            self._build_field_table()
         if not self.readonly and not self._view.clean:
             self.flush()  # repaired at open: persist so the next open is fast
 
@@ -145,7 +148,8 @@ class Index(IndexSearch, IndexMaintenance):
         parent = os.path.dirname(os.path.abspath(path))
         if not existing:
             os.makedirs(parent, exist_ok=True)
-        state = {"next_page_id": 0, "gen": 0, "epoch": 0, "docs": 0, "pages": 0, "tokens": 0, "tombs": 0}
+        state = {"next_page_id": 0, "gen": 0, "epoch": 0, "docs": 0, "pages": 0, "tokens": 0, "tombs": 0,
+                 "fields": 1}
         tmp = _new_dir(path if existing else parent)
         try:
             PageStore.initialise(tmp, manifest, state)
@@ -301,33 +305,44 @@ class Index(IndexSearch, IndexMaintenance):
         written faster (measured 1.1-1.7x at 10 pages x 770 tokens per document: benchmarks/search.py).
         Example: ``eng.add_embeddings_many([("a.pdf", s_a, m_a), ("b.pdf", s_b, m_b, {"title": "B"})])``.
         """
+        return self._add_many(docs)
+
+    def _add_many(self, docs, auto: tuple = ()) -> list[int]:
+        """add_embeddings_many; ``auto``: metadata keys recorded by the ingest (not the caller's to
+        change with update_metadata)."""
         with self._mutex:
             self._check_writable()
             with torch_threads(self.threads):  # torch converts to the stored dtype ~10x faster than numpy
                 prepared = [self._layout.encode(item) for item in validate.prepare_documents(docs, self._manifest)]
-            return self._commit(prepared)
+            return self._commit(prepared, auto)
 
-    def _commit(self, prepared: list[dict]) -> list[int]:
+    def _commit(self, prepared: list[dict], auto: tuple = ()) -> list[int]:
         """Write documents in their stored form (``Layout.encode``) in one commit; their page counts."""
         with self._mutex:
             if not prepared:
                 return []
             full = prepared[0]["singles"].shape[1]
-            manifest, removed, ids, vecs = self._manifest, [], [], []
+            manifest, removed, ids, vecs, added, gone = self._manifest, [], [], [], [], []
             with self._store.write() as txn:
                 state = self._store.state(txn)
                 if manifest["single_full_dim"] is None:
                     manifest = dict(manifest, single_full_dim=full)
                     self._store.put_manifest(txn, manifest)
                 for item in prepared:
-                    removed += self._remove(txn, state, item["doc_id"])
+                    old = self._remove(txn, state, item["doc_id"])
+                    removed += old
+                    gone += old[:1]
                     pages, tokens = len(item["codes"]), sum(item["tokens"])
                     doc = {"doc_id": item["doc_id"], "first": state["next_page_id"], "pages": pages,
                            "tokens": tokens, "metadata": item["metadata"], "text": item["texts"] is not None}
                     if item["numbers"] is not None:
                         doc["page_numbers"] = item["numbers"]
+                    if auto:
+                        doc["auto"] = [k for k in auto if k in item["metadata"]]
                     self._store.put_document(txn, doc, item["singles"], item["codes"], item["texts"], item["tokens"],
                                              item["exact"])
+                    added.append((doc["first"], fields.record(doc["doc_id"], pages, item["metadata"])))
+                    self._store.put_fields(txn, *added[-1])
                     if item["views"] is not None:
                         self._store.put_views(txn, doc["first"], item["views"])
                     ids.append(np.arange(doc["first"], doc["first"] + pages))
@@ -339,6 +354,7 @@ class Index(IndexSearch, IndexMaintenance):
                 state["gen"] += 1
                 self._store.put_state(txn, state)
             self._manifest = manifest
+            self._fields.committed(state, added, gone)
             self._after_commit(state, removed, np.concatenate(ids), np.concatenate(vecs))
             return [len(item["codes"]) for item in prepared]
 
@@ -355,6 +371,7 @@ class Index(IndexSearch, IndexMaintenance):
                     return False
                 state["gen"] += 1
                 self._store.put_state(txn, state)
+            self._fields.committed(state, [], removed[:1])
             self._after_commit(state, removed, None, None)
             return True
 
@@ -375,9 +392,14 @@ class Index(IndexSearch, IndexMaintenance):
                     raise InvalidInputError(f"{old}: not in the index (hint: documents() lists the ids)")
                 state = self._store.state(txn)
                 removed = self._remove(txn, state, new) if new != old else []
-                self._store.rekey_document(txn, doc, new, doc["metadata"] if metadata is None else metadata)
+                meta = doc["metadata"] if metadata is None else metadata
+                self._store.rekey_document(txn, doc, new, meta)
+                rec = fields.record(new, doc["pages"], meta)
+                self._store.put_fields(txn, doc["first"], rec)
                 state["gen"] += 1
+                state["frev"] = state.get("frev", 0) + 1  # a record changed in place: readers reload
                 self._store.put_state(txn, state)
+            self._fields.committed(state, [(doc["first"], rec)], removed[:1] + [doc["first"]])
             self._after_commit(state, removed, None, None)
 
     def copy_document(self, src: str, dst: str, *, metadata: dict | None = None) -> int:
@@ -395,23 +417,8 @@ class Index(IndexSearch, IndexMaintenance):
                 doc = self._store.document(txn, src)
                 if doc is None:
                     raise InvalidInputError(f"{src}: not in the index (hint: documents() lists the ids)")
-                ids = range(doc["first"], doc["first"] + doc["pages"])
-                # Copied out while the transaction's zero-copy views are valid.
-                values = {t: [self._store.get(txn, t, page_key(pid)) for pid in ids]
-                          for t in ("single", "multi") + ((EXACT,) if self._layout.keep_exact else ())}
-                records = [self._store.page(txn, pid) for pid in ids]
-                if any(v is None for vs in values.values() for v in vs) or None in records:
-                    raise CorruptIndexError(f"{src}: stored values missing (hint: Index.verify() lists them; "
-                                            "re-add the document from its file)")
-                singles = np.stack([np.frombuffer(v, self._store.single_dtype) for v in values["single"]])
-                item = {"doc_id": dst, "metadata": doc["metadata"] if metadata is None else metadata,
-                        "singles": singles, "codes": [bytes(v) for v in values["multi"]],
-                        "exact": [bytes(v) for v in values[EXACT]] if EXACT in values else None,
-                        "tokens": [r[2] for r in records], "numbers": doc.get("page_numbers"),
-                        "texts": [self._store.text(txn, pid) for pid in ids] if doc["text"] else None,
-                        "views": [self._store.view(txn, pid) or PageView() for pid in ids],
-                        "truncated": truncate_normalize(singles, self._manifest["single_dim"])}
-            return self._commit([item])[0]
+                item = self._layout.stored(self._store, txn, doc, self._manifest["single_dim"])
+            return self._commit([dict(item, doc_id=dst, metadata=doc["metadata"] if metadata is None else metadata)])[0]
 
     def failures(self) -> dict[str, dict]:
         """Files :meth:`Engine.add` could not index, as recorded: {path: {"sha256", "reason"}}."""
@@ -442,6 +449,7 @@ class Index(IndexSearch, IndexMaintenance):
         if old is None:
             return []
         removed = self._store.remove_document(txn, old)
+        self._store.delete_fields(txn, old["first"])
         state["docs"] -= 1
         state["pages"] -= old["pages"]
         state["tokens"] -= old["tokens"]
@@ -457,14 +465,10 @@ class Index(IndexSearch, IndexMaintenance):
         """Score and store as ``manifest`` says: at open, and after a conversion (maybe by another
         process: compact(codec=...)) the scorers are rebuilt for the new layout."""
         layout = Layout.of(manifest)
-        if layout == self._layout:
-            return
-        for scorer in self._scorers.values():
-            scorer.close()
-        self._layout, dim = layout, manifest["multi_dim"]
-        self._scorers = {"multi": rerank.Scorer(dim, layout.codec, self._device, self._dtype)}
-        if layout.keep_exact:
-            self._scorers[EXACT] = rerank.Scorer(dim, layout.exact_codec, self._device, self._dtype)
+        if layout != self._layout:
+            for scorer in self._scorers.values():
+                scorer.close()
+            self._layout, self._scorers = layout, layout.scorers(self._device, self._dtype)
 
     def _check_writable(self) -> None:
         self._check_open()
@@ -479,7 +483,8 @@ class Index(IndexSearch, IndexMaintenance):
         self._store.reopen_if_replaced()
 
     def _refresh(self, txn) -> dict:
-        """Bring the manifest and the HNSW view up to the LMDB snapshot ``txn``; returns its state."""
+        """Bring the manifest, the HNSW view and the field index up to the LMDB snapshot ``txn``;
+        returns its state."""
         state = self._store.state(txn)
         if state["gen"] != self._view.gen:
             self._manifest = self._store.manifest(txn)
@@ -487,6 +492,8 @@ class Index(IndexSearch, IndexMaintenance):
             self._view.refresh(txn, state, self._manifest)
             if len(self._damage):
                 self._damage.prune(self._store, txn)
+        if state["gen"] != self._fields.gen:
+            self._fields.refresh(txn, state, self._view.tombs)
         return state
 
     # -- inspection -----------------------------------------------------------------------------

@@ -38,11 +38,13 @@ import numpy as np
 import torch
 
 from jevsearch.errors import CorruptIndexError, FormatVersionError, InvalidInputError
-from jevsearch.search import codecs, pooling
+from jevsearch.search import codecs, pooling, rerank
 from jevsearch.store import validate, verify
+from jevsearch.store.hnsw import truncate_normalize
 from jevsearch.store.lmdbstore import EXACT, PAGE_REC, PageStore, dump_json, load_json, page_key
 from jevsearch.store.manifest import MULTI_DTYPES, upgraded, with_codec
 from jevsearch.store.rewrite import Rewrite
+from jevsearch.store.visual import PageView
 
 __all__ = ["DEFAULT_CODEC", "Layout", "conversion", "new_layout"]
 
@@ -142,6 +144,31 @@ class Layout:
         return dict(item, codes=[self.codec.encode(m) for m in multis], tokens=[len(m) for m in multis],
                     exact=None if exact is None else [exact.encode(m) for m in multis],
                     singles=torch.from_numpy(item["singles"]).to(_TORCH[self.single_dtype.name]).numpy())
+
+    def stored(self, store: PageStore, txn, doc: dict, single_dim: int) -> dict:
+        """Document ``doc``'s stored values in :meth:`encode`'s form (copies: valid after ``txn``), for
+        a copy that encodes nothing again; CorruptIndexError when a value is missing."""
+        ids = range(doc["first"], doc["first"] + doc["pages"])
+        values = {t: [store.get(txn, t, page_key(pid)) for pid in ids]
+                  for t in ("single", "multi") + ((EXACT,) if self.keep_exact else ())}
+        records = [store.page(txn, pid) for pid in ids]
+        if any(v is None for vs in values.values() for v in vs) or None in records:
+            raise CorruptIndexError(f"{doc['doc_id']}: stored values missing (hint: Index.verify() lists them; "
+                                    "re-add the document from its file)")
+        singles = np.stack([np.frombuffer(v, store.single_dtype) for v in values["single"]])
+        return {"singles": singles, "codes": [bytes(v) for v in values["multi"]],
+                "exact": [bytes(v) for v in values[EXACT]] if self.keep_exact else None,
+                "tokens": [r[2] for r in records], "numbers": doc.get("page_numbers"),
+                "texts": [store.text(txn, pid) for pid in ids] if doc["text"] else None,
+                "views": [store.view(txn, pid) or PageView() for pid in ids],
+                "truncated": truncate_normalize(singles, single_dim)}
+
+    def scorers(self, device, dtype) -> dict[str, rerank.Scorer]:
+        """A scorer per table a search reads: "multi" (the codes) and, when kept, "exact"."""
+        out = {"multi": rerank.Scorer(self.codec.dim, self.codec, device, dtype)}
+        if self.keep_exact:
+            out[EXACT] = rerank.Scorer(self.codec.dim, self.exact_codec, device, dtype)
+        return out
 
     def tokens(self, store: PageStore, txn, page_id: int, n: int) -> np.ndarray:
         """A page's best stored float tokens [n, d] (float32, a copy): the exact ones when kept, else

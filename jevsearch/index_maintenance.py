@@ -13,7 +13,7 @@ import os
 
 from jevsearch.index_codec import conversion, new_layout
 from jevsearch.search.threads import torch_threads
-from jevsearch.store import verify
+from jevsearch.store import fields, verify
 from jevsearch.store.lmdbstore import EXACT
 from jevsearch.store.rewrite import rewrite, upgrade
 
@@ -57,6 +57,7 @@ class IndexMaintenance:
                 self._store.clear_tombstones(txn)
                 self._store.put_state(txn, state)
             self._view.replace(graph, epoch, state["gen"])
+            self._fields.gen = -1  # reloaded at the next search, without the rows of deleted documents
             if plan is not None or old_format:
                 with torch_threads(self.threads):  # encoding and pooling
                     rewrite(self._store, plan or upgrade(self._manifest))
@@ -111,6 +112,8 @@ class IndexMaintenance:
             if repair and any(p.fixable for p in problems):
                 with self._store.write() as txn:
                     done = verify.repair_records(self._store, txn)
+                    if fields.check_table(self._store, txn):
+                        done.append(f"rebuilt the field index ({fields.fill_table(self._store, txn)} documents)")
                 self.compact()
                 with self._store.read() as txn:
                     self._damage.prune(self._store, txn)
@@ -126,6 +129,7 @@ class IndexMaintenance:
             self._refresh(txn)
             report, problems = verify.check_index(self._store, txn, self._manifest, self._view.settle(),
                                                   self._view.tombs, parts=self._layout.parts(), deep=deep)
+            problems += [verify.Problem(text, fixable=True) for text in fields.check_table(self._store, txn)]
         if not deep:  # a deep check finds them itself
             problems += self._damage.problems()
         if self._view.repaired_in_memory:

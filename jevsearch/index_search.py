@@ -12,13 +12,15 @@ and a search whose candidates reach the live page count scores every page exactl
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from jevsearch import docresults
 from jevsearch.errors import CorruptIndexError, InvalidInputError
-from jevsearch.search import rerank
+from jevsearch.search import filters, rerank
 from jevsearch.search.maxsim import pad_queries, top_with_ties
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import validate
@@ -55,7 +57,8 @@ class IndexSearch:
     graph view, scorer and damage log)."""
 
     def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int | None = None,
-                          rescore: int | None = None, exhaustive: bool = False) -> list[Hit] | list[list[Hit]]:
+                          rescore: int | None = None, exhaustive: bool = False, *, where: dict | None = None,
+                          group_by: str | None = None, pages_per_document: int = 3) -> list[Hit] | list[list[Hit]]:
         """Search with query embeddings.
 
         One query: q_single [D] (D >= single_dim; may be None when exhaustive) and q_multi
@@ -73,10 +76,21 @@ class IndexSearch:
         live pages; ``rescore`` above ``candidates`` is an InvalidInputError. Every value read is
         verified: a damaged page (checksum, impossible score) is skipped and noted once.
 
-        >>> hits = eng.search_embeddings(q_single, q_multi, k=10, candidates=400, rescore=40)  # doctest: +SKIP
+        where: a metadata filter (see :mod:`jevsearch.search.filters`), e.g. ``{"team": "finance",
+        "year": {"$gte": 2023}}``, applied before stage 1: only matching pages are candidates, so
+        min(k, matching pages) hits come back. group_by="document": :class:`~jevsearch.docresults.DocHit`
+        results instead, k distinct documents ranked by their best page's score, each with its best
+        pages (at most ``pages_per_document``); stage 1 widens until its candidates cover k documents,
+        and every candidate is scored on the exact tokens when the index keeps them.
+        Example: ``eng.search_embeddings(qs, qm, k=5, where={"kind": "pdf"}, group_by="document")``,
+        ``eng.search_embeddings(qs, qm, k=10, candidates=400, rescore=40)``.
         """
         k = validate.check_k(k)
         candidates, rescore = self._layout.depth(k, candidates, rescore)
+        flt = filters.parse(where)
+        if group_by not in (None, "document"):
+            raise InvalidInputError(f'group_by: {group_by!r} (hint: None for pages, or "document")')
+        per_doc = validate.check_k(pages_per_document, "pages_per_document") if group_by else 0
         batch = isinstance(q_multi, (list, tuple))
         queries = validate.check_query_multis(q_multi, self._manifest["multi_dim"])
         singles = validate.check_query_singles(q_single, len(queries), batch, self._manifest["single_dim"],
@@ -86,20 +100,27 @@ class IndexSearch:
             # One torch thread: the scorer's own workers (self.threads of them) are the parallelism.
             with self._store.read() as txn, torch.no_grad(), torch_threads(1):
                 live = self._refresh(txn)["pages"]
+                scope = None if flt is None else self._fields.pages(flt.mask(self._fields))  # matching pages
+                if scope is not None:
+                    live = len(scope)
                 # Capped before anything is sized by them: a huge k costs nothing on a small index.
                 k, candidates, rescore = (min(x, max(live, 1)) for x in (k, candidates, rescore))
                 qt = pad_queries(queries, self._dtype, self._device)  # [Q, L, d]
                 q_lens = [len(x) for x in queries]
                 exact = self._layout.keep_exact
+                # A codes pass (stage 2) before the exact one, unless it would keep every candidate.
+                codes_first = exact and not per_doc and rescore < candidates
+                keep = rescore if codes_first else sys.maxsize if per_doc else k  # grouped: every page
+                table = "multi" if codes_first or not exact else EXACT
                 if exhaustive:
-                    found = self._exhaustive(txn, qt, q_lens, k, EXACT if exact else "multi")
-                elif exact and rescore >= candidates:  # stage 2 would keep every candidate
-                    found = self._stage1(txn, qt, q_lens, singles, k, candidates, live, EXACT)
+                    found = self._exhaustive(txn, qt, q_lens, sys.maxsize if per_doc else k, scope,
+                                             EXACT if exact else "multi")
                 else:
-                    found = self._stage1(txn, qt, q_lens, singles, rescore if exact else k, candidates, live, "multi")
-                    if exact:
+                    found = self._stage1(txn, qt, q_lens, singles, k, keep, candidates, live, scope, per_doc, table)
+                    if codes_first:
                         found = self._rerank(txn, qt, q_lens, _padded(found), k, EXACT)
-                results = [self._hits(txn, ids, scores, k) for ids, scores in found]
+                results = [docresults.group(self._hits(txn, ids, scores, len(ids)), k, per_doc) if per_doc
+                           else self._hits(txn, ids, scores, k) for ids, scores in found]
         return results if batch else results[0]
 
     def search_singles(self, q_single, k: int = 10, *, exact: bool = False) -> list[Hit] | list[list[Hit]]:
@@ -157,13 +178,18 @@ class IndexSearch:
             if raw is not None:
                 yield pid, raw
 
-    def _stage1(self, txn, qt: torch.Tensor, q_lens: list[int], singles: np.ndarray, keep: int, candidates: int,
-                live: int, table: str):
-        """Per query, the ``keep`` best of its ``candidates`` by the MaxSim of ``table``'s values; every
-        live page is a candidate when ``candidates`` reach their count (no page can hide in the graph)."""
+    def _stage1(self, txn, qt: torch.Tensor, q_lens: list[int], singles: np.ndarray, k: int, keep: int,
+                candidates: int, live: int, scope: np.ndarray | None, per_doc: int, table: str):
+        """Per query, the ``keep`` best of its ``candidates`` (within ``scope``, a filter's pages) by the
+        MaxSim of ``table``'s values; every live page is a candidate when ``candidates`` reach their
+        count (no page can hide in the graph). ``per_doc``: candidates widened to cover k documents."""
         if candidates >= live:
-            return self._exhaustive(txn, qt, q_lens, keep, table)
-        cand = self._view.search(truncate_normalize(singles, self._manifest["single_dim"]), candidates)  # [Q, c]
+            return self._exhaustive(txn, qt, q_lens, keep, scope, table)
+        qsingle = truncate_normalize(singles, self._manifest["single_dim"])
+        cand = self._view.search(qsingle, candidates, within=scope)  # [Q, candidates]
+        if per_doc:
+            cand = docresults.document_candidates(self._store, self._view, txn, qsingle, cand, k, candidates,
+                                                  scope, per_doc)
         return self._rerank(txn, qt, q_lens, cand, keep, table)
 
     def _rerank(self, txn, qt: torch.Tensor, q_lens: list[int], cand: np.ndarray, keep: int, table: str):
@@ -196,10 +222,14 @@ class IndexSearch:
             ids, scores = ids[~bad], scores[:, ~bad]
         return ids, scores
 
-    def _exhaustive(self, txn, qt: torch.Tensor, q_lens: list[int], k: int, table: str):
+    def _exhaustive(self, txn, qt: torch.Tensor, q_lens: list[int], k: int, scope: np.ndarray | None = None,
+                    table: str = "multi"):
         bad, failed = [], []
-        pages = ((pid, raw, tokens) for pid, _, _, tokens in self._store.iter_pages(txn, damaged=bad)
-                 if (raw := self._multi(txn, pid, tokens, table)) is not None)
+        if scope is None:
+            pages = ((pid, raw, tokens) for pid, _, _, tokens in self._store.iter_pages(txn, damaged=bad)
+                     if (raw := self._multi(txn, pid, tokens, table)) is not None)
+        else:  # a filter's matching pages
+            pages = zip(*self._fetch(txn, np.sort(scope), table))
         found, implausible = rerank.exhaustive(pages, qt, k, self._scorers[table], self.threads, q_lens,
                                                self._store.page_check(failed, table))
         for pid in bad:

@@ -155,3 +155,26 @@ def tiny_encoder():
 
         _TINY["encoder"] = JinaV4Encoder.from_pretrained(tiny_model_dir())
     return _TINY["encoder"]
+
+
+def kill_after_documents(cmd: list[str], index, env: dict, cwd: str, total: int, at_least: int = 2) -> int:
+    """Run ``cmd`` (an indexing command), SIGKILL it once a reader sees ``at_least`` documents in
+    ``index``; returns how many the reader saw (asserted to be short of ``total``: killed mid-run)."""
+    import signal
+    import subprocess
+    import time
+
+    from jevsearch import Engine
+
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen, deadline = 0, time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        with Engine.open(index, readonly=True) as reader:
+            seen = reader.stats()["documents"]
+        if seen >= at_least:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert at_least <= seen < total, f"killed after {seen} of {total} documents: {proc.stderr.read().decode()[-800:]}"
+    return seen

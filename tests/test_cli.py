@@ -82,6 +82,19 @@ def test_search_json_through_subprocess(indexed):
     assert sorted(r["page"] for r in rows if r["path"].endswith("cut.pdf")) == [2, 3]  # the pages' true numbers
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(indexed):
+    """`jevsearch list | head -1`: the pipe closes under us; no 'Broken pipe' error line, exit 141."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is already gone: the first write fails with EPIPE
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "jevsearch", "list", "--index", str(indexed["index"])],
+                              stdout=write, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
 def test_search_table(indexed, capsys, monkeypatch):
     monkeypatch.chdir(indexed["tmp"])
     monkeypatch.setenv("COLUMNS", "120")

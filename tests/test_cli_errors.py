@@ -35,7 +35,7 @@ def indexed(tmp_path_factory):
     docs.mkdir()
     make_pdf(docs / "a.pdf", 1, seed=1)
     make_pdf(docs / "b.pdf", 1, seed=2)
-    (docs / "notes.txt").write_text("not a document")
+    (docs / "notes.csv").write_text("not a document")
     assert main(["index", str(docs), "--index", str(tmp / "idx"), "--model", tiny_model_dir(), "-q"]) == 0
     return tmp, docs, tmp / "idx"
 
@@ -142,10 +142,10 @@ def test_inputs_are_checked_before_any_model_or_index(tmp_path, capsys):
     code, _, err = run(capsys, "index", tmp_path / "empty", "--index", new)
     assert code == 1 and "empty: empty folder" in err and not new.exists()
     (tmp_path / "notes").mkdir()
-    for name in ("a.txt", "b.txt", "c.docx", ".hidden.pdf"):
+    for name in ("a.csv", "b.csv", "c.docx", ".hidden.pdf"):
         (tmp_path / "notes" / name).write_text("x")
     code, _, err = run(capsys, "index", tmp_path / "notes", "--index", new)
-    assert code == 1 and "no PDF or image files in it (found 2 .txt, 1 .docx, 1 hidden (skipped))" in err
+    assert code == 1 and "no PDF, image or text files in it (found 2 .csv, 1 .docx, 1 hidden (skipped))" in err
     assert not new.exists()
     with pytest.raises(SystemExit) as usage:
         run(capsys, "index", tmp_path / "notes", "--index", "")
@@ -204,7 +204,7 @@ def test_verbose_lists_skipped_files_without_library_noise(indexed):
     lines = rerun.stderr.splitlines()
     assert f"jevsearch: {docs / 'a.pdf'}: unchanged, skipped" in lines
     assert f"jevsearch: {docs / 'b.pdf'}: unchanged, skipped" in lines
-    assert f"jevsearch: {docs / 'notes.txt'}: skipped (not a PDF or image)" in lines
+    assert f"jevsearch: {docs / 'notes.csv'}: skipped (not a PDF, image or text file)" in lines
     assert all(line.startswith("jevsearch: ") for line in lines), lines  # nothing from FAISS's loader
     assert "faiss" not in rerun.stderr.lower()
 

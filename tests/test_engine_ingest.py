@@ -7,10 +7,8 @@ real SIGKILL of a real ``jevsearch index`` process.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from PIL import Image
 from jevsearch import Engine
 from jevsearch.errors import InvalidInputError, ModelMismatchError
 from tests.ingest_corpus import (
+    kill_after_documents,
     make_encrypted_pdf,
     make_pdf,
     make_truncated_pdf,
@@ -151,18 +150,7 @@ def test_kill_mid_ingest_then_resume_equals_clean_run(tmp_path, model):
     for name in ("crashed", "clean"):
         _create(tmp_path / name, model).close()
 
-    proc = subprocess.Popen(_index_cmd(corpus, tmp_path / "crashed"), env=_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    seen, deadline = 0, time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        with Engine.open(tmp_path / "crashed", readonly=True) as reader:
-            seen = reader.stats()["documents"]
-        if seen >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 2 <= seen < total, f"killed after {seen} of {total} documents: {proc.stderr.read().decode()[-500:]}"
+    seen = kill_after_documents(_index_cmd(corpus, tmp_path / "crashed"), tmp_path / "crashed", _env(), REPO, total)
 
     with Engine.open(tmp_path / "crashed") as eng:  # opens after the crash, repairs, verifies
         eng.verify()

@@ -49,8 +49,8 @@ def test_discover_walks_folders_once_and_reports_bad_paths(tree, tmp_path):
     sources, failed = discover([tree, tmp_path / "report.docx", tmp_path / "nope.pdf", tree / "sub" / "b.pdf"])
 
     rel = [os.path.relpath(s.path, tree) for s in sources]
-    assert rel == ["a.pdf", "scan.png", "sub/b.pdf", "sub/deeper/c.PDF"]  # sorted, alias/loop/repeat once
-    assert [s.kind for s in sources] == ["pdf", "image", "pdf", "pdf"]
+    assert rel == ["a.pdf", "notes.txt", "scan.png", "sub/b.pdf", "sub/deeper/c.PDF"]  # sorted, alias/loop/repeat once
+    assert [s.kind for s in sources] == ["pdf", "text", "image", "pdf", "pdf"]
     assert all(os.path.isabs(s.path) for s in sources)
     reasons = {os.path.basename(p): r for p, r in failed}
     assert reasons["dangling.pdf"] == "broken symbolic link"

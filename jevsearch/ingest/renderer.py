@@ -157,6 +157,26 @@ class RenderProcess:
         return current + 1
 
 
+def failure_reason(e: BaseException) -> str:
+    """Why a file cannot be ingested, from what opening or rendering it raised: the same words from the
+    render process and from a Ray render task (jevsearch.scale)."""
+    if isinstance(e, DocumentError):
+        return e.reason if e.page is None else f"page {e.page}: {e.reason}"
+    if isinstance(e, MemoryError):
+        return "out of memory while rendering"
+    if isinstance(e, OSError):
+        return os_reason(e)
+    return f"cannot be read: {type(e).__name__}: {_first_line(e)}"
+
+
+def unrendered_reason(kind: str, page_count: int, first: str) -> str:
+    """Why a document none of whose pages could be rendered fails; ``first``: its first page's reason."""
+    if kind == "image":
+        return first
+    every = "" if page_count == 1 else f"none of its {page_count} pages could be rendered; "
+    return f"{every}page 1: {first}"
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -224,21 +244,12 @@ def _child() -> int:
                               "text": text, "n": len(data), "tn": len(thumb)}, data + thumb)
                 if len(missing) < doc.page_count:
                     send({"t": "end", "i": idx})
-                elif kind == "image":
-                    send({"t": "fail", "i": idx, "reason": missing[0]})
                 else:
-                    every = "" if doc.page_count == 1 else f"none of its {doc.page_count} pages could be rendered; "
-                    send({"t": "fail", "i": idx, "reason": f"{every}page 1: {missing[0]}"})
+                    send({"t": "fail", "i": idx, "reason": unrendered_reason(kind, doc.page_count, missing[0])})
             except BrokenPipeError:
                 raise
-            except DocumentError as e:
-                send({"t": "fail", "i": idx, "reason": e.reason if e.page is None else f"page {e.page}: {e.reason}"})
-            except OSError as e:
-                send({"t": "fail", "i": idx, "reason": os_reason(e)})
-            except MemoryError:
-                send({"t": "fail", "i": idx, "reason": "out of memory while rendering"})
             except Exception as e:  # noqa: BLE001 - whatever one file provokes fails that file only
-                send({"t": "fail", "i": idx, "reason": f"cannot be read: {type(e).__name__}: {_first_line(e)}"})
+                send({"t": "fail", "i": idx, "reason": failure_reason(e)})
     except BrokenPipeError:
         return 0  # the parent is gone or stopped us: nothing to report to
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it

@@ -1,4 +1,5 @@
-"""Finding the documents to ingest: PDFs (recursively in folders) and images as 1-page documents.
+"""Finding the documents to ingest: PDFs (recursively in folders), images as 1-page documents, and
+plain-text files (.txt, .md) split into passages (jevsearch.ingest.text).
 
 Discovery never raises for one bad path: it returns what it found plus ``(path, reason)`` pairs for
 what it could not use, so a batch goes on past a broken symlink or an unreadable folder.
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 
 PDF_SUFFIXES = frozenset({".pdf"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"})
-SUPPORTED = "PDF or png/jpg/jpeg/tiff/webp images"
+TEXT_SUFFIXES = frozenset({".txt", ".md"})
+SUPPORTED = "PDF, png/jpg/jpeg/tiff/webp images, or .txt/.md text"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -31,16 +33,18 @@ class Source:
     """One input document: its absolute path (the document id in an index) and its kind."""
 
     path: str
-    kind: str  # "pdf" | "image"
+    kind: str  # "pdf" | "image" | "text"
 
 
 def kind_of(path: str) -> str | None:
-    """``"pdf"``, ``"image"`` or None, from the file name's suffix (case-insensitive)."""
+    """``"pdf"``, ``"image"``, ``"text"`` or None, from the file name's suffix (case-insensitive)."""
     suffix = os.path.splitext(path)[1].lower()
     if suffix in PDF_SUFFIXES:
         return "pdf"
     if suffix in IMAGE_SUFFIXES:
         return "image"
+    if suffix in TEXT_SUFFIXES:
+        return "text"
     return None
 
 
@@ -66,7 +70,7 @@ def discover(paths: PathLike | Iterable[PathLike]) -> tuple[list[Source], list[t
                 suffix = os.path.splitext(path)[1] or "(none)"
                 failed.append((path, f"unsupported file type {suffix} (hint: {SUPPORTED})"))
             else:
-                log.info("%s: skipped (not a PDF or image)", path)
+                log.info("%s: skipped (not a PDF, image or text file)", path)
             return
         if not stat.S_ISREG(st.st_mode):
             failed.append((path, "not a regular file"))
@@ -123,7 +127,7 @@ def describe_folder(folder: str, limit: int = 3) -> str:
     """What a folder without documents holds, for the message that says nothing was found.
 
     >>> describe_folder("notes/")                                    # doctest: +SKIP
-    'no PDF or image files in it (found 2 .txt, 1 .docx)'
+    'no PDF, image or text files in it (found 2 .csv, 1 .docx)'
     """
     counts: dict[str, int] = {}
     hidden = 0
@@ -141,7 +145,7 @@ def describe_folder(folder: str, limit: int = 3) -> str:
         found.append(f"{rest} other")
     if hidden:
         found.append(f"{hidden} hidden (skipped)")
-    return "empty folder" if not found else f"no PDF or image files in it (found {', '.join(found)})"
+    return "empty folder" if not found else f"no PDF, image or text files in it (found {', '.join(found)})"
 
 
 def file_status(path: str, sha256: str | None, size: int | None = None, mtime_ns: int | None = None) -> str:

@@ -34,6 +34,7 @@ from jevsearch.errors import ChecksumError, CorruptIndexError
 from jevsearch.store.damage import DamageLog
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbstore import PageStore
+from jevsearch.store.subset import search_subset
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +237,11 @@ class GraphView:
         graph.save(self.index_dir, epoch=self.epoch, next_page_id=self.next_page_id)
         self.unsaved, self.clean = 0, True
 
-    def search(self, queries: np.ndarray, n: int) -> np.ndarray:
-        """Candidate page ids [Q, n] (-1 padded) for truncated, normalised queries [Q, single_dim]."""
+    def search(self, queries: np.ndarray, n: int, within: np.ndarray | None = None) -> np.ndarray:
+        """Candidate page ids [Q, n] (-1 padded) for truncated, normalised queries [Q, single_dim];
+        only among the live pages ``within`` when given (see jevsearch.store.subset)."""
+        if within is not None:
+            return search_subset(self.settle(), queries, n, within, self.next_page_id)
         return self.settle().search(queries, n, exclude=self.exclude)[0]
 
     def _set_tombstones(self, tombs: np.ndarray) -> None:

@@ -17,6 +17,9 @@ each compaction) with these named databases::
     text    u64be page id -> UTF-8 page text      (only when the caller gave texts)
     tomb    u64be page id -> b""                  deleted pages still present in the HNSW file
     visual  u64be page id -> grid layout + thumbnail (optional table: jevsearch.store.visual)
+    fields  u64be first page id -> JSON           a document's filterable fields (jevsearch.store.fields);
+                                                  optional: indexes made before it lack it until a writer
+                                                  opens them (state["fields"] says it is complete)
 
 Format version 2 (``"checksums": true`` in the manifest): every value except the empty tombstone
 markers ends with an 8-byte xxHash3 digest seeded by table and key (:mod:`jevsearch.store.checksum`);
@@ -65,9 +68,10 @@ DB_NAMES = ("meta", "docs", "pages", "single", "multi", "text", "tomb")
 # Tables added after format version 1: an index without them still opens (its handle is None
 # until a writer creates the table; readers treat the table as empty).
 EXACT = "exact"
-OPTIONAL_DB_NAMES = (visual.TABLE, EXACT)
+OPTIONAL_DB_NAMES = (visual.TABLE, "fields", EXACT)
 PAGE_VALUE_TABLES = ("pages", "single", "multi", EXACT, "text", visual.TABLE)  # keyed by page id
 UNSEALED = frozenset({"tomb"})  # empty markers: their keys are the data, so they carry no digest
+
 PAGE_KEY = struct.Struct(">Q")  # big-endian so LMDB key order == page id order
 PAGE_REC = struct.Struct("<16sII")  # doc key, page number (1-based), token count
 
@@ -511,6 +515,34 @@ class PageStore:
             if texts is not None:
                 self.put(txn, "text", k, texts[i].encode("utf-8"), append=True)
         self.put(txn, "docs", dkey, dump_json(doc))
+
+    def put_document_record(self, txn, doc: dict) -> None:
+        """Rewrite a document's record (e.g. its metadata); its pages stay as they are."""
+        self.put(txn, "docs", doc_key(doc["doc_id"]), dump_json(doc))
+
+    # -- field records (see jevsearch.store.fields) -------------------------------------------
+
+    def has_table(self, name: str) -> bool:
+        """Whether this process has a handle on the optional table ``name`` (see OPTIONAL_DB_NAMES)."""
+        return self._db.get(name) is not None
+
+    def put_fields(self, txn, first: int, record: dict) -> None:
+        self.put(txn, "fields", page_key(first), dump_json(record))
+
+    def delete_fields(self, txn, first: int) -> None:
+        self.delete(txn, "fields", page_key(first))
+
+    def iter_fields(self, txn, start: int = 0) -> Iterator[tuple[int, dict]]:
+        """(first page id, field record) of documents whose first page id is >= ``start``, in id order."""
+        keys, raws = [], []
+        for k, v in self.items(txn, "fields", page_key(start)):  # parsed 4096 at a time as one JSON
+            keys.append(PAGE_KEY.unpack(k)[0])                   # array: ~2x faster than a loads each
+            raws.append(bytes(v))
+            if len(raws) == 4096:
+                yield from zip(keys, json.loads(b"[" + b",".join(raws) + b"]"))
+                keys, raws = [], []
+        if raws:
+            yield from zip(keys, json.loads(b"[" + b",".join(raws) + b"]"))
 
     def put_views(self, txn, first: int, views: list[visual.PageView]) -> None:
         """Write the visual records of a document's pages (ids ``first ...``) just put by put_document."""

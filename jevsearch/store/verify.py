@@ -288,5 +288,5 @@ def describe(path: str, problems: list[Problem], repairing: bool = False) -> Cor
                    f"then `jevsearch index DOC --index {path}` for each")
     if not hint:
         hint = cli = ["restore the index from a backup"]
-    return CorruptIndexError(f"{path}: {len(problems)} problems: {shown}{more} (hint: {'; '.join(hint)})",
+    return CorruptIndexError(f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}: {shown}{more} (hint: {'; '.join(hint)})",
                              cli_hint="; ".join(cli))

@@ -1,0 +1,56 @@
+"""Document-level results (``group_by="document"``): DocHit, and the stage-1 widening that fills k documents.
+
+The ranking rule itself is pure: :func:`jevsearch.search.grouping.group_by_document`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jevsearch.search import grouping
+
+
+@dataclass
+class DocHit:
+    """One document-level result: ``score`` is its best page's score (documents rank by it, ties by
+    doc_id) and ``pages`` its best pages as Hits, best first (at most ``pages_per_document``)."""
+
+    doc_id: str
+    score: float
+    metadata: dict = field(default_factory=dict)
+    pages: list = field(default_factory=list)  # list[Hit]
+
+    @property
+    def path(self) -> str:
+        """The document's file (its id), as Hit.path."""
+        return self.doc_id
+
+
+def group(hits: list, k: int, per_doc: int) -> list[DocHit]:
+    """The k best documents of ``hits`` (sorted best first, ties by doc_id and page, so a hit's
+    position breaks ties as they do)."""
+    groups = grouping.group_by_document(range(len(hits)), [h.score for h in hits], [h.doc_id for h in hits],
+                                        k, per_doc)
+    return [DocHit(doc_id, score, hits[pages[0][0]].metadata, [hits[i] for i, _ in pages])
+            for doc_id, score, pages in groups]
+
+
+def document_candidates(store, view, txn, qsingle: np.ndarray, cand: np.ndarray, k: int, candidates: int,
+                        scope: np.ndarray | None, per_doc: int) -> np.ndarray:
+    """Stage-1 candidates for k documents: widened 4x at a time until every query's cover k
+    documents (or every page), then at most ``cap`` kept per document, best first, so that one long
+    document cannot fill the rerank (cap = max(pages_per_document, candidates / k)).
+
+    store / view / txn: the index's PageStore, GraphView and read transaction; scope: the page ids a
+    filter allows (None: all); cand: the first stage-1 answer [Q, candidates].
+    """
+    avail = store.state(txn)["pages"] if scope is None else len(scope)
+    while True:
+        docs = [[rec[0] if p >= 0 and (rec := store.page(txn, p)) else None for p in row] for row in cand.tolist()]
+        if cand.shape[1] >= avail or min(len(set(d) - {None}) for d in docs) >= k:
+            break
+        cand = view.search(qsingle, min(avail, 4 * cand.shape[1]), within=scope)
+    cap = max(per_doc, -(-candidates // k))
+    return grouping.cut_per_document(cand, docs, cap, k * cap)

@@ -1,0 +1,575 @@
+"""A sharded index: a folder of ordinary jevsearch indexes plus a shard manifest, searched by scatter/merge.
+
+    indexes/big/
+      shards.json     the shard manifest (written atomically): format, shard names, routing, model record
+      shard-000/      an ordinary index (Engine.open("indexes/big/shard-000") works on its own)
+      shard-001/ ...
+
+A document goes to the shard ``route(doc_id)``: the first 8 bytes of SHA-256 of its id (UTF-8), as a
+big-endian integer, modulo the shard count. The same id always lands on the same shard, in every
+process and on every machine (Python's ``hash()`` is salted per process, so it would not do).
+
+A search encodes the query once (here), sends its vectors to every shard, each runs its own two-stage
+search, and the per-shard top k are merged exactly by (score desc, doc id, page). A shard's top k are
+its k best pages, so the merge is the global top k of what the shards found: with ``candidates`` >=
+each shard's page count it equals exact MaxSim over the whole corpus.
+
+>>> sh = ShardedEngine.create("indexes/big", shards=4, model="jinaai/jina-embeddings-v4")   # doctest: +SKIP
+>>> sh.add(["corpus/"], ray="auto")                                                        # doctest: +SKIP
+>>> hits = sh.search("quarterly revenue", k=10, candidates=100)                            # doctest: +SKIP
+>>> sh = ShardedEngine.open("indexes/big", ray="auto")      # one read-only actor per shard   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from types import MappingProxyType
+
+from jevsearch.errors import (
+    CorruptIndexError,
+    FormatVersionError,
+    IndexExistsError,
+    IndexLockedError,
+    InvalidInputError,
+    JevsearchError,
+    ModelMismatchError,
+    NotAnIndexError,
+    ReadOnlyIndexError,
+    ShardError,
+)
+from jevsearch.ingest import modelinfo
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "shards.json"
+FORMAT = "jevsearch-sharded"
+VERSION = 1
+ROUTING = {"key": "doc_id", "hash": "sha256", "bytes": 8, "order": "big", "then": "mod shards"}
+MAX_SHARDS = 4096
+_SAME_IN_EVERY_SHARD = ("codec", "keep_exact", "pool_factor", "single_dtype")  # stats() keys not summed
+
+
+def route(doc_id: str, shards: int) -> int:
+    """The shard (0-based) a document id belongs to among ``shards``: stable across processes and machines.
+
+    >>> route("/data/a.pdf", 4), route("/data/a.pdf", 4) == route("/data/a.pdf", 4)
+    (0, True)
+    """
+    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[: ROUTING["bytes"]], ROUTING["order"]) % shards
+
+
+def is_sharded(path) -> bool:
+    """Whether ``path`` holds a sharded index (a shard manifest), e.g. to choose ShardedEngine over Engine."""
+    return os.path.isfile(os.path.join(os.fspath(path), MANIFEST))
+
+
+def read_manifest(path: str) -> dict:
+    """The shard manifest at ``path``, checked."""
+    file = os.path.join(path, MANIFEST)
+    try:
+        with open(file, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        hint = "open it with Engine.open" if os.path.exists(os.path.join(path, "CURRENT")) else \
+            "create one with ShardedEngine.create"
+        raise NotAnIndexError(f"{path}: no {MANIFEST}, not a sharded index (hint: {hint})") from None
+    except (OSError, ValueError) as e:
+        raise CorruptIndexError(f"{file}: unreadable ({e}) (hint: restore it from a backup)") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CorruptIndexError(f"{file}: not a jevsearch shard manifest (hint: restore it from a backup)")
+    if manifest.get("version") != VERSION:
+        raise FormatVersionError(f"{file}: shard manifest version {manifest.get('version')!r}; this jevsearch "
+                                 f"reads version {VERSION} (hint: upgrade jevsearch)")
+    names = manifest.get("shards")
+    if not isinstance(names, list) or not names or manifest.get("routing") != ROUTING or \
+            not all(isinstance(n, str) and n and os.path.basename(n) == n and not n.startswith(".") for n in names):
+        raise CorruptIndexError(f"{file}: bad shard list or routing (hint: restore it from a backup)")
+    return manifest
+
+
+def write_manifest(path: str, manifest: dict) -> None:
+    """Write the shard manifest atomically: a temporary file, fsync, rename over, fsync the folder."""
+    fd, tmp = tempfile.mkstemp(prefix=".shards-", suffix=".json", dir=path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(path, MANIFEST))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Hits(list):
+    """A search's hits (a list, as Engine.search returns) plus ``missing``: shards that did not answer
+    (only ever non-empty with ``allow_partial=True``). A hit's ``page_id`` is its page's id in its
+    shard (``route(hit.doc_id)``)."""
+
+    def __init__(self, hits=(), missing=()):
+        super().__init__(hits)
+        self.missing: list[str] = sorted(missing)
+
+
+class ShardedEngine:
+    """An index split into shards by document id; the same search and add API as :class:`Engine`.
+
+    Create with :meth:`create`, open with :meth:`open`. Opened without ``ray``, the shards are ordinary
+    indexes in this process (a writer holds each one's lock; ``readonly=True`` for readers) and a
+    search asks them all at once on threads. With ``ray``, each shard is served by a long-lived Ray
+    actor that holds it open read-only (writes raise ReadOnlyIndexError). Both give the same hits.
+
+    A shard that is missing or fails is a :class:`~jevsearch.errors.ShardError`; with
+    ``allow_partial=True`` the others answer and ``missing`` (and each result's ``.missing``) names it.
+    """
+
+    def __init__(self, path: str, manifest: dict, backend, missing: dict, allow_partial: bool, readonly: bool,
+                 timeout: float | None, model_args: tuple):
+        # Private: use ShardedEngine.create / ShardedEngine.open.
+        self.path, self.readonly, self.allow_partial, self.timeout = path, readonly, allow_partial, timeout
+        self._manifest, self._backend, self._missing = manifest, backend, dict(missing)
+        self._encoder, self._model_args = None, model_args
+        self._model_shared = False  # every open shard Engine holds self._encoder (see _share_model)
+        self._index_manifest = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path, *, shards: int = 4, model=None, single_dim: int | None = None,
+               max_pixels: int | None = None, device=None, dtype=None, threads: int = 1,
+               **index_args) -> "ShardedEngine":
+        """Create ``shards`` empty indexes and the shard manifest at ``path`` (must not exist or be empty).
+
+        ``model`` (loaded once, recorded in every shard and the manifest), ``single_dim``, ``max_pixels``,
+        ``device``, ``dtype``, and other index arguments: as in :meth:`Engine.create`. Without a model the
+        shards take the caller's embeddings (``add_embeddings``). Built in a temporary sibling folder
+        and renamed into place, so a crash never leaves half a sharded index. Returns it open for writing.
+        """
+        from jevsearch.engine import Engine
+
+        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+            raise InvalidInputError(f"shards: {shards!r} (hint: an integer from 1 to {MAX_SHARDS})")
+        path = os.fspath(path)
+        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+            raise IndexExistsError(f"{path}: already exists and is not empty (hint: open it, or pick a new path)")
+        encoder, model_info = None, None
+        if model is not None:
+            # Loaded before anything is written: a bad model path leaves nothing behind.
+            encoder, single_dim, model_info = modelinfo.prepare(model, single_dim, max_pixels, device, dtype)
+            index_args["multi_dim"] = encoder.multi_dim
+        elif max_pixels is not None:
+            raise InvalidInputError("max_pixels: only with model= (hint: it sets how pages are rendered)")
+        width = max(3, len(str(shards - 1)))
+        names = [f"shard-{i:0{width}d}" for i in range(shards)]
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".jevsearch-create-", dir=parent)
+        try:
+            for name in names:
+                Engine.create(os.path.join(tmp, name), single_dim=single_dim, model_info=model_info,
+                              **index_args).close()
+            write_manifest(tmp, {"format": FORMAT, "version": VERSION, "shards": names, "routing": ROUTING,
+                                 "model": model_info})
+            os.rename(tmp, path)  # replaces an empty directory atomically
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(parent)
+        return cls.open(path, model=encoder, threads=threads, device=device, dtype=dtype)
+
+    @classmethod
+    def open(cls, path, *, readonly: bool = False, ray=None, allow_partial: bool = False, threads: int = 1,
+             model=None, device=None, dtype=None, timeout: float | None = None,
+             nodes: dict | None = None) -> "ShardedEngine":
+        """Open a sharded index.
+
+        readonly / threads / model / device / dtype: as in :meth:`Engine.open`, for every shard.
+        ray: ``"auto"`` or a cluster address: serve each shard from a Ray actor holding it open read-only
+        (implies ``readonly``); ``nodes`` maps shard names to the Ray node ids that hold their files.
+        allow_partial: open and search even when shards are missing or fail (see :attr:`missing`).
+        timeout: seconds a shard may take to answer before it counts as failed (default: no limit).
+        """
+        from jevsearch.engine import Engine
+
+        path = os.fspath(path)
+        manifest = read_manifest(path)
+        names = manifest["shards"]
+        if nodes is not None and not set(nodes) <= set(names):
+            raise InvalidInputError(f"nodes: unknown shards {sorted(set(nodes) - set(names))} (hint: {names[0]}, ...)")
+        paths = {name: os.path.join(path, name) for name in names}
+        if ray is not None:
+            from jevsearch.scale.cluster import Session
+            from jevsearch.scale.shards import RayShards
+
+            session = Session(ray)
+            try:
+                backend = RayShards(session, paths, threads, nodes)
+                missing = backend.start(timeout)
+            except BaseException:
+                session.close()
+                raise
+            readonly = True
+        else:
+            from jevsearch.scale.shards import LocalShards
+
+            encoder = None
+            if model is not None:  # loaded once for every shard (each checks it is its model)
+                encoder = modelinfo.load_encoder(model, device, dtype)
+            opened, missing = {}, {}
+            try:
+                for name, shard_path in paths.items():
+                    try:
+                        opened[name] = Engine.open(shard_path, readonly=readonly, model=encoder, threads=threads,
+                                                   device=device, dtype=dtype)
+                    except (IndexLockedError, ModelMismatchError):
+                        raise  # not a shard's damage: another writer, or the caller's model
+                    except (JevsearchError, OSError) as e:  # missing, damaged, unreadable: this shard only
+                        missing[name] = e
+            except BaseException:
+                for eng in opened.values():
+                    eng.close()
+                raise
+            backend = LocalShards(opened)
+        sh = cls(path, manifest, backend, missing, allow_partial, readonly, timeout, (device, dtype))
+        if model is not None:
+            if ray is not None:  # only queries are encoded here; the shard actors hold no model
+                encoder = modelinfo.load_encoder(model, device, dtype)
+                modelinfo.check_same_model(modelinfo.recorded_model(manifest), encoder)
+            sh._encoder, sh._model_shared = encoder, ray is None
+        if missing and not allow_partial:
+            sh.close()
+            raise sh._shard_error(missing)
+        for name, e in missing.items():
+            log.warning("%s: shard %s unavailable, searching the others: %s", path, name, e)
+        return sh
+
+    def close(self) -> None:
+        """Close every shard (a writer flushes and releases its lock), or stop the shard actors. Idempotent."""
+        if self._backend is not None:
+            backend, self._backend = self._backend, None
+            backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ShardedEngine({self.path!r}, shards={len(self.shards)}, readonly={self.readonly})"
+
+    # -- what it is -----------------------------------------------------------------------------
+    @property
+    def shards(self) -> list[str]:
+        """The shard names, in routing order (shard i holds the documents with route(id) == i)."""
+        return list(self._manifest["shards"])
+
+    @property
+    def missing(self) -> list[str]:
+        """Shards that could not be opened (only with ``allow_partial=True``; else open raised)."""
+        return sorted(self._missing)
+
+    @property
+    def manifest(self) -> MappingProxyType:
+        """The shards' index manifest (format_version, dims, model, ...; the same for every shard)."""
+        if self._index_manifest is None:
+            answers = self._call("manifest", partial_ok=True)
+            first = next(iter(answers.values()))
+            self._index_manifest = json.loads(json.dumps(dict(first)))
+        return MappingProxyType(self._index_manifest)
+
+    def route(self, doc_id: str) -> str:
+        """The name of the shard that holds (or will hold) ``doc_id``."""
+        if not isinstance(doc_id, str) or not doc_id:
+            raise InvalidInputError(f"doc_id: {doc_id!r} is not a non-empty string")
+        return self._manifest["shards"][route(doc_id, len(self._manifest["shards"]))]
+
+    # -- writes ---------------------------------------------------------------------------------
+    def add(self, paths, *, metadata: dict | None = None, prune: bool = False, retry_failed: bool = False,
+            progress: bool = False, found: tuple | None = None, ray=None, workers: int | None = None):
+        """Index PDFs, images and text files into their shards; one IngestReport, as :meth:`Engine.add` gives.
+
+        Files are routed by their document id (absolute path); each shard runs :meth:`Engine.add` on
+        its own files (``prune``, ``retry_failed``: within that shard; a file renamed into another
+        shard's share is encoded there, its old document pruned from the first). ``ray``/``workers``:
+        as in :meth:`Engine.add` (an address, or an open EncoderPool); one pool of encoder actors serves
+        every shard. Without ``ray`` the model is loaded once here and shared by the shards.
+        """
+        from jevsearch.ingest import IngestReport, discover
+        from jevsearch.scale.ingest import EncoderPool
+
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        sources, failed = found if found is not None else discover(paths)
+        groups: dict[str, list] = {name: [] for name in self.shards} if prune else {}
+        for src in sources:
+            groups.setdefault(self.route(src.path), []).append(src)
+        for name in groups:
+            self._writer(name)  # writable, present: checked before any model loads
+        args = {"metadata": metadata, "prune": prune, "retry_failed": retry_failed, "progress": progress}
+
+        def each(**kw) -> list:  # every shard sees all paths (for pruning) and finds only its own files
+            return [self._writer(name).add(paths, found=(own, []), **args, **kw) for name, own in groups.items()]
+
+        if isinstance(ray, EncoderPool):  # the caller's pool, left open
+            reports = each(ray=ray, workers=workers)
+        elif ray is not None:
+            with EncoderPool(ray, modelinfo.recorded_model(self._manifest), workers) as pool:
+                reports = each(ray=pool)
+        else:
+            if workers is not None:
+                raise InvalidInputError("workers: only with ray=... (hint: ray=\"auto\" to use a Ray cluster)")
+            if any(own for own in groups.values()):
+                self._share_model()
+            reports = each()
+        order = {src.path: i for i, src in enumerate(sources)}
+        return _merge_reports(IngestReport(failed=list(failed)), reports, order)
+
+    def add_embeddings(self, doc_id: str, singles, multis, metadata: dict | None = None,
+                       page_texts: list[str] | None = None) -> int:
+        """Add (or replace) a document in its shard; as :meth:`Index.add_embeddings`."""
+        return self._writer(self.route(doc_id)).add_embeddings(doc_id, singles, multis, metadata, page_texts)
+
+    def add_embeddings_many(self, docs) -> list[int]:
+        """Add several documents: one commit per shard they route to (each shard's group all or nothing;
+        not atomic across shards). Returns their page counts in the order given."""
+        docs = list(docs)
+        groups: dict[str, list[int]] = {}
+        for i, doc in enumerate(docs):
+            if not isinstance(doc, tuple) or not doc:
+                raise InvalidInputError(f"docs[{i}]: expected a tuple (doc_id, singles, multis[, ...])")
+            groups.setdefault(self.route(doc[0]), []).append(i)
+        writers = {name: self._writer(name) for name in groups}
+        counts = [0] * len(docs)
+        for name, idx in groups.items():
+            for i, n in zip(idx, writers[name].add_embeddings_many([docs[i] for i in idx])):
+                counts[i] = n
+        return counts
+
+    def delete(self, doc_id: str) -> bool:
+        """Delete a document from its shard; False if it was not there."""
+        return self._writer(self.route(doc_id)).delete(doc_id)
+
+    def flush(self) -> None:
+        for name in self.shards:
+            if name not in self._missing:
+                self._writer(name).flush()
+
+    def compact(self) -> None:
+        for name in self.shards:
+            if name not in self._missing:
+                self._writer(name).compact()
+
+    # -- reads ----------------------------------------------------------------------------------
+    def search(self, query, k: int = 10, *, candidates: int | None = None, rescore: int | None = None) -> Hits:
+        """Search with a text or a PIL image, as :meth:`Engine.search`: encoded once here, searched on
+        every shard (``candidates`` per shard), merged exactly. ``.missing`` on the result: see class."""
+        from jevsearch.search.snippets import snippet
+
+        recorded = modelinfo.recorded_model(self._manifest)
+        emb = modelinfo.encode_query(self.encoder, query, modelinfo.page_geometry(self.encoder, recorded))
+        hits = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates, rescore=rescore)
+        for hit in hits:
+            hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
+        return hits
+
+    def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int | None = None,
+                          rescore: int | None = None, exhaustive: bool = False) -> Hits | list[Hits]:
+        """As :meth:`Index.search_embeddings` (one query or a batch), over every shard, merged exactly;
+        ``candidates`` and ``rescore`` (default: the shards' codec's) per shard."""
+        answers = self._call("search_embeddings", q_single, q_multi, k=k, candidates=candidates, rescore=rescore,
+                             exhaustive=exhaustive, partial_ok=True)
+        missing = set(self._missing) | (set(self.shards) - set(answers) - set(self._missing))
+        lists = list(answers.values())
+        if isinstance(q_multi, (list, tuple)):
+            return [Hits(_merge([shard[q] for shard in lists], k), missing) for q in range(len(q_multi))]
+        return Hits(_merge(lists, k), missing)
+
+    def document(self, doc_id: str) -> dict | None:
+        """A document's record, from its shard (None if absent)."""
+        name = self.route(doc_id)
+        return self._call("document", doc_id, only=name)[name]
+
+    def documents(self):
+        """Every document id, sorted (over the shards that answer)."""
+        answers = self._call("documents", partial_ok=True)
+        return iter(sorted(d for ids in answers.values() for d in ids))
+
+    def document_list(self) -> list[dict]:
+        """Every document as :meth:`document` gives it, sorted by id (over the shards that answer)."""
+        answers = self._call("document_list", partial_ok=True)
+        return sorted((d for docs in answers.values() for d in docs), key=lambda d: d["doc_id"])
+
+    def failures(self) -> dict[str, dict]:
+        """The files the shards' adds could not index, as recorded: {path: {"sha256", "reason"}}."""
+        answers = self._call("failures", partial_ok=True)
+        return {path: rec for recs in answers.values() for path, rec in recs.items()}
+
+    def stats(self) -> dict:
+        """:meth:`Index.stats` summed over the shards, plus ``shards`` (count) and ``missing`` (names)."""
+        answers = self._call("stats", partial_ok=True)
+        total: dict = {"shards": len(self.shards)}
+        for stats in answers.values():
+            for key, value in stats.items():
+                if key in _SAME_IN_EVERY_SHARD:  # the storage layout: shards are created alike
+                    total[key] = value
+                elif key == "bytes_per_page":  # a mean over the shards' pages
+                    sub = total.setdefault(key, {})
+                    for k2, v2 in value.items():
+                        sub[k2] = sub.get(k2, 0) + v2 * stats["pages"]
+                elif isinstance(value, dict):
+                    sub = total.setdefault(key, {})
+                    for k2, v2 in value.items():
+                        sub[k2] = sub.get(k2, 0) + v2
+                else:
+                    total[key] = total.get(key, 0) + value
+        total["missing"] = sorted(set(self.shards) - set(answers))
+        total["bytes_per_page"] = {k: v / max(total.get("pages", 0), 1) for k, v in total.get("bytes_per_page", {}).items()}
+        return total
+
+    def verify(self, *, deep: bool = False, repair: bool = False) -> dict:
+        """Verify every shard (:meth:`Index.verify`, ``repair`` with a writer) and that each document is
+        in the shard it routes to.
+
+        Raises ShardError if a shard is missing (even with allow_partial: a partial index is not sound),
+        CorruptIndexError listing the problems. Returns the counts checked, summed, plus ``shards`` (and
+        ``repaired``: what was done, each line naming its shard).
+        """
+        if self._missing:
+            raise self._shard_error(self._missing)
+        if repair:
+            reports = {name: self._writer(name).verify(deep=deep, repair=True) for name in self.shards}
+        else:
+            reports = self._call("verify", deep=deep)
+        documents = self._call("documents")
+        problems = [f"{name}: {doc!r} belongs in {self.route(doc)}" for name, ids in documents.items()
+                    for doc in ids if self.route(doc) != name]
+        if problems:
+            more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
+            raise CorruptIndexError(f"{self.path}: documents in the wrong shard: " + "; ".join(problems[:20]) + more +
+                                    " (hint: the shard folders were renamed or mixed up; restore them)")
+        total = {"shards": len(self.shards)}
+        for name, report in reports.items():
+            for key, value in report.items():
+                if isinstance(value, list):
+                    total.setdefault(key, []).extend(f"{name}: {v}" for v in value)
+                else:
+                    total[key] = total.get(key, 0) + value
+        return total
+
+    @property
+    def encoder(self):
+        """The model recorded by the index (loaded on first use, here, to encode queries)."""
+        if self._encoder is None:
+            recorded = modelinfo.recorded_model(self._manifest)
+            encoder = modelinfo.load_encoder(recorded["source"], *self._model_args, recorded=True)
+            modelinfo.check_same_model(recorded, encoder)
+            self._encoder = encoder
+        return self._encoder
+
+    # -- internals ------------------------------------------------------------------------------
+    def _call(self, method: str, *args, only: str | None = None, partial_ok: bool = False, **kwargs) -> dict:
+        """``method`` on the open shards (or just ``only``) -> {name: result}; failures raise ShardError,
+        unless ``partial_ok`` and ``allow_partial`` (then the failed shards are left out, and logged)."""
+        if self._backend is None:
+            raise JevsearchError(f"{self.path}: sharded index is closed (hint: open it again)")
+        if only is not None and only in self._missing:
+            raise self._shard_error({only: self._missing[only]})
+        answers = self._backend.call(method, *args, names=None if only is None else [only], timeout=self.timeout,
+                                     **kwargs)
+        failed = {name: e for name, e in answers.items() if isinstance(e, BaseException)}
+        if failed:
+            if isinstance(next(iter(failed.values())), InvalidInputError):
+                raise next(iter(failed.values()))  # the caller's mistake, the same on every shard
+            if not (partial_ok and self.allow_partial) or len(failed) == len(answers):
+                raise self._shard_error(failed)
+            for name, e in failed.items():
+                log.warning("%s: shard %s did not answer %s: %s", self.path, name, method, e)
+        return {name: r for name, r in answers.items() if name not in failed}
+
+    def _shard_error(self, failed: dict) -> ShardError:
+        parts = "; ".join(f"{name}: {_why(e)}" for name, e in sorted(failed.items()))
+        return ShardError(f"{self.path}: {len(failed)} of {len(self.shards)} shards unavailable ({parts}) "
+                          "(hint: restore them, or open with allow_partial=True to use the others)",
+                          cli_hint="restore them (each is an ordinary index folder)")
+
+    def _writer(self, name: str):
+        if self._backend is None:
+            raise JevsearchError(f"{self.path}: sharded index is closed (hint: open it again)")
+        if self.readonly:
+            raise ReadOnlyIndexError(f"{self.path}: opened read-only (hint: ShardedEngine.open(path) without "
+                                     "readonly=True or ray= to write; one writer at a time)")
+        if name in self._missing:
+            raise self._shard_error({name: self._missing[name]})
+        return self._backend.opened[name]
+
+    def _share_model(self) -> None:
+        """Before a local add: every shard engine uses this process's one copy of the model (an Engine
+        loads its own on first use; a shard opened without one is reopened with it, once)."""
+        from jevsearch.engine import Engine
+
+        if self._model_shared:
+            return
+        encoder = self.encoder
+        for name, eng in list(self._backend.opened.items()):
+            shard_path, threads = eng.path, eng.threads
+            eng.close()
+            self._backend.opened[name] = Engine.open(shard_path, model=encoder, threads=threads)
+        self._model_shared = True
+
+
+def _why(e: BaseException) -> str:
+    """A shard's failure in a few words: "missing", or its error without its own hint."""
+    if isinstance(e, (NotAnIndexError, FileNotFoundError)):
+        return "missing"
+    text = " ".join(str(e).split()) or type(e).__name__
+    cut = text.rfind(" (hint: ")
+    return text[:cut] if cut > 0 else text
+
+
+def _merge(lists, k: int) -> list:
+    """The exact global top k of per-shard top-k hit lists: score desc, then doc id, then page."""
+    hits = [h for hits in lists for h in hits]
+    hits.sort(key=lambda h: (-h.score, h.doc_id, h.page))
+    return hits[:k]
+
+
+def _merge_reports(report, reports, order: dict):
+    """Per-shard IngestReports folded into ``report``: lists joined (in discovery order), numbers summed."""
+    for part in reports:
+        for f in dataclasses.fields(part):
+            mine, theirs = getattr(report, f.name), getattr(part, f.name)
+            if isinstance(theirs, list):
+                mine.extend(theirs)
+            elif isinstance(theirs, dict):
+                for key, value in theirs.items():
+                    mine[key] = mine.get(key, 0) + value
+            elif isinstance(theirs, (int, float)):
+                setattr(report, f.name, mine + theirs)
+
+    def key(entry):  # an entry is a path, or a tuple that names one; discovery failures stay first
+        for item in (entry,) if isinstance(entry, str) else entry if isinstance(entry, tuple) else ():
+            if isinstance(item, str) and item in order:
+                return order[item]
+        return -1
+
+    for f in dataclasses.fields(report):
+        value = getattr(report, f.name)
+        if isinstance(value, list):
+            value.sort(key=key)
+    return report
