@@ -96,8 +96,8 @@ def compare(paths: dict[str, str], build: dict, queries: list, ex_sets: list[set
         for c in CANDIDATES:
             for n in names:
                 counters[n].bytes = {"multi": 0, "exact": 0}
-            for qs, qm, _ in queries:
-                for n in names:  # alternating: a load spike hits every configuration alike
+            for i, (qs, qm, _) in enumerate(queries):
+                for n in _rotated(names, i):  # alternating: a load spike hits every configuration alike
                     t = time.perf_counter()
                     s = hits(n, qs, qm, c)
                     lat[n, c].append((time.perf_counter() - t) * 1e3)
@@ -114,7 +114,8 @@ def compare(paths: dict[str, str], build: dict, queries: list, ex_sets: list[set
                 t = time.perf_counter()
                 hits(n, qs, qm, 100)
                 cold[n].append((time.perf_counter() - t) * 1e3)
-        sweep = _rescore_sweep(engs, queries, ex_sets, k) if {"binary+exact", "fp16"} <= set(engs) else []
+        sweep = _rescore_sweep(engs, queries, ex_sets, k, {c: sets["fp16", c] for c in CANDIDATES}) \
+            if {"binary+exact", "fp16"} <= set(engs) else []
     finally:
         for e in engs.values():
             e.close()
@@ -158,22 +159,31 @@ def compare(paths: dict[str, str], build: dict, queries: list, ex_sets: list[set
     print_grid(f"codecs ({pages[base]} pages; defaults: rescore as each layout's, k={k}; ratios vs {base})",
                names, rows)
     if sweep:
-        print_grid("binary+exact: candidates x rescore (recall@10 vs exhaustive; warm p50 ms, and its ratio to "
-                   "fp16 at c=100 timed in turn)", ["recall", "p50", "x fp16 c=100"],
-                   [(f"c={c} rescore={r}", [rec, ms, x], "") for c, r, rec, ms, x in sweep])
+        print_grid("binary+exact: candidates x rescore (recall@10 vs exhaustive and vs fp16 two-stage at the same "
+                   "candidates; warm p50 ms, and its ratio to fp16 at c=100 timed in turn)",
+                   ["vs exhaustive", "vs fp16", "p50", "x fp16 c=100"],
+                   [(f"c={c} rescore={r}", [rec, vs, ms, x], "") for c, r, rec, vs, ms, x in sweep])
 
 
-SWEEP = ((200, 20), (400, 20), (400, 40), (400, 80), (1000, 40), (1000, 80))
+SWEEP = ((100, 10), (100, 16), (100, 20), (100, 40), (200, 20), (300, 20), (400, 20), (1000, 20))
 
 
-def _rescore_sweep(engs: dict, queries: list, ex_sets: list[set], k: int) -> list[tuple]:
-    """(candidates, rescore, recall@k vs exhaustive, warm p50 ms / fp16's at c=100) for binary+exact
-    settings, each query also run on fp16 at c=100 in turn (the baseline of the same moments)."""
+def _rotated(items: list, i: int) -> list:
+    """``items`` starting at the i-th: each comes after every other as often (the previous query's
+    data in the caches helps or hurts the next one)."""
+    i %= len(items)
+    return list(items[i:]) + list(items[:i])
+
+
+def _rescore_sweep(engs: dict, queries: list, ex_sets: list[set], k: int, fp16_sets: dict) -> list[tuple]:
+    """(candidates, rescore, recall@k vs exhaustive, vs fp16 at the same candidates ("-" if not run),
+    warm p50 ms, its ratio to fp16's at c=100) for binary+exact settings, each query also run on fp16
+    at c=100 in turn (the baseline of the same moments)."""
     eng, base = engs["binary+exact"], engs["fp16"]
     lat = {s: [] for s in SWEEP + (None,)}
     sets = {s: [] for s in SWEEP}
-    for qs, qm, _ in queries:
-        for s in SWEEP + (None,):
+    for i, (qs, qm, _) in enumerate(queries):
+        for s in _rotated(SWEEP + (None,), i):
             t = time.perf_counter()
             found = base.search_embeddings(qs, qm, k=k, candidates=100) if s is None else \
                 eng.search_embeddings(qs, qm, k=k, candidates=s[0], rescore=s[1])
@@ -183,5 +193,7 @@ def _rescore_sweep(engs: dict, queries: list, ex_sets: list[set], k: int) -> lis
     out = []
     for s in SWEEP:
         rec = float(np.mean([len(x & y) / max(1, len(y)) for x, y in zip(sets[s], ex_sets)]))
-        out.append((*s, rec, pct(lat[s], 50), pct(lat[s], 50) / pct(lat[None], 50)))
+        base = fp16_sets.get(s[0])
+        vs = float(np.mean([len(x & y) / max(1, len(y)) for x, y in zip(sets[s], base)])) if base else "-"
+        out.append((*s, rec, vs, pct(lat[s], 50), pct(lat[s], 50) / pct(lat[None], 50)))
     return out
