@@ -55,10 +55,10 @@ __all__ = ["DEFAULT_CODEC", "Layout", "conversion", "new_layout"]
 DEFAULT_CODEC = "binary"
 DEFAULT_KEEP_EXACT = True
 # (codec, keep_exact) -> default (candidates, rescore) of a search; rescore is raised to 2k. Measured
-# with benchmarks/search.py at 10k pages (k=10): binary codes cost ~0.4x fp16 per candidate, so
-# binary+exact affords 200 candidates (recall@10 against exhaustive 0.964, fp16 at 100: 0.935) at
-# fp16's latency at 100; rescoring 20 keeps fp16's top 10 (0.996; 16: 0.988, 10: 0.84). int8 codes
-# cost what fp16 does: its depth stays fp16's.
+# with benchmarks/search.py at 10k pages (k=10): binary codes cost ~0.45x fp16 per candidate, so
+# binary+exact affords 200 candidates (recall@10 against exhaustive 0.968; fp16 at 100: 0.918) at
+# about fp16's latency at 100; rescoring 20 keeps fp16's top 10 (1.0; 16: 0.996, 10: 0.85). int8
+# codes cost what fp16 does: its depth stays fp16's.
 DEFAULT_DEPTH = {("fp16", False): (100, 20), ("fp32", False): (100, 20),
                  ("int8", False): (100, 20), ("int8", True): (100, 20),
                  ("binary", False): (100, 20), ("binary", True): (200, 20)}
@@ -98,6 +98,11 @@ class Layout:
         return (f"Layout(codec={self.codec.name!r}, keep_exact={self.keep_exact}, pool_factor={self.pool_factor}, "
                 f"single_dtype={self.single_dtype.name!r})")
 
+    def __str__(self) -> str:
+        """In words: "binary codes + exact tokens, pooled by 2"."""
+        return (f"{self.codec.name} codes" + (" + exact tokens" if self.keep_exact else "")
+                + (f", pooled by {self.pool_factor}" if self.pool_factor > 1 else ""))
+
     @property
     def exact_codec(self) -> codecs.Codec | None:
         """The codec of the ``exact`` table (float16), None when exact tokens are not kept."""
@@ -121,10 +126,10 @@ class Layout:
         :data:`DEFAULT_DEPTH`), checked: InvalidInputError names a bad one, and ``rescore`` above
         ``candidates``. Both are raised to ``k``.
 
-        >>> Layout(codecs.get("binary", 128), keep_exact=True).depth(10, 100, 200)
+        >>> Layout(codecs.get("binary", 128), keep_exact=True).depth(10, 100, 200)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        jevsearch.errors.InvalidInputError: rescore: 200 is more than candidates (100) (hint: rescore pages are picked among the candidates: raise candidates or lower rescore)
+        jevsearch.errors.InvalidInputError: rescore: 200 is more than candidates (100) (hint: ...)
         """
         default_c, default_r = DEFAULT_DEPTH[self.codec.name, self.keep_exact]
         candidates = default_c if candidates is None else validate.check_k(candidates, "candidates")
@@ -222,10 +227,10 @@ def new_layout(dim: int, codec=None, keep_exact=None, pool_factor=None, multi_dt
     Layout(codec='int8', keep_exact=True, pool_factor=2, single_dtype='float16')
     >>> new_layout(128, "fp16") == new_layout(128, multi_dtype="float16")   # today's storage, version 2
     True
-    >>> new_layout(128, "jpeg")
+    >>> new_layout(128, "jpeg")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    jevsearch.errors.InvalidInputError: codec: 'jpeg' is not one of fp16, int8, binary (hint: binary is the smallest; fp16 stores the tokens as they are)
+    jevsearch.errors.InvalidInputError: codec: 'jpeg' is not one of fp16, int8, binary (hint: ...)
     """
     if multi_dtype is not None:
         if multi_dtype not in MULTI_DTYPES:
@@ -267,9 +272,10 @@ def conversion(store: PageStore, manifest: dict, old: Layout, new: Layout) -> Re
     The codes of every page are written first, then the exact tokens: the codes, which every search
     reads, lie together in the new file rather than between the exact tokens read only for rescoring.
     """
-    if not old.has_floats and (new.codec.name != old.codec.name or new.keep_exact or new.pool_factor != old.pool_factor):
+    needs_floats = new.codec.name != old.codec.name or new.keep_exact or new.pool_factor != old.pool_factor
+    if needs_floats and not old.has_floats:
         raise InvalidInputError(f"codec: this index keeps only {old.codec.name} codes, not its float tokens: it "
-                                f"cannot become {new!r} (hint: re-index the documents into a new index)")
+                                f"cannot become {new} (hint: re-index the documents into a new index)")
     if old.pool_factor > 1 and new.pool_factor != old.pool_factor:
         raise InvalidInputError(f"pool_factor: this index's tokens are already pooled by {old.pool_factor}; the "
                                 "original tokens are gone (hint: keep pool_factor, or re-index)")

@@ -85,8 +85,8 @@ class IndexMaintenance:
             sizes = {"lmdb_file": self._store.file_bytes(),
                      "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0}
             sizes.update(self._store.table_bytes())
-            parts = {"multi_codes": sizes.get("multi", 0), "exact": sizes.get(EXACT, 0), "singles": sizes.get("single", 0),
-                     "hnsw": sizes["hnsw_file"]}
+            parts = {"multi_codes": sizes.get("multi", 0), "exact": sizes.get(EXACT, 0),
+                     "singles": sizes.get("single", 0), "hnsw": sizes["hnsw_file"]}
             parts["other"] = sizes["lmdb_file"] - parts["multi_codes"] - parts["exact"] - parts["singles"]
             layout = self._layout
             return {"documents": state["docs"], "pages": state["pages"], "tokens": state["tokens"],

@@ -210,7 +210,8 @@ def test_compact_converts_an_index_in_place(tmp_path):
         finally:
             reader.close()
         size = ix.stats()["bytes_per_page"]
-        assert size["multi_codes"] < size_before["multi_codes"] / 8 and size["exact"] >= size_before["multi_codes"] * 0.9
+        assert size["multi_codes"] < size_before["multi_codes"] / 8
+        assert size["exact"] >= size_before["multi_codes"] * 0.9
         ix.verify(deep=True)
         ix.compact(keep_exact=False)  # drop the exact tokens: the smallest index
         assert ix.stats()["bytes_per_page"]["exact"] == 0 and ix.manifest["keep_exact"] is False
@@ -255,7 +256,8 @@ def test_info_and_stats_report_codec_and_bytes_per_part(tmp_path, capsys):
     # LMDB stores a value in whole 4 KB pages (small ones share leaf pages): sizes are approximate.
     assert sizes["fp16"]["multi_codes"] == pytest.approx(tokens_per_page * 256, rel=0.2)
     assert sizes["binary"]["multi_codes"] < sizes["fp16"]["multi_codes"] / 6
-    assert sizes["binary"]["exact"] == 0 and sizes["binary+exact"]["exact"] == pytest.approx(sizes["fp16"]["multi_codes"], rel=0.05)
+    assert sizes["binary"]["exact"] == 0
+    assert sizes["binary+exact"]["exact"] == pytest.approx(sizes["fp16"]["multi_codes"], rel=0.05)
     assert sizes["binary"]["singles"] < sizes["fp16"]["singles"]  # float16 singles
     assert cli_main(["info", "--index", str(tmp_path / "binary+exact"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -270,7 +272,8 @@ def test_cli_compact_converts_and_index_refuses_another_codec(tmp_path, capsys):
     path = tmp_path / "idx"
     with Index.create(path, single_dim=64, codec="fp16") as ix:
         _fill(ix, _docs(n=2))
-    assert cli_main(["compact", "--index", str(path), "--codec", "binary", "--no-keep-exact", "--pool-factor", "2"]) == 0
+    assert cli_main(["compact", "--index", str(path), "--codec", "binary", "--no-keep-exact",
+                     "--pool-factor", "2"]) == 0
     out = capsys.readouterr().out
     assert "fp16 codes -> binary codes, pooled by 2" in out
     with Index.open(path, readonly=True) as ix:
@@ -280,6 +283,14 @@ def test_cli_compact_converts_and_index_refuses_another_codec(tmp_path, capsys):
     make_pdf(tmp_path / "a.pdf", pages=1)
     assert cli_main(["index", str(tmp_path / "a.pdf"), "--index", str(path), "--codec", "int8"]) == 1
     assert "--codec: the index stores codec 'binary'" in capsys.readouterr().err
+    from tests.ingest_corpus import tiny_model_dir
+
+    new = tmp_path / "new"  # a new index takes the options
+    assert cli_main(["index", str(tmp_path / "a.pdf"), "--index", str(new), "--model", tiny_model_dir(),
+                     "--codec", "int8", "--no-keep-exact", "--pool-factor", "3", "-q"]) == 0
+    with Index.open(new, readonly=True) as ix:
+        assert (ix.manifest["codec"], ix.manifest["keep_exact"], ix.manifest["pool_factor"]) == ("int8", False, 3)
+        assert ix.stats()["pages"] == 1
 
 
 def _rewrite_manifest(path, change) -> dict:

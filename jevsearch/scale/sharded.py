@@ -439,7 +439,8 @@ class ShardedEngine:
                 else:
                     total[key] = total.get(key, 0) + value
         total["missing"] = sorted(set(self.shards) - set(answers))
-        total["bytes_per_page"] = {k: v / max(total.get("pages", 0), 1) for k, v in total.get("bytes_per_page", {}).items()}
+        pages = max(total.get("pages", 0), 1)
+        total["bytes_per_page"] = {k: v / pages for k, v in total.get("bytes_per_page", {}).items()}
         return total
 
     def verify(self, *, deep: bool = False, repair: bool = False) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from jevsearch.errors import ChecksumError, CorruptIndexError
-from jevsearch.store import checksum, visual
+from jevsearch.store import checksum
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbstore import PAGE_VALUE_TABLES, PageStore, doc_key, load_json, page_key, page_numbers
 from jevsearch.store.validate import NORM_TOLERANCE
