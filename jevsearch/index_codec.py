@@ -32,6 +32,7 @@ Layout(codec='fp16', keep_exact=False, pool_factor=1, single_dtype='float32')
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,7 +104,7 @@ class Layout:
         return (f"{self.codec.name} codes" + (" + exact tokens" if self.keep_exact else "")
                 + (f", pooled by {self.pool_factor}" if self.pool_factor > 1 else ""))
 
-    @property
+    @functools.cached_property  # read per page on the search path: made once
     def exact_codec(self) -> codecs.Codec | None:
         """The codec of the ``exact`` table (float16), None when exact tokens are not kept."""
         return codecs.get("fp16", self.codec.dim) if self.keep_exact else None
@@ -113,7 +114,7 @@ class Layout:
         """Whether the stored tokens include float ones (float codes or exact tokens)."""
         return self.keep_exact or self.codec.name in ("fp16", "fp32")
 
-    @property
+    @functools.cached_property
     def bytes_per_token(self) -> dict[str, int]:
         """Stored bytes per token of each per-token table."""
         out = {"multi": self.codec.bytes_per_token}
