@@ -59,8 +59,8 @@ def main() -> None:
     corpus = Corpus(args.pages, args.seed)
     try:
         path = os.path.join(root, "idx")
-        with Index.create(path, single_dim=128) as idx:
-            build(idx, corpus, args.doc_pages)
+        with Index.create(path, single_dim=128, codec="fp16") as idx:  # the two-stage path the figures compare
+            build({"fp16": idx}, corpus, args.doc_pages)
         queries, qrels = [], {}
         for i in range(args.queries):
             single, multi, target = corpus.query(i, args.query_tokens, args.token_noise, args.single_noise)

@@ -33,6 +33,7 @@ from benchmarks._util import pct, print_table, timed  # noqa: E402
 from benchmarks.search import Corpus, _unit, build  # noqa: E402
 from jevsearch import Index  # noqa: E402
 from jevsearch.store import checksum  # noqa: E402
+from tests._store_child import as_version_1  # noqa: E402  (one routine writes format-1 indexes)
 
 _REAL_UNSEAL = checksum.unseal
 
@@ -46,23 +47,6 @@ def verification(on: bool):
         yield
     finally:
         checksum.unseal = _REAL_UNSEAL
-
-
-def version_1(path: str) -> None:
-    """Rewrite a closed index in format version 1 (values without checksums)."""
-    from jevsearch.store.lmdbstore import PageStore
-    from jevsearch.store.lock import WriterLock
-    from jevsearch.store.rewrite import Rewrite, rewrite
-
-    lock, store = WriterLock(path), PageStore(path)
-    try:
-        with store.read() as txn:
-            m = store.manifest(txn)
-        m.pop("checksums")
-        rewrite(store, Rewrite(manifest=dict(m, format_version=1)))
-    finally:
-        store.close()
-        lock.release()
 
 
 def search_rows(ix: Index, corpus: Corpus, n_queries: int, query_tokens: int, k: int, candidates: int) -> list:
@@ -102,9 +86,9 @@ def search_rows(ix: Index, corpus: Corpus, n_queries: int, query_tokens: int, k:
 
 def write_rows(root: str, corpus: Corpus, pages: int, doc_pages: int) -> list:
     paths = {on: os.path.join(root, f"write-{on}") for on in (True, False)}
-    Index.create(paths[False], single_dim=128).close()
-    version_1(paths[False])
-    ixs = {True: Index.create(paths[True], single_dim=128), False: Index.open(paths[False])}
+    Index.create(paths[False], single_dim=128, codec="fp16").close()
+    as_version_1(paths[False])
+    ixs = {True: Index.create(paths[True], single_dim=128, codec="fp16"), False: Index.open(paths[False])}
     took = {True: 0.0, False: 0.0}
     try:
         for d, first in enumerate(range(0, pages, doc_pages)):
@@ -146,8 +130,8 @@ def main() -> None:
         corpus = Corpus(args.pages, args.seed)
         print_table("writes", write_rows(root, corpus, min(args.write_pages, args.pages), args.doc_pages))
         path = os.path.join(root, "idx")
-        ix = Index.create(path, single_dim=128)
-        build(ix, corpus, args.doc_pages)
+        ix = Index.create(path, single_dim=128, codec="fp16")
+        build({"fp16": ix}, corpus, args.doc_pages)
         ix.close()
         with Index.open(path, readonly=True) as ix:
             rows = search_rows(ix, corpus, args.queries, args.query_tokens, args.k, args.candidates)
