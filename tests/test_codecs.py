@@ -30,12 +30,22 @@ def maxsim64(q: np.ndarray, page: np.ndarray) -> float:
     return float((q.astype(np.float64) @ page.astype(np.float64).T).max(axis=1).sum())
 
 
+def make(name: str) -> codecs.Codec:
+    """A codec by name; "int8:float" is int8 pages scored by the float32 kernel (CPUs whose int8
+    matmul saturates), whichever kernel this CPU would pick."""
+    if name == "int8:float":
+        return codecs.Int8Codec(128, kernel="float")
+    return codecs.get(name, 128)
+
+
 def kernel_query(codec: codecs.Codec, q: np.ndarray) -> np.ndarray:
     """The query as the CPU kernel of ``codec`` sees it: as is, or its rows quantised to int8."""
     if codec.kernel == "float":
         return q
-    c, s = codecs.quantize_rows(torch.from_numpy(q))
-    return c.numpy().astype(np.float64) * s.numpy().astype(np.float64)[:, None]
+    c, s = codecs.quantize_rows(torch.from_numpy(q), codec.query_parts)
+    c = c.numpy().astype(np.float64).reshape(codec.query_parts, len(q), -1)  # [P, R, d]
+    weights = 127.0 ** np.arange(codec.query_parts - 1, -1, -1)  # high part first
+    return np.tensordot(weights, c, axes=1) * s.numpy().astype(np.float64)[:, None]
 
 
 def rows(x: np.ndarray) -> np.ndarray:
@@ -113,6 +123,42 @@ def test_binary_bit_order_and_sign_round_trip():
     assert b.encode(y).tobytes() == np.packbits(y > 0, axis=1).tobytes()
 
 
+def test_quantize_rows_in_two_parts_is_32258x_finer():
+    q = torch.from_numpy(unit(np.random.default_rng(4), 20, 128))
+    q[7] = 0
+    codes, scales = codecs.quantize_rows(q, parts=2)
+    assert codes.shape == (40, 128) and int(codes[20:].abs().max()) <= 64
+    back = (127 * codes[:20].double() + codes[20:].double()) * scales[:, None].double()
+    assert ((q.double() - back).abs() <= q.abs().amax(1, keepdim=True).double() / 32258 + 1e-9).all()
+    assert not back[7].any()
+    with pytest.raises(InvalidInputError, match="parts: 3"):
+        codecs.quantize_rows(q, parts=3)
+
+
+def test_int8_kernel_is_chosen_by_measuring_the_cpu():
+    """oneDNN limited to AVX2 (no VNNI) saturates full-range int8 products: the probe says so and
+    int8 pages are then scored by the float32 kernel, with the same scores."""
+    script = """
+import numpy as np, torch
+from jevsearch.search import codecs
+from jevsearch.search.rerank import Scorer
+assert not codecs.int8_matmul_exact()
+c = codecs.get("int8", 128)
+assert c.kernel == "float", c
+rng = np.random.default_rng(0)
+page = rng.standard_normal((50, 128)).astype(np.float32)
+q = rng.standard_normal((1, 6, 128)).astype(np.float32)
+got = Scorer(128, c, torch.device("cpu"), torch.float32).score(torch.from_numpy(q), [c.encode(page)], [50])
+want = (q[0].astype(np.float64) @ c.decode(c.encode(page), 50).astype(np.float64).T).max(1).sum()
+assert abs(got[0, 0] - want) < 1e-4, (got, want)
+"""
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=os.getcwd())
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
+    assert codecs.Int8Codec(128, kernel="float").kernel == "float"
+    with pytest.raises(InvalidInputError, match="kernel: unknown kernel 'vnni'"):
+        codecs.Int8Codec(128, kernel="vnni")
+
+
 def test_quantize_rows_bounds_the_error():
     q = torch.from_numpy(unit(np.random.default_rng(4), 20, 128))
     q[7] = 0
@@ -135,12 +181,12 @@ def _pages_and_queries(seed: int):
     return queries, pages
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [*ALL, "int8:float"])
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_cpu_kernel_matches_float64_reference_of_the_same_arithmetic(monkeypatch, name, workers):
     """Pages unpacked block by block from their codes, whatever the block size and the number of
     workers, equal the float64 MaxSim of the decoded pages against the query the kernel uses."""
-    codec = codecs.get(name, 128)
+    codec = make(name)
     queries, pages = _pages_and_queries(5)
     # Zero-copy views at odd addresses, as LMDB may hand small values over.
     raws = [memoryview(b"\0" + codec.encode(p).tobytes())[1:] for p in pages]
@@ -148,7 +194,7 @@ def test_cpu_kernel_matches_float64_reference_of_the_same_arithmetic(monkeypatch
     want = np.array([[maxsim64(kernel_query(codec, q), codec.decode(r, n)) for r, n in zip(raws, lens)]
                      for q in queries])
     qt = pad_queries(queries, torch.float32, CPU)
-    scorer = Scorer(128, name, CPU, torch.float32)
+    scorer = Scorer(128, codec, CPU, torch.float32)
     try:
         for block in (1, 50, 100, 4096):  # 1 token: a page per block; 4096: every page in one block
             monkeypatch.setattr(maxsim_module, "CPU_BLOCK_TOKENS", block)

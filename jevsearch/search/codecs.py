@@ -27,16 +27,20 @@ Scales, and what a score means:
   unit sign vectors: on the same scale as float MaxSim but not close to it, meant for ranking
   (Vespa's "asymmetric" float-query-against-bits scoring).
 
-Kernels (:mod:`jevsearch.search.maxsim`): ``fp16``/``fp32``/``int8`` blocks are unpacked to float32
-and scored with a float32 matmul (the query is used as is). ``binary`` blocks are unpacked to +-1 int8
-and scored with an exact int8 x int8 -> int32 matmul (``torch._int_mm``) against the query rows
-quantised to int8 (:func:`quantize_rows`; per row |error| <= max|q| / 254 per dim, tiny next to the
-codes' own 1 bit). ``benchmarks/codecs.py`` measured one 4096-token block's int8 matmul 6.2x
-faster than float32 on an AVX-512 VNNI EPYC and 1.8x with oneDNN limited to AVX2
-(``ONEDNN_MAX_CPU_ISA=AVX2``); a whole 100-page binary pass took 0.23-0.41x the fp16 kernel's time
-(0.5-0.65x AVX2-limited) where the float32 way (+-1/sqrt(d) unpacked to float32) took 1.1-1.2x. It is exact on every x86 ISA because one
-operand is +-1: without VNNI the int8 matmul sums products in saturating 16-bit pairs, which two
-full-range int8 operands can overflow, so ``int8`` pages keep the float32 path.
+Kernels (:mod:`jevsearch.search.maxsim`): ``fp16``/``fp32`` blocks are unpacked to float32 and scored
+with a float32 matmul (the query is used as is). ``binary`` and ``int8`` blocks are copied as int8 (+-1
+signs; the codes) and scored with an int8 x int8 -> int32 matmul (``torch._int_mm``) against the query
+rows quantised to int8 (:func:`quantize_rows`): for ``binary`` in one part (per row |error| <= max|q| /
+254 per dim, tiny next to the codes' own 1 bit), for ``int8`` in two (a high and a low int8 part, error
+<= max|q| / 32258: the scores stay those of the float query; ``int8`` pages' per-token scales multiply
+the [rows, tokens] similarities, 1/128 of the work of scaling the tokens). ``benchmarks/codecs.py``
+measured one 4096-token block's int8 matmul 6.2x faster than float32 on an AVX-512 VNNI EPYC and 1.8x
+with oneDNN limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``); a whole 100-page binary pass took 0.23-0.41x
+the fp16 kernel's time (0.5-0.65x AVX2-limited) where the float32 way (+-1/sqrt(d) unpacked to float32)
+took 1.1-1.2x. Binary is exact on every x86 ISA because one operand is +-1. Two full-range int8
+operands are not: without VNNI the int8 matmul sums products in saturating 16-bit pairs. So ``int8``
+pages take the int8 kernel only where :func:`int8_matmul_exact` (a worst-case product checked once per
+process) says the CPU's matmul is exact, and the float32 kernel elsewhere.
 
 >>> import numpy as np
 >>> c = get("binary", 8)
@@ -50,6 +54,7 @@ array([166], dtype=uint8)
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -73,12 +78,13 @@ class Codec:
     """One page's tokens <-> one stored value (see the module docstring for the layouts).
 
     ``kernel``: ``"float"`` (blocks unpacked to float32, scored against the float query) or ``"int8"``
-    (blocks unpacked to int8, scored against the query quantised to int8; scores times
-    ``token_scale``). Subclasses define the layout; instances are per dimension and immutable.
+    (blocks unpacked to int8, scored against the query quantised to int8 in ``query_parts`` parts;
+    scores times ``token_scale``). Subclasses define the layout; instances are per dimension and immutable.
     """
 
     name: str
     kernel = "float"
+    query_parts = 1
     token_scale = 1.0
 
     def __init__(self, dim: int):
@@ -112,9 +118,11 @@ class Codec:
         raise NotImplementedError
 
     def unpack_block(self, raws: list, lengths: list[int], starts: np.ndarray, out: torch.Tensor,
-                     buffer) -> None:
-        """CPU: pages ``raws`` laid end to end into ``out`` [N, d] (``block_dtype``) from row ``starts[c]``.
-        ``buffer(name, dtype, numel)`` gives reused 1-d scratch tensors (see ``ConcatPacker``)."""
+                     buffer) -> torch.Tensor | None:
+        """CPU: pages ``raws`` laid end to end into ``out`` [N, d] (``block_dtype``) from row ``starts[c]``
+        -> the tokens' scales, float32 [N] (row n of the block stands for ``scales[n] * out[n]``), or None
+        when the rows are the tokens themselves. ``buffer(name, dtype, numel)`` gives reused 1-d scratch
+        tensors (see ``ConcatPacker``)."""
         raise NotImplementedError
 
     def _rows(self, tokens) -> np.ndarray:
@@ -167,12 +175,24 @@ class FloatCodec(Codec):
         for raw, s, k in zip(raws, starts.tolist(), lengths):
             self._check(raw, k)
             out[s:s + k].copy_(torch.frombuffer(raw, dtype=self._torch).view(k, d))  # converts dtype
+        return None
 
 
 class Int8Codec(Codec):
-    """Per-token symmetric int8 codes with a float32 scale (layout in the module docstring)."""
+    """Per-token symmetric int8 codes with a float32 scale (layout in the module docstring).
+
+    ``kernel``: ``"int8"`` where :func:`int8_matmul_exact` holds (and d <= 1024, so that the two query
+    parts combine exactly in int32), else ``"float"``; given explicitly, it is used as is.
+    """
 
     name = "int8"
+    query_parts = 2
+
+    def __init__(self, dim: int, kernel: str | None = None):
+        super().__init__(dim)
+        if kernel not in (None, "float", "int8"):
+            raise InvalidInputError(f"kernel: unknown kernel {kernel!r} (hint: 'float' or 'int8')")
+        self.kernel = kernel or ("int8" if dim <= 1024 and int8_matmul_exact() else "float")
 
     @property
     def bytes_per_token(self) -> int:
@@ -201,10 +221,13 @@ class Int8Codec(Codec):
         for raw, s, k in zip(raws, starts.tolist(), lengths):
             self._check(raw, k)
             scales[s:s + k].copy_(torch.frombuffer(raw, dtype=torch.float32, count=k))
-            out[s:s + k].copy_(torch.frombuffer(raw, dtype=torch.int8, offset=4 * k).view(k, d))
-        # Scaled in one pass over the block; measured per 4096 tokens: copy_ + mul_ 45 us, one
-        # torch.mul(codes, scales, out=) 70 us, np.multiply 115 us.
-        out.mul_(scales[:n, None])
+            out[s:s + k].copy_(torch.frombuffer(raw, dtype=torch.int8, offset=4 * k).view(k, d))  # int8 or float32
+        # The kernels scale the [rows, N] similarities, not the [N, d] codes: measured per 4096-token
+        # block, float32 kernel 340 -> 308 us; the int8 kernel needs its codes unscaled anyway.
+        return scales[:n]
+
+    def __repr__(self) -> str:
+        return f"Int8Codec('int8', dim={self.dim}, kernel={self.kernel!r})"
 
 
 class BinaryCodec(Codec):
@@ -258,6 +281,7 @@ class BinaryCodec(Codec):
         index = buffer("index", torch.int32, len(staged))
         index[: len(staged)].copy_(staged)  # index_select wants int32/int64 indices
         torch.index_select(self._table, 0, index[: len(staged)], out=out.view(-1).view(torch.int64))
+        return None
 
 
 def get(codec, dim: int) -> Codec:
@@ -281,14 +305,47 @@ def get(codec, dim: int) -> Codec:
     raise InvalidInputError(f"codec: unknown codec {codec!r} (hint: one of {', '.join(CODECS)})")
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 rows [R, d] -> (int8 codes [R, d] in [-127, 127], float32 scales [R]): row r is about
-    ``scales[r] * codes[r]`` (symmetric, scale max|x_r| / 127; an all-zero row gets codes 0, scale 0).
+def quantize_rows(x: torch.Tensor, parts: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 rows [R, d] -> (int8 codes [parts * R, d], float32 scales [R]): row r is about
+    ``scales[r] * sum_p 127**(parts-1-p) * codes[p * R + r]``, symmetric per row.
+
+    ``parts=1``: codes in [-127, 127], scale max|x_r| / 127, error <= scale / 2 per dim. ``parts=2``:
+    then the rounding residual quantised by a step 127x finer (codes in [-64, 64]), error <= max|x_r| /
+    32258. An all-zero row gets codes 0, scale 0.
 
     >>> codes, scales = quantize_rows(torch.tensor([[0.5, -1.0], [0.0, 0.0]]))
     >>> codes.tolist(), scales.tolist()
     ([[64, -127], [0, 0]], [0.007874015718698502, 0.0])
+    >>> codes, scales = quantize_rows(torch.tensor([[0.25, -1.0]]), parts=2)
+    >>> codes.tolist()                   # 0.25 ~ (127 * 32 - 32) * scale, scale = 1 / 127**2
+    [[32, -127], [-32, 0]]
     """
+    if parts not in (1, 2):
+        raise InvalidInputError(f"parts: {parts} (hint: 1 or 2)")
     scales = x.abs().amax(dim=1) / 127  # [R]
-    codes = torch.round(x / torch.where(scales > 0, scales, 1).unsqueeze(1)).to(torch.int8)  # [R, d]
-    return codes, scales
+    step = torch.where(scales > 0, scales, 1).unsqueeze(1)  # [R, 1]
+    high = torch.round(x / step)  # [R, d] in [-127, 127]
+    if parts == 1:
+        return high.to(torch.int8), scales
+    low = torch.round((x - high * step) * (127 / step))  # [R, d] in [-64, 64]: |residual| <= step / 2
+    return torch.cat([high, low]).to(torch.int8), scales / 127
+
+
+@functools.cache
+def int8_matmul_exact() -> bool:
+    """Whether this process's int8 matmul (``torch._int_mm`` on the CPU) is exact for full-range
+    operands, checked once on the worst case: rows and columns of +-127 (equal signs: every product
+    +16129) beside random ones. oneDNN with VNNI accumulates in int32 and passes; without VNNI it adds
+    products in saturating 16-bit pairs and fails (here with ``ONEDNN_MAX_CPU_ISA=AVX2`` or
+    ``AVX512_CORE``), so the CPU is measured, not assumed from its name or flags.
+    """
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (32, 256), generator=g, dtype=torch.int8)  # [32, 256]
+    b = torch.randint(-127, 128, (256, 64), generator=g, dtype=torch.int8)  # [256, 64]
+    a[:4], b[:, :4] = 127, 127
+    a[4:8], b[:, 4:8] = -127, -127
+    try:
+        got = torch._int_mm(a, b)  # [32, 64] int32
+    except RuntimeError:  # a torch build without a CPU int8 matmul
+        return False
+    return torch.equal(got.double(), a.double() @ b.double())

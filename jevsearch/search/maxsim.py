@@ -13,8 +13,9 @@ block by block. Kernels, per device:
   padded [C, T, d] batch, whose 40 MB buffer made the matmul memory-bound. Padding a page costs more
   than copying it (an 18 us indexed write against 12 us), and ``reduceat`` takes 14 us for 4 pages
   against 28 us for ``amax`` over a padded axis (``scatter_reduce``/``segment_reduce``: 150-230 us).
-* :func:`maxsim_concat_int8` (CPU, the ``binary`` codec): the same layout with int8 pages and int8
-  query rows, an exact int32 matmul, the query rows' scales applied after the max.
+* :func:`maxsim_concat_int8` (CPU, the ``binary`` and ``int8`` codecs): the same layout with int8
+  pages and int8 query rows (in one or two parts), an exact int32 matmul, the pages' per-token scales
+  (``int8``) applied before the max and the query rows' scales after it.
 * :func:`maxsim_concat_hamming` (CPU, ``binary`` pages, optional cheaper pass): the query's signs
   against the pages' signs, XOR + popcount.
 * :func:`maxsim` (GPU, and the reference): pages [C, T, d] padded by repeating one of the page's own
@@ -66,41 +67,58 @@ def maxsim(queries: torch.Tensor, pages: torch.Tensor) -> torch.Tensor:
 
 
 def maxsim_concat(queries: torch.Tensor, tokens: torch.Tensor, starts: np.ndarray,
-                  out: torch.Tensor | None = None) -> np.ndarray:
+                  out: torch.Tensor | None = None, token_scales: torch.Tensor | None = None) -> np.ndarray:
     """MaxSim of every query against pages laid end to end (CPU, float32) -> float32 [Q, C].
 
     queries: [Q, L, d], zero-padded along L.
     tokens:  [N, d], the pages' token rows one page after another.
     starts:  [C], the first row of each page in ``tokens`` (increasing; a page runs to the next start).
     out:     optional reused [Q*L, N] float32 buffer for the similarity matrix.
+    token_scales: optional float32 [N]: page token n is ``token_scales[n] * tokens[n]`` (int8 codes).
     """
     q, l, d = queries.shape
     sim = torch.mm(queries.reshape(q * l, d), tokens.T, out=out)  # [Q*L, N]
+    if token_scales is not None:
+        sim.mul_(token_scales)  # before the max: the scales differ per token
     best = np.maximum.reduceat(sim.numpy(), starts, axis=1)  # [Q*L, C]
     return best.reshape(q, l, len(starts)).sum(axis=1, dtype=np.float32)  # [Q, C]
 
 
 def maxsim_concat_int8(q_codes: torch.Tensor, q_scales: np.ndarray, n_queries: int, tokens: torch.Tensor,
-                       starts: np.ndarray, out: torch.Tensor | None = None) -> np.ndarray:
+                       starts: np.ndarray, out: torch.Tensor | None = None, token_scales: torch.Tensor | None = None,
+                       buffer=None) -> np.ndarray:
     """MaxSim of int8 query rows against int8 pages laid end to end (CPU) -> float32 [Q, C].
 
-    q_codes:  [Q*L, d] int8, the queries' rows quantised (``codecs.quantize_rows``), zero rows as padding.
-    q_scales: [Q*L] float32, each row's scale times the codec's ``token_scale``.
+    q_codes:  [P*Q*L, d] int8, the queries' rows quantised in P parts (``codecs.quantize_rows``), zero
+              rows as padding.
+    q_scales: [Q*L] float32, each row's scale (times the codec's ``token_scale``).
     tokens:   [N, d] int8, the pages' unpacked codes one page after another; starts [C] as in
-              :func:`maxsim_concat`; out: optional reused [Q*L, N] int32 buffer.
+              :func:`maxsim_concat`; out: optional reused [P*Q*L, N] int32 buffer.
+    token_scales: optional float32 [N], each page token's scale (``int8`` pages).
+    buffer:   ``buffer(name, dtype, numel)`` -> a reused 1-d tensor (``ConcatPacker.buffer``), for
+              P = 2 or token scales.
 
-    The dot products are exact int32; a row's scale is positive, so it is applied after the max:
-    ``max_j (s_i * a_ij) = s_i * max_j a_ij``.
+    The dot products are exact int32, and so is combining two parts (127 * high + low: below 2^31 for
+    d <= 1024). A row's scale is positive, so it is applied after the max: ``max_j (s_i * a_ij) =
+    s_i * max_j a_ij``; a token's scale differs along j, so it is applied before.
 
     >>> q = torch.tensor([[2, 0], [0, 1]], dtype=torch.int8)
     >>> pages = torch.tensor([[1, 1], [-1, 1], [1, -1]], dtype=torch.int8)
     >>> maxsim_concat_int8(q, np.array([0.5, 1.0], np.float32), 1, pages, np.array([0, 2]))
     array([[2., 0.]], dtype=float32)
     """
-    rows = q_codes.shape[0]
-    sim = torch._int_mm(q_codes, tokens.T, out=out)  # [Q*L, N] int32
-    best = np.maximum.reduceat(sim.numpy(), starts, axis=1)  # [Q*L, C] int32
-    scored = np.multiply(best, q_scales[:, None], dtype=np.float32)  # [Q*L, C]; |a_ij| < 2^24: exact in float32
+    rows, n = len(q_scales), tokens.shape[0]
+    scratch = buffer or (lambda name, dtype, numel: torch.empty(numel, dtype=dtype))
+    sim = torch._int_mm(q_codes, tokens.T, out=out)  # [P*Q*L, N] int32
+    if len(q_codes) == 2 * rows:
+        combined = scratch("combined", torch.int32, rows * n)[: rows * n].view(rows, n)
+        torch.add(sim[rows:], sim[:rows], alpha=127, out=combined)  # 127 * high + low, [Q*L, N]
+        sim = combined
+    if token_scales is not None:
+        scaled = scratch("scaled", torch.float32, rows * n)[: rows * n].view(rows, n)
+        sim = torch.mul(sim, token_scales, out=scaled)  # [Q*L, N] float32
+    best = np.maximum.reduceat(sim.numpy(), starts, axis=1)  # [Q*L, C]
+    scored = np.multiply(best, q_scales[:, None], dtype=np.float32)  # [Q*L, C]; one part's int32 < 2^24: exact
     return scored.reshape(n_queries, rows // n_queries, len(starts)).sum(axis=1, dtype=np.float32)  # [Q, C]
 
 

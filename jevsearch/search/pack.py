@@ -38,7 +38,8 @@ class ConcatPacker:
     codec: ``codec.block_dtype``), from their stored values (``codec``: a
     :mod:`~jevsearch.search.codecs` codec or its name).
 
-    Also holds the reused similarity buffer of the block it packed (see ``sim``).
+    Also holds the reused similarity buffer of the block it packed (see ``sim``), and ``scales``: the
+    per-token scales of that block (float32 [N], ``int8`` pages) or None.
 
     >>> import numpy as np
     >>> p = ConcatPacker(dim=2, codec="fp16")
@@ -52,6 +53,7 @@ class ConcatPacker:
         self.dim = dim
         self.codec = codecs.get(codec, dim)
         self._bufs: dict[str, torch.Tensor] = {}
+        self.scales: torch.Tensor | None = None
 
     def buffer(self, name: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
         """A reused 1-d scratch tensor of at least ``numel`` elements, one per (name, dtype)."""
@@ -76,7 +78,7 @@ class ConcatPacker:
         d, starts = self.dim, _starts(lengths)
         n = int(starts[-1]) + lengths[-1]
         tokens = self.buffer("tokens", self.codec.block_dtype, n * d)[: n * d].view(n, d)
-        self.codec.unpack_block(raws, lengths, starts, tokens, self.buffer)
+        self.scales = self.codec.unpack_block(raws, lengths, starts, tokens, self.buffer)
         return tokens, starts
 
     def pack_signs(self, raws: Iterable, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -31,8 +31,8 @@ class Scorer:
 
     ``codec``: how the pages are stored (:mod:`~jevsearch.search.codecs`: a codec, its name, or a
     manifest's ``multi_dtype``). CPU: pages unpacked end to end in cache-sized blocks and scored by
-    :func:`~jevsearch.search.maxsim.maxsim_concat` (or ``maxsim_concat_int8`` for ``binary``, against
-    the queries quantised once per call), the blocks shared among ``workers`` threads (the caller's
+    :func:`~jevsearch.search.maxsim.maxsim_concat` (or ``maxsim_concat_int8`` for the codecs whose
+    ``kernel`` is int8, against the queries quantised once per call), the blocks shared among ``workers`` threads (the caller's
     and ``workers - 1`` helpers), each with its own buffers. GPU: large padded blocks unpacked on the
     device (:func:`~jevsearch.search.maxsim.maxsim`) on the calling thread.
     Not thread-safe: one call at a time (the engine serialises them).
@@ -86,7 +86,7 @@ class Scorer:
                                  else PagePacker(self.dim, self.codec, self.device, self.dtype))
         integer = cpu and self.codec.kernel == "int8" and not hamming
         if integer:  # quantised once, shared by every block and worker
-            q_codes, q_scales = codecs.quantize_rows(qt.reshape(rows, -1))
+            q_codes, q_scales = codecs.quantize_rows(qt.reshape(rows, -1), self.codec.query_parts)
             q_scales = (q_scales * self.codec.token_scale).numpy()
         elif hamming:
             flat = qt.reshape(rows, -1).numpy()
@@ -121,12 +121,13 @@ class Scorer:
                                                                packer.array)
                 elif integer:
                     tokens, starts = packer.pack(opened(start, stop), lens[start:stop])  # int8 [N, d], [C]
-                    sim = packer.sim(rows, tokens.shape[0], torch.int32)
-                    out[:, start:stop] = maxsim_concat_int8(q_codes, q_scales, nq, tokens, starts, out=sim)
+                    sim = packer.sim(len(q_codes), tokens.shape[0], torch.int32)
+                    out[:, start:stop] = maxsim_concat_int8(q_codes, q_scales, nq, tokens, starts, out=sim,
+                                                            token_scales=packer.scales, buffer=packer.buffer)
                 elif cpu:
                     tokens, starts = packer.pack(opened(start, stop), lens[start:stop])  # [N, d], [C]
                     sim = packer.sim(rows, tokens.shape[0])
-                    out[:, start:stop] = maxsim_concat(qt, tokens, starts, out=sim)
+                    out[:, start:stop] = maxsim_concat(qt, tokens, starts, out=sim, token_scales=packer.scales)
                 else:
                     pages = packer.pack(opened(start, stop), lens[start:stop])  # [C, T, d]
                     out[:, start:stop] = maxsim(qt, pages).cpu().numpy()
