@@ -117,7 +117,8 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         """Create an empty index at ``path`` (which must not exist or be an empty directory).
 
         single_dim: truncation of the single vectors indexed in the HNSW (Matryoshka); the full
-        vectors are kept in LMDB. single_full_dim: their D (>= single_dim), or None to take it from
+        vectors are kept in LMDB (only their first single_dim dims when keeping codes alone:
+        codec int8 or binary without keep_exact). single_full_dim: their D (>= single_dim), or None to take it from
         the first document; later documents must match it. multi_dim: per-token vector size.
         codec: how the per-token vectors are stored: "binary" (the default: 16 B per 128-d token),
         "int8" (132 B) or "fp16" (256 B, the storage of indexes before codecs); keep_exact: also keep
@@ -141,7 +142,8 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
             raise IndexExistsError(f"{path}: already exists and is not empty "
                                    "(hint: open it, or pick a new path)",
                                    cli_hint="pick a new or empty folder for --index")
-        layout = new_layout(validate.check_k(multi_dim, "multi_dim"), codec, keep_exact, pool_factor, multi_dtype)
+        layout = new_layout(validate.check_k(multi_dim, "multi_dim"), codec, keep_exact, pool_factor, multi_dtype,
+                            single_dim=single_dim)
         manifest = layout.manifest(new_manifest(
             single_dim=single_dim, single_full_dim=single_full_dim, multi_dim=multi_dim, multi_dtype="float16",
             hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, model_info=model_info))
@@ -321,7 +323,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         with self._mutex:
             if not prepared:
                 return []
-            full = prepared[0]["singles"].shape[1]
+            full = prepared[0].get("single_full_dim", prepared[0]["singles"].shape[1])
             manifest, removed, ids, vecs, added, gone = self._manifest, [], [], [], [], []
             with self._store.write() as txn:
                 state = self._store.state(txn)

@@ -13,11 +13,14 @@ are plain floats):
 * ``pool_factor`` 1, 2 or 3: each page's tokens are pooled at ingest (:mod:`jevsearch.search.pooling`),
   leaving ~1/f of them; queries never are. A pooled page's rows no longer follow its patch grid, so
   ``Engine.explain`` recomputes its heat-maps from the source file.
-* single vectors: float16 in format version 3 (float32 before). Single vectors serve only to rebuild
-  the HNSW (whose own copies are float16 already) and to re-truncate them (Matryoshka: a prefix,
-  renormalised), both insensitive to float16's 3 significant digits (cosine error ~1e-6), so the
-  4 KB per page float32 would add buys nothing; the full 2048 dims are kept so that any truncation
-  can be rebuilt later.
+* single vectors: float16 in format version 3 (float32 before). Single vectors serve to rebuild the
+  HNSW (whose own copies are float16 already) by re-truncating them (Matryoshka: a prefix,
+  renormalised), insensitive to float16's 3 significant digits (cosine error ~1e-6), so the 4 KB per
+  page float32 would add buys nothing. A layout with float tokens (fp16 codes or ``keep_exact``) keeps
+  all D dims (also what ``search_singles(exact=True)`` scans). A codes-only layout keeps the first
+  ``single_dim`` dims (``single_prefix``, format version 4), exactly what the rebuild reads: 2048
+  float16 dims plus a checksum are 4104 B, one LMDB value of two 4 KB pages, 8 KB per page, more than
+  a page's 770 binary codes (12 KB in 3-4 pages); 128 dims are 264 B, sharing LMDB pages with others.
 
 Conversion (``Index.compact(codec=...)``): :func:`conversion` is a :class:`~jevsearch.store.rewrite.Rewrite`
 that re-encodes every page into a fresh store swapped in atomically. It needs the float tokens
@@ -28,6 +31,8 @@ that re-encodes every page into a fresh store swapped in atomically. It needs th
 Layout(codec='fp16', keep_exact=False, pool_factor=1, single_dtype='float32')
 >>> Layout.of(with_codec(m, "binary", True, 2)).bytes_per_token
 {'multi': 16, 'exact': 256}
+>>> Layout.of(with_codec(dict(m, single_dim=128), "binary", False, 1, single_prefix=True)).single_prefix
+128
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class Layout:
     keep_exact: bool = False
     pool_factor: int = 1
     single_dtype: np.dtype = np.dtype(np.float32)
+    single_prefix: int = 0  # dims of each single vector stored (the index's single_dim); 0: all of them
 
     @classmethod
     def of(cls, manifest: dict) -> "Layout":
@@ -84,7 +90,7 @@ class Layout:
             raise FormatVersionError(f"index codec {name!r} is not one this jevsearch reads "
                                      "(hint: upgrade jevsearch)") from None
         return cls(codec, bool(manifest.get("keep_exact")), int(manifest.get("pool_factor", 1)),
-                   np.dtype(manifest.get("single_dtype", "float32")))
+                   np.dtype(manifest.get("single_dtype", "float32")), int(manifest.get("single_stored_dim") or 0))
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Layout) and self._key() == other._key()
@@ -93,11 +99,13 @@ class Layout:
         return hash(self._key())
 
     def _key(self):
-        return self.codec.name, self.codec.dim, self.keep_exact, self.pool_factor, self.single_dtype.name
+        return self.codec.name, self.codec.dim, self.keep_exact, self.pool_factor, self.single_dtype.name, \
+            self.single_prefix
 
     def __repr__(self) -> str:
         return (f"Layout(codec={self.codec.name!r}, keep_exact={self.keep_exact}, pool_factor={self.pool_factor}, "
-                f"single_dtype={self.single_dtype.name!r})")
+                f"single_dtype={self.single_dtype.name!r}"
+                + (f", single_prefix={self.single_prefix})" if self.single_prefix else ")"))
 
     def __str__(self) -> str:
         """In words: "binary codes + exact tokens, pooled by 2"."""
@@ -144,12 +152,15 @@ class Layout:
     def encode(self, item: dict) -> dict:
         """A document checked by ``validate.prepare_documents`` -> the same dict in its stored form:
         ``multis`` replaced by ``codes`` (P stored values), ``exact`` (P float16 values, or None) and
-        ``tokens`` (each page's token count after pooling); ``singles`` in ``single_dtype``."""
+        ``tokens`` (each page's token count after pooling); ``singles`` in ``single_dtype`` (their
+        ``single_prefix`` when set; ``single_full_dim``: their D as given)."""
         multis = pooling.pool_pages(item.pop("multis"), self.pool_factor)
         exact = self.exact_codec
+        singles = item["singles"][:, : self.single_prefix or None]
         return dict(item, codes=[self.codec.encode(m) for m in multis], tokens=[len(m) for m in multis],
                     exact=None if exact is None else [exact.encode(m) for m in multis],
-                    singles=torch.from_numpy(item["singles"]).to(_TORCH[self.single_dtype.name]).numpy())
+                    single_full_dim=item["singles"].shape[1],
+                    singles=torch.from_numpy(np.ascontiguousarray(singles)).to(_TORCH[self.single_dtype.name]).numpy())
 
     def stored(self, store: PageStore, txn, doc: dict, single_dim: int) -> dict:
         """Document ``doc``'s stored values in :meth:`encode`'s form (copies: valid after ``txn``), for
@@ -199,7 +210,7 @@ class Layout:
             m = {k: v for k, v in m.items() if k not in ("codec", "keep_exact", "pool_factor")}
             return dict(m, format_version=2 if m.get("checksums") else 1, single_dtype="float32",
                         multi_dtype="float16" if self.codec.name == "fp16" else "float32")
-        return with_codec(m, self.codec.name, self.keep_exact, self.pool_factor)
+        return with_codec(m, self.codec.name, self.keep_exact, self.pool_factor, bool(self.single_prefix))
 
 
 _TORCH = {"float16": torch.float16, "float32": torch.float32}
@@ -219,15 +230,18 @@ def _missing(store: PageStore, table: str, page_id: int) -> CorruptIndexError:
 
 
 def new_layout(dim: int, codec=None, keep_exact=None, pool_factor=None, multi_dtype=None,
-               current: Layout | None = None) -> Layout:
+               current: Layout | None = None, single_dim: int | None = None) -> Layout:
     """The layout asked for at create (``current`` None) or by ``compact`` (from ``current``; None
     keeps each of its settings, and a new codec gets that codec's default ``keep_exact``). Every
-    parameter is checked: InvalidInputError names the bad one.
+    parameter is checked: InvalidInputError names the bad one. ``single_dim`` (the index's): a
+    codes-only layout stores that prefix of each single vector (see the module docstring).
 
     >>> new_layout(128, "int8", pool_factor=2)
     Layout(codec='int8', keep_exact=True, pool_factor=2, single_dtype='float16')
     >>> new_layout(128, "fp16") == new_layout(128, multi_dtype="float16")   # today's storage, version 2
     True
+    >>> new_layout(128, "binary", keep_exact=False, single_dim=128)
+    Layout(codec='binary', keep_exact=False, pool_factor=1, single_dtype='float16', single_prefix=128)
     >>> new_layout(128, "jpeg")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -259,7 +273,8 @@ def new_layout(dim: int, codec=None, keep_exact=None, pool_factor=None, multi_dt
                                 "goes with codec='int8' or 'binary')")
     pool = pooling.check_pool_factor(pool_factor if pool_factor is not None
                                      else current.pool_factor if current is not None else 1)
-    layout = Layout(codecs.get(name, dim), bool(keep_exact), pool, np.dtype(np.float16))
+    prefix = 0 if float_codes or keep_exact or single_dim is None else validate.check_k(single_dim, "single_dim")
+    layout = Layout(codecs.get(name, dim), bool(keep_exact), pool, np.dtype(np.float16), prefix)
     if float_codes and not keep_exact and pool == 1:
         return Layout(layout.codec)  # today's storage: version 2, float32 singles (older jevsearch opens it)
     return layout
@@ -308,13 +323,13 @@ def conversion(store: PageStore, manifest: dict, old: Layout, new: Layout) -> Re
                     put("docs", bytes(key), dump_json(dict(doc, tokens=totals.get(bytes(key), 0))))
 
     def single(key: bytes, payload) -> np.ndarray:
-        return np.frombuffer(payload, dtype=old.single_dtype).astype(new.single_dtype)
+        return np.frombuffer(payload, dtype=old.single_dtype)[: new.single_prefix or None].astype(new.single_dtype)
 
     drop = lambda key, payload: None  # noqa: E731 - written again by fill
     transforms = {"multi": drop, EXACT: drop}
     if pool > 1:
         transforms.update(pages=drop, docs=drop)
-    if new.single_dtype != old.single_dtype:
+    if (new.single_dtype, new.single_prefix) != (old.single_dtype, old.single_prefix):
         transforms["single"] = single
     return Rewrite(manifest=target, transforms=transforms, new_tables=(EXACT,), fill=fill,
                    state=(lambda state: dict(state, tokens=sum(totals.values()))) if pool > 1 else None)

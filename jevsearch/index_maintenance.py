@@ -38,7 +38,8 @@ class IndexMaintenance:
         """
         with self._mutex:
             self._check_writable()
-            target = new_layout(self._manifest["multi_dim"], codec, keep_exact, pool_factor, current=self._layout)
+            target = new_layout(self._manifest["multi_dim"], codec, keep_exact, pool_factor, current=self._layout,
+                                single_dim=self._manifest["single_dim"])
             plan = None if target == self._layout else conversion(self._store, self._manifest, self._layout, target)
             old_format = not self._manifest.get("checksums")
             if old_format:

@@ -26,6 +26,7 @@ from jevsearch.search.threads import torch_threads
 from jevsearch.store import validate
 from jevsearch.store.hnsw import truncate_normalize
 from jevsearch.store.lmdbstore import EXACT, page_key
+from jevsearch.store.manifest import stored_single_dim
 
 
 @dataclass
@@ -128,11 +129,12 @@ class IndexSearch:
 
         ``exact=False``: the HNSW over the singles truncated to ``single_dim``, i.e. the first k
         candidates a two-stage search would rerank. ``exact=True``: the inner product with every live
-        page's stored full single vector (``single_full_dim`` dims), a scan of the store (no cache:
-        slow on large indexes, meant for evaluation). Hit scores are the inner products of the
-        (truncated, renormalised) vectors; ties broken by (doc_id, page) as in :meth:`search_embeddings`.
-        q_single: [D] -> list[Hit], or [Q, D] -> Q lists; D >= single_dim, and D == single_full_dim
-        when exact.
+        page's stored single vector, a scan of the store (no cache: slow on large indexes, meant for
+        evaluation): the full vectors (``single_full_dim`` dims), or, in a codes-only index, which
+        stores their first ``single_dim`` dims, those renormalised (the ideal stage 1). Hit scores are
+        the inner products of the (truncated, renormalised) vectors; ties broken by (doc_id, page) as
+        in :meth:`search_embeddings`. q_single: [D] -> list[Hit], or [Q, D] -> Q lists; D >= single_dim,
+        and D == single_full_dim when exact on full vectors.
 
         >>> hits = eng.search_singles(q_single, k=10)               # doctest: +SKIP
         >>> exact = eng.search_singles(q_single, k=10, exact=True)  # doctest: +SKIP
@@ -148,13 +150,15 @@ class IndexSearch:
             self._check_open()
             with self._store.read() as txn, torch.no_grad(), torch_threads(self.threads):
                 k = min(k, max(self._refresh(txn)["pages"], 1))  # capped before FAISS sizes anything by it
-                dim, full = self._manifest["single_dim"], self._manifest["single_full_dim"]
+                dim, full = self._manifest["single_dim"], stored_single_dim(self._manifest)
+                prefix = self._layout.single_prefix
                 if exact:
-                    if full is not None and singles.shape[1] != full:
+                    if not prefix and full is not None and singles.shape[1] != full:
                         raise InvalidInputError(f"q_single: {singles.shape[1]} dims, but the stored singles have "
                                                 f"{full} (hint: pass the full query vector for exact=True)")
+                    q = truncate_normalize(singles, prefix) if prefix else singles
                     found = exact_top(self._singles(txn, (pid for pid, _, _, _ in self._store.iter_pages(txn))),
-                                      singles, singles.shape[1], k, self._store.single_dtype)
+                                      q, q.shape[1], k, self._store.single_dtype, normalize=bool(prefix))
                 else:
                     q = truncate_normalize(singles, dim)
                     found = []

@@ -60,9 +60,11 @@ def test_each_layout_round_trips_create_add_reopen_search_delete_compact(tmp_pat
     with Index.create(path, single_dim=64, **layout) as ix:
         _fill(ix, docs)
         m = ix.manifest
-        # fp16 without pooling is today's storage (format 2, float32 singles); the rest is format 3.
-        legacy = name == "fp16"
-        assert m["format_version"] == (2 if legacy else 3)
+        # fp16 without pooling is today's storage (format 2, float32 singles); codes only (no float
+        # tokens) store the singles' first single_dim dims (format 4); the rest is format 3.
+        legacy, codes_only = name == "fp16", not layout.get("keep_exact") and name != "fp16"
+        assert m["format_version"] == (2 if legacy else 4 if codes_only else 3)
+        assert m.get("single_stored_dim") == (64 if codes_only else None) and m["single_full_dim"] == 256
         assert m.get("codec") == (None if legacy else layout["codec"])
         assert m.get("multi_dtype") == ("float16" if legacy else None)
         assert m["single_dtype"] == ("float32" if legacy else "float16")
@@ -215,6 +217,7 @@ def test_compact_converts_an_index_in_place(tmp_path):
         ix.verify(deep=True)
         ix.compact(keep_exact=False)  # drop the exact tokens: the smallest index
         assert ix.stats()["bytes_per_page"]["exact"] == 0 and ix.manifest["keep_exact"] is False
+        assert ix.manifest["format_version"] == 4 and ix.manifest["single_stored_dim"] == 64  # singles cut too
         ix.verify(deep=True)
         with pytest.raises(InvalidInputError, match="^codec: this index keeps only binary codes"):
             ix.compact(codec="int8")
@@ -222,6 +225,60 @@ def test_compact_converts_an_index_in_place(tmp_path):
             ix.compact(keep_exact=True)
         assert ix.manifest["codec"] == "binary"
         assert _ranked(ix.search_embeddings(qs, qm, k=1))[0] == ("doc-3", 3)
+
+
+def test_codes_only_index_keeps_the_singles_prefix_the_hnsw_needs(tmp_path):
+    """Without float tokens an index stores each single vector's first single_dim dims (format 4):
+    the HNSW rebuilt from them equals the one rebuilt from full vectors, and the exact single scan
+    ranks by the renormalised prefixes."""
+    docs = _docs(n=12)
+    singles = np.concatenate([s for s, _ in docs.values()])
+    queries = [query_for(docs[f"doc-{i}"][1], docs[f"doc-{i}"][0], page=i % 3, seed=i)[0] for i in range(6)]
+    found, sizes = {}, {}
+    for name in ("binary+exact", "binary"):
+        with Index.create(tmp_path / name, single_dim=64, **LAYOUTS[name]) as ix:
+            _fill(ix, docs)
+            ix.compact()  # rebuilds the HNSW from the stored singles
+            found[name] = [[(h.doc_id, h.page) for h in ix.search_singles(q, k=8)] for q in queries]
+            sizes[name] = ix.stats()["bytes_per_page"]["singles"]
+            exact = [ix.search_singles(q, k=8, exact=True) for q in queries]
+            ix.verify(deep=True)
+    assert found["binary"] == found["binary+exact"]
+    assert sizes["binary"] < sizes["binary+exact"] / 2  # 64 of 256 float16 dims
+    cut = singles[:, :64] / np.linalg.norm(singles[:, :64], axis=1, keepdims=True)
+    names = [(n, p + 1) for n, (s, _) in docs.items() for p in range(len(s))]
+    for q, hits in zip(queries, exact):  # the codes-only index's exact scan: over the prefixes
+        qc = q[:64] / np.linalg.norm(q[:64])
+        want = dict(zip(names, cut @ qc))
+        best = sorted(want.values(), reverse=True)[:8]
+        # float16 storage may swap near-ties: the scores are the prefixes' within its rounding.
+        np.testing.assert_allclose([want[(h.doc_id, h.page)] for h in hits], best, atol=2e-3)
+        np.testing.assert_allclose([h.score for h in hits], best, atol=2e-3)
+
+
+def test_a_format_3_codes_only_index_opens_and_compact_cuts_its_singles(tmp_path, monkeypatch):
+    """Codes-only indexes of format 3 (before format 4) kept full singles: they open and search as
+    they are, and compact rewrites them to format 4."""
+    import jevsearch.index as index_module
+    from jevsearch.index_codec import new_layout
+
+    docs = _docs(n=4)
+    qs, qm = query_for(docs["doc-1"][1], docs["doc-1"][0], page=1)
+    with monkeypatch.context() as m:  # the writer of format 3: no single prefix
+        m.setattr(index_module, "new_layout", lambda *a, single_dim=None, **k: new_layout(*a, **k))
+        with Index.create(tmp_path / "v3", single_dim=64, codec="binary", keep_exact=False) as ix:
+            _fill(ix, docs)
+            assert ix.manifest["format_version"] == 3 and "single_stored_dim" not in ix.manifest
+            before = [(h.doc_id, h.page, h.score) for h in ix.search_embeddings(qs, qm, k=5, candidates=12)]
+    with Index.open(tmp_path / "v3") as ix:
+        assert [(h.doc_id, h.page, h.score) for h in ix.search_embeddings(qs, qm, k=5, candidates=12)] == before
+        assert ix.search_singles(qs, k=3, exact=True)[0].doc_id == "doc-1"  # full 256-d singles
+        full = ix.stats()["bytes_per_page"]["singles"]
+        ix.compact()
+        assert ix.manifest["format_version"] == 4 and ix.manifest["single_stored_dim"] == 64
+        assert ix.stats()["bytes_per_page"]["singles"] < full / 2
+        assert [(h.doc_id, h.page, h.score) for h in ix.search_embeddings(qs, qm, k=5, candidates=12)] == before
+        ix.verify(deep=True)
 
 
 def test_compact_pools_an_index_and_back_to_today_format(tmp_path):
@@ -313,7 +370,7 @@ def test_an_unknown_codec_or_newer_format_is_refused(tmp_path):
     path = tmp_path / "idx"
     with Index.create(path, single_dim=64, codec="binary") as ix:
         _fill(ix, _docs(n=1))
-    for change in ({"codec": "pq4"}, {"format_version": 4}):
+    for change in ({"codec": "pq4"}, {"format_version": 5}):
         before = _rewrite_manifest(path, change)
         with pytest.raises(FormatVersionError, match="upgrade jevsearch"):
             Index.open(path, readonly=True)

@@ -23,12 +23,13 @@ CHUNK_PAGES = 4096  # 4096 x 2048 float32 = 32 MiB: one reused buffer, however l
 
 
 def exact_top(pages: Iterable[tuple[int, object]], queries: np.ndarray, stored_dim: int,
-              k: int, stored_dtype=np.float32) -> list[tuple[np.ndarray, np.ndarray]]:
+              k: int, stored_dtype=np.float32, normalize: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """Exact top ``k`` (with ties) of every page for each query, by inner product of single vectors.
 
     pages: (page id, raw buffer of ``stored_dim`` values of ``stored_dtype``: float32, or float16 in
     format version 3) pairs, streamed in chunks of CHUNK_PAGES into one reused float32 buffer;
-    queries: float32 [Q, stored_dim].
+    queries: float32 [Q, stored_dim]. ``normalize``: scale each stored vector to unit length first
+    (stored prefixes of unit vectors, format version 4).
     -> Q pairs (page ids int64, scores float32), unordered (the caller sorts with its tie-break).
     """
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))  # [Q, D]
@@ -37,6 +38,8 @@ def exact_top(pages: Iterable[tuple[int, object]], queries: np.ndarray, stored_d
     all_ids, all_scores = [], []
 
     def score_chunk() -> None:
+        if normalize:
+            buf[: len(ids)] /= np.linalg.norm(buf[: len(ids)], axis=1, keepdims=True)
         all_scores.append((q @ torch.from_numpy(buf[: len(ids)]).T).numpy())  # [Q, n]
         all_ids.append(np.array(ids, dtype=np.int64))
         ids.clear()

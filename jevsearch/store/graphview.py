@@ -34,6 +34,7 @@ from jevsearch.errors import ChecksumError, CorruptIndexError
 from jevsearch.store.damage import DamageLog
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbstore import PageStore
+from jevsearch.store.manifest import stored_single_dim
 from jevsearch.store.subset import search_subset
 
 log = logging.getLogger(__name__)
@@ -118,12 +119,12 @@ class GraphView:
     def add_pages(self, txn, graph: HnswGraph, start: int, manifest: dict) -> int:
         """Add every live page with id >= start from LMDB to ``graph``; returns how many. Pages whose
         single vector or page record is damaged are left out (noted in ``damage``)."""
-        dim, full = manifest["single_dim"], manifest["single_full_dim"]
+        dim, stored = manifest["single_dim"], stored_single_dim(manifest)
         ids, vecs, n = [], [], 0
         bad: list[int] = []
         for pid, _, _, _ in self.store.iter_pages(txn, start, damaged=bad):
             try:
-                single = self.store.single(txn, pid, full)
+                single = self.store.single(txn, pid, stored)
             except ChecksumError:
                 bad.append(pid)
                 continue

@@ -15,6 +15,10 @@ Format versions:
   tokens and float32 singles stays version 2, so older jevsearch opens it; older jevsearch refuses a
   version-3 index (FormatVersionError: "newer than this jevsearch reads") instead of misreading codes
   as floats.
+* 4: version 3 with each page's single vector stored as its first ``single_dim`` dims only
+  (``"single_stored_dim"``), for layouts that keep no float tokens (codes only: the smallest index).
+  The HNSW is rebuilt from that prefix exactly as from the full vector (Matryoshka truncation keeps
+  a prefix); a larger ``single_dim`` would need the documents encoded again.
 
 >>> m = new_manifest(single_dim=128, single_full_dim=None, multi_dim=128, multi_dtype="float16",
 ...                  hnsw_m=32, ef_construction=200, ef_search=128, model_info=None)
@@ -35,7 +39,7 @@ from jevsearch.store import validate
 FORMAT_NAME = "jevsearch-index"
 # The newest version this code reads and writes (see the module docstring). Version-1 indexes are
 # read as they are; compact() upgrades them (to 2, or to 3 when converting them to a codec).
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MULTI_DTYPES = ("float16", "float32")
 CODEC_FIELDS = ("codec", "keep_exact", "pool_factor")
 
@@ -60,15 +64,31 @@ def new_manifest(*, single_dim: int, single_full_dim: int | None, multi_dim: int
     return dict(m, multi_dtype=multi_dtype)
 
 
-def with_codec(m: dict, codec: str, keep_exact: bool, pool_factor: int) -> dict:
-    """``m`` describing a store of ``codec`` codes (format version 3, float16 singles).
+def with_codec(m: dict, codec: str, keep_exact: bool, pool_factor: int, single_prefix: bool = False) -> dict:
+    """``m`` describing a store of ``codec`` codes (format version 3, float16 singles; version 4 with
+    ``single_prefix``: singles stored as their first ``single_dim`` dims).
 
     >>> sorted(with_codec({"format_version": 2, "multi_dtype": "float16"}, "int8", False, 2).items())
     [('codec', 'int8'), ('format_version', 3), ('keep_exact', False), ('pool_factor', 2), ('single_dtype', 'float16')]
+    >>> m = with_codec({"format_version": 2, "single_dim": 128}, "binary", False, 1, single_prefix=True)
+    >>> m["format_version"], m["single_stored_dim"]
+    (4, 128)
     """
-    m = {k: v for k, v in m.items() if k != "multi_dtype"}
-    return dict(m, format_version=3, codec=codec, keep_exact=bool(keep_exact), pool_factor=int(pool_factor),
-                single_dtype="float16")
+    m = {k: v for k, v in m.items() if k not in ("multi_dtype", "single_stored_dim")}
+    m = dict(m, format_version=3, codec=codec, keep_exact=bool(keep_exact), pool_factor=int(pool_factor),
+             single_dtype="float16")
+    return dict(m, format_version=4, single_stored_dim=m["single_dim"]) if single_prefix else m
+
+
+def stored_single_dim(m: dict) -> int | None:
+    """How many dims of each page's single vector the index stores (None: the full vectors, before
+    the first document fixes their size).
+
+    >>> m = {"single_dim": 128, "single_full_dim": 2048}
+    >>> stored_single_dim(m), stored_single_dim(dict(m, single_stored_dim=128))
+    (2048, 128)
+    """
+    return m.get("single_stored_dim") or m["single_full_dim"]
 
 
 def check_manifest(m: dict) -> None:
@@ -81,7 +101,7 @@ def check_manifest(m: dict) -> None:
         raise FormatVersionError(f"index format version {v!r} is newer than this jevsearch reads "
                                  f"({FORMAT_VERSION}) (hint: upgrade jevsearch)")
     if not isinstance(v, int) or isinstance(v, bool) or v < 1 or bool(m.get("checksums")) != (v >= 2) \
-            or ("codec" in m) != (v >= 3):
+            or ("codec" in m) != (v >= 3) or ("single_stored_dim" in m) != (v >= 4):
         raise FormatVersionError(f"index format version {v!r} (checksums {m.get('checksums')!r}, codec "
                                  f"{m.get('codec')!r}) is not one this jevsearch reads (hint: the manifest is "
                                  "damaged; restore the index)")

@@ -22,6 +22,7 @@ from jevsearch.errors import ChecksumError, CorruptIndexError
 from jevsearch.store import checksum
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbstore import PAGE_VALUE_TABLES, PageStore, doc_key, load_json, page_key, page_numbers
+from jevsearch.store.manifest import stored_single_dim
 from jevsearch.store.validate import NORM_TOLERANCE
 
 PAGE_TABLES = PAGE_VALUE_TABLES
@@ -131,8 +132,12 @@ def _check_page(store: PageStore, txn, manifest: dict, parts: list[Part], pid: i
                 where: str, name: str, deep: bool, problems: list[Problem]) -> int:
     """Sizes of a page's values; with ``deep`` their digests and rows. Returns the values read."""
     k = page_key(pid)
-    full, single_dtype = manifest["single_full_dim"] or 0, store.single_dtype
-    single_rows = lambda payload, n: np.frombuffer(payload, dtype=single_dtype).reshape(1, full)  # noqa: E731
+    full, single_dtype = stored_single_dim(manifest) or 0, store.single_dtype
+    prefix = full != manifest["single_full_dim"]  # format 4: renormalised as the HNSW reads it
+
+    def single_rows(payload, n):
+        row = np.frombuffer(payload, dtype=single_dtype).reshape(1, full)
+        return truncate_normalize(row.astype(np.float32), full) if prefix else row
     read = 0
     for part in [*parts, Part("single", full * single_dtype.itemsize, single_rows)]:
         table = part.table
@@ -194,7 +199,7 @@ def _check_graph(graph: HnswGraph, live: set[int], names: dict[int, str], state:
         problems.append(Problem(f"hnsw: {len(lost)} pages unreachable in the graph ({listed(lost)}): no search "
                                 "could find them; repair relinks them", fixable=True))
     ids, vecs = graph.vectors()
-    full, dim = manifest["single_full_dim"], manifest["single_dim"]
+    full, dim = stored_single_dim(manifest), manifest["single_dim"]
     wrong = []
     for row, pid in enumerate(ids.tolist()):
         if pid not in live:
