@@ -233,7 +233,7 @@ def main() -> None:
         batch_rows.append((f"{name}: batch of {len(batch)} queries", ms / len(batch), "ms per query (fetch + unpack shared)"))
     print_table("floors and batches", [
         (f"float32 matmul, one {CPU_BLOCK_TOKENS}-token block", mm_f * 1e3, f"us ({args.query_tokens} query rows)"),
-        (f"int8 matmul (torch._int_mm), same block", mm_i * 1e3, f"us ({mm_f / mm_i:.1f}x faster)"),
+        ("int8 matmul (torch._int_mm), same block", mm_i * 1e3, f"us ({mm_f / mm_i:.1f}x faster)"),
         *batch_rows,
     ])
     print_table(f"unpacking one query's binary pages ({sum(lens)} tokens, block by block, bytes staged)",

@@ -113,7 +113,7 @@ def main() -> None:
     eng.close()
     with torch_threads(threads):
         encode_per_page = min(before, encoder_alone())
-    del sample
+    sample.clear()  # the rendered pages: free before the report
     t = report.timings
     assert report.pages == pages and not report.failed, report
     wall = t["wall"]

@@ -19,7 +19,7 @@ from PIL import Image
 from _store_child import make_doc, query_for, unit
 from jevsearch import DatasetError, Engine, Index, InvalidInputError, MissingDependencyError
 from jevsearch.eval import DEFAULT_SETTINGS, Dataset, Query, evaluate, load_dataset, metrics
-from tests.ingest_corpus import make_pdf, picture, png_bytes, tiny_encoder
+from tests.ingest_corpus import make_pdf, picture, tiny_encoder
 
 MAX_PIXELS = 128 * 28 * 28  # ~128 visual tokens per page keeps the tests fast
 

@@ -598,7 +598,7 @@ def test_the_cli_names_the_repairing_command_and_runs_it(tmp_path, capsys):
     os.unlink(os.path.join(path, "CURRENT"))
     assert main(["search", "anything", "--index", path]) != 0
     _, err = capsys.readouterr()
-    assert f"the CURRENT file is missing though store-" in err and f"jevsearch verify --repair --index {path}" in err
+    assert "the CURRENT file is missing though store-" in err and f"jevsearch verify --repair --index {path}" in err
     assert main(["verify", "--index", path, "--repair", "-q"]) == 0
     with Index.open(path, readonly=True) as ix:
         assert len(list(ix.documents())) == len(docs)
