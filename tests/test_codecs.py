@@ -198,6 +198,7 @@ def test_cpu_kernel_matches_float64_reference_of_the_same_arithmetic(monkeypatch
     try:
         for block in (1, 50, 100, 4096):  # 1 token: a page per block; 4096: every page in one block
             monkeypatch.setattr(maxsim_module, "CPU_BLOCK_TOKENS", block)
+            monkeypatch.setattr(maxsim_module, "CPU_INT8_BLOCK_TOKENS", block)
             got = scorer.score(qt, raws, lens, workers)
             assert got.shape == (3, 9) and got.dtype == np.float32
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -226,6 +227,7 @@ def test_hamming_kernel_matches_float64_reference(monkeypatch, dim, workers):
     try:
         for block in (1, 50, 4096):
             monkeypatch.setattr(maxsim_module, "CPU_BLOCK_TOKENS", block)
+            monkeypatch.setattr(maxsim_module, "CPU_INT8_BLOCK_TOKENS", block)
             got = scorer.score(pad_queries(queries, torch.float32, CPU), raws, lens, workers, hamming=True)
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     finally:

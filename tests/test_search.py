@@ -117,12 +117,14 @@ def test_exhaustive_is_independent_of_chunking(corpus, monkeypatch):
     whole = eng.search_embeddings(None, qm, k=7, exhaustive=True)
     monkeypatch.setattr(maxsim_module, "BLOCK_TOKENS", 64)  # ~1 page per chunk
     monkeypatch.setattr(maxsim_module, "CPU_BLOCK_TOKENS", 64)  # and per block
+    monkeypatch.setattr(maxsim_module, "CPU_INT8_BLOCK_TOKENS", 64)
     assert _key(eng.search_embeddings(None, qm, k=7, exhaustive=True)) == _key(whole)
 
 
 def test_search_with_two_threads_equals_one(corpus, monkeypatch):
     eng, docs = corpus
     monkeypatch.setattr(maxsim_module, "CPU_BLOCK_TOKENS", 64)  # many blocks, so both workers score
+    monkeypatch.setattr(maxsim_module, "CPU_INT8_BLOCK_TOKENS", 64)
     rng = np.random.default_rng(5)
     qs, qm = unit(rng, 256), unit(rng, 6, 128)
     pages = eng.stats()["pages"]

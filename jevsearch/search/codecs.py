@@ -277,10 +277,12 @@ class BinaryCodec(Codec):
         return staged[: n * w].view(n, w)
 
     def unpack_block(self, raws, lengths, starts, out, buffer):
-        staged = self.stage_block(raws, lengths, starts, buffer).reshape(-1)
-        index = buffer("index", torch.int32, len(staged))
-        index[: len(staged)].copy_(staged)  # index_select wants int32/int64 indices
-        torch.index_select(self._table, 0, index[: len(staged)], out=out.view(-1).view(torch.int64))
+        w, n = self.dim // 8, int(starts[-1]) + lengths[-1]
+        index = buffer("index", torch.int32, n * w)  # index_select wants int32/int64 indices
+        for raw, s, k in zip(raws, starts.tolist(), lengths):
+            self._check(raw, k)
+            index[s * w:(s + k) * w].copy_(torch.frombuffer(raw, dtype=torch.uint8))  # widened as copied
+        torch.index_select(self._table, 0, index[: n * w], out=out.view(-1).view(torch.int64))
         return None
 
 

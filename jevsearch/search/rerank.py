@@ -79,12 +79,12 @@ class Scorer:
             return out
         cpu = self.device.type == "cpu"
         nq, rows = qt.shape[0], qt.shape[0] * qt.shape[1]
-        blocks = _blocks(lens, block_tokens(rows, cpu), padded=not cpu)
+        integer = cpu and self.codec.kernel == "int8" and not hamming
+        blocks = _blocks(lens, block_tokens(rows, cpu, integer), padded=not cpu)
         workers = max(1, min(workers if cpu else 1, len(blocks)))
         while len(self._packers) < workers:
             self._packers.append(ConcatPacker(self.dim, self.codec) if cpu
                                  else PagePacker(self.dim, self.codec, self.device, self.dtype))
-        integer = cpu and self.codec.kernel == "int8" and not hamming
         if integer:  # quantised once, shared by every block and worker
             q_codes, q_scales = codecs.quantize_rows(qt.reshape(rows, -1), self.codec.query_parts)
             q_scales = (q_scales * self.codec.token_scale).numpy()
