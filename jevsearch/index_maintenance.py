@@ -36,7 +36,7 @@ class IndexMaintenance:
 
         >>> eng.compact(codec="binary", keep_exact=True)                # doctest: +SKIP
         """
-        with self._mutex:
+        with self._mutex, self._store.scanning():
             self._check_writable()
             target = new_layout(self._manifest["multi_dim"], codec, keep_exact, pool_factor, current=self._layout,
                                 single_dim=self._manifest["single_dim"])
@@ -126,7 +126,7 @@ class IndexMaintenance:
 
     def _check(self, deep: bool):
         # One torch thread: the row checks are small ops, slowed ~10x by a thread team on busy cores.
-        with self._store.read() as txn, torch_threads(1):
+        with self._store.scanning(), self._store.read() as txn, torch_threads(1):
             self._refresh(txn)
             report, problems = verify.check_index(self._store, txn, self._manifest, self._view.settle(),
                                                   self._view.tombs, parts=self._layout.parts(), deep=deep)

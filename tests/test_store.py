@@ -363,3 +363,62 @@ def test_failed_background_insert_keeps_the_commit_and_is_repaired(tmp_path, mon
     assert "inserting into the HNSW failed" in caplog.text
     with Engine.open(path, readonly=True) as ro:
         assert _graph_ids(ro) == set(range(18))
+
+
+# -- OS paging: random access for searches, read-around for scans, parallel reads when cold -------
+
+def _map_flags(index_dir) -> set[str]:
+    """The VmFlags of this process's map of the index's data file (Linux /proc/self/smaps)."""
+    from jevsearch.store.lmdbenv import DATA_FILE, current_env
+
+    data = os.path.realpath(os.path.join(current_env(str(index_dir))[0], DATA_FILE))
+    inside, flags = False, set()
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5:
+                inside = head[-1] == data
+            elif inside and head[0] == "VmFlags:":
+                flags |= set(head[1:])
+    return flags
+
+
+def test_the_map_is_read_at_random_except_while_scanning(tmp_path):
+    """Searches fault single pages (MADV_RANDOM: "rr"); exhaustive scans, verify and compact have OS
+    read-around while they run, and random access comes back after them."""
+    path = tmp_path / "idx"
+    with Engine.create(path, single_dim=64) as eng:
+        for i in range(3):
+            eng.add_embeddings(f"d{i}", *make_doc(i))
+        qs, qm = query_for(make_doc(1)[1], make_doc(1)[0], page=0)
+        eng.search_embeddings(qs, qm, k=3)
+        assert "rr" in _map_flags(path)
+        with eng._store.scanning():
+            assert "rr" not in _map_flags(path)
+            with eng._store.scanning():  # nested (another scan in the process): still read-around
+                pass
+            assert "rr" not in _map_flags(path)
+        assert "rr" in _map_flags(path)
+        eng.search_embeddings(None, qm, k=3, exhaustive=True)
+        eng.verify(deep=True)
+        assert "rr" in _map_flags(path)
+
+
+def test_a_cold_fetch_reads_ahead_in_threads_with_the_same_results(tmp_path, monkeypatch):
+    import threading
+
+    from jevsearch import index_search
+
+    path = tmp_path / "idx"
+    docs = {f"d{i}": make_doc(i, pages=4) for i in range(8)}
+    with Engine.create(path, single_dim=64) as eng:
+        for name, (s, m) in docs.items():
+            eng.add_embeddings(name, s, m)
+        queries = [query_for(docs[f"d{i}"][1], docs[f"d{i}"][0], page=i % 4, seed=i) for i in range(4)]
+        warm = [[(h.doc_id, h.page, h.score) for h in eng.search_embeddings(qs, qm, k=5, candidates=20, rescore=8)]
+                for qs, qm in queries]
+        monkeypatch.setattr(index_search, "COLD_FETCH_S", 0.0)  # every fetch counts as cold: reads ahead
+        cold = [[(h.doc_id, h.page, h.score) for h in eng.search_embeddings(qs, qm, k=5, candidates=20, rescore=8)]
+                for qs, qm in queries]
+        assert any(t.name.startswith("jevsearch-prefetch") for t in threading.enumerate())
+    assert cold == warm

@@ -120,26 +120,27 @@ class GraphView:
         """Add every live page with id >= start from LMDB to ``graph``; returns how many. Pages whose
         single vector or page record is damaged are left out (noted in ``damage``)."""
         dim, stored = manifest["single_dim"], stored_single_dim(manifest)
-        ids, vecs, n = [], [], 0
-        bad: list[int] = []
-        for pid, _, _, _ in self.store.iter_pages(txn, start, damaged=bad):
-            try:
-                single = self.store.single(txn, pid, stored)
-            except ChecksumError:
-                bad.append(pid)
-                continue
-            if single is None:
-                bad.append(pid)
-                continue
-            ids.append(pid)
-            vecs.append(single)
-            if len(ids) == _BULK:
+        with self.store.scanning():
+            ids, vecs, n = [], [], 0
+            bad: list[int] = []
+            for pid, _, _, _ in self.store.iter_pages(txn, start, damaged=bad):
+                try:
+                    single = self.store.single(txn, pid, stored)
+                except ChecksumError:
+                    bad.append(pid)
+                    continue
+                if single is None:
+                    bad.append(pid)
+                    continue
+                ids.append(pid)
+                vecs.append(single)
+                if len(ids) == _BULK:
+                    graph.add(np.array(ids), truncate_normalize(np.stack(vecs), dim))
+                    n += len(ids)
+                    ids, vecs = [], []
+            if ids:
                 graph.add(np.array(ids), truncate_normalize(np.stack(vecs), dim))
                 n += len(ids)
-                ids, vecs = [], []
-        if ids:
-            graph.add(np.array(ids), truncate_normalize(np.stack(vecs), dim))
-            n += len(ids)
         for pid in bad:
             self.damage.note(self.store, txn, pid, "its single vector or page record is damaged: left out of the HNSW")
         return n

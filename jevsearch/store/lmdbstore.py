@@ -60,6 +60,8 @@ from jevsearch.store.lmdbenv import (
     fsync_dir,
     lmdb_error,
     open_env,
+    prefetch,
+    scanning,
     writable,
     write_atomic,
 )
@@ -283,6 +285,17 @@ class PageStore:
                 yield txn
         except lmdb.Error as e:
             raise lmdb_error(self.env_dir, e) from e
+
+    def prefetch(self, tables: tuple[str, ...], page_ids: list[int]):
+        """Start reading ``tables``' values of ``page_ids`` in background threads (see
+        :func:`jevsearch.store.lmdbenv.prefetch`) -> a Prefetch to ``wait()`` on before the store closes."""
+        dbs = [self._db[t] for t in tables if self._db[t] is not None]
+        return prefetch(self.env, [(db, page_key(pid)) for pid in page_ids for db in dbs])
+
+    def scanning(self):
+        """Context manager around reads in key order over much of the store (see
+        :func:`jevsearch.store.lmdbenv.scanning`): the OS reads ahead while it runs."""
+        return scanning(self.env)
 
     @contextmanager
     def write(self) -> Iterator[lmdb.Transaction]:
