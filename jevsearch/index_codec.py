@@ -1,7 +1,7 @@
 """How an index stores its page vectors, and converting an index from one way to another.
 
-An index's :class:`Layout` is read from its manifest (format version 3 records it; older indexes
-are plain floats):
+An index's :class:`Layout` is read from its manifest (format version 3 records it, 4 when the
+singles are cut to their prefix; older indexes are plain floats):
 
 * ``codec``: how the ``multi`` table holds each page's tokens (:mod:`jevsearch.search.codecs`):
   ``fp16`` (256 B per 128-d token, today's storage), ``int8`` (132 B) or ``binary`` (16 B, one sign
@@ -60,14 +60,16 @@ __all__ = ["DEFAULT_CODEC", "Layout", "conversion", "new_layout"]
 # scores them 2.2x faster; see README, "Compact multi-vectors", for the measurements.
 DEFAULT_CODEC = "binary"
 DEFAULT_KEEP_EXACT = True
-# (codec, keep_exact) -> default (candidates, rescore) of a search; rescore is raised to 2k. Measured
-# with benchmarks/search.py at 10k pages (k=10): binary codes cost ~0.45x fp16 per candidate, so
-# binary+exact affords 200 candidates (recall@10 against exhaustive 0.968; fp16 at 100: 0.918) at
-# about fp16's latency at 100; rescoring 20 keeps fp16's top 10 (1.0; 16: 0.996, 10: 0.85). int8
-# codes cost what fp16 does: its depth stays fp16's.
-DEFAULT_DEPTH = {("fp16", False): (100, 20), ("fp32", False): (100, 20),
-                 ("int8", False): (100, 20), ("int8", True): (100, 20),
-                 ("binary", False): (100, 20), ("binary", True): (200, 20)}
+# A search's default (candidates, rescore); rescore is raised to 2k. fp16: 100 candidates. Codes that
+# rank as fp16 does (binary with exact tokens; int8, within 1e-2 of its scores) and are scored by the
+# int8 kernel take as many candidates as fp16's 100 cost, by their measured cost per candidate
+# against fp16 (benchmarks/search.py, 10k pages, k=10, warm p50 at 100-1000 candidates): binary + exact
+# 0.37-0.49x -> 250 candidates, recall@10 against exhaustive 0.974 (fp16 at 100: 0.918) at 0.98x fp16's
+# latency at 100; int8 0.54-0.59x -> 200, 0.968. Rescoring 20 keeps fp16's top 10 (1.0; 16: 0.996,
+# 10: 0.85). Binary codes alone rank by the signs (0.79-0.82 of the exhaustive top 10 whatever the
+# candidates), and int8 on a CPU whose int8 matmul saturates costs what fp16 does: 100.
+DEFAULT_CANDIDATES, DEFAULT_RESCORE = 100, 20
+CODE_COST = {"binary": 0.4, "int8": 0.57}
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -132,7 +134,7 @@ class Layout:
 
     def depth(self, k: int, candidates, rescore) -> tuple[int, int]:
         """A search's (candidates, rescore) from the caller's values (None: this layout's default,
-        :data:`DEFAULT_DEPTH`), checked: InvalidInputError names a bad one, and ``rescore`` above
+        see DEFAULT_CANDIDATES), checked: InvalidInputError names a bad one, and ``rescore`` above
         ``candidates``. Both are raised to ``k``.
 
         >>> Layout(codecs.get("binary", 128), keep_exact=True).depth(10, 100, 200)  # doctest: +ELLIPSIS
@@ -140,7 +142,9 @@ class Layout:
         ...
         jevsearch.errors.InvalidInputError: rescore: 200 is more than candidates (100) (hint: ...)
         """
-        default_c, default_r = DEFAULT_DEPTH[self.codec.name, self.keep_exact]
+        default_c, default_r = DEFAULT_CANDIDATES, DEFAULT_RESCORE
+        if self.codec.kernel == "int8" and (self.keep_exact or self.codec.name == "int8"):
+            default_c = 50 * round(DEFAULT_CANDIDATES / CODE_COST[self.codec.name] / 50)  # binary 250, int8 200
         candidates = default_c if candidates is None else validate.check_k(candidates, "candidates")
         if rescore is None:
             rescore = min(max(default_r, 2 * k), candidates)

@@ -29,9 +29,11 @@ from jevsearch.store.hnsw import truncate_normalize
 from jevsearch.store.lmdbstore import EXACT, page_key
 from jevsearch.store.manifest import stored_single_dim
 
-# A fetch whose gets have taken this long is reading from disk (a warm 100-candidate fetch takes
-# ~0.3 ms): the rest of its values are read ahead in parallel (see _fetch).
-COLD_FETCH_S = 0.002
+# A fetch whose gets have taken this long, and this long per value, is reading from disk: the rest
+# of its values are read ahead in parallel (see _fetch). Measured: a warm 100-candidate fetch takes
+# ~0.3 ms; pages cached but not yet mapped in this process (a new process) 10-20 us per fp16 value;
+# from disk ~0.2 ms per binary value (4 pages), ~2.4 ms per exact or fp16 value (48 pages).
+COLD_FETCH_S, COLD_PER_VALUE_S = 0.002, 50e-6
 
 @dataclass
 class Hit:
@@ -73,7 +75,8 @@ class IndexSearch:
         on the stored codes (the index's codec); stage 3, in an index that keeps exact tokens: exact
         float16 MaxSim of the ``rescore`` best pages of stage 2, which gives the hits and their scores
         (elsewhere ``rescore`` does nothing). Defaults: the index codec's (:meth:`Layout.depth`:
-        fp16 100 candidates; int8 and binary more, as measured). ``exhaustive=True``: MaxSim of every
+        200 candidates where codes cheaper than fp16 rank like it (binary with exact tokens; int8 where
+        the CPU's int8 matmul is exact), else 100; rescore 20). ``exhaustive=True``: MaxSim of every
         page (the exact tokens when kept, else the codes), streamed in chunks; a search whose
         ``candidates`` reach the live page count skips stage 1 the same way.
         Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
@@ -268,13 +271,15 @@ class IndexSearch:
         """Zero-copy values of ``table`` (unchecked, see _multi) of the pages still live in ``txn``, and
         their token counts (from the values' sizes: no page records read, ~5 us per candidate).
 
-        Once the gets have taken COLD_FETCH_S (a cold cache: ~50 us per page read from disk), the
-        rest are read ahead by threads (PageStore.prefetch), their disk reads in parallel."""
+        Once the gets have taken COLD_FETCH_S, over COLD_PER_VALUE_S per value (a cold cache: ~50 us per
+        page read from disk), the rest are read ahead by threads (PageStore.prefetch), their disk reads
+        in parallel."""
         ids, raws, lens = [], [], []
         todo, ahead, started = page_ids.tolist(), None, time.perf_counter()
         try:
             for i, pid in enumerate(todo):
-                if ahead is None and i + 1 < len(todo) and time.perf_counter() - started > COLD_FETCH_S:
+                spent = time.perf_counter() - started
+                if ahead is None and i + 1 < len(todo) and spent > COLD_FETCH_S and spent > i * COLD_PER_VALUE_S:
                     ahead = self._store.prefetch((table,), todo[i + 1:])
                 if (found := self._multi(txn, pid, None, table)) is not None:
                     ids.append(pid)

@@ -418,6 +418,7 @@ def test_a_cold_fetch_reads_ahead_in_threads_with_the_same_results(tmp_path, mon
         warm = [[(h.doc_id, h.page, h.score) for h in eng.search_embeddings(qs, qm, k=5, candidates=20, rescore=8)]
                 for qs, qm in queries]
         monkeypatch.setattr(index_search, "COLD_FETCH_S", 0.0)  # every fetch counts as cold: reads ahead
+        monkeypatch.setattr(index_search, "COLD_PER_VALUE_S", 0.0)
         cold = [[(h.doc_id, h.page, h.score) for h in eng.search_embeddings(qs, qm, k=5, candidates=20, rescore=8)]
                 for qs, qm in queries]
         assert any(t.name.startswith("jevsearch-prefetch") for t in threading.enumerate())

@@ -8,7 +8,8 @@ each compaction) with these named databases::
             b"failures" -> JSON {path: {sha256, reason}}: files ingest could not read (may be absent)
     docs    blake2b-128(doc_id) -> JSON {doc_id, first, pages, tokens, metadata, text}
     pages   u64be page id -> PAGE_REC (doc key, 1-based page number, token count)
-    single  u64be page id -> single_dtype [D]     full single vector (HNSW can be rebuilt from it)
+    single  u64be page id -> single_dtype [D]     full single vector (HNSW can be rebuilt from it); its
+                                                  first single_dim dims in format version 4 (codes only)
     multi   u64be page id -> codes of [T, dm]     per-token multi-vectors, T from the page record:
                                                   multi_dtype floats, or the manifest's codec
                                                   (jevsearch.search.codecs; format version 3)
