@@ -196,7 +196,8 @@ def compare(paths: dict[str, str], build: dict, queries: list, ex_sets: list[set
                    [(f"c={c} rescore={r}", [rec, vs, ms, x], "") for c, r, rec, vs, ms, x in sweep])
 
 
-SWEEP = ((100, 10), (100, 16), (100, 20), (100, 40), (200, 20), (250, 20), (300, 20), (400, 20), (1000, 20))
+SWEEP = ((100, 10), (100, 16), (100, 20), (100, 30), (100, 40), (200, 20), (250, 20), (250, 30), (300, 20),
+         (400, 20), (1000, 20))
 
 
 def _rotated(items: list, i: int) -> list:

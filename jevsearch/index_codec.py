@@ -60,16 +60,16 @@ __all__ = ["DEFAULT_CODEC", "Layout", "conversion", "new_layout"]
 # scores them 2.2x faster; see README, "Compact multi-vectors", for the measurements.
 DEFAULT_CODEC = "binary"
 DEFAULT_KEEP_EXACT = True
-# A search's default (candidates, rescore); rescore is raised to 2k. fp16: 100 candidates. Codes that
+# A search's default (candidates, rescore); rescore is raised to 3k. fp16: 100 candidates. Codes that
 # rank as fp16 does (binary with exact tokens; int8, within 1e-2 of its scores) and are scored by the
-# int8 kernel take as many candidates as fp16's 100 cost, by their measured cost per candidate
-# against fp16 (benchmarks/search.py, 10k pages, k=10, warm p50 at 100-1000 candidates): binary + exact
-# 0.37-0.49x -> 250 candidates, recall@10 against exhaustive 0.974 (fp16 at 100: 0.918) at 0.98x fp16's
-# latency at 100; int8 0.54-0.59x -> 200, 0.968. Rescoring 20 keeps fp16's top 10 (1.0; 16: 0.996,
-# 10: 0.85). Binary codes alone rank by the signs (0.79-0.82 of the exhaustive top 10 whatever the
-# candidates), and int8 on a CPU whose int8 matmul saturates costs what fp16 does: 100.
-DEFAULT_CANDIDATES, DEFAULT_RESCORE = 100, 20
-CODE_COST = {"binary": 0.4, "int8": 0.57}
+# int8 kernel cost 0.4-0.6x fp16 per candidate (benchmarks/search.py, k=10): they take 200 candidates,
+# recall@10 against exhaustive 0.968 at 10k pages (fp16 at 100: 0.918) at 0.86-0.95x fp16's latency at
+# 100, 1.08x at 100k pages, where the HNSW's share grows (250 candidates: 0.974 at 0.98-1.07x at 10k,
+# 1.25x at 100k). Rescoring 30 keeps fp16's top 10 at 10k and 100k pages (1.0 at 100 candidates; 20:
+# 1.0 at 10k but 0.992 at 100k; 16: 0.996 / 0.986), for ~0.08 ms per page more. Binary codes alone
+# rank by the signs (0.79-0.82 of the exhaustive top 10 whatever the candidates), and int8 on a CPU
+# whose int8 matmul saturates costs what fp16 does: 100.
+DEFAULT_CANDIDATES, WIDE_CANDIDATES, DEFAULT_RESCORE = 100, 200, 30
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -142,12 +142,11 @@ class Layout:
         ...
         jevsearch.errors.InvalidInputError: rescore: 200 is more than candidates (100) (hint: ...)
         """
-        default_c, default_r = DEFAULT_CANDIDATES, DEFAULT_RESCORE
-        if self.codec.kernel == "int8" and (self.keep_exact or self.codec.name == "int8"):
-            default_c = 50 * round(DEFAULT_CANDIDATES / CODE_COST[self.codec.name] / 50)  # binary 250, int8 200
+        wide = self.codec.kernel == "int8" and (self.keep_exact or self.codec.name == "int8")
+        default_c, default_r = WIDE_CANDIDATES if wide else DEFAULT_CANDIDATES, DEFAULT_RESCORE
         candidates = default_c if candidates is None else validate.check_k(candidates, "candidates")
         if rescore is None:
-            rescore = min(max(default_r, 2 * k), candidates)
+            rescore = min(max(default_r, 3 * k), candidates)
         elif validate.check_k(rescore, "rescore") > candidates:
             raise InvalidInputError(f"rescore: {rescore} is more than candidates ({candidates}) (hint: rescore pages "
                                     "are picked among the candidates: raise candidates or lower rescore)")

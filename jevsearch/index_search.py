@@ -76,7 +76,7 @@ class IndexSearch:
         float16 MaxSim of the ``rescore`` best pages of stage 2, which gives the hits and their scores
         (elsewhere ``rescore`` does nothing). Defaults: the index codec's (:meth:`Layout.depth`:
         200 candidates where codes cheaper than fp16 rank like it (binary with exact tokens; int8 where
-        the CPU's int8 matmul is exact), else 100; rescore 20). ``exhaustive=True``: MaxSim of every
+        the CPU's int8 matmul is exact), else 100; rescore 30, at least 3k). ``exhaustive=True``: MaxSim of every
         page (the exact tokens when kept, else the codes), streamed in chunks; a search whose
         ``candidates`` reach the live page count skips stage 1 the same way.
         Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has

@@ -430,3 +430,17 @@ def test_damaged_codes_or_exact_tokens_are_skipped_and_named(tmp_path, caplog, t
         ix.add_embeddings("doc-1", singles, multis, metadata={"name": "doc-1"})  # re-adding replaces the page
         assert _ranked(ix.search_embeddings(qs, qm, k=1, candidates=9))[0] == ("doc-1", 2)
         ix.verify(deep=True)
+
+
+def test_default_candidates_follow_the_codes_kernel_and_rescore_3k():
+    from jevsearch.index_codec import Layout
+    from jevsearch.search import codecs
+
+    binary, fp16 = codecs.get("binary", 128), codecs.get("fp16", 128)
+    assert Layout(binary, keep_exact=True).depth(10, None, None) == (200, 30)
+    assert Layout(binary).depth(10, None, None) == (100, 30)  # ranked by the signs: more would not help
+    assert Layout(fp16).depth(10, None, None) == (100, 30)
+    assert Layout(codecs.Int8Codec(128, kernel="int8")).depth(10, None, None) == (200, 30)
+    assert Layout(codecs.Int8Codec(128, kernel="float")).depth(10, None, None) == (100, 30)  # fp16's cost
+    assert Layout(binary, keep_exact=True).depth(40, None, None) == (200, 120)  # 3k
+    assert Layout(binary, keep_exact=True).depth(10, 50, None) == (50, 30)
