@@ -34,6 +34,7 @@ from jevsearch.store.manifest import stored_single_dim
 # ~0.3 ms; pages cached but not yet mapped in this process (a new process) 10-20 us per fp16 value;
 # from disk ~0.2 ms per binary value (4 pages), ~2.4 ms per exact or fp16 value (48 pages).
 COLD_FETCH_S, COLD_PER_VALUE_S = 0.002, 50e-6
+SPARE_HITS = 4
 
 @dataclass
 class Hit:
@@ -118,15 +119,17 @@ class IndexSearch:
                 exact = self._layout.keep_exact
                 # A codes pass (stage 2) before the exact one, unless it would keep every candidate.
                 codes_first = exact and not per_doc and rescore < candidates
-                keep = rescore if codes_first else sys.maxsize if per_doc else k  # grouped: every page
+                # A few more than k reach the hits: a page whose record turns out damaged there is
+                # dropped and the next one served (the first k are the same either way).
+                best = sys.maxsize if per_doc else k + SPARE_HITS  # grouped: every page
+                keep = rescore if codes_first else best
                 table = "multi" if codes_first or not exact else EXACT
                 if exhaustive:
-                    found = self._exhaustive(txn, qt, q_lens, sys.maxsize if per_doc else k, scope,
-                                             EXACT if exact else "multi")
+                    found = self._exhaustive(txn, qt, q_lens, best, scope, EXACT if exact else "multi")
                 else:
                     found = self._stage1(txn, qt, q_lens, singles, k, keep, candidates, live, scope, per_doc, table)
                     if codes_first:
-                        found = self._rerank(txn, qt, q_lens, _padded(found), k, EXACT)
+                        found = self._rerank(txn, qt, q_lens, _padded(found), best, EXACT)
                 results = [docresults.group(self._hits(txn, ids, scores, len(ids)), k, per_doc) if per_doc
                            else self._hits(txn, ids, scores, k) for ids, scores in found]
         return results if batch else results[0]
