@@ -14,6 +14,7 @@ import ctypes.util
 import mmap
 import os
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -200,8 +201,25 @@ _ADVISABLE = hasattr(mmap, "MADV_RANDOM") and os.path.exists("/proc/self/maps")
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if _ADVISABLE else None
 if _libc is not None:
     _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_scans: dict[int, int] = {}  # id(env) -> scans running in this process
+_scans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # env -> scans running in this process
+_spans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # env -> its map's (start, length)s
 _scans_lock = threading.Lock()
+
+
+def _map_spans(env: lmdb.Environment) -> list[tuple[int, int]]:
+    """(start, length) of ``env``'s map in this process, read once per environment: LMDB maps a fixed
+    size at open and never moves it, and reading /proc/self/maps costs ~1 ms in a process with torch.
+    env.info()["map_addr"] is 0 unless the map is fixed, hence /proc (Linux; elsewhere no advice)."""
+    path = env.path()  # lmdb.Error once closed: a closed environment's cached spans are not its map
+    spans = _spans.get(env)
+    if spans is None:
+        data = os.path.realpath(os.path.join(path, DATA_FILE))
+        with open("/proc/self/maps") as f:
+            ranges = [line.split(None, 1)[0] for line in f if line.rstrip("\n").endswith(" " + data)]
+        spans = [(int(a, 16), int(b, 16) - int(a, 16)) for a, b in (r.split("-") for r in ranges)]
+        if spans:
+            _spans[env] = spans
+    return spans
 
 
 def _advise(env: lmdb.Environment, advice: int) -> None:
@@ -209,16 +227,11 @@ def _advise(env: lmdb.Environment, advice: int) -> None:
     if _libc is None:
         return
     try:
-        data = os.path.realpath(os.path.join(env.path(), DATA_FILE))
-        # env.info()["map_addr"] is 0 unless the map is fixed: the address is read from the
-        # process's maps (Linux; elsewhere no advice).
-        with open("/proc/self/maps") as f:
-            spans = [line.split(None, 1)[0] for line in f if line.rstrip("\n").endswith(" " + data)]
+        spans = _map_spans(env)
     except (lmdb.Error, OSError):  # closed meanwhile, or no /proc
         return
-    for span in spans:
-        start, end = (int(x, 16) for x in span.split("-"))
-        _libc.madvise(start, end - start, advice)
+    for start, length in spans:
+        _libc.madvise(start, length, advice)
 
 
 @contextmanager
@@ -229,19 +242,18 @@ def scanning(env: lmdb.Environment):
     >>> with scanning(env):                  # doctest: +SKIP
     ...     for key, value in txn.cursor(): ...
     """
-    key = id(env)
     with _scans_lock:
-        running = _scans.get(key, 0)
-        _scans[key] = running + 1
+        running = _scans.get(env, 0)
+        _scans[env] = running + 1
         if not running:
             _advise(env, mmap.MADV_NORMAL)
     try:
         yield
     finally:
         with _scans_lock:
-            running = _scans.pop(key) - 1
+            running = _scans.pop(env) - 1
             if running:
-                _scans[key] = running
+                _scans[env] = running
             else:
                 _advise(env, mmap.MADV_RANDOM)
 
