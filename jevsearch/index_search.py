@@ -12,6 +12,7 @@ and a search whose candidates reach the live page count scores every page exactl
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -240,12 +241,12 @@ class IndexSearch:
     def _exhaustive(self, txn, qt: torch.Tensor, q_lens: list[int], k: int, scope: np.ndarray | None = None,
                     table: str = "multi"):
         bad, failed = [], []
-        if scope is None:
+        if scope is None:  # every page, read in key order as they are scored
             pages = ((pid, found[0], tokens) for pid, _, _, tokens in self._store.iter_pages(txn, damaged=bad)
                      if (found := self._multi(txn, pid, tokens, table)) is not None)
-        else:  # a filter's matching pages
+        else:  # a filter's matching pages: scattered, fetched first (read ahead in threads when cold)
             pages = zip(*self._fetch(txn, np.sort(scope), table))
-        with self._store.scanning():
+        with self._store.scanning() if scope is None else contextlib.nullcontext():
             found, implausible = rerank.exhaustive(pages, qt, k, self._scorers[table], self.threads, q_lens,
                                                    self._store.page_check(failed, table))
         for pid in bad:
@@ -292,7 +293,6 @@ class IndexSearch:
             if ahead is not None:
                 ahead.wait()
         return np.array(ids, dtype=np.int64), raws, lens
-
 
     def _hits(self, txn, ids: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
         docs: dict[bytes, dict] = {}
