@@ -267,22 +267,19 @@ class BinaryCodec(Codec):
         signs = self._signs.to(device=codes.device, dtype=dtype) * self.token_scale  # [256, 8]
         return signs[codes.long()].flatten(-2)  # [..., n, d/8, 8] -> [..., n, d]
 
-    def stage_block(self, raws, lengths, starts, buffer) -> torch.Tensor:
-        """CPU: the pages' bytes end to end -> uint8 [N, d/8] (a reused buffer), the packed signs."""
+    def stage_block(self, raws, lengths, starts, buffer, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+        """CPU: the pages' bytes end to end -> [N, d/8] in ``dtype`` (a reused buffer), the packed signs
+        (int32: widened as copied, the indices ``unpack_block`` looks up)."""
         w, n = self.dim // 8, int(starts[-1]) + lengths[-1]
-        staged = buffer("bytes", torch.uint8, n * w)
+        staged = buffer(f"signs {dtype}", dtype, n * w)  # one buffer per dtype: none reallocated in turn
         for raw, s, k in zip(raws, starts.tolist(), lengths):
             self._check(raw, k)
             staged[s * w:(s + k) * w].copy_(torch.frombuffer(raw, dtype=torch.uint8))
         return staged[: n * w].view(n, w)
 
     def unpack_block(self, raws, lengths, starts, out, buffer):
-        w, n = self.dim // 8, int(starts[-1]) + lengths[-1]
-        index = buffer("index", torch.int32, n * w)  # index_select wants int32/int64 indices
-        for raw, s, k in zip(raws, starts.tolist(), lengths):
-            self._check(raw, k)
-            index[s * w:(s + k) * w].copy_(torch.frombuffer(raw, dtype=torch.uint8))  # widened as copied
-        torch.index_select(self._table, 0, index[: n * w], out=out.view(-1).view(torch.int64))
+        index = self.stage_block(raws, lengths, starts, buffer, torch.int32).reshape(-1)  # index_select: int32
+        torch.index_select(self._table, 0, index, out=out.view(-1).view(torch.int64))
         return None
 
 
