@@ -117,9 +117,9 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         """Create an empty index at ``path`` (which must not exist or be an empty directory).
 
         single_dim: truncation of the single vectors indexed in the HNSW (Matryoshka); the full
-        vectors are kept in LMDB (only their first single_dim dims when keeping codes alone:
-        codec int8 or binary without keep_exact). single_full_dim: their D (>= single_dim), or None to take it from
-        the first document; later documents must match it. multi_dim: per-token vector size.
+        vectors are kept in LMDB (only their first single_dim dims when keeping codes alone: codec
+        int8 or binary without keep_exact). single_full_dim: their D (>= single_dim), or None to take
+        it from the first document; later documents must match it. multi_dim: per-token vector size.
         codec: how the per-token vectors are stored: "binary" (the default: 16 B per 128-d token),
         "int8" (132 B) or "fp16" (256 B, the storage of indexes before codecs); keep_exact: also keep
         each page's float16 tokens for the final exact MaxSim (default True for int8 and binary: hits
@@ -389,9 +389,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         with self._mutex:
             self._check_writable()
             with self._store.write() as txn:
-                doc = self._store.document(txn, old)
-                if doc is None:
-                    raise InvalidInputError(f"{old}: not in the index (hint: documents() lists the ids)")
+                doc = self._store.existing_document(txn, old)
                 state = self._store.state(txn)
                 removed = self._remove(txn, state, new) if new != old else []
                 meta = doc["metadata"] if metadata is None else metadata
@@ -416,9 +414,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         with self._mutex:
             self._check_writable()
             with self._store.read() as txn:
-                doc = self._store.document(txn, src)
-                if doc is None:
-                    raise InvalidInputError(f"{src}: not in the index (hint: documents() lists the ids)")
+                doc = self._store.existing_document(txn, src)
                 item = self._layout.stored(self._store, txn, doc, self._manifest["single_dim"])
             return self._commit([dict(item, doc_id=dst, metadata=doc["metadata"] if metadata is None else metadata)])[0]
 

@@ -81,9 +81,7 @@ def set_metadata(store: PageStore, txn, doc_id: str, metadata: dict, merge: bool
     """Rewrite a document's metadata and field record in write transaction ``txn`` (see
     Index.update_metadata) -> (document record, field record). The keys the ingest recorded (the
     document's ``auto`` list) and the computed fields cannot be set; merge=False keeps the former."""
-    doc = store.document(txn, doc_id)
-    if doc is None:
-        raise InvalidInputError(f"{doc_id}: not in the index (hint: documents() lists the indexed ids)")
+    doc = store.existing_document(txn, doc_id)
     auto = doc.get("auto", [k for k in _LEGACY_AUTO if k in doc["metadata"]])
     fixed = sorted((set(COMPUTED) | set(auto)) & metadata.keys())
     if fixed:

@@ -49,7 +49,7 @@ from typing import Iterator
 import lmdb
 import numpy as np
 
-from jevsearch.errors import ChecksumError, CorruptIndexError, JevsearchError, NotAnIndexError
+from jevsearch.errors import ChecksumError, CorruptIndexError, InvalidInputError, JevsearchError, NotAnIndexError
 from jevsearch.store import checksum, visual
 from jevsearch.store.lmdbenv import (
     CURRENT,
@@ -413,6 +413,13 @@ class PageStore:
 
     def document(self, txn, doc_id: str) -> dict | None:
         return self.document_by_key(txn, doc_key(doc_id))
+
+    def existing_document(self, txn, doc_id: str) -> dict:
+        """Document ``doc_id``'s record; InvalidInputError when the index has none."""
+        doc = self.document(txn, doc_id)
+        if doc is None:
+            raise InvalidInputError(f"{doc_id}: not in the index (hint: documents() lists the indexed ids)")
+        return doc
 
     def document_by_key(self, txn, key: bytes) -> dict | None:
         raw = self.get(txn, "docs", key)
