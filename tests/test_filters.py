@@ -359,14 +359,20 @@ def test_group_by_document(tmp_path):
             assert sorted(h.doc_id for h in got) == [f"long{i}" for i in range(4)]
 
 
+def _numbered_index(path, docs: int):
+    """An index of ``docs`` two-page documents d0, d1, ... with metadata {"i": their number}, closed;
+    -> (the corpus, one query)."""
+    corpus = {f"d{i}": make_doc(i, 2, tokens=(8, 16)) for i in range(docs)}
+    with Index.create(path, single_dim=DIM) as eng:
+        for i, (name, (s, m)) in enumerate(corpus.items()):
+            eng.add_embeddings(name, s, m, metadata={"i": i})
+    return corpus, queries(corpus, 1)[0]
+
+
 def test_index_without_field_table_still_opens(tmp_path):
     """An index written before field records existed: readers compute them in memory, a writer
     builds the table once."""
-    corpus = {f"d{i}": make_doc(i, 2, tokens=(8, 16)) for i in range(5)}
-    (qs, qm), = queries(corpus, 1)
-    with Index.create(tmp_path / "i", single_dim=DIM) as eng:
-        for i, (name, (s, m)) in enumerate(corpus.items()):
-            eng.add_embeddings(name, s, m, metadata={"i": i})
+    corpus, (qs, qm) = _numbered_index(tmp_path / "i", 5)
     store = PageStore(str(tmp_path / "i"))
     with store.write() as txn:  # make it look like an old index: no table, no flag
         txn.drop(store._db["fields"], delete=True)
@@ -440,11 +446,7 @@ def test_filters_follow_rename_and_copy(tmp_path):
 
 
 def test_verify_finds_and_repairs_a_wrong_field_record(tmp_path):
-    corpus = {f"d{i}": make_doc(i, 2, tokens=(8, 16)) for i in range(3)}
-    (qs, qm), = queries(corpus, 1)
-    with Index.create(tmp_path / "i", single_dim=DIM) as eng:
-        for i, (name, (s, m)) in enumerate(corpus.items()):
-            eng.add_embeddings(name, s, m, metadata={"i": i})
+    corpus, (qs, qm) = _numbered_index(tmp_path / "i", 3)
     store = PageStore(str(tmp_path / "i"))
     with store.write() as txn:  # a record that disagrees with its document (a bug, or a bad restore)
         store.put_fields(txn, 0, {"d": "d0", "p": 2, "f": {"i": 99}})

@@ -32,8 +32,8 @@ class Scorer:
     ``codec``: how the pages are stored (:mod:`~jevsearch.search.codecs`: a codec, its name, or a
     manifest's ``multi_dtype``). CPU: pages unpacked end to end in cache-sized blocks and scored by
     :func:`~jevsearch.search.maxsim.maxsim_concat` (or ``maxsim_concat_int8`` for the codecs whose
-    ``kernel`` is int8, against the queries quantised once per call), the blocks shared among ``workers`` threads (the caller's
-    and ``workers - 1`` helpers), each with its own buffers. GPU: large padded blocks unpacked on the
+    ``kernel`` is int8, against the queries quantised once per call), the blocks shared among
+    ``workers`` threads (the caller's and ``workers - 1`` helpers), each with its own buffers. GPU: large padded blocks unpacked on the
     device (:func:`~jevsearch.search.maxsim.maxsim`) on the calling thread.
     Not thread-safe: one call at a time (the engine serialises them).
 
