@@ -451,10 +451,11 @@ def test_an_index_the_user_may_read_but_not_write_can_be_searched_and_verified(t
                 os.chmod(os.path.join(root, f), 0o444)
             os.chmod(root, 0o555)
         qs, qm = query_for(docs["c.pdf"][1], docs["c.pdf"][0], page=3)
-        # The interpreter lives under /root here: the child starts as root, imports, then becomes
-        # nobody (uid 65534) before touching the index, so the kernel checks nobody's permissions.
-        code = ("import os, sys, numpy as np\nfrom jevsearch import Index, ReadOnlyIndexError\n"
-                "import jevsearch.index\n"
+        # The interpreter lives under /root here (or a 0700 temp clone): the child starts as root,
+        # imports, then becomes nobody (uid 65534) before touching the index, so the kernel checks
+        # nobody's permissions. py-lmdb imports a module at its first open: one first, as root.
+        code = ("import os, sys, tempfile, lmdb, numpy as np\nfrom jevsearch import Index, ReadOnlyIndexError\n"
+                "import jevsearch.index\nlmdb.open(tempfile.mkdtemp(dir=os.getcwd())).close()\n"
                 "qs, qm = np.load(sys.argv[2]), np.load(sys.argv[3])\n"
                 "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
                 "with Index.open(sys.argv[1], readonly=True) as ix:\n"
