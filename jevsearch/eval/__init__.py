@@ -14,7 +14,8 @@ Needs the ``eval`` extra: ``pip install 'jevsearch[eval]'`` (pytrec-eval-terrier
 imported only when used.
 """
 
-from jevsearch.eval.datasets import Dataset, Query, load_dataset
+from jevsearch.eval.datasets import Dataset, Query
+from jevsearch.eval.load import load_dataset
 from jevsearch.eval.report import EvalReport
 from jevsearch.eval.runner import DEFAULT_SETTINGS, evaluate
 

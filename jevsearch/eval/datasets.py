@@ -30,7 +30,6 @@ The page images inside the Parquet files are written out as files (``DATASET/jev
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import logging
@@ -48,7 +47,7 @@ log = logging.getLogger(__name__)
 IMAGES_DIR = "jevsearch-corpus"  # where ViDoRe page images are written, inside the dataset folder
 INSTALL = "pip install 'jevsearch[eval]'"
 _IMAGE_EXT = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp"}
-_LAYOUT_HINT = ("a BEIR-style folder holds queries.jsonl, qrels/<split>.tsv and corpus/; a ViDoRe download "
+LAYOUT_HINT = ("a BEIR-style folder holds queries.jsonl, qrels/<split>.tsv and corpus/; a ViDoRe download "
                 "holds Parquet files")
 
 
@@ -160,38 +159,15 @@ class Dataset:
 
 
 # ----- BEIR-style folder -------------------------------------------------------------------------
-def load_dataset(path, *, split: str = "test", images_dir: str | None = None) -> Dataset:
-    """Read a dataset folder (layouts in the module docstring); raises DatasetError saying what is wrong.
-
-    split: the qrels file (``qrels/<split>.tsv``) or ViDoRe split to read. images_dir: where ViDoRe
-    page images are written (default ``<path>/jevsearch-corpus``).
-
-    >>> ds = load_dataset("datasets/papers")        # doctest: +SKIP
-    """
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
-        raise DatasetError(f"{path}: no such folder (hint: {_LAYOUT_HINT})")
-    if os.path.exists(os.path.join(path, "queries.jsonl")):
-        return _load_folder(path, split)
-    images_dir = os.path.abspath(images_dir or os.path.join(path, IMAGES_DIR))
-    from jevsearch.eval import vidore
-
-    files = [f for f in sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
-             if not f.startswith(images_dir + os.sep)]
-    if not files:
-        raise DatasetError(f"{path}: neither queries.jsonl nor Parquet files found (hint: {_LAYOUT_HINT})")
-    return vidore.load(path, files, split, images_dir)
-
-
-def _load_folder(path: str, split: str) -> Dataset:
+def load_folder(path: str, split: str) -> Dataset:
     from jevsearch.ingest import discover
 
     queries_file, corpus = os.path.join(path, "queries.jsonl"), os.path.join(path, "corpus")
     qrels_file = os.path.join(path, "qrels", f"{split}.tsv")
     if not os.path.isfile(qrels_file):
-        raise DatasetError(f"{qrels_file}: missing (hint: {_LAYOUT_HINT})")
+        raise DatasetError(f"{qrels_file}: missing (hint: {LAYOUT_HINT})")
     if not os.path.isdir(corpus):
-        raise DatasetError(f"{corpus}: missing folder (hint: {_LAYOUT_HINT})")
+        raise DatasetError(f"{corpus}: missing folder (hint: {LAYOUT_HINT})")
     queries = list(_read_queries(queries_file, path))
     qrels = _read_qrels(qrels_file)
     sources, failed = discover([corpus])
