@@ -296,7 +296,7 @@ def _cmd_verify(args) -> int:
             with _reader(args.index) as eng:
                 summary = eng.verify(deep=args.deep)
     except CorruptIndexError as e:
-        for problem in _problems(str(e)):
+        for problem in _problems(e.message):
             print(f"problem: {problem}")
         raise
     for done in summary.pop("repaired", []):
@@ -342,9 +342,8 @@ def _sharded_writer(args, new: bool, storage: dict):
 
 
 def _problems(message: str) -> list[str]:
-    """The problems of a verify message: "<index>: [N problems: ]p1; p2; ... (hint: ...)"."""
-    cut = message.rfind(" (hint: ")
-    body = re.sub(r"^\d+ problems?: ", "", (message[:cut] if cut >= 0 else message).split(": ", 1)[-1])
+    """The problems of a verify message: "<index>: [N problems: ]p1; p2; ..."."""
+    body = re.sub(r"^\d+ problems?: ", "", message.split(": ", 1)[-1])
     return [p.strip() for p in body.split("; ") if p.strip()]
 
 

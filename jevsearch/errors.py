@@ -16,26 +16,42 @@ from __future__ import annotations
 class JevsearchError(Exception):
     """Base class of every error raised by jevsearch.
 
-    ``cli_hint``: what to do, said as ``jevsearch`` commands, for errors whose Python hint (e.g.
-    "Engine.open it") would mislead a user of the command line; :meth:`cli_message` puts it in place
-    of the message's own ``(hint: ...)``.
+    Fields: ``message`` (what went wrong), ``hint`` (what to do, said in Python) and ``cli_hint`` (what
+    to do, said as ``jevsearch`` commands, where the Python hint would mislead a command-line user).
+    ``str(e)`` is ``"message (hint: hint)"``; a message written in that form is split into the fields.
 
-    >>> e = JevsearchError("idx: not an index (hint: Engine.create it)", cli_hint="jevsearch index FILES --index idx")
+    >>> e = JevsearchError("idx: not an index", hint="Engine.create it", cli_hint="jevsearch index FILES --index idx")
+    >>> e.message, e.hint, str(e)
+    ('idx: not an index', 'Engine.create it', 'idx: not an index (hint: Engine.create it)')
     >>> e.cli_message()
     'idx: not an index (hint: jevsearch index FILES --index idx)'
+    >>> JevsearchError("a.pdf: damaged (hint: re-export it)").hint
+    're-export it'
     """
 
-    def __init__(self, *args, cli_hint: str | None = None):
-        super().__init__(*args)
-        self.cli_hint = cli_hint
+    def __init__(self, message: str = "", *args, hint: str | None = None, cli_hint: str | None = None):
+        message = str(message)
+        if hint is None:
+            message, hint = split_hint(message)
+        super().__init__(message if hint is None else f"{message} (hint: {hint})", *args)
+        self.message, self.hint, self.cli_hint = message, hint, cli_hint
 
     def cli_message(self) -> str:
-        """The message for a command-line user: the CLI hint replaces the Python one when there is one."""
-        text = str(self)
-        if not self.cli_hint:
-            return text
-        cut = text.rfind(" (hint: ")
-        return (text[:cut] if cut >= 0 else text) + f" (hint: {self.cli_hint})"
+        """The message for a command-line user: the CLI hint in place of the Python one when there is one."""
+        hint = self.cli_hint or self.hint
+        return self.message if hint is None else f"{self.message} (hint: {hint})"
+
+
+def split_hint(text: str) -> tuple[str, str | None]:
+    """``("what", "hint")`` of a message written as ``"what (hint: hint)"``; ``(text, None)`` otherwise.
+
+    >>> split_hint("x: bad (hint: fix it)")
+    ('x: bad', 'fix it')
+    """
+    cut = text.rfind(" (hint: ")
+    if cut < 0 or not text.endswith(")"):
+        return text, None
+    return text[:cut], text[cut + 8:-1]
 
 
 class InvalidInputError(JevsearchError, ValueError):

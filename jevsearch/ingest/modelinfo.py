@@ -41,9 +41,7 @@ def load_encoder(source, device=None, dtype=None, *, recorded: bool = False):
     except CheckpointError as e:
         if not recorded:
             raise
-        text = str(e)
-        cut = text.rfind(" (hint: ")
-        what, own = (text[:cut], text[cut + 8:-1] + "; ") if cut >= 0 else (text, "")
+        what, own = e.message, f"{e.hint}; " if e.hint else ""
         moved = "if the model moved, pass its new path"
         raise CheckpointError(f"{what} (this index records model {source!r}) "
                               f"(hint: {own}{moved}: Engine.open(path, model=...))",

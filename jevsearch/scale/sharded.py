@@ -538,9 +538,8 @@ def _why(e: BaseException) -> str:
     """A shard's failure in a few words: "missing", or its error without its own hint."""
     if isinstance(e, (NotAnIndexError, FileNotFoundError)):
         return "missing"
-    text = " ".join(str(e).split()) or type(e).__name__
-    cut = text.rfind(" (hint: ")
-    return text[:cut] if cut > 0 else text
+    text = e.message if isinstance(e, JevsearchError) else str(e)
+    return " ".join(text.split()) or type(e).__name__
 
 
 def _merge(lists, k: int) -> list:
