@@ -542,7 +542,14 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
                 multi = None
                 if vectors:  # a copy: the transaction ends
                     multi = self._layout.tokens(self._store, txn, pid, self._store.page(txn, pid)[2])
-                return multi, self._store.view(txn, pid)
+                try:
+                    return multi, self._store.view(txn, pid)
+                except CorruptIndexError as e:  # ChecksumError included: name the page, say what to do
+                    raise CorruptIndexError(
+                        f"{self.path}: {hit.doc_id} page {hit.page}: its thumbnail/grid record is damaged ({e}) "
+                        "(hint: verify(repair=True) drops it, then pictures come from the source file; re-add the "
+                        "document to restore it)", cli_hint=f"jevsearch verify --repair --index {self.path} drops "
+                        f"it; `jevsearch index {hit.doc_id} --index {self.path}` after deleting it restores it") from e
 
     def _locate(self, txn, hit: Hit) -> int:
         """The page id of ``hit`` in ``txn``; PageNotFoundError if it is gone or stale."""
