@@ -100,3 +100,21 @@ def test_a_damaged_manifest_is_read_from_its_copy_and_rewritten(tmp_path, caplog
     with pytest.raises(CorruptIndexError, match="and its copy too: the index's format version, vector sizes, "
                                                  "codec and model identity are lost"):
         Index.open(path, readonly=True)
+
+
+def test_the_readme_documents_the_recorded_file_fields_and_their_aliases(tmp_path):
+    """README's field list names what document_list() shows (size, mtime_ns) and the filter aliases."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as f:
+        readme = f.read()
+    fields = readme[readme.index("* **Fields**"):readme.index("Operators:")]
+    for name in ("`size`", "`mtime_ns`", "alias `bytes`", "alias `mtime`"):
+        assert name in fields
+    path = str(tmp_path / "idx")
+    build(path)
+    with Index.open(path, readonly=True) as ix:
+        meta = ix.document_list()[1]["metadata"]
+        assert (meta["size"], meta["mtime_ns"]) == (10, 1714555800 * 10**9)
+        qs, qm = query_for(*reversed(make_doc(1, 4)), page=0)
+        for where in ({"size": 10}, {"bytes": 10}, {"mtime_ns": 1714555800 * 10**9},
+                      {"mtime": "2024-05-01T09:30:00Z"}):
+            assert {h.doc_id for h in ix.search_embeddings(qs, qm, k=9, where=dict(where, team="t1"))} == {"b.pdf"}
