@@ -11,8 +11,8 @@ import sys
 import lmdb
 import numpy as np
 import pytest
-
 from _store_child import make_doc, query_for
+
 from jevsearch import CorruptIndexError, Index
 from jevsearch.store.lmdbstore import page_key
 from jevsearch.store.visual import PageView

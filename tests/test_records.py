@@ -10,8 +10,8 @@ import sys
 
 import lmdb
 import pytest
-
 from _store_child import make_doc, query_for
+
 from jevsearch import CorruptIndexError, Index
 from jevsearch.store.lmdbstore import doc_key, page_key
 
