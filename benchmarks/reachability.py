@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._util import pct, print_grid, repeat_ms  # noqa: E402
 from jevsearch import Index  # noqa: E402
+from jevsearch.store import graphview  # noqa: E402
 from jevsearch.store.subset import stored_vectors  # noqa: E402
 
 
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    graphview.SAVE_EVERY_PAGES = 10**9  # no save (which relinks) during the adds: measure the graph FAISS built
     root = tempfile.mkdtemp(prefix="jev-reach-")
     rows, lat = [], []
     try:

@@ -200,17 +200,18 @@ class HnswGraph:
         return hnsw, nb, slots, int(hnsw.entry_point)
 
     def _unreached_rows(self, links: np.ndarray, entry: int) -> np.ndarray:
-        """Rows no level-0 path from ``entry`` reaches, for level-0 lists ``links`` [N, 2M]."""
+        """Rows no level-0 path from ``entry`` reaches, for level-0 lists ``links`` [N, 2M] (-1: none)."""
         n = self.ntotal
         seen = np.zeros(n, dtype=bool)
         if 0 <= entry < n:
             seen[entry] = True
             frontier = np.array([entry])
-            while len(frontier):
+            while len(frontier):  # breadth first; only the newly seen rows are sorted (deduplicated)
                 nxt = links[frontier].ravel()
-                nxt = np.unique(nxt[nxt >= 0])
-                frontier = nxt[~seen[nxt]]
-                seen[frontier] = True
+                nxt = nxt[nxt >= 0]
+                nxt = nxt[~seen[nxt]]
+                seen[nxt] = True
+                frontier = np.unique(nxt)
         return np.flatnonzero(~seen)
 
     def _links(self):
@@ -218,7 +219,8 @@ class HnswGraph:
         hnsw, nb, slots, entry = self._level0()
         links = nb[slots]
         # FAISS stops reading a list at its first -1: later entries do not count.
-        links = np.where(np.cumprod(links >= 0, axis=1).astype(bool), links, -1)
+        ends = np.where((links < 0).any(axis=1), np.argmax(links < 0, axis=1), links.shape[1])
+        links[np.arange(links.shape[1]) >= ends[:, None]] = -1
         if links.size and links.max() >= self.ntotal:
             raise CorruptIndexError("hnsw: a link names no node (the graph is damaged)")
         return hnsw, nb, slots, links, entry
