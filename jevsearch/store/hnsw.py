@@ -245,6 +245,7 @@ class HnswGraph:
         if self.ntotal == 0:
             return self.lost
         inner = faiss.downcast_index(self.index.index)
+        rows = None
         for _ in range(rounds):
             hnsw, nb, slots, links, entry = self._links()
             rows = self._unreached_rows(links, entry)
@@ -274,7 +275,10 @@ class HnswGraph:
                     indeg[u] += 1
                     made += 1
             faiss.copy_array_to_vector(nb, hnsw.neighbors)
-        self.lost = self.unreachable()
+            rows = None  # relinked: walk again
+        if rows is None:
+            rows = self._unreached_rows(*self._links()[3:])
+        self.lost = self.ids()[rows]
         return self.lost
 
     def lost_pages(self) -> np.ndarray:
