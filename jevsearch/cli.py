@@ -268,13 +268,25 @@ def _cmd_compact(args) -> int:
 
     with Engine.open(args.index) as eng:
         before = eng.stats()
-        eng.compact(**_storage_args(args))
+        report = eng.compact(**_storage_args(args)) or {}
         stats = eng.stats()
+    for done in report.get("dropped", []):
+        print(f"repaired: {done}")
     if not args.quiet:
         size = lambda b: f"{(b['lmdb_file'] + b['hnsw_file']) / 1e6:.1f} MB"  # noqa: E731
         converted = f", {_storage(before)} -> {_storage(stats)}" if _storage(before) != _storage(stats) else ""
         print(f"{args.index}: compacted: {stats['documents']} documents, {stats['pages']} pages, "
               f"{size(before['bytes'])} -> {size(stats['bytes'])}{converted}")
+    if report.get("damaged"):
+        from jevsearch.errors import CorruptIndexError
+
+        for problem in report["damaged"]:
+            print(f"problem: {problem}")
+        docs = ", ".join(report["redo"][:10]) + (" and more" if len(report["redo"]) > 10 else "")
+        raise CorruptIndexError(f"{args.index}: {len(report['damaged'])} damaged values could not be carried over "
+                                f"intact (hint: delete and re-add {docs})",
+                                cli_hint=f"`jevsearch delete DOC --index {args.index}`, then `jevsearch index DOC "
+                                         f"--index {args.index}` for each of {docs}")
     return 0
 
 

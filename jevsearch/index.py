@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import bisect
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -63,6 +64,8 @@ from jevsearch.store.manifest import check_manifest, new_manifest
 from jevsearch.store.visual import PageView
 
 __all__ = ["Hit", "Index"]
+
+log = logging.getLogger(__name__)
 
 
 class Index(IndexSearch, IndexMaintenance, IndexFields):
@@ -207,6 +210,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
                 HnswGraph.remove_stale_temp(path)
                 store.remove_stale()
                 store.create_missing_tables()
+                store.repair_manifest()
             return cls(path, store, lock, threads)
         except BaseException:
             if store is not None:
@@ -542,7 +546,14 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
                 multi = None
                 if vectors:  # a copy: the transaction ends
                     multi = self._layout.tokens(self._store, txn, pid, self._store.page(txn, pid)[2])
-                return multi, self._store.view(txn, pid)
+                try:
+                    return multi, self._store.view(txn, pid)
+                except CorruptIndexError as e:  # ChecksumError included: name the page, say what to do
+                    raise CorruptIndexError(
+                        f"{self.path}: {hit.doc_id} page {hit.page}: its thumbnail/grid record is damaged ({e}) "
+                        "(hint: verify(repair=True) drops it, then pictures come from the source file; re-add the "
+                        "document to restore it)", cli_hint=f"jevsearch verify --repair --index {self.path} drops "
+                        f"it; `jevsearch index {hit.doc_id} --index {self.path}` after deleting it restores it") from e
 
     def _locate(self, txn, hit: Hit) -> int:
         """The page id of ``hit`` in ``txn``; PageNotFoundError if it is gone or stale."""
@@ -559,20 +570,22 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         return doc["first"] + i
 
     def documents(self) -> Iterator[str]:
-        """The indexed document ids, sorted."""
-        with self._mutex:
-            self._check_open()
-            with self._store.read() as txn:
-                ids = sorted(d["doc_id"] for d in self._store.iter_documents(txn))
-        return iter(ids)
+        """The indexed document ids, sorted (damaged document records left out, with a warning)."""
+        return iter([d["doc_id"] for d in self.document_list()])
 
     def document_list(self) -> list[dict]:
-        """Every document as :meth:`document` gives it, sorted by id, read in one snapshot."""
+        """Every document as :meth:`document` gives it, sorted by id, read in one snapshot. A damaged
+        document record is left out with a warning (:meth:`verify` names it; a repair removes it)."""
+        damaged: list[bytes] = []
         with self._mutex:
             self._check_open()
             with self._store.read() as txn:
                 docs = [{"doc_id": d["doc_id"], "pages": d["pages"], "tokens": d["tokens"], "metadata": d["metadata"]}
-                        for d in self._store.iter_documents(txn)]
+                        for d in self._store.iter_documents(txn, damaged)]
+        if damaged:
+            log.warning("%s: %d document records are damaged (first key %s): left out of the list (hint: "
+                        "verify(repair=True) removes them and their pages; index their files again)", self.path,
+                        len(damaged), damaged[0].hex())
         return sorted(docs, key=lambda d: d["doc_id"])
 
 

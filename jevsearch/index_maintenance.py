@@ -9,13 +9,17 @@ deep or not, and with ``repair`` fixes what LMDB can rebuild.
 
 from __future__ import annotations
 
+import logging
 import os
 
+from jevsearch.errors import CorruptIndexError
 from jevsearch.index_codec import conversion, new_layout
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import fields, verify
 from jevsearch.store.lmdbstore import EXACT
 from jevsearch.store.rewrite import rewrite, upgrade
+
+log = logging.getLogger(__name__)
 
 
 class IndexMaintenance:
@@ -23,7 +27,7 @@ class IndexMaintenance:
     graph view and damage log)."""
 
     def compact(self, *, codec: str | None = None, keep_exact: bool | None = None,
-                pool_factor: int | None = None) -> None:
+                pool_factor: int | None = None) -> dict:
         """Rebuild the HNSW from live pages (dropping tombstones, every page reachable) and shrink
         the LMDB file; an older format is rewritten with checksums (1 -> 2) after a deep check
         (CorruptIndexError naming the documents to re-add, nothing changed, when vectors are damaged).
@@ -34,7 +38,15 @@ class IndexMaintenance:
         to pool tokens pooled already). Crash-safe: a kill at any point leaves the old index or the
         new one, never a mix; readers switch at their next call.
 
+        Every stored value's digest is checked on the way: damaged thumbnail/grid records are dropped
+        (the pages show pictures from their source files until their documents are re-added); other
+        damaged values cannot be rebuilt and are carried over as they are (still skipped by searches).
+        Returns ``{"dropped": [what was dropped], "damaged": [each value left damaged, by document and
+        page], "redo": [the documents to delete and re-add]}``; a conversion refuses damaged values
+        (CorruptIndexError naming their documents, nothing changed).
+
         >>> eng.compact(codec="binary", keep_exact=True)                # doctest: +SKIP
+        {'dropped': [], 'damaged': [], 'redo': []}
         """
         with self._mutex, self._store.scanning():
             self._check_writable()
@@ -44,8 +56,15 @@ class IndexMaintenance:
             old_format = not self._manifest.get("checksums")
             if old_format:
                 damaged = [p for p in self._check(deep=True)[1] if not p.fixable]
-                if damaged:
-                    raise verify.describe(self.path, damaged, repairing=True)
+            else:
+                with self._store.read() as txn:
+                    damaged, views = verify.damaged_values(self._store, txn)
+            if damaged and (old_format or plan is not None):  # sealing or re-encoding would certify them
+                raise verify.describe(self.path, damaged, repairing=True)
+            dropped = []
+            if not old_format and views:
+                with self._store.write() as txn:
+                    dropped = verify.drop_views(self._store, txn, views)
             with self._store.read() as txn:
                 state = self._store.state(txn)
                 graph = self._view.rebuilt(txn, self._manifest)
@@ -66,6 +85,11 @@ class IndexMaintenance:
                     self._refresh(txn)  # the new manifest: scorers for the new layout
             else:
                 self._store.compact_file()
+        redo = sorted({p.doc for p in damaged if p.doc})
+        if damaged:
+            log.warning("%s: compacted, but %d damaged values could not be rebuilt (%s): delete and re-add %s",
+                        self.path, len(damaged), "; ".join(p.text for p in damaged[:5]), ", ".join(redo[:10]))
+        return {"dropped": dropped, "damaged": [p.text for p in damaged], "redo": redo}
 
     def stats(self) -> dict:
         """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, damaged_pages
@@ -105,8 +129,9 @@ class IndexMaintenance:
         vector the one LMDB holds for its id). ``repair=True`` (a writer) first fixes what LMDB can
         rebuild (:func:`jevsearch.store.verify.repair_records`, then :meth:`compact`) and checks again;
         what remains (damaged pages: re-add their documents) is raised, its ``cli_hint`` giving the
-        commands. Returns the counts checked (and ``repaired``: what was done).
+        commands. ``repair`` implies ``deep``. Returns the counts checked (and ``repaired``: what was done).
         """
+        deep = deep or repair  # a repair must see every damaged value and unreachable page
         with self._mutex:
             (self._check_writable if repair else self._check_open)()
             report, problems = self._check(deep)
@@ -115,7 +140,7 @@ class IndexMaintenance:
                     done = verify.repair_records(self._store, txn)
                     if fields.check_table(self._store, txn):
                         done.append(f"rebuilt the field index ({fields.fill_table(self._store, txn)} documents)")
-                self.compact()
+                done += self.compact()["dropped"]
                 with self._store.read() as txn:
                     self._damage.prune(self._store, txn)
                 report, problems = self._check(deep)
@@ -128,8 +153,13 @@ class IndexMaintenance:
         # One torch thread: the row checks are small ops, slowed ~10x by a thread team on busy cores.
         with self._store.scanning(), self._store.read() as txn, torch_threads(1):
             self._refresh(txn)
+            try:
+                scanned = self._view.lost()  # relinks what it can first
+            except CorruptIndexError:
+                scanned = ()  # a damaged graph: the check below names it
             report, problems = verify.check_index(self._store, txn, self._manifest, self._view.settle(),
-                                                  self._view.tombs, parts=self._layout.parts(), deep=deep)
+                                                  self._view.tombs, parts=self._layout.parts(), deep=deep,
+                                                  scanned=scanned)
             problems += [verify.Problem(text, fixable=True) for text in fields.check_table(self._store, txn)]
         if not deep:  # a deep check finds them itself
             problems += self._damage.problems()

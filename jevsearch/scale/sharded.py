@@ -370,10 +370,16 @@ class ShardedEngine:
             if name not in self._missing:
                 self._writer(name).flush()
 
-    def compact(self) -> None:
+    def compact(self) -> dict:
+        """Compact every shard (:meth:`Index.compact`); returns their reports merged, each line naming its shard."""
+        total: dict = {"dropped": [], "damaged": [], "redo": []}
         for name in self.shards:
             if name not in self._missing:
-                self._writer(name).compact()
+                report = self._writer(name).compact()
+                for key in ("dropped", "damaged"):
+                    total[key] += [f"{name}: {line}" for line in report[key]]
+                total["redo"] = sorted(set(total["redo"]) | set(report["redo"]))
+        return total
 
     # -- reads ----------------------------------------------------------------------------------
     def search(self, query, k: int = 10, *, candidates: int | None = None, rescore: int | None = None) -> Hits:

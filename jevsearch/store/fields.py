@@ -30,14 +30,17 @@ open (one commit); a reader computes the records from the documents table in mem
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 
 import numpy as np
 
-from jevsearch.errors import CorruptIndexError, InvalidInputError
+from jevsearch.errors import InvalidInputError
 from jevsearch.store.lmdbstore import PageStore
+
+log = logging.getLogger(__name__)
 
 COMPUTED = ("doc_id", "path", "name", "pages")  # fields derived from the document itself
 # Metadata keys Engine.add recorded before documents listed theirs under "auto".
@@ -101,14 +104,16 @@ def check_table(store: PageStore, txn) -> list[str]:
     table from the documents (:func:`fill_table`)."""
     if not (store.state(txn).get("fields") and store.has_table("fields")):
         return []  # an index from before the table: computed from the documents, nothing to disagree
-    try:
-        want = {d["first"]: record(d["doc_id"], d["pages"], d["metadata"]) for d in store.iter_documents(txn)}
-        problems = []
-        for first, rec in store.iter_fields(txn):
-            if want.pop(first, None) != rec:
-                problems.append(f"fields: the record at page id {first} ({rec.get('d')!r}) is not its document's")
-    except CorruptIndexError as e:  # a damaged record (the check of the documents names theirs)
-        return [f"fields: not checked ({e})"]
+    want = {d["first"]: record(d["doc_id"], d["pages"], d["metadata"]) for d in store.iter_documents(txn, [])}
+    problems, damaged = [], []  # damaged document records: the check of the documents names them
+    for first, rec in store.iter_fields(txn, damaged=damaged):
+        if want.pop(first, None) != rec:
+            problems.append(f"fields: the record at page id {first} ({rec.get('d')!r}) is not its document's")
+    for first in damaged:
+        rec = want.pop(first, None)
+        name = f"{rec['d']}" if rec else f"the document at page id {first} (none now)"
+        problems.append(f"fields: the field record of {name} fails its checksum: repair rebuilds it from the "
+                        "document's metadata")
     return problems + [f"fields: {rec['d']}: no field record" for rec in want.values()]
 
 
@@ -239,19 +244,35 @@ class FieldView:
                 or self.dead > max(1024, self.rows - self.dead):
             self._clear()
             if table:
-                self._append(list(self.store.iter_fields(txn)))
+                self._append(self._records(txn, 0))
             else:  # an index from before the field table, opened by a reader: computed in memory
                 self._append(sorted((d["first"], record(d["doc_id"], d["pages"], d["metadata"]))
                                     for d in self.store.iter_documents(txn)))
             self.epoch, self.frev = state["epoch"], state.get("frev", 0)
         else:
             if self.next_page_id < state["next_page_id"]:
-                self._append(list(self.store.iter_fields(txn, self.next_page_id)))
+                self._append(self._records(txn, self.next_page_id))
             if len(tombs) != self._tombs_seen:  # documents deleted or replaced since
                 rows = np.flatnonzero(self._alive.a)
                 self._kill(self._first.a[rows[np.isin(self._first.a[rows], tombs)]].tolist())
         self._tombs_seen = len(tombs)
         self.next_page_id, self.gen = state["next_page_id"], state["gen"]
+
+    def _records(self, txn, start: int) -> list[tuple[int, dict]]:
+        """The field records from first page id ``start``; a damaged one is computed from its document's
+        metadata (as repair rewrites it), with a warning naming the document, so filters still work."""
+        damaged: list[int] = []
+        records = list(self.store.iter_fields(txn, start, damaged))
+        if damaged:
+            docs = {d["first"]: d for d in self.store.iter_documents(txn, []) if d["first"] in set(damaged)}
+            for first in damaged:
+                d = docs.get(first)
+                if d is not None:
+                    records.append((first, record(d["doc_id"], d["pages"], d["metadata"])))
+                    log.warning("%s: the field record of %s fails its checksum: computed from its metadata "
+                                "(hint: Index.verify(repair=True) rewrites it)", self.store.index_dir, d["doc_id"])
+            records.sort(key=lambda r: r[0])
+        return records
 
     def committed(self, state: dict, added: list[tuple[int, dict]], removed: list[int]) -> None:
         """Mirror the writer's own commit: documents ``added`` as (first page id, record), documents

@@ -35,7 +35,7 @@ from jevsearch.store.damage import DamageLog
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
 from jevsearch.store.lmdbstore import PageStore
 from jevsearch.store.manifest import stored_single_dim
-from jevsearch.store.subset import search_subset
+from jevsearch.store.subset import exact_scores, search_subset
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ class GraphView:
         self.add_pages(txn, graph, 0, manifest)
         lost = graph.link_unreachable()
         if len(lost):
-            log.warning("%s: %d HNSW nodes stay unreachable after relinking (first page id %d); searches "
-                        "asking for every page still score them all", self.index_dir, len(lost), lost[0])
+            log.info("%s: %d HNSW nodes stay unreachable after relinking (first page id %d); stage 1 scores "
+                     "them exactly", self.index_dir, len(lost), lost[0])
         return graph
 
     def committed(self, state: dict, removed: list[int], ids: np.ndarray | None = None,
@@ -241,11 +241,41 @@ class GraphView:
 
     def search(self, queries: np.ndarray, n: int, within: np.ndarray | None = None) -> np.ndarray:
         """Candidate page ids [Q, n] (-1 padded) for truncated, normalised queries [Q, single_dim];
-        only among the live pages ``within`` when given (see jevsearch.store.subset)."""
+        only among the live pages ``within`` when given (see jevsearch.store.subset). The pages no
+        walk of the graph reaches (:meth:`lost`) are scored exactly and merged in by score."""
+        graph = self.settle()
         if within is not None:
-            return search_subset(self.settle(), queries, n, within, self.next_page_id)
-        return self.settle().search(queries, n, exclude=self.exclude)[0]
+            ids, scores = search_subset(graph, queries, n, within, self.next_page_id)
+        else:
+            ids, scores = graph.search(queries, n, exclude=self.exclude)
+        lost = self.lost()
+        if within is not None and len(lost):
+            lost = lost[np.isin(lost, within)]
+        return _merged(ids, scores, lost, exact_scores(graph, queries, lost)) if len(lost) else ids
+
+    def lost(self) -> np.ndarray:
+        """Live page ids in the graph that no walk reaches, even after relinking (computed after each
+        change of the graph; see :meth:`HnswGraph.lost_pages`)."""
+        graph = self.settle()
+        if graph.lost is None:
+            graph.lost_pages()
+            self.clean = False  # relinked, and the list is saved with the graph
+        lost = graph.lost
+        return lost[~np.isin(lost, self.tombs)] if len(lost) and len(self.tombs) else lost
 
     def _set_tombstones(self, tombs: np.ndarray) -> None:
         self.tombs = tombs
         self.exclude = faiss.IDSelectorNot(faiss.IDSelectorBatch(tombs)) if len(tombs) else None
+
+
+def _merged(ids: np.ndarray, scores: np.ndarray, extra: np.ndarray, extra_scores: np.ndarray) -> np.ndarray:
+    """The best ``ids.shape[1]`` per row of candidates ``ids`` [Q, n] (scores [Q, n], -1 ids unused)
+    and ``extra`` [M] (scores [Q, M]), best first; an id in both counts once."""
+    n = ids.shape[1]
+    both = np.concatenate([ids, np.broadcast_to(extra, (len(ids), len(extra)))], axis=1)
+    dup = np.stack([np.isin(extra, row) for row in ids]) if len(ids) else np.zeros((0, len(extra)), bool)
+    s = np.concatenate([np.where(ids >= 0, scores, -np.inf), np.where(dup, -np.inf, extra_scores)], axis=1)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :n]
+    out = np.take_along_axis(both, order, axis=1)
+    out[np.take_along_axis(s, order, axis=1) == -np.inf] = -1
+    return out

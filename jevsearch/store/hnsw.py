@@ -4,7 +4,11 @@ The graph is a cache of what LMDB holds. It lives in memory and is saved to ``<i
 on flush/close/compact and every few thousand added pages; the file is written atomically
 (temp file, fsync, ``os.replace``) and starts with a JSON header saying which LMDB state it covers::
 
-    b"JEVHNSW1" | u32 header length | JSON {epoch, next_page_id, dim, ntotal, xxh3} | faiss.serialize_index bytes
+    b"JEVHNSW1" | u32 header length | JSON {epoch, next_page_id, dim, ntotal, xxh3, lost, lost_xxh3}
+    | faiss.serialize_index bytes
+
+``lost`` (with its digest ``lost_xxh3``): the page ids no walk of the graph reaches even after
+relinking, which stage 1 scans exactly (see :meth:`HnswGraph.lost_pages`); absent in older files.
 
 ``xxh3``: the xxHash3-64 digest of the FAISS bytes. A file whose bytes fail it (e.g. a permuted id
 map, which FAISS would load without complaint) is damaged and rebuilt; files written before it
@@ -40,6 +44,7 @@ from jevsearch.store.lmdbstore import write_atomic
 log = logging.getLogger(__name__)
 
 FILE_NAME = "hnsw.bin"
+LINKS_IN = 8  # incoming links given to a relinked node: one is easily pruned again, or missed by the beam
 EF_PER_RESULT = 4  # efSearch >= 4 x the number of candidates asked for
 _MAGIC = b"JEVHNSW1"
 _LEN = struct.Struct("<I")
@@ -69,6 +74,13 @@ def faiss_threads(n: int):
         faiss.omp_set_num_threads(before)
 
 
+def _digest_ids(ids: list) -> int:
+    try:
+        return xxhash.xxh3_64_intdigest(np.array(ids, dtype=np.int64).tobytes())
+    except (TypeError, ValueError, OverflowError):
+        return -1
+
+
 class HnswGraph:
     """``IndexIDMap(IndexHNSWSQ(dim, fp16, M, inner product))`` keyed by 64-bit page ids.
 
@@ -88,6 +100,8 @@ class HnswGraph:
             inner.hnsw.efSearch = ef_search
             index = faiss.IndexIDMap(inner)
         self.index = index
+        # Page ids unreachable after relinking, None until computed (see lost_pages); any add resets it.
+        self.lost: np.ndarray | None = np.zeros(0, dtype=np.int64) if index.ntotal == 0 else None
 
     @property
     def ntotal(self) -> int:
@@ -102,6 +116,7 @@ class HnswGraph:
         if len(ids):
             if threads is None:
                 threads = 1 if len(ids) < 1000 else faiss.omp_get_max_threads()
+            self.lost = None
             with faiss_threads(threads):
                 self.index.add_with_ids(vecs, np.ascontiguousarray(ids, dtype=np.int64))
 
@@ -121,9 +136,11 @@ class HnswGraph:
 
     def save(self, index_dir: str, *, epoch: int, next_page_id: int) -> None:
         """Write ``hnsw.bin`` atomically: a crash leaves the old file or the new one, never half."""
+        lost = self.lost_pages().tolist()  # first: relinking changes the graph
         body = faiss.serialize_index(self.index)
         header = json.dumps({"epoch": epoch, "next_page_id": next_page_id, "dim": self.dim,
-                             "ntotal": self.ntotal, "xxh3": xxhash.xxh3_64_intdigest(body)}).encode()
+                             "ntotal": self.ntotal, "xxh3": xxhash.xxh3_64_intdigest(body),
+                             "lost": lost, "lost_xxh3": _digest_ids(lost)}).encode()
         write_atomic(os.path.join(index_dir, FILE_NAME), _MAGIC + _LEN.pack(len(header)) + header, memoryview(body))
 
     @staticmethod
@@ -160,7 +177,13 @@ class HnswGraph:
                 or index.ntotal != header.get("ntotal") or index.d != header.get("dim"):
             raise CorruptIndexError(f"{path}: header does not match the graph")
         faiss.downcast_index(index.index).hnsw.efSearch = ef_search
-        return cls(header["dim"], 0, 0, ef_search, index=index), header
+        graph = cls(header["dim"], 0, 0, ef_search, index=index)
+        lost = header.get("lost")  # absent in files of older jevsearch: computed at the first search
+        if lost is not None:
+            if not isinstance(lost, list) or header.get("lost_xxh3") != _digest_ids(lost):
+                raise CorruptIndexError(f"{path}: the list of unreachable pages is damaged")
+            graph.lost = np.array(lost, dtype=np.int64)
+        return graph, header
 
     # -- graph structure (verify and repair) --------------------------------------------------
 
@@ -176,58 +199,94 @@ class HnswGraph:
             raise CorruptIndexError("hnsw: neighbour lists out of range (the graph is damaged)")
         return hnsw, nb, slots, int(hnsw.entry_point)
 
-    def unreachable(self) -> np.ndarray:
-        """Page ids of the nodes no search can reach: no path of level-0 links from the entry point.
-
-        HNSW inserts can leave a node without incoming links (measured with plain FAISS on
-        near-duplicate vectors: 1 build order in 40); such a page is never a candidate.
-        """
+    def _unreached_rows(self, links: np.ndarray, entry: int) -> np.ndarray:
+        """Rows no level-0 path from ``entry`` reaches, for level-0 lists ``links`` [N, 2M] (-1: none)."""
         n = self.ntotal
-        if n == 0:
-            return np.zeros(0, dtype=np.int64)
-        _, nb, slots, entry = self._level0()
-        links = nb[slots]  # [N, 2M]
-        # FAISS stops reading a list at its first -1: later entries do not count.
-        links = np.where(np.cumprod(links >= 0, axis=1).astype(bool), links, -1)
-        if links.max() >= n:
-            raise CorruptIndexError("hnsw: a link names no node (the graph is damaged)")
         seen = np.zeros(n, dtype=bool)
         if 0 <= entry < n:
             seen[entry] = True
             frontier = np.array([entry])
-            while len(frontier):
+            while len(frontier):  # breadth first; only the newly seen rows are sorted (deduplicated)
                 nxt = links[frontier].ravel()
-                nxt = np.unique(nxt[nxt >= 0])
-                frontier = nxt[~seen[nxt]]
-                seen[frontier] = True
-        return self.ids()[~seen]
+                nxt = nxt[nxt >= 0]
+                nxt = nxt[~seen[nxt]]
+                seen[nxt] = True
+                frontier = np.unique(nxt)
+        return np.flatnonzero(~seen)
 
-    def link_unreachable(self, rounds: int = 8) -> np.ndarray:
-        """Link every unreachable node into the level-0 lists of its nearest reachable nodes (a free
-        slot, else in place of the last, farthest-kept neighbour); returns the page ids still
-        unreachable after ``rounds`` passes (empty when all were linked)."""
+    def _links(self):
+        """(hnsw, neighbours, level-0 slots [N, 2M], links [N, 2M] as FAISS reads them, entry point)."""
+        hnsw, nb, slots, entry = self._level0()
+        links = nb[slots]
+        # FAISS stops reading a list at its first -1: later entries do not count.
+        ends = np.where((links < 0).any(axis=1), np.argmax(links < 0, axis=1), links.shape[1])
+        links[np.arange(links.shape[1]) >= ends[:, None]] = -1
+        if links.size and links.max() >= self.ntotal:
+            raise CorruptIndexError("hnsw: a link names no node (the graph is damaged)")
+        return hnsw, nb, slots, links, entry
+
+    def unreachable(self) -> np.ndarray:
+        """Page ids of the nodes no search can reach: no path of level-0 links from the entry point.
+
+        HNSW inserts can leave a node without incoming links (near-duplicate vectors are the known weak
+        spot: a new node's links prune the only link to an older twin); such a page is never a candidate.
+        """
+        if self.ntotal == 0:
+            return np.zeros(0, dtype=np.int64)
+        _, _, _, links, entry = self._links()
+        return self.ids()[self._unreached_rows(links, entry)]
+
+    def link_unreachable(self, rounds: int = 4) -> np.ndarray:
+        """Give every unreachable node incoming level-0 links from up to LINKS_IN of its nearest reachable nodes
+        (found by searching the graph with the node's own vector): a free slot, else the slot of a
+        neighbour that keeps another incoming link, so no other node is cut off. Returns the page ids
+        still unreachable after ``rounds`` passes (also kept as :attr:`lost`)."""
+        self.lost = np.zeros(0, dtype=np.int64)
+        if self.ntotal == 0:
+            return self.lost
+        inner = faiss.downcast_index(self.index.index)
+        rows = None
         for _ in range(rounds):
-            lost = self.unreachable()
-            if not len(lost):
+            hnsw, nb, slots, links, entry = self._links()
+            rows = self._unreached_rows(links, entry)
+            if not len(rows) or len(rows) == self.ntotal:
                 break
-            hnsw, nb, slots, _ = self._level0()
-            ids = self.ids()
-            vecs = faiss.downcast_index(self.index.index).reconstruct_n(0, self.ntotal)
-            row = {pid: i for i, pid in enumerate(ids.tolist())}
-            reach = np.flatnonzero(~np.isin(ids, lost))
-            if not len(reach):
-                break
-            for pid in lost.tolist():
-                u = row[pid]
-                near = reach[np.argsort(-(vecs[reach] @ vecs[u]), kind="stable")[:16]]
-                lists = nb[slots[near]]  # [16, 2M]
-                free = np.flatnonzero((lists < 0).any(axis=1))
-                v = near[free[0]] if len(free) else near[0]
-                own = nb[slots[v]]
-                j = int(np.argmax(own < 0)) if (own < 0).any() else len(own) - 1
-                nb[slots[v][j]] = u
+            indeg = np.bincount(links[links >= 0], minlength=self.ntotal)
+            vecs = np.stack([inner.reconstruct(int(r)) for r in rows])
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(64, inner.hnsw.efSearch)
+            with faiss_threads(1 if len(rows) < 16 else faiss.omp_get_max_threads()):
+                _, near = inner.search(vecs, 32, params=params)  # reachable rows only: searches start at entry
+            for u, cands in zip(rows.tolist(), near.tolist()):
+                made = 0
+                for v in cands:
+                    if v < 0 or v == u or made == LINKS_IN:
+                        continue
+                    own = links[v]
+                    free = np.flatnonzero(own < 0)
+                    spare = np.flatnonzero((own >= 0) & (indeg[np.maximum(own, 0)] >= 2))
+                    j = free[0] if len(free) else spare[-1] if len(spare) else -1
+                    if j < 0:
+                        continue
+                    if own[j] >= 0:
+                        indeg[own[j]] -= 1
+                    own[j] = u
+                    nb[slots[v][j]] = u
+                    indeg[u] += 1
+                    made += 1
             faiss.copy_array_to_vector(nb, hnsw.neighbors)
-        return self.unreachable()
+            rows = None  # relinked: walk again
+        if rows is None:
+            rows = self._unreached_rows(*self._links()[3:])
+        self.lost = self.ids()[rows]
+        return self.lost
+
+    def lost_pages(self) -> np.ndarray:
+        """Page ids no walk of the graph reaches even after relinking (:meth:`link_unreachable`, run
+        once after each change): stage 1 scores them exactly, so no page hides in the graph."""
+        if self.lost is None:
+            self.link_unreachable()
+        return self.lost
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(page ids [N], the graph's own copies of their vectors float32 [N, dim])."""

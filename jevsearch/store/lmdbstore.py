@@ -4,6 +4,9 @@ One LMDB environment (``<index>/store-<n>/``, named by the file ``<index>/CURREN
 each compaction) with these named databases::
 
     meta    b"manifest" -> JSON (format version, dims, dtypes, HNSW parameters, model identity)
+            b"manifest.copy" -> the same JSON, written in the same transactions: a damaged manifest is
+                        read from its copy (and rewritten by the next writer); indexes from before it
+                        get the copy when a writer opens them
             b"state"    -> JSON (next page id, generation, epoch, counters)
             b"failures" -> JSON {path: {sha256, reason}}: files ingest could not read (may be absent)
     docs    blake2b-128(doc_id) -> JSON {doc_id, first, pages, tokens, metadata, text}
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import struct
@@ -67,6 +71,8 @@ from jevsearch.store.lmdbenv import (
     write_atomic,
 )
 
+log = logging.getLogger(__name__)
+
 DB_NAMES = ("meta", "docs", "pages", "single", "multi", "text", "tomb")
 # Tables added after format version 1: an index without them still opens (its handle is None
 # until a writer creates the table; readers treat the table as empty).
@@ -75,8 +81,23 @@ OPTIONAL_DB_NAMES = (visual.TABLE, "fields", EXACT)
 PAGE_VALUE_TABLES = ("pages", "single", "multi", EXACT, "text", visual.TABLE)  # keyed by page id
 UNSEALED = frozenset({"tomb"})  # empty markers: their keys are the data, so they carry no digest
 
+MANIFEST_COPY = b"manifest.copy"
 PAGE_KEY = struct.Struct(">Q")  # big-endian so LMDB key order == page id order
 PAGE_REC = struct.Struct("<16sII")  # doc key, page number (1-based), token count
+
+
+def _manifest_of(raw) -> tuple[bool, dict] | None:
+    """(checksums, manifest) of a stored manifest value, None when damaged."""
+    if checksum.intact("meta", b"manifest", raw):
+        manifest = load_json(raw[:-checksum.SIZE])
+        if manifest.get("checksums") is True:
+            return True, manifest
+        return None
+    try:
+        manifest = load_json(raw)
+    except ValueError:
+        return None
+    return (False, manifest) if isinstance(manifest, dict) and not manifest.get("checksums") else None
 
 
 def doc_key(doc_id: str) -> bytes:
@@ -171,6 +192,7 @@ class PageStore:
     def __init__(self, index_dir: str):
         self.index_dir = index_dir
         self.env = None
+        self._warned_manifest = False
         self._sealer = checksum.Sealer()
         self._open()
 
@@ -202,23 +224,38 @@ class PageStore:
         raise CorruptIndexError(f"{self.index_dir}: {CURRENT} keeps changing (hint: retry; is a compaction looping?)")
 
     def _read_manifest(self, txn) -> tuple[bool, dict]:
-        """(checksums, manifest): a sealed manifest is JSON + digest, a version-1 one plain JSON."""
+        """(checksums, manifest): a sealed manifest is JSON + digest, a version-1 one plain JSON. A
+        damaged one is read from its copy (``manifest_damaged`` then says so, for a writer to rewrite)."""
         raw = txn.get(b"manifest", db=self._db["meta"])
         if raw is None:
             raise NotAnIndexError(f"{self.env_dir}: no manifest (hint: this is not a jevsearch index)")
-        if checksum.intact("meta", b"manifest", raw):
-            manifest = load_json(raw[:-checksum.SIZE])
-            if manifest.get("checksums") is True:
-                return True, manifest
-        else:
-            try:
-                manifest = load_json(raw)
-            except ValueError:
-                manifest = None
-            if isinstance(manifest, dict) and not manifest.get("checksums"):
-                return False, manifest
-        raise CorruptIndexError(f"{self.env_dir}: the manifest record is damaged (checksum mismatch) "
-                                "(hint: restore the index from a backup)")
+        found = _manifest_of(raw)
+        copy = txn.get(MANIFEST_COPY, db=self._db["meta"])
+        self.manifest_damaged = found is None
+        self.manifest_copied = copy is not None
+        if found is None and copy is not None and checksum.intact("meta", MANIFEST_COPY, copy):
+            found = True, load_json(copy[:-checksum.SIZE])
+            if not self._warned_manifest:
+                self._warned_manifest = True
+                log.warning("%s: the manifest record is damaged: read from its copy (a writer rewrites it)",
+                            self.env_dir)
+        if found is None:
+            lost = "its copy too" if copy is not None else \
+                "this index has no copy of it (made before jevsearch kept one)"
+            raise CorruptIndexError(
+                f"{self.env_dir}: the manifest record is damaged (checksum mismatch) and {lost}: the index's format version, vector sizes, codec and model identity are lost, so none of its "
+                "values can be read (hint: restore the index from a backup, or index the files again into a new "
+                "index)")
+        return found
+
+    def repair_manifest(self) -> None:
+        """Writer: rewrite a damaged manifest from its copy, or give an index from before the copy one."""
+        if self.checksums and (self.manifest_damaged or not self.manifest_copied):
+            with self.write() as txn:
+                self.put_manifest(txn, self._manifest)
+            if self.manifest_damaged:
+                log.warning("%s: rewrote the damaged manifest record from its copy", self.env_dir)
+            self.manifest_damaged, self.manifest_copied = False, True
 
     @staticmethod
     def initialise(index_dir: str, manifest: dict, state: dict) -> None:
@@ -230,7 +267,7 @@ class PageStore:
             dbs = {n: env.open_db(n.encode()) for n in DB_NAMES + OPTIONAL_DB_NAMES}
             sealed = bool(manifest.get("checksums"))
             with env.begin(write=True) as txn:
-                for key, obj in ((b"manifest", manifest), (b"state", state)):
+                for key, obj in ((b"manifest", manifest), (MANIFEST_COPY, manifest), (b"state", state)):
                     raw = dump_json(obj)
                     txn.put(key, checksum.seal("meta", key, raw) if sealed else raw, db=dbs["meta"])
             env.sync(True)
@@ -347,6 +384,8 @@ class PageStore:
     def checksum_error(self, table: str, key: bytes) -> ChecksumError:
         """The error for a damaged value of this index, saying how to find what it affects."""
         what = f"page id {PAGE_KEY.unpack(key)[0]}" if len(key) == PAGE_KEY.size else f"key {bytes(key).hex()}"
+        if table == "fields":  # keyed by the document's first page id
+            what = f"the document whose first page is page id {PAGE_KEY.unpack(key)[0]}"
         return ChecksumError(table, bytes(key), f"{self.index_dir}: the {table} value of {what}",
                              hint="Index.verify(deep=True) names the documents it affects",
                              cli_hint=f"jevsearch verify --deep --index {self.index_dir} names the documents "
@@ -394,13 +433,13 @@ class PageStore:
     # -- records --------------------------------------------------------------------------------
 
     def manifest(self, txn) -> dict:
-        raw = self.get(txn, "meta", b"manifest")
-        if raw is None:
-            raise NotAnIndexError(f"{self.env_dir}: no manifest (hint: this is not a jevsearch index)")
-        return load_json(raw)
+        return self._read_manifest(txn)[1]
 
     def put_manifest(self, txn, manifest: dict) -> None:
+        """Write the manifest and its copy (one transaction: they never disagree)."""
         self.put(txn, "meta", b"manifest", dump_json(manifest))
+        if self.checksums:
+            self.put(txn, "meta", MANIFEST_COPY, dump_json(manifest))
 
     def state(self, txn) -> dict:
         raw = self.get(txn, "meta", b"state")
@@ -425,9 +464,20 @@ class PageStore:
         raw = self.get(txn, "docs", key)
         return None if raw is None else load_json(raw)
 
-    def iter_documents(self, txn) -> Iterator[dict]:
-        for _, raw in self.items(txn, "docs"):
-            yield load_json(raw)
+    def iter_documents(self, txn, damaged: list | None = None) -> Iterator[dict]:
+        """Every document record; a damaged one (digest or JSON) raises ChecksumError, or, given a
+        ``damaged`` list, is skipped and its key appended to it."""
+        if damaged is None:
+            for _, raw in self.items(txn, "docs"):
+                yield load_json(raw)
+            return
+        for key, raw in self.items(txn, "docs", raw=True):
+            try:
+                doc = load_json(self.unseal("docs", key, raw))
+            except (ChecksumError, ValueError):
+                damaged.append(bytes(key))
+                continue
+            yield doc
 
     def page(self, txn, page_id: int) -> tuple[bytes, int, int] | None:
         """(doc key, 1-based page number, token count) of a live page, None if absent."""
@@ -553,11 +603,21 @@ class PageStore:
     def delete_fields(self, txn, first: int) -> None:
         self.delete(txn, "fields", page_key(first))
 
-    def iter_fields(self, txn, start: int = 0) -> Iterator[tuple[int, dict]]:
-        """(first page id, field record) of documents whose first page id is >= ``start``, in id order."""
+    def iter_fields(self, txn, start: int = 0, damaged: list | None = None) -> Iterator[tuple[int, dict]]:
+        """(first page id, field record) of documents whose first page id is >= ``start``, in id order.
+        A record failing its digest raises ChecksumError, or, given a ``damaged`` list, is skipped and
+        its first page id appended to it."""
         keys, raws = [], []
-        for k, v in self.items(txn, "fields", page_key(start)):  # parsed 4096 at a time as one JSON
-            keys.append(PAGE_KEY.unpack(k)[0])                   # array: ~2x faster than a loads each
+        sealed = self.checksums
+        for k, v in self.items(txn, "fields", page_key(start), raw=True):  # parsed 4096 at a time as one
+            if sealed:                                                      # JSON array: ~2x faster than
+                if not checksum.intact("fields", k, v):                     # a loads each
+                    if damaged is None:
+                        raise self.checksum_error("fields", bytes(k))
+                    damaged.append(PAGE_KEY.unpack(k)[0])
+                    continue
+                v = v[:-checksum.SIZE]
+            keys.append(PAGE_KEY.unpack(k)[0])
             raws.append(bytes(v))
             if len(raws) == 4096:
                 yield from zip(keys, json.loads(b"[" + b",".join(raws) + b"]"))

@@ -49,12 +49,21 @@ from typing import Callable, Mapping, Sequence
 import lmdb
 
 from jevsearch.store import checksum
-from jevsearch.store.lmdbstore import MAP_SIZE, MAX_DBS, UNSEALED, PageStore, dump_json, load_json, lmdb_error
+from jevsearch.store.lmdbstore import (
+    MANIFEST_COPY,
+    MAP_SIZE,
+    MAX_DBS,
+    UNSEALED,
+    PageStore,
+    dump_json,
+    lmdb_error,
+    load_json,
+)
 from jevsearch.store.manifest import upgraded
 
 # Bytes written per commit of the (still private) new store: bounds LMDB's dirty pages in memory.
 BATCH_BYTES = 256 << 20
-_META_LAST = (b"manifest", b"state")  # written by rewrite() itself, after everything else
+_META_LAST = (b"manifest", MANIFEST_COPY, b"state")  # written by rewrite() itself, after everything else
 
 
 @dataclass
@@ -98,6 +107,7 @@ def _copy(store: PageStore, plan: Rewrite, new_dir: str, sealed: bool, tables: l
         if plan.state is not None:
             state = plan.state(state)
         state["gen"] += 1
+        out.put("meta", MANIFEST_COPY, dump_json(plan.manifest))
         out.put("meta", b"manifest", dump_json(plan.manifest))  # last: a store without it is not whole
         out.put("meta", b"state", dump_json(state))
         out.commit()

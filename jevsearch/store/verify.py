@@ -19,9 +19,17 @@ import numpy as np
 import torch
 
 from jevsearch.errors import ChecksumError, CorruptIndexError
-from jevsearch.store import checksum
+from jevsearch.store import checksum, visual
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
-from jevsearch.store.lmdbstore import PAGE_VALUE_TABLES, PageStore, doc_key, load_json, page_key, page_numbers
+from jevsearch.store.lmdbstore import (
+    PAGE_KEY,
+    PAGE_VALUE_TABLES,
+    PageStore,
+    doc_key,
+    load_json,
+    page_key,
+    page_numbers,
+)
 from jevsearch.store.manifest import stored_single_dim
 from jevsearch.store.validate import NORM_TOLERANCE
 
@@ -54,9 +62,10 @@ class Problem:
 
 
 def check_index(store: PageStore, txn, manifest: dict, graph: HnswGraph, tombs: np.ndarray, *,
-                parts: list[Part], deep: bool = False) -> tuple[dict, list[Problem]]:
+                parts: list[Part], deep: bool = False, scanned=()) -> tuple[dict, list[Problem]]:
     """Returns (counts, problems); the index is sound iff ``problems`` is empty. ``parts``: the
-    per-token values of every page (see :class:`Part`)."""
+    per-token values of every page (see :class:`Part`); ``scanned``: the page ids no walk of the graph
+    reaches that stage 1 scores exactly (see :meth:`GraphView.lost`), not a problem."""
     problems: list[Problem] = []
     state = store.state(txn)
     names: dict[int, str] = {}  # live page id -> "doc pN", for messages
@@ -108,9 +117,9 @@ def check_index(store: PageStore, txn, manifest: dict, graph: HnswGraph, tombs: 
     top = max(_max_key(store, txn), default=-1)
     if top >= state["next_page_id"]:
         problems.append(Problem(f"state: next_page_id {state['next_page_id']} not above page id {top}", fixable=True))
-    _check_graph(graph, live, names, state, tombs, store, txn, manifest, deep, problems)
+    _check_graph(graph, live, names, state, tombs, store, txn, manifest, deep, problems, set(scanned))
     report = {"documents": docs, "pages": len(live), "tokens": tokens_total, "hnsw_vectors": graph.ntotal,
-              "tombstones": counted["tombs"]}
+              "tombstones": counted["tombs"], "hnsw_scanned_exactly": len(set(scanned) & live)}
     if deep:
         report["values_checked"] = values
     return report, problems
@@ -153,6 +162,8 @@ def _check_page(store: PageStore, txn, manifest: dict, parts: list[Part], pid: i
             read += 1
             if part.rows is not None and not unit_rows(part.rows(payload, tokens)):
                 problems.append(Problem(f"{where} {table} vectors damaged (NaN, Inf or not unit norm)", False, name))
+    if deep:
+        read += _check_view(store, txn, k, where, name, problems)
     if has_text:
         try:
             text = store.get(txn, "text", k, raw=not deep)
@@ -164,6 +175,67 @@ def _check_page(store: PageStore, txn, manifest: dict, parts: list[Part], pid: i
     return read
 
 
+def _check_view(store: PageStore, txn, key: bytes, where: str, name: str, problems: list[Problem]) -> int:
+    """The page's thumbnail/grid record (optional): its digest and layout. A repair drops a damaged one
+    (the page then has none: pictures come from the source file; re-adding the document restores it)."""
+    try:
+        raw = store.get(txn, visual.TABLE, key)
+        if raw is None:
+            return 0
+        visual.PageView.decode(raw)
+        return 1
+    except CorruptIndexError as e:  # ChecksumError included
+        why = "fails its checksum" if isinstance(e, ChecksumError) else "is damaged"
+        problems.append(Problem(f"{where} thumbnail/grid record {why}: repair drops it (re-add the document to "
+                                "restore it)", True, name))
+        return 0
+
+
+def damaged_values(store: PageStore, txn) -> tuple[list[Problem], list[int]]:
+    """Every page value whose digest fails, named by document and page: one pass over each page-keyed
+    table, digests only (no row checks) -> (problems of values only the source restores, page ids of
+    damaged thumbnail/grid records, which a repair or compaction drops)."""
+    if not store.checksums:
+        return [], []
+    names: dict[int, tuple[str, int]] = {}
+    for key, raw in store.items(txn, "docs", raw=True):
+        doc = _document(store, bytes(key), raw)
+        if doc is not None:
+            names.update(zip(range(doc["first"], doc["first"] + doc["pages"]),
+                             ((doc["doc_id"], n) for n in page_numbers(doc))))
+    problems, views = [], []
+    for table in PAGE_TABLES:
+        for k, raw in store.items(txn, table, raw=True):
+            if checksum.intact(table, k, raw) and (table != visual.TABLE or _view_ok(raw[:-checksum.SIZE])):
+                continue
+            pid = PAGE_KEY.unpack(k)[0]
+            doc, page = names.get(pid, (None, None))
+            where = f"{doc}: page {page}" if doc is not None else f"page id {pid} (of no readable document)"
+            if table == visual.TABLE:
+                views.append(pid)
+            else:
+                problems.append(Problem(f"{where} {table} value fails its checksum", False, doc))
+    return problems, views
+
+
+def _view_ok(payload) -> bool:
+    try:
+        visual.PageView.decode(payload)
+        return True
+    except CorruptIndexError:
+        return False
+
+
+def drop_views(store: PageStore, txn, page_ids: list[int]) -> list[str]:
+    """Delete damaged thumbnail/grid records (write transaction) -> what was done."""
+    for pid in page_ids:
+        store.delete(txn, visual.TABLE, page_key(pid))
+    if not page_ids:
+        return []
+    return [f"dropped {len(page_ids)} damaged thumbnail/grid records (first page id {page_ids[0]}): those pages "
+            "show pictures from their source files; re-add their documents to restore them"]
+
+
 def _max_key(store: PageStore, txn):
     for table in PAGE_TABLES + ("tomb",):
         last = store.last_page_key(txn, table)
@@ -172,7 +244,7 @@ def _max_key(store: PageStore, txn):
 
 
 def _check_graph(graph: HnswGraph, live: set[int], names: dict[int, str], state: dict, tombs: np.ndarray,
-                 store: PageStore, txn, manifest: dict, deep: bool, problems: list[Problem]) -> None:
+                 store: PageStore, txn, manifest: dict, deep: bool, problems: list[Problem], scanned: set) -> None:
     def listed(ids) -> str:
         ids = sorted(ids)
         shown = ", ".join(names.get(i, f"id {i}") for i in ids[:5])
@@ -191,7 +263,7 @@ def _check_graph(graph: HnswGraph, live: set[int], names: dict[int, str], state:
     if not deep:
         return
     try:
-        lost = set(graph.unreachable().tolist()) & live
+        lost = set(graph.unreachable().tolist()) & live - scanned
     except CorruptIndexError as e:
         problems.append(Problem(f"{e}: repair rebuilds the graph", fixable=True))
         return
@@ -234,7 +306,7 @@ def repair_records(store: PageStore, txn) -> list[str]:
     document records, delete entries no document owns (their ids become tombstones, so no graph
     serves them), recount the state. Damaged vectors of readable documents stay (re-add those).
     Returns what was done."""
-    done, claimed = [], set()
+    done, claimed = drop_views(store, txn, damaged_values(store, txn)[1]), set()
     docs = pages = tokens = 0
     for key, raw in list(store.items(txn, "docs", raw=True)):
         doc = _document(store, bytes(key), raw)
