@@ -60,7 +60,8 @@ def test_explanation_tokens_combined_map_and_errors():
     maps[2, 1, 2] = 0.9
     ex = Explanation(["Query", " revenue", " region"], np.array([False, True, True]), maps,
                      np.array([0.1, 0.2, 0.9], np.float32), Image.new("RGB", (60, 40)))
-    np.testing.assert_allclose(ex.combined(), maps[1:].mean(0))  # meaningful tokens only
+    np.testing.assert_allclose(ex.combined(), maps[1:].max(0))  # where any query word matches best
+    assert ex.scale == pytest.approx((0.2, 0.9))  # one range for every map of the query: its words' maps
     assert ex.token_index("revenue") == 1 and ex.token_index(" region") == 2
     assert ex.score == pytest.approx(1.2) and ex.grid == (2, 3)
     assert "revenue" in ex.label(1) and ex.overlay(token=" revenue").size == (60, 40)
