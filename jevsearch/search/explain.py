@@ -18,9 +18,11 @@ share of the score (a prompt row may win it: the map then shows the best patch, 
 A text passage's rows are its ``Passage:`` prompt and then its own tokens: :class:`PassageExplanation`
 names, per query token, the passage word it matched best (the same ``q_i . d_j``, over words, not patches).
 
-Heat-maps are drawn for people on white pages: a query's maps share one range (its words' lowest to
-highest similarity on the page), the lower half of it is not tinted, and the rest runs from orange to a
-dark purple-red (:func:`blend`; :func:`legend` draws the key with the same code).
+Heat-maps are drawn for people on white pages: a map is coloured on its own range, from its median to
+its best patch; cells in the lower half of that range are not tinted, and the rest runs from orange to a
+dark purple-red (:func:`blend`; :func:`legend` draws the key with the same code). The "all query words"
+map is, per patch, the best of the words' similarities; the numbers (:meth:`Explanation.label`) say how
+strong each word's match is.
 """
 
 from __future__ import annotations
@@ -120,10 +122,11 @@ def blend(image, grid: np.ndarray, alpha: float = ALPHA, label: str | None = Non
 
 def legend(alpha: float = ALPHA, width: int = 300, height: int = 12):
     """The colour key of :func:`blend` at ``alpha``: its own output over a white strip whose values run
-    from the range's low end (left) to its high end (right), so it shows exactly what maps draw."""
+    from the threshold (left: the faintest tint drawn) to the top of the range (right), so it shows
+    exactly the colours maps use."""
     from PIL import Image
 
-    ramp = np.linspace(0, 1, width, dtype=np.float32)[None, :]
+    ramp = np.linspace(THRESHOLD, 1, width, dtype=np.float32)[None, :]
     return blend(Image.new("RGB", (width, height), "white"), ramp, alpha, scale=(0.0, 1.0))
 
 
@@ -166,11 +169,16 @@ class _QueryTokens:
     def _words(self) -> np.ndarray:
         return self.meaningful if self.meaningful.any() else np.ones(len(self.tokens), bool)
 
+    @property
+    def unit(self) -> str:
+        """What the meaningful tokens are: the words of a text query or the patches of an image query."""
+        return "patches" if any(t.startswith("patch ") for t in self.tokens) else "words"
+
     def label(self, token: int | str | None = None) -> str:
         """``"revenue 0.139"``: the token and its term of the score; None: ``"all query words 0.553"``,
         the sum of the words' terms (the rest of the score is the prompt's: :meth:`summary`)."""
         if token is None:
-            return f"all query words {float(self.token_scores[self._words()].sum()):.3f}"
+            return f"all query {self.unit} {float(self.token_scores[self._words()].sum()):.3f}"
         i = self.token_index(token)
         return f"{token_text(self.tokens[i])} {float(self.token_scores[i]):.3f}"
 
@@ -188,7 +196,7 @@ class _QueryTokens:
         shown = ", ".join(dict.fromkeys(rest[:8])) + (", ..." if len(rest) > 8 else "")
         if not rest:
             return f"score {self.score:.3f} (all from the query's tokens)"
-        return (f"score {self.score:.3f} = {float(self.token_scores[words].sum()):.3f} from the query words + "
+        return (f"score {self.score:.3f} = {float(self.token_scores[words].sum()):.3f} from the query {self.unit} + "
                 f"{float(self.token_scores[~words].sum()):.3f} from the prompt and other tokens ({shown})")
 
 
@@ -224,12 +232,12 @@ class Explanation(_QueryTokens):
         """(rows, cols) of the page's patch grid."""
         return int(self.maps.shape[1]), int(self.maps.shape[2])
 
-    @property
-    def scale(self) -> tuple[float, float]:
-        """(lo, hi): the range of the query words' similarities over this page. Every map of the query
-        is coloured on it, so tokens compare: a word that matches nowhere stays untinted."""
-        maps = self.maps[self._words()]
-        return float(maps.min()), float(maps.max())
+    def scale(self, token: int | str | None = None) -> tuple[float, float]:
+        """(lo, hi) that :meth:`overlay` colours the map of ``token`` (None: all query words) on: its
+        median and its maximum. Cells under halfway between them are not tinted, so at most half of the
+        page (in practice a few patches) is ever coloured; the best patch always is."""
+        grid = self.combined(token)
+        return float(np.median(grid)), float(grid.max())
 
     def combined(self, token: int | str | None = None) -> np.ndarray:
         """The map [rows, cols] of one token, or (None) where any query word matches best: the max over
@@ -239,11 +247,11 @@ class Explanation(_QueryTokens):
         return self.maps[self._words()].max(axis=0)
 
     def overlay(self, token: int | str | None = None, alpha: float = ALPHA):
-        """The page with the heat-map of ``token`` (None: all query words) blended over it on the
-        query's :attr:`scale`, labelled with :meth:`label`; a PIL image of the page's size."""
+        """The page with the heat-map of ``token`` (None: all query words) blended over it on its
+        :meth:`scale`, labelled with :meth:`label`; a PIL image of the page's size."""
         if self.image is None:
             raise InvalidInputError("overlay: this explanation has no page image to draw on")
-        return blend(self.image, self.combined(token), alpha, self.label(token), self.scale)
+        return blend(self.image, self.combined(token), alpha, self.label(token), self.scale(token))
 
 
 @dataclass
@@ -281,6 +289,8 @@ class PassageExplanation(_QueryTokens):
         a, b = (int(x) for x in self.spans[row])
         while a < b and self.passage[a].isspace():
             a += 1
+        if not any(ch.isalnum() for ch in self.passage[a:b]):  # punctuation: itself, not the word beside it
+            return a, b
         while a > 0 and self.passage[a - 1].isalnum():
             a -= 1
         while b < len(self.passage) and self.passage[b].isalnum():
@@ -295,6 +305,12 @@ class PassageExplanation(_QueryTokens):
             return []
         a, b = self._word_span(row)
         return [(self.passage[a:b], round(float(self.sims[self.token_index(token), row]), 4))]
+
+    def from_prompt(self, token: int | str) -> bool:
+        """Whether ``token``'s term of the score is its similarity with a ``Passage:`` prompt row rather
+        than with a word of the passage (the prompt is part of every passage's vectors)."""
+        i = self.token_index(token)
+        return bool(self.spans[int(self.sims[i].argmax()), 0] < 0)
 
     def marks(self, token: int | str | None = None) -> list[tuple[int, int, list[int]]]:
         """(start, end, query token indices) of the passage spans to mark for ``token`` (None: every

@@ -323,7 +323,11 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
                "source": ex.source, "note": ex.note}
         if ex.kind == "text":
             return dict(out, matches=[ex.matches(i) if m else [] for i, m in enumerate(ex.meaningful)])
-        return dict(out, grid=list(ex.grid), scale=list(ex.scale), maps=ex.maps.round(5).tolist())
+        return dict(out, grid=list(ex.grid), scale=list(ex.scale()), maps=ex.maps.round(5).tolist())
+
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204)  # none: browsers ask anyway, and a 404 is an error in their console
 
     @app.get("/static/{name}")
     def static(name: str):

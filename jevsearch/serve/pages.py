@@ -64,7 +64,9 @@ if(heat){
   wait.hidden=false;wait.textContent=m;});
  document.querySelectorAll('a.chip').forEach(a=>a.addEventListener('click',ev=>{ev.preventDefault();
   document.querySelectorAll('a.chip').forEach(c=>c.classList.toggle('on',c===a));
-  wait.hidden=false;wait.textContent='computing heat-map\\u2026';heat.src=a.dataset.src;history.replaceState(null,'',a.href);}));
+  wait.hidden=false;wait.textContent='computing heat-map\\u2026';heat.src=a.dataset.src;history.replaceState(null,'',a.href);
+  const [lo,hi]=a.dataset.range.split(' ');for(const [id,v] of [['legend-lo',lo],['legend-cut',lo],['legend-hi',hi]]){
+   const e=document.getElementById(id);if(e)e.textContent=v;}}));
 }
 """
 
@@ -192,7 +194,7 @@ def _chips(ex, base: str, link_query: dict, token: int | None, heat: str | None)
     def chip(index: int | None) -> str:
         params = dict(link_query, **({"token": index} if index is not None else {}))
         word, score = ex.label(index).rsplit(" ", 1)
-        src = f' data-src="{_e(heat + urlencode(params))}"' if heat else ""
+        src = f' data-src="{_e(heat + urlencode(params))}" data-range="{_range(ex, index)}"' if heat else ""
         title = ""
         if ex.kind == "text" and index is not None:
             title = "".join(f' title="matched {_e(w)} ({v:.3f})"' for w, v in ex.matches(index))
@@ -206,15 +208,33 @@ def _chips(ex, base: str, link_query: dict, token: int | None, heat: str | None)
     return f'<h3>Query tokens</h3><div class="chips" id="tokens">{"".join(chips)}</div>'
 
 
-def _legend(ex, alpha: float) -> str:
+def _range(ex, token: int | None) -> str:
+    """The colour key's numbers for a map: where tinting starts and the best patch."""
     from jevsearch.search.explain import THRESHOLD
 
-    lo, hi = ex.scale
-    mid = lo + THRESHOLD * (hi - lo)
+    lo, hi = ex.scale(token)
+    return f"{lo + THRESHOLD * (hi - lo):.3f} {hi:.3f}"
+
+
+def _legend(ex, alpha: float, token: int | None) -> str:
+    start, best = _range(ex, token).split()
+    one = ex.unit.removesuffix("es").removesuffix("s")
     return (f'<img class="legend" src="/legend.png?alpha={alpha:g}" alt="colour key">'
-            f'<div class="legendtext"><span>{lo:.3f}</span><span>{mid:.3f}: not tinted below</span>'
-            f'<span>{hi:.3f}</span></div><div class="meta">similarity of a query word and a patch '
-            '(the range of this query on this page)</div>')
+            f'<div class="legendtext"><span id="legend-lo">{start}</span><span id="legend-hi">{best}</span></div>'
+            f'<div class="meta">similarity of a query {one} and a page patch; patches under '
+            f'<span id="legend-cut">{start}</span> are not tinted</div>')
+
+
+def _matches(ex, tokens) -> str:
+    """A line per query token: the passage word it matched best, and where its term of the score came
+    from when that was the ``Passage:`` prompt instead."""
+    items = []
+    for i in tokens:
+        word, score = ex.label(i).rsplit(" ", 1)
+        prompt = f' <span class="meta">(its {score} in the score: the \u201cPassage:\u201d prompt)</span>' \
+            if ex.from_prompt(i) else ""
+        items += [f'<li>{_e(word)} \u2192 <mark>{_e(w)}</mark> {v:.3f}{prompt}</li>' for w, v in ex.matches(i)]
+    return f'<ul class="matches">{"".join(items)}</ul>'
 
 
 def page_view(hit, ex, link_query: dict, token: int | None, problem: str | None, alpha: float = 0.7) -> str:
@@ -230,14 +250,11 @@ def page_view(hit, ex, link_query: dict, token: int | None, problem: str | None,
         side = f'<div class="summary" id="summary">{_e(ex.summary())}</div>'
         if text:
             side += _chips(ex, base, link_query, token, None)
-            side += '<ul class="matches">' + "".join(
-                f'<li>{_e(ex.label(i).rsplit(" ", 1)[0])} \u2192 <mark>{_e(w)}</mark> {v:.3f}</li>'
-                for i in ([token] if token is not None else [i for i, m in enumerate(ex.meaningful) if m][:64])
-                for w, v in ex.matches(i)) + "</ul>"
+            side += _matches(ex, [token] if token is not None else [i for i, m in enumerate(ex.meaningful) if m][:64])
         else:
             img_params = dict(link_query, **({"token": token} if token is not None else {}))
             picture = f"/heatmap/{hit.page_id}.png?" + urlencode(img_params)
-            side += _chips(ex, base, link_query, token, f"/heatmap/{hit.page_id}.png?") + _legend(ex, alpha)
+            side += _chips(ex, base, link_query, token, f"/heatmap/{hit.page_id}.png?") + _legend(ex, alpha, token)
         side += f'<div class="note">{_e(ex.note)}</div>' if ex.note else ""
     if problem is None:
         source = (f'<a class="open" id="open-source" href="/doc/{hit.page_id}#page={hit.page}" target="_blank" '
