@@ -375,26 +375,35 @@ def _cmd_explain(args) -> int:
             raise InvalidInputError(f"--hit {args.hit}: the index has only {len(hits)} pages")
         hit = hits[args.hit - 1]
         ex = eng.explain(hit, args.query)
-        ex.overlay(token=args.token, alpha=args.alpha).save(args.out)
+        if ex.kind == "page":
+            ex.overlay(token=args.token, alpha=args.alpha).save(args.out)
     if not args.quiet:
-        print(f"{_short_path(hit.path)} page {hit.page}: score {hit.score:.4f}" + (f" ({ex.note})" if ex.note else ""))
-        for token, score, meaningful in zip(ex.tokens, ex.token_scores, ex.meaningful):
-            if meaningful:
-                print(f"  {token!r:>20}  {score:7.4f}")
-        print(f"wrote {args.out}")
+        where = f"passage {hit.page}" if ex.kind == "text" else f"page {hit.page}"
+        print(f"{_short_path(hit.path)} {where}: {ex.summary()}" + (f" ({ex.note})" if ex.note else ""))
+        for i in (i for i, m in enumerate(ex.meaningful) if m):
+            matched = "".join(f'  matched "{word}" ({sim:.3f})' for word, sim in ex.matches(i)) if ex.kind == "text" else ""
+            matched += " (its score term: the Passage: prompt)" if ex.kind == "text" and ex.from_prompt(i) else ""
+            print(f"  {ex.label(i)}{matched}")
+        if ex.kind == "text":
+            print(f"{args.out} not written: explain draws page images, and this hit is a text passage (the words "
+                  "each query token matched are listed above)")
+        else:
+            print(f"wrote {args.out}")
     return 0
 
 
 def _cmd_serve(args) -> int:
     from jevsearch.serve import run
+    from jevsearch.serve.security import HostCheck
 
+    HostCheck.for_bind(args.host, args.port, args.allowed_host or ())  # refused before the banner, not after
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"jevsearch: warning: serving on {args.host}: anyone who can reach this machine can search the "
               "index and read its documents", file=sys.stderr)
     if not args.quiet:
         print(f"serving {args.index} on http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
     run(args.index, host=args.host, port=args.port, model=args.model,
-        log_level="warning" if not args.verbose else "info")
+        log_level="warning" if not args.verbose else "info", allowed_hosts=args.allowed_host or ())
     return 0
 
 
@@ -570,7 +579,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--hit", type=_positive_int, default=1, help="which result, 1 = the best (default 1)")
     c.add_argument("--out", required=True, metavar="PNG", help="image file to write (e.g. why.png)")
     c.add_argument("--token", help="one query token's map (its text, e.g. revenue) instead of all words")
-    c.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity, 0..1 (default 0.5)")
+    c.add_argument("--alpha", type=float, default=0.7, help="opacity of the hottest cells, 0..1 (default 0.7)")
     c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
     c.set_defaults(run=_cmd_explain)
 
@@ -579,6 +588,9 @@ def _parser() -> argparse.ArgumentParser:
                        "and a JSON API (/api/search?q=...&k=...). Needs: pip install 'jevsearch[serve]'.")
     c.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     c.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    c.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a host name browsers use to reach the app, besides localhost and --host (repeat for "
+                   "several; needed with --host 0.0.0.0). Requests naming any other host are refused (421)")
     c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
     c.set_defaults(run=_cmd_serve)
 

@@ -270,14 +270,16 @@ class Engine(Index):
         """Why ``hit`` matched ``query`` (the text or PIL image searched with): an
         :class:`~jevsearch.search.explain.Explanation` with ``tokens`` (the query's tokens as text),
         ``maps`` (float32 [L, rows, cols]: each token's similarity with each 28x28-px patch of the page,
-        on the vectors the index scored), ``token_scores`` and ``overlay(token=None, alpha=0.5)``.
+        on the vectors the index scored), ``token_scores``, ``summary()`` and ``overlay(token=None)``.
+        A text passage's hit gives a :class:`~jevsearch.search.explain.PassageExplanation` instead
+        (``ex.kind == "text"``): ``matches(token)`` names the passage word each query token matched.
 
         Pages indexed without a patch layout (older indexes) or whose stored rows are not one per patch
         are re-encoded from the source file (``ex.source == "recomputed"``, ``ex.note`` says why);
         DocumentError if that file is gone or changed. PageNotFoundError if the page left the index.
 
         >>> ex = eng.explain(hits[0], "revenue by region")                    # doctest: +SKIP
-        >>> ex.maps.shape, ex.tokens[2], ex.overlay(token=" revenue").size   # doctest: +SKIP
+        >>> ex.maps.shape, ex.tokens[2], ex.overlay(token="revenue").size    # doctest: +SKIP
         ((32, 23), ' revenue', (827, 1169))
         """
         from jevsearch import visuals

@@ -13,7 +13,11 @@ Explanation says so (``source == "recomputed"``, ``note``).
 >>> ex = eng.explain(hits[0], "revenue by region")          # doctest: +SKIP
 >>> [t for t, m in zip(ex.tokens, ex.meaningful) if m]       # doctest: +SKIP
 [' revenue', ' by', ' region']
->>> ex.overlay(token=" revenue").save("why.png")             # doctest: +SKIP
+>>> ex.overlay(token="revenue").save("why.png")              # doctest: +SKIP
+
+A text passage (a .txt/.md document's "page") has no picture: its explanation is a
+:class:`~jevsearch.search.explain.PassageExplanation` (the passage word each query token matched), and
+its thumbnail a card of its text.
 """
 
 from __future__ import annotations
@@ -29,7 +33,12 @@ import numpy as np
 
 from jevsearch.errors import DocumentError, InvalidInputError
 from jevsearch.ingest import thumbnail as thumbs
-from jevsearch.search.explain import Explanation, patch_maps
+from jevsearch.search.explain import (
+    Explanation,
+    PassageExplanation,
+    patch_maps,
+    similarities,
+)
 from jevsearch.search.threads import torch_threads
 from jevsearch.store.visual import PageView
 
@@ -40,6 +49,7 @@ DISPLAY_DPI = 100
 MAX_DISPLAY_SIDE = 2000
 MAX_THUMBNAIL_WIDTH = 4096
 _QUERY_CACHE = 32  # recent query embeddings kept per encoder: a results page explains one query many times
+_PASSAGE_PROMPT = "Passage: "  # what the encoder puts before a passage (JinaEncoder.encode_texts)
 
 
 def page_views(encoder, geometry, doc) -> list[PageView]:
@@ -65,6 +75,8 @@ def page_views(encoder, geometry, doc) -> list[PageView]:
 # ----- explain ----------------------------------------------------------------------------------
 def explain(eng, hit, query) -> Explanation:
     """See :meth:`jevsearch.engine.Engine.explain`."""
+    if is_passage(hit):
+        return _explain_passage(eng, hit, query)
     multi, view = eng.page_data(hit)
     emb, labels, meaningful = _query(eng, query)
     span = view.grid_rows(len(multi)) if view is not None else None
@@ -83,6 +95,56 @@ def explain(eng, hit, query) -> Explanation:
     maps, scores = patch_maps(emb, fresh, first, rows, cols)
     note = f"recomputed from the page image with the model: {why}"
     return Explanation(labels, meaningful, maps, scores, image, hit, "recomputed", note)
+
+
+def is_passage(hit) -> bool:
+    """Whether ``hit`` is a passage of a text document (no page picture)."""
+    return hit.metadata.get("kind") == "text"
+
+
+def _explain_passage(eng, hit, query) -> PassageExplanation:
+    multi, _ = eng.page_data(hit)
+    emb, labels, meaningful = _query(eng, query)
+    passage = hit.text or ""
+    enc = eng.encoder.processor.tokenizer.encode(_PASSAGE_PROMPT + passage, add_special_tokens=False)
+    n = len(_PASSAGE_PROMPT)
+    spans = np.full((len(multi), 2), -1, np.int64)
+    for j, (a, b) in enumerate(enc.offsets[:len(multi)]):
+        if b > n:  # a token of the passage (the first may carry the prompt's trailing space)
+            spans[j] = max(a - n, 0), b - n
+    note = "" if len(enc.offsets) == len(multi) else (
+        f"the passage's {len(enc.offsets)} tokens and its {len(multi)} stored rows differ: matches may be misplaced")
+    sims = similarities(emb, multi)
+    return PassageExplanation(labels, meaningful, sims.max(axis=1), passage, spans, sims, hit, note)
+
+
+def text_card(text: str, width: int = thumbs.WIDTH):
+    """A picture of a passage's first lines (its thumbnail: a text document has no page to render)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    height = round(width * 1.3)
+    pad, size = max(4, width // 24), max(8, width // 20)
+    font = ImageFont.load_default(size=size)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    lines, y = [], pad
+    for para in text.splitlines() or [""]:
+        line = ""
+        for word in para.split():
+            trial = f"{line} {word}".strip()
+            if line and draw.textlength(trial, font=font) > width - 2 * pad:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    for line in lines:
+        if y + size > height - pad:
+            break
+        draw.text((pad, y), line, fill=(40, 40, 40), font=font)
+        y += round(size * 1.35)
+    draw.rectangle([0, 0, width - 1, height - 1], outline=(200, 204, 212))
+    return image
 
 
 def _encode_page(eng, hit):
@@ -153,7 +215,9 @@ def _query(eng, query):
 # ----- page pictures ------------------------------------------------------------------------------
 def display_image(eng, hit, view: PageView | None = None, dpi: float = DISPLAY_DPI):
     """(page picture, note): rendered from the source at ``dpi`` when it is the file indexed, else the
-    stored thumbnail (the note says why). DocumentError when neither is there."""
+    stored thumbnail (the note says why). DocumentError when neither is there. A text passage: its card."""
+    if is_passage(hit):
+        return text_card(hit.text or "", 4 * thumbs.WIDTH), ""
     problem = source_problem(hit)
     if problem is None:
         image = eng.render(hit, dpi=dpi)
@@ -172,6 +236,8 @@ def thumbnail(eng, hit, width: int = thumbs.WIDTH):
     """See :meth:`jevsearch.engine.Engine.thumbnail`."""
     if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_THUMBNAIL_WIDTH:
         raise InvalidInputError(f"width: {width!r} (hint: an int in [1, {MAX_THUMBNAIL_WIDTH}], e.g. 256)")
+    if is_passage(hit):
+        return text_card(hit.text or "", width)
     from PIL import Image
 
     view = eng.page_data(hit, vectors=False)[1]

@@ -70,12 +70,12 @@ def serve(index, *, ready_timeout: float = 180):
 
 
 @contextmanager
-def browser():
-    """A headless Chromium page (1280 x 900)."""
+def browser(args=()):
+    """A headless Chromium page (1280 x 900); ``args``: more Chromium switches."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *args])
         try:
             yield b.new_page(viewport={"width": 1280, "height": 900})
         finally:

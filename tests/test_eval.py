@@ -467,6 +467,34 @@ def test_report_json_table_and_plot(beir, tmp_path):
     assert len(np.unique(pixels, axis=0)) > 50 and (pixels.sum(axis=1) < 300).mean() > 0.005  # drawn, not blank
 
 
+def _report(points):
+    from jevsearch.eval.report import EvalReport
+
+    rows = [{"setting": name, "params": params, "metrics": {"nDCG@5": ndcg},
+             "latency_ms": {"p50": ms, "p95": ms, "mean": ms, "n": 3}} for name, params, ms, ndcg in points]
+    return EvalReport(rows=rows, metric_names=["nDCG@5"], k=10, depth=100, queries=3, dataset="d")
+
+
+@pytest.mark.parametrize("curve_ms, drawn", [((3.1, 3.3, 3.6), False), ((2.0, 5.0, 12.0), True)])
+def test_plot_keeps_labels_inside_and_its_legend_shows_only_drawn_lines(curve_ms, drawn):
+    """The two-stage curve at one nDCG and near-equal latencies hides under its markers: neither it nor
+    its legend entry is drawn. The rightmost point's long label stays inside the figure."""
+    points = [("single-vector", {"mode": "single"}, 0.9, 0.6)]
+    points += [(f"two-stage c={c}", {"candidates": c}, ms, 0.7 if not drawn else 0.6 + c / 1000)
+               for c, ms in zip((20, 50, 100), curve_ms)]
+    points.append(("exhaustive MaxSim over every page", {"exhaustive": True}, 48.0, 0.71))
+    fig = _report(points).figure()
+    ax = fig.axes[0]
+    assert (len(ax.lines) == 1) == drawn and (ax.get_legend() is not None) == drawn
+    if drawn:
+        assert [h.get_linestyle() for h in ax.get_legend().legend_handles] == [ax.lines[0].get_linestyle()]
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    for text in ax.texts:
+        box = text.get_window_extent(renderer)
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, text.get_text()
+
+
 def test_command_indexes_an_empty_index_then_reuses_it(tmp_path, capsys):
     """Through cli.main, the code the console script runs (test_cli.py runs the console itself)."""
     from jevsearch.cli import main

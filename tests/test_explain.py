@@ -60,7 +60,8 @@ def test_explanation_tokens_combined_map_and_errors():
     maps[2, 1, 2] = 0.9
     ex = Explanation(["Query", " revenue", " region"], np.array([False, True, True]), maps,
                      np.array([0.1, 0.2, 0.9], np.float32), Image.new("RGB", (60, 40)))
-    np.testing.assert_allclose(ex.combined(), maps[1:].mean(0))  # meaningful tokens only
+    np.testing.assert_allclose(ex.combined(), maps[1:].max(0))  # where any query word matches best
+    assert ex.scale() == pytest.approx((0.6, 0.9)) and ex.scale(1) == pytest.approx((0.2, 0.2))  # median, max
     assert ex.token_index("revenue") == 1 and ex.token_index(" region") == 2
     assert ex.score == pytest.approx(1.2) and ex.grid == (2, 3)
     assert "revenue" in ex.label(1) and ex.overlay(token=" revenue").size == (60, 40)
@@ -221,9 +222,10 @@ def test_explain_finds_the_patch_in_the_right_orientation(engine_pages, name):
     assert np.unravel_index(ex.maps[i].argmax(), ex.maps[i].shape) == cell
     assert ex.maps[i][cell] == pytest.approx(1.0, abs=2e-3)
 
-    # The overlay of that token is hottest over the square, on the picture as displayed.
-    over = np.asarray(ex.overlay(token=i, alpha=1.0)).astype(int)
-    hot = np.all(over == heat_colors(np.float32(1.0)), axis=-1)
+    # The overlay of that token (on its own range, without its label) tints the square alone,
+    # on the picture as displayed.
+    over = np.asarray(blend(ex.image, ex.combined(i), 1.0, None, ex.scale(i))).astype(int)
+    hot = np.any(over != np.asarray(ex.image.convert("RGB")), axis=-1)
     ys, xs = np.nonzero(hot)
     h, w = over.shape[:2]
     assert (int(ys.mean() * rows / h), int(xs.mean() * cols / w)) == cell

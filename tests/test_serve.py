@@ -30,6 +30,7 @@ from tests.ingest_corpus import picture, tiny_encoder  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_PIXELS = 128 * 28 * 28
 QUERY = "quarterly revenue by region"
+LOCAL = "http://127.0.0.1"  # TestClient's default Host, "testserver", is refused like any foreign name
 
 
 def _build(root):
@@ -52,7 +53,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(corpus):
     with TestClient(create_app(corpus / "idx", limits=Limits(max_upload_bytes=200_000, max_upload_pixels=2_000_000)),
-                    raise_server_exceptions=False) as c:
+                    raise_server_exceptions=False, base_url=LOCAL) as c:
         yield c
 
 
@@ -194,7 +195,7 @@ def test_documents_are_served_by_page_id_only(client, corpus, tmp_path):
 
 def test_a_changed_moved_or_symlinked_source_is_refused(tmp_path):
     root = _build(tmp_path / "c")  # its own index: this test changes the files under it
-    with TestClient(create_app(root / "idx"), raise_server_exceptions=False) as client:
+    with TestClient(create_app(root / "idx"), raise_server_exceptions=False, base_url=LOCAL) as client:
         report = next(h for h in _hits(client, k=10) if h["path"].endswith("report.pdf"))
         pid, path = report["page_id"], root / "docs" / "report.pdf"
         assert client.get(f"/doc/{pid}").status_code == 200
@@ -223,7 +224,7 @@ def test_a_changed_moved_or_symlinked_source_is_refused(tmp_path):
 
 def test_index_opened_read_only_and_pages_that_left_it(tmp_path):
     root = _build(tmp_path / "c")
-    with TestClient(create_app(root / "idx"), raise_server_exceptions=False) as client:
+    with TestClient(create_app(root / "idx"), raise_server_exceptions=False, base_url=LOCAL) as client:
         h = _hits(client, k=1)[0]
         assert client.app.state.jev._eng.readonly
         with Engine.open(root / "idx") as writer:  # the app holds no writer lock
@@ -236,7 +237,7 @@ def test_index_opened_read_only_and_pages_that_left_it(tmp_path):
 
 
 def test_no_index_is_a_message_until_one_is_built(tmp_path):
-    with TestClient(create_app(tmp_path / "later"), raise_server_exceptions=False) as client:
+    with TestClient(create_app(tmp_path / "later"), raise_server_exceptions=False, base_url=LOCAL) as client:
         r = client.get("/api/search", params={"q": QUERY})
         assert r.status_code == 404 and "no index at" in r.json()["error"] and "jevsearch index" in r.json()["error"]
         page = client.get("/")
@@ -275,7 +276,8 @@ def test_cli_explain_writes_the_overlay(corpus, tmp_path, capsys):
     out = tmp_path / "why.png"
     assert cli_main(["explain", QUERY, "--index", str(corpus / "idx"), "--hit", "2", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "' revenue'" in text and "'Query'" not in text and f"wrote {out}" in text
+    assert "\n  revenue 0." in text and "'" not in text and f"wrote {out}" in text
+    assert "from the prompt and other tokens (Query, :)" in text  # the prompt's share of the score is said
     img = Image.open(out)
     assert img.mode == "RGB" and img.width > 300
     assert cli_main(["explain", QUERY, "--index", str(corpus / "idx"), "--hit", "99", "--out", str(out)]) == 1
@@ -290,7 +292,7 @@ def test_an_unexpected_error_is_a_500_message_without_a_trace(corpus, caplog):
 
     app.add_api_route("/api/broken", broken)
     app.add_api_route("/broken", broken)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, base_url=LOCAL) as client:
         r = client.get("/api/broken")
         assert r.status_code == 500 and r.json()["error"] == "internal error (ZeroDivisionError); see the server log"
         r = client.get("/broken")

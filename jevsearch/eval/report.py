@@ -71,10 +71,15 @@ class EvalReport:
         return [path, png]
 
     def plot(self, path) -> None:
-        """nDCG@5 against p50 search latency, one labelled point per setting, as a PNG (matplotlib, Agg).
+        """Write :meth:`figure` as a PNG (matplotlib, Agg)."""
+        self.figure().savefig(os.fspath(path), format="png")
+
+    def figure(self):
+        """nDCG@5 against p50 search latency, one labelled point per setting (a matplotlib Figure, no pyplot).
 
         The two-stage settings that differ only in ``candidates`` are joined by a line, in that order:
-        the curve to read a ``candidates`` off.
+        the curve to read a ``candidates`` off. It and its legend entry are drawn only where the line
+        shows beside the points (settings of one quality and latency hide it under their markers).
         """
         from jevsearch.eval.datasets import require
 
@@ -87,13 +92,7 @@ class EvalReport:
         ax = fig.add_subplot()
         xs = [r["latency_ms"]["p50"] for r in self.rows]
         ys = [r["metrics"]["nDCG@5"] for r in self.rows]
-        curve = sorted((r["params"]["candidates"], x, y) for r, x, y in zip(self.rows, xs, ys)
-                       if set(r["params"]) == {"candidates"})
-        if len(curve) > 1:
-            ax.plot([c[1] for c in curve], [c[2] for c in curve], "--", color="0.6", zorder=1,
-                    label="two-stage, by candidates")
-            ax.legend(loc="lower right", fontsize=8)
-        ax.scatter(xs, ys, color="tab:blue", zorder=2)
+        ax.scatter(xs, ys, color="tab:blue", zorder=2, s=_MARKER ** 2)
         if xs and max(xs) > 20 * max(min(xs), 1e-3):
             ax.set_xscale("log")  # single-vector and exhaustive searches are orders of magnitude apart
         ax.margins(x=0.12, y=0.25)  # room for the labels inside the axes
@@ -103,27 +102,62 @@ class EvalReport:
         ax.set_title(f"{name}: {self.queries} queries, {self.index.get('pages', '?')} pages", fontsize=10)
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
-        _label(fig, ax, xs, ys, [r["setting"] for r in self.rows])
-        fig.savefig(os.fspath(path), format="png")
+        curve = sorted((r["params"]["candidates"], x, y) for r, x, y in zip(self.rows, xs, ys)
+                       if set(r["params"]) == {"candidates"})
+        line = [(c[1], c[2]) for c in curve]
+        if not _shows(ax, fig, line):
+            line = []
+        else:
+            ax.plot([c[1] for c in curve], [c[2] for c in curve], "-", color="0.55", lw=1.2, zorder=1,
+                    label="two-stage, by candidates")
+            ax.legend(loc="lower right", fontsize=8)
+        _label(fig, ax, xs, ys, [r["setting"] for r in self.rows], line)
+        return fig
 
 
+_MARKER = 6  # points: the scatter markers' diameter
 # Where a label may go, in points from its point: right, then above, below, further out, then left.
 _OFFSETS = ((6, 3), (6, -11), (6, 13), (6, -21), (6, 23), (-6, 3), (-6, -11), (-6, 13), (-6, -21))
 
 
-def _label(fig, ax, xs, ys, labels) -> None:
-    """Annotate each point, taking the first offset whose text overlaps no point and no label so far
-    (measured with the renderer: close points, e.g. several settings at nDCG 1.0, stay legible)."""
+def _shows(ax, fig, points) -> bool:
+    """Whether a line through ``points`` (data coordinates) is visible for at least a few pixels
+    outside the markers drawn on them."""
+    if len(points) < 2:
+        return False
+    import numpy as np
+
+    ax.autoscale_view()
+    px = ax.transData.transform(points)
+    radius = _MARKER / 2 * fig.dpi / 72
+    lengths = np.hypot(*np.diff(px, axis=0).T)
+    return float(np.clip(lengths - 2 * radius, 0, None).sum()) >= 3 * radius
+
+
+def _label(fig, ax, xs, ys, labels, line=()) -> None:
+    """Annotate each point, taking the first offset whose text stays inside the axes and overlaps no point,
+    no label so far and not the ``line`` drawn (measured with the renderer: close points, e.g. several
+    settings at nDCG 1.0, stay legible, and a label never runs past the figure's edge)."""
+    import numpy as np
+
     renderer = fig.canvas.get_renderer()
     ax.autoscale_view()
     centres = ax.transData.transform(list(zip(xs, ys)))
+    frame = ax.get_window_extent(renderer)
     taken = [(cx - 4, cy - 4, cx + 4, cy + 4) for cx, cy in centres]  # the markers, in pixels
+    if len(line) > 1:  # the line as small boxes every few pixels
+        px = ax.transData.transform(line)
+        for a, b in zip(px[:-1], px[1:]):
+            for t in np.linspace(0, 1, max(2, int(np.hypot(*(b - a)) // 4))):
+                x, y = a + t * (b - a)
+                taken.append((x - 1, y - 1, x + 1, y + 1))
     for i in sorted(range(len(xs)), key=lambda i: xs[i]):
         for dx, dy in _OFFSETS:
             ann = ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy), fontsize=8,
                               ha="left" if dx > 0 else "right", va="center")
             box = ann.get_window_extent(renderer)
-            if not any(box.x0 < b[2] and b[0] < box.x1 and box.y0 < b[3] and b[1] < box.y1 for b in taken):
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.x0 < b[2] and b[0] < box.x1 and box.y0 < b[3] and b[1] < box.y1 for b in taken):
                 break
             if (dx, dy) != _OFFSETS[-1]:
                 ann.remove()

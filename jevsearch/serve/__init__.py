@@ -8,7 +8,9 @@ the core is an embedded library and should not pull a web stack into every progr
 >>> app = create_app("indexes/papers")                     # an ASGI app; or: jevsearch serve --index ...
 >>> run("indexes/papers", host="127.0.0.1", port=8000)     # doctest: +SKIP
 
-Security model: binds 127.0.0.1 unless told otherwise; opens the index read-only; serves documents
+Security model: binds 127.0.0.1 unless told otherwise and answers only requests addressed to it by
+a name it was given (``Host`` header: no DNS rebinding); sends a strict Content-Security-Policy and
+no-framing headers; opens the index read-only; serves documents
 only by page id, and only while the file on disk is the one indexed (same SHA-256); bounds queries,
 ``k`` and uploaded images (bytes and pixels). See :mod:`jevsearch.serve.app`.
 """
@@ -30,19 +32,28 @@ def _require() -> None:
                              f"python-multipart (hint: {INSTALL_HINT})") from None
 
 
-def create_app(index_path, *, model=None, limits=None, warm_up: bool = True):
+def create_app(index_path, *, model=None, limits=None, warm_up: bool = True, host: str = "127.0.0.1",
+               port: int | None = None, allowed_hosts=()):
     """The ASGI app serving the index at ``index_path`` (opened read-only; ``model``: the recorded
     model's snapshot if it moved). ``limits``: :class:`jevsearch.serve.state.Limits`. ``warm_up``:
-    load the model in the background at start, so the first search does not wait for it."""
+    load the model in the background at start, so the first search does not wait for it.
+
+    ``host``/``port``: where it will be served; requests must name it (or a loopback name, or one of
+    ``allowed_hosts``) in their Host header, else 421. A wildcard ``host`` ("0.0.0.0", "::") needs
+    ``allowed_hosts`` (InvalidInputError otherwise). See :mod:`jevsearch.serve.security`."""
     _require()
     from jevsearch.serve.app import build_app
+    from jevsearch.serve.security import HostCheck
 
-    return build_app(index_path, model=model, limits=limits, warm_up=warm_up)
+    hosts = HostCheck.for_bind(host, port, allowed_hosts)
+    return build_app(index_path, model=model, limits=limits, warm_up=warm_up, hosts=hosts)
 
 
-def run(index_path, *, host: str = "127.0.0.1", port: int = 8000, model=None, log_level: str = "warning") -> None:
-    """Serve the index until interrupted (uvicorn)."""
+def run(index_path, *, host: str = "127.0.0.1", port: int = 8000, model=None, log_level: str = "warning",
+        allowed_hosts=()) -> None:
+    """Serve the index until interrupted (uvicorn); ``allowed_hosts``: as in :func:`create_app`."""
     _require()
     import uvicorn
 
-    uvicorn.run(create_app(index_path, model=model), host=host, port=port, log_level=log_level)
+    app = create_app(index_path, model=model, host=host, port=port, allowed_hosts=allowed_hosts)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -47,7 +47,10 @@ from jevsearch.errors import (
     PageNotFoundError,
 )
 from jevsearch.ingest import thumbnail as thumbs
+from jevsearch.search import explain as explain_maps
+from jevsearch.search.explain import ALPHA
 from jevsearch.serve import pages
+from jevsearch.serve.security import Guard, HostCheck, scrub_paths
 from jevsearch.serve.state import AppState, Limits, UploadError
 
 log = logging.getLogger(__name__)
@@ -83,12 +86,14 @@ def _status_of(e: Exception) -> tuple[int, str]:
 
 def _wants_json(request: Request) -> bool:
     path = request.url.path
-    return path.startswith(("/api/", "/heatmap/", "/page-image/", "/thumb/"))
+    return path.startswith(("/api/", "/heatmap/", "/page-image/", "/thumb/", "/static/"))
 
 
-def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: bool = True) -> FastAPI:
+def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: bool = True,
+              hosts: HostCheck | None = None) -> FastAPI:
     """See :func:`jevsearch.serve.create_app`."""
     state = AppState(index_path, model=model, limits=limits)
+    hosts = hosts or HostCheck.for_bind()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -100,7 +105,8 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
     app = FastAPI(title="jevsearch", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.jev = state
 
-    def error_response(request: Request, status: int, message: str) -> Response:
+    def error_response(request: Request, status: int, message: str, paths=()) -> Response:
+        message = scrub_paths(message, (os.path.abspath(state.index_path), state.index_path, *paths))
         if _wants_json(request):
             return JSONResponse({"error": message, "status": status}, status_code=status)
         q = request.query_params.get("q", "")
@@ -114,9 +120,11 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
         except Exception as e:  # noqa: BLE001 - a bug: logged with its trace, answered without it
             return error_response(request, *_status_of(e))
 
+    app.add_middleware(Guard, hosts=hosts)  # added last: outside the others, so its headers go on every answer
+
     @app.exception_handler(JevsearchError)
     async def _jev_error(request: Request, e: JevsearchError):
-        return error_response(request, *_status_of(e))
+        return error_response(request, *_status_of(e), paths=[getattr(e, "path", None)])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
@@ -135,9 +143,13 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
                 "pages": stats["pages"], "model": (manifest.get("model") or {}).get("source")}
 
     # -- search -----------------------------------------------------------------------------------
-    def search(query, k: int, qid: str | None = None) -> dict:
+    def search(query, k: int, qid: str | None = None, marks: bool = False) -> dict:
+        """The hits as JSON rows; ``marks``: also ``passage_marks`` {page id: [(start, end, title)]},
+        the words each text passage matched (for the HTML grid)."""
         with state.work("searching" if isinstance(query, str) else "searching with the image") as eng:
             hits = eng.search(query, k=k)
+            passage_marks = {h.page_id: pages.passage_marks(state.explanation(eng, h.page_id, query, _key(query, qid)))
+                             for h in hits if marks and visuals.is_passage(h)}
         link = {"q": query} if qid is None else {"qi": qid}
         rows = []
         for rank, h in enumerate(hits, 1):
@@ -145,7 +157,8 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
                          "metadata": h.metadata, "page_id": h.page_id, "thumbnail": f"/thumb/{h.page_id}",
                          "page_url": f"/page/{h.page_id}?" + urlencode(link),
                          "document_url": f"/doc/{h.page_id}#page={h.page}"})
-        return {"query": query if qid is None else {"image": qid}, "k": k, "hits": rows}
+        out = {"query": query if qid is None else {"image": qid}, "k": k, "hits": rows}
+        return dict(out, passage_marks=passage_marks) if marks else out
 
     async def read_upload(request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -160,31 +173,35 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
             raise UploadError("image: no file in the form field 'image' (hint: choose an image file)")
         return await upload.read(limit + 1)
 
-    async def image_search(request: Request, k) -> dict:
+    async def image_search(request: Request, k, marks: bool = False) -> dict:
         data = await read_upload(request)
 
         def work():
             img = state.read_image(data)
             with state.work("reading the query image") as eng:
                 qid, prepared = state.remember_query_image(eng, img)
-            return search(prepared, state.check_k(k), qid)
+            return search(prepared, state.check_k(k), qid, marks)
 
         return await run_in_threadpool(work)
 
+    def results_page(result: dict, link: dict, title: str, q: str = "") -> str:
+        link = dict(link, k=result["k"])
+        body = pages.results(result["hits"], link, result["passage_marks"])
+        return pages.layout(title, body, info(), q=q, k=result["k"], max_k=state.limits.max_k)
+
     @app.get("/", response_class=HTMLResponse)
-    def home(q: str | None = None, k: str | None = None):
-        if q is None:
+    def home(q: str | None = None, k: str | None = None, qi: str | None = None):
+        if q is None and qi is None:
             return pages.layout("Search", "", info(), max_k=state.limits.max_k)
-        result = search(state.check_query(q), state.check_k(k))
-        return pages.layout(q, pages.results(result["hits"], repr(q), {"q": q}), info(), q=q, k=result["k"],
-                            max_k=state.limits.max_k)
+        query, _, link = query_of(q, qi)  # ?qi=: the results of an uploaded image again (the page's way back)
+        result = search(query, state.check_k(k), qi, marks=True)
+        return results_page(result, link, q if q is not None else "Image search", q or "")
 
     @app.post("/", response_class=HTMLResponse)
     async def home_image(request: Request, k: str | None = None):
-        result = await image_search(request, k)
-        body = pages.results(result["hits"], "the uploaded image", {"qi": result["query"]["image"]})
+        result = await image_search(request, k, marks=True)
         return HTMLResponse(await run_in_threadpool(
-            lambda: pages.layout("Image search", body, info(), k=result["k"], max_k=state.limits.max_k)))
+            lambda: results_page(result, {"qi": result["query"]["image"]}, "Image search")))
 
     @app.get("/api/search")
     def api_search(q: str | None = None, k: str | None = None):
@@ -215,20 +232,33 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
             raise InvalidInputError(f"token: {token!r} (hint: the token's index, as in the page's links)") from None
 
     @app.get("/page/{page_id}", response_class=HTMLResponse)
-    def page(page_id: str, q: str | None = None, qi: str | None = None, token: str | None = None):
+    def page(page_id: str, q: str | None = None, qi: str | None = None, token: str | None = None,
+             k: str | None = None):
         pid = _page_id(page_id)
         query, key, link = query_of(q, qi)
+        kept_k = state.check_k(k) if k else None
         with state.work("explaining the page") as eng:
             hit = eng.page_hit(pid)
             ex = state.explanation(eng, pid, query, key) if query is not None else None
         chosen = token_of(ex, token) if ex is not None else None
-        body = pages.page_view(hit, ex, link, chosen, visuals.source_problem(hit))
-        return pages.layout(f"{os.path.basename(hit.path)} p. {hit.page}", body, info(), q=q or "",
+        body = pages.page_view(hit, ex, dict(link, **({"k": kept_k} if kept_k else {})), chosen,
+                               visuals.source_problem(hit), ALPHA)
+        return pages.layout(f"{os.path.basename(hit.path)} p. {hit.page}", body, info(), q=q or "", k=kept_k,
                             max_k=state.limits.max_k)
+
+    @app.get("/query-image/{name}")
+    def query_image(name: str):
+        return _png(state.query_image(name.removesuffix(".png")))
+
+    @app.get("/legend.png")
+    def legend(alpha: float = ALPHA):
+        if not 0 <= alpha <= 1:
+            raise InvalidInputError(f"alpha: {alpha} (hint: a number from 0 to 1)")
+        return _png(explain_maps.legend(alpha), cache="max-age=86400")
 
     @app.get("/heatmap/{name}")
     def heatmap(name: str, q: str | None = None, qi: str | None = None, token: str | None = None,
-                alpha: float = 0.5):
+                alpha: float = ALPHA):
         pid = _page_id(name.removesuffix(".png"))
         query, key, _ = query_of(q, qi)
         if query is None:
@@ -276,7 +306,7 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
                     yield chunk
 
         return StreamingResponse(chunks(), media_type=media, headers={
-            "Content-Length": str(size), "X-Content-Type-Options": "nosniff",
+            "Content-Length": str(size),
             "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}"})
 
     @app.get("/api/explain/{page_id}")
@@ -287,10 +317,24 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
             raise InvalidInputError("explain: no query (hint: add ?q=words)")
         with state.work("explaining the page") as eng:
             ex = state.explanation(eng, pid, query, key)
-        return {"page_id": pid, "path": ex.hit.path, "page": ex.hit.page, "score": ex.score,
-                "tokens": ex.tokens, "meaningful": ex.meaningful.tolist(),
-                "token_scores": [float(x) for x in ex.token_scores], "grid": list(ex.grid),
-                "maps": ex.maps.round(5).tolist(), "source": ex.source, "note": ex.note}
+        out = {"page_id": pid, "path": ex.hit.path, "page": ex.hit.page, "kind": ex.kind, "score": ex.score,
+               "summary": ex.summary(), "tokens": ex.tokens, "labels": [ex.label(i) for i in range(len(ex.tokens))],
+               "meaningful": ex.meaningful.tolist(), "token_scores": [float(x) for x in ex.token_scores],
+               "source": ex.source, "note": ex.note}
+        if ex.kind == "text":
+            return dict(out, matches=[ex.matches(i) if m else [] for i, m in enumerate(ex.meaningful)])
+        return dict(out, grid=list(ex.grid), scale=list(ex.scale()), maps=ex.maps.round(5).tolist())
+
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204)  # none: browsers ask anyway, and a 404 is an error in their console
+
+    @app.get("/static/{name}")
+    def static(name: str):
+        if name not in pages.STATIC:
+            raise HttpError(404, f"no such file: {name[:40]!r}")
+        media, text, _ = pages.STATIC[name]
+        return Response(text, media_type=media, headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/api/status")
     def api_status():
@@ -310,9 +354,15 @@ def _page_id(text: str) -> int:
     return int(text)
 
 
-def _png(image) -> Response:
+def _png(image, cache: str = "no-store") -> Response:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=3)  # level 3: ~3x faster than the default, ~10% larger
-    return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"})
+    return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": cache})
+
+
+def _key(query, qid: str | None):
+    """The explanation cache key of a query (as query_of makes it)."""
+    return ("text", query) if qid is None else ("image", qid)
+
 
 
