@@ -112,13 +112,17 @@ def full_size_config() -> dict:
 
 
 def write_full_size_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a checkpoint with the real model's shapes and RANDOM weights to ``path``; returns the path.
+    """Write a checkpoint with the real model's shapes and RANDOM weights to ``path``; returns the path."""
+    return write_streamed_checkpoint(path, full_size_config(), seed)
+
+
+def write_streamed_checkpoint(path: str | os.PathLike, config: dict, seed: int = 0) -> Path:
+    """Write a sharded checkpoint of ``config``'s shapes with RANDOM weights to ``path``; returns the path.
 
     Shapes come from the module built on the meta device (no memory); each tensor is generated in
-    chunks and written straight into its shard, so memory stays ~100 MB for the 7.5 GB written.
+    chunks and written straight into its shard, so memory stays ~100 MB whatever the size written.
     """
     path = _new_dir(path)
-    config = full_size_config()
     adapter_config = json.loads((ASSETS / "adapter_config.json").read_text())
     module = checkpoint.build_module(config, adapter_config, "meta", torch.bfloat16)
     base = {checkpoint.param_to_old_key(n.replace(".base_layer.", ".")): tuple(p.shape)
