@@ -3,6 +3,7 @@
     jevsearch make-tiny-model models/full --full-size        # RANDOM weights, real shapes (~7.5 GB)
     python benchmarks/model.py --model models/full            # every dtype this machine runs
     python benchmarks/model.py --model models/full --dtypes int8 bfloat16 --pages 1 --cold
+    python benchmarks/model.py --kernels                      # small-M matmul kernels only
 
 Each dtype runs in its own child process (its peak RSS is its own): warm load (and cold with
 ``--cold``: the weight files dropped from the page cache with posix_fadvise), peak RSS of text-only
@@ -122,6 +123,36 @@ def _page_image(tokens: int = 747):
     return img
 
 
+def kernels(rows=(1, 12, 32)) -> None:
+    """Small-M matmul kernels on one MLP weight of the real model (11008 x 2048): weight GB/s each streams."""
+    import torch
+
+    from benchmarks._util import print_grid
+
+    torch.manual_seed(0)
+    w = torch.randn(11008, 2048) * 0.02
+    q, scales = (w / (w.abs().amax(1, keepdim=True) / 127)).round().to(torch.int8), w.abs().amax(1) / 127
+    mk, wb, sb = w.to_mkldnn(), w.bfloat16(), scales.bfloat16()
+    ways = {
+        "float32 F.linear (MKL)": (lambda x: torch.nn.functional.linear(x, w), torch.float32, 4),
+        "float32 oneDNN linear": (lambda x: torch._C._nn.mkldnn_linear(x.to_mkldnn(), mk, None).to_dense(),
+                                  torch.float32, 4),
+        "bfloat16 F.linear": (lambda x: torch.nn.functional.linear(x, wb), torch.bfloat16, 2),
+        "int8 weight-only, bf16 in": (lambda x: torch.ops.aten._weight_int8pack_mm(x, q, sb),
+                                      torch.bfloat16, 1),
+        "int8 weight-only, fp32 in": (lambda x: torch.ops.aten._weight_int8pack_mm(x, q, scales), torch.float32, 1),
+    }
+    out = []
+    for name, (fn, dtype, size) in ways.items():
+        cells = []
+        for m in rows:
+            x = torch.randn(m, 2048).to(dtype)
+            cells.append(w.numel() * size / _p50(lambda x=x, fn=fn: fn(x), 5) / 1e9)
+        out.append((name, cells, ""))
+    print_grid("weight GB/s streamed by one 11008x2048 matmul, by rows M (higher is better)",
+               [f"M={m}" for m in rows], out)
+
+
 def child(args) -> dict:
     """Measure one dtype in this process; prints one JSON line."""
     import numpy as np
@@ -175,17 +206,23 @@ def child(args) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="snapshot directory (make-tiny-model DIR --full-size)")
+    p.add_argument("--model", help="snapshot directory (make-tiny-model DIR --full-size)")
     p.add_argument("--dtypes", nargs="+", default=None, help="default: int8, bfloat16, float32")
     p.add_argument("--reps", type=int, default=5, help="timed queries per length (default 5)")
     p.add_argument("--pages", type=int, default=0, help="A4 pages to encode per dtype (0: none; slow on CPU)")
     p.add_argument("--cold", action="store_true", help="also a cold load (weight files dropped from the page cache)")
+    p.add_argument("--kernels", action="store_true", help="only the small-M matmul kernel table (no model)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args)))
         return 0
+    if args.kernels:
+        kernels()
+        return 0
+    if not args.model:
+        p.error("--model DIR is needed (or --kernels)")
     dtypes = args.dtypes or ["int8", "bfloat16", "float32"]
     results, saved = {}, {}
     tmp = tempfile.mkdtemp(prefix="jevsearch-model-bench-")

@@ -172,8 +172,8 @@ def adapter_key_to_param(key: str) -> str | None:
 
 
 # ----- strict loading ----------------------------------------------------------------------------
-def _headers(path: Path) -> dict:
-    """A safetensors file's tensor table: {key: {"dtype", "shape", "data_offsets"}}.
+def _headers(path: Path) -> tuple[dict, int]:
+    """A safetensors file's tensor table {key: {"dtype", "shape", "data_offsets"}} and where its data starts.
 
     Also checks the file is as long as its header says: an interrupted download leaves a file cut
     short, which the safetensors reader would only report as an "incomplete metadata" traceback.
@@ -193,7 +193,7 @@ def _headers(path: Path) -> dict:
     if size < end:
         raise CheckpointError(f"{path}: truncated: {size} bytes but its header describes {end} "
                               f"(an interrupted download?) (hint: {REDOWNLOAD})")
-    return table
+    return table, 8 + n
 
 
 def _some(keys, k: int = 5) -> str:
@@ -218,8 +218,7 @@ def plan_strict(shapes: dict[str, tuple], files: list[Path], to_param, what: str
     plan: dict[str, Entry] = {}
     unexpected, wrong_shape, wrong_dtype, seen = [], [], [], set()
     for path in files:
-        table = _headers(path)
-        data_start = 8 + struct.unpack("<Q", path.open("rb").read(8))[0]
+        table, data_start = _headers(path)
         for key, info in table.items():
             seen.add(key)
             if weight_map is not None and weight_map.get(key) != path.name:
