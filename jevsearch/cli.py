@@ -408,8 +408,15 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_make_tiny_model(args) -> int:
-    from jevsearch.model.tiny import write_tiny_checkpoint
+    from jevsearch.model.tiny import write_full_size_checkpoint, write_tiny_checkpoint
 
+    if args.full_size:
+        write_full_size_checkpoint(args.dir, seed=args.seed)
+        if not args.quiet:
+            print(f"wrote a FULL-SIZE jina-embeddings-v4-format checkpoint (~7.5 GB, real shapes and sharded layout) "
+                  f"to {args.dir}.\n*** ITS WEIGHTS ARE RANDOM ***: its embeddings mean nothing; it is for measuring "
+                  "load time, memory and speed (python benchmarks/model.py --model DIR), never for search.")
+        return 0
     write_tiny_checkpoint(args.dir, seed=args.seed)
     if not args.quiet:
         print(
@@ -598,6 +605,8 @@ def _parser() -> argparse.ArgumentParser:
                        "(offline smoke tests; results are meaningless)")
     c.add_argument("dir", metavar="DIR", help="where to write the checkpoint (must not exist or be empty)")
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    c.add_argument("--full-size", action="store_true", help="the real model's shapes and sharded layout, still RANDOM "
+                   "weights (~7.5 GB; for benchmarks/model.py)")
     c.set_defaults(run=_cmd_make_tiny_model)
     return p
 

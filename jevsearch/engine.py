@@ -36,6 +36,7 @@ class Engine(Index):
         super().__init__(*args, **kwargs)
         self._encoder = None  # loaded on first use (Engine.encoder): info/delete/verify never need it
         self._model_args: tuple = (None, None)  # device, dtype for that load
+        self._model_source = None  # Engine.open(model=path): load from there (checked) instead of the record
 
     @classmethod
     def create(cls, path, *, model=None, single_dim: int | None = None, max_pixels: int | None = None,
@@ -70,14 +71,17 @@ class Engine(Index):
              device=None, dtype=None, threads: int = 1) -> "Engine":
         """Open an existing index (``readonly``, ``threads``: as in :meth:`Index.open`).
 
-        The model recorded at create is loaded on first use (add/search). ``model``: load this one now
-        instead (e.g. the snapshot moved); ModelMismatchError unless it is the recorded model (same
-        fingerprint). ``single_dim``, if given, must be the recorded truncation (else ModelMismatchError).
+        The model recorded at create is loaded on first use (the first add or query), its vision tower
+        at the first image. ``model``: use this snapshot instead (e.g. it moved), checked now by its
+        files' fingerprint (no weights read): ModelMismatchError unless it is the recorded model.
+        ``single_dim``, if given, must be the recorded truncation (else ModelMismatchError).
+        ``device``/``dtype``: as in ``JinaV4Encoder.from_pretrained`` (``dtype="int8"``: weight-only
+        int8 language model, opt-in, CPU).
         """
         eng = super().open(path, readonly=readonly, threads=threads)
         try:
             eng._model_args = (device, dtype)
-            eng._encoder = modelinfo.check_open(eng._manifest, model, single_dim, device, dtype)
+            eng._encoder, eng._model_source = modelinfo.check_open(eng._manifest, model, single_dim)
         except BaseException:
             eng.close()
             raise
@@ -89,8 +93,10 @@ class Engine(Index):
         """The index's model (a JinaV4Encoder), loaded on first use and checked against the record."""
         if self._encoder is None:
             recorded = modelinfo.recorded_model(self._manifest)
-            encoder = modelinfo.load_encoder(recorded["source"], *self._model_args, recorded=True)
-            modelinfo.check_same_model(recorded, encoder, given=False)
+            given = self._model_source is not None
+            encoder = modelinfo.load_encoder(self._model_source if given else recorded["source"], *self._model_args,
+                                             recorded=not given)
+            modelinfo.check_same_model(recorded, encoder, given=given)
             self._encoder = encoder
         return self._encoder
 

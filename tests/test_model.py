@@ -217,7 +217,7 @@ def test_bad_text_arguments(enc, kwargs, word):
 
 @pytest.mark.parametrize("kwargs, word", [
     (dict(device="tpu9"), "device"),
-    (dict(dtype="int8"), "dtype"),
+    (dict(dtype="int4"), "dtype"),
     (dict(dtype="float31"), "dtype"),
     (dict(max_batch_tokens=-5), "max_batch_tokens"),
 ])

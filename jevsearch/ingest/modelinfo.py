@@ -85,12 +85,12 @@ def recorded_model(manifest) -> dict:
 
 
 def check_same_model(recorded: dict, encoder, *, given: bool = True) -> None:
-    """Refuse ``encoder`` unless it is the model ``recorded`` in the index (compared by fingerprint).
+    """Refuse ``encoder`` (or an identity dict) unless it is the model ``recorded`` in the index (by fingerprint).
 
     ``given``: the caller passed this model; else it was loaded from the recorded source, whose files
     have then changed since the index was built (the hint differs: there is no other model to omit).
     """
-    want, got = recorded["identity"], encoder.identity
+    want, got = recorded["identity"], getattr(encoder, "identity", encoder)
     if want["fingerprint"] == got["fingerprint"]:
         return
     if given:
@@ -114,14 +114,24 @@ def prepare(model, single_dim: int | None, max_pixels: int | None, device=None, 
     return encoder, choose_single_dim(encoder.matryoshka_dims, single_dim), record(encoder, model, max_pixels)
 
 
-def check_open(manifest, model, single_dim: int | None, device=None, dtype=None):
-    """Checks of ``Engine.open(path, model=..., single_dim=...)``; -> the given model loaded, or None."""
+def check_open(manifest, model, single_dim: int | None):
+    """Checks of ``Engine.open(path, model=..., single_dim=...)`` without loading any weights.
+
+    -> (``model`` if it is a loaded encoder else None, the snapshot path to load from on first use or
+    None for the recorded one). A path or hub id is checked by its fingerprint (files only).
+    """
+    from jevsearch.model import JinaV4Encoder, checkpoint
+
     check_single_dim(manifest["single_dim"], single_dim)
     if model is None:
-        return None
-    encoder = load_encoder(model, device, dtype)
-    check_same_model(recorded_model(manifest), encoder)
-    return encoder
+        return None, None
+    if isinstance(model, JinaV4Encoder):
+        check_same_model(recorded_model(manifest), model)
+        return model, None
+    snapshot = checkpoint.resolve_snapshot(model)
+    checkpoint.read_model_config(snapshot)
+    check_same_model(recorded_model(manifest), {"name": str(model), "fingerprint": checkpoint.fingerprint(snapshot)})
+    return None, model
 
 
 def encode_query(encoder, query, geometry: PageGeometry):
@@ -133,13 +143,13 @@ def encode_query(encoder, query, geometry: PageGeometry):
     if isinstance(query, str):
         if not query.strip():
             raise InvalidInputError("query: empty text (hint: pass words to search for)")
-        return encoder.encode_texts([query], task=TASK, prompt_name="query")
+        return encoder.encode_texts([query], task=TASK, prompt_name="query", cache=True)
     if isinstance(query, Image.Image):
         try:  # the same preparation as an indexed image: the same picture gives the same embedding
             image = prepare_image(query, geometry)
         except (ValueError, OSError) as e:
             raise InvalidInputError(f"query image: {e}") from e
-        return encoder.encode_images([image], task=TASK, max_pixels=geometry.max_pixels)
+        return encoder.encode_images([image], task=TASK, max_pixels=geometry.max_pixels, cache=True)
     raise InvalidInputError(f"query: {type(query).__name__} (hint: a str or a PIL image)")
 
 

@@ -14,19 +14,21 @@ in the files must land on exactly one parameter of the right shape and every par
 anything else is a :class:`CheckpointError` naming the keys, raised before any weight is copied.
 
 >>> snap = resolve_snapshot("tests/fixtures/jina-v4-tiny/ckpt")
->>> module, config = load_module(snap, device="cpu", dtype=torch.float32)
+>>> module, config, weights = load_module(snap, device="cpu", dtype=torch.float32, vision=False)
 >>> config["task_names"]
 ['retrieval', 'text-matching', 'code']
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import struct
+import threading
 import warnings
 from pathlib import Path
 
@@ -170,8 +172,8 @@ def adapter_key_to_param(key: str) -> str | None:
 
 
 # ----- strict loading ----------------------------------------------------------------------------
-def _headers(path: Path) -> dict:
-    """A safetensors file's tensor table: {key: {"dtype", "shape", "data_offsets"}}.
+def _headers(path: Path) -> tuple[dict, int]:
+    """A safetensors file's tensor table {key: {"dtype", "shape", "data_offsets"}} and where its data starts.
 
     Also checks the file is as long as its header says: an interrupted download leaves a file cut
     short, which the safetensors reader would only report as an "incomplete metadata" traceback.
@@ -191,7 +193,7 @@ def _headers(path: Path) -> dict:
     if size < end:
         raise CheckpointError(f"{path}: truncated: {size} bytes but its header describes {end} "
                               f"(an interrupted download?) (hint: {REDOWNLOAD})")
-    return table
+    return table, 8 + n
 
 
 def _some(keys, k: int = 5) -> str:
@@ -199,37 +201,44 @@ def _some(keys, k: int = 5) -> str:
     return ", ".join(keys[:k]) + (f" and {len(keys) - k} more" if len(keys) > k else "")
 
 
-def load_strict(params: dict[str, nn.Parameter], files: list[Path], to_param, what: str,
-                weight_map: dict[str, str] | None = None) -> int:
-    """Copy every tensor of ``files`` into ``params`` (keys mapped by ``to_param``), all or nothing.
+#: One tensor's place in its file: (path, key, file dtype, shape, start, end) with byte offsets in the file.
+Entry = tuple
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+_STAGE = 1 << 25  # bytes staged per read when a tensor changes dtype: bounds the loader's extra memory
 
-    Checks before copying anything: each key maps to a parameter, no parameter is fed twice or not at
-    all, shapes agree, dtypes are floating, and a shard index matches its shards. Returns the count.
+
+def plan_strict(shapes: dict[str, tuple], files: list[Path], to_param, what: str,
+                weight_map: dict[str, str] | None = None) -> dict[str, Entry]:
+    """Where each parameter of ``shapes`` ({name: shape}) is in ``files`` (keys mapped by ``to_param``).
+
+    Checks everything from the headers alone, before any weight is read: each key maps to a parameter,
+    no parameter is fed twice or not at all, shapes agree, dtypes are floating, and a shard index
+    matches its shards. Raises :class:`CheckpointError` naming the keys.
     """
-    from safetensors import safe_open
-
-    plan: dict[str, tuple[Path, str]] = {}
+    plan: dict[str, Entry] = {}
     unexpected, wrong_shape, wrong_dtype, seen = [], [], [], set()
     for path in files:
-        for key, info in _headers(path).items():
+        table, data_start = _headers(path)
+        for key, info in table.items():
             seen.add(key)
             if weight_map is not None and weight_map.get(key) != path.name:
                 raise CheckpointError(f"{path}: tensor {key} is not listed for this shard in {SHARD_INDEX}")
             name = to_param(key)
-            if name is None or name not in params:
+            if name is None or name not in shapes:
                 unexpected.append(key)
                 continue
             if name in plan:
                 raise CheckpointError(f"{what}: {key} and {plan[name][1]} both load {name} (hint: mixed key layouts)")
-            shape = tuple(params[name].shape)
+            shape = tuple(shapes[name])
             if tuple(info["shape"]) != shape:
                 wrong_shape.append(f"{key} has shape {tuple(info['shape'])}, expected {shape}")
-            if info["dtype"] not in ("F32", "F16", "BF16", "F64"):
+            if info["dtype"] not in _DTYPES:
                 wrong_dtype.append(f"{key} ({info['dtype']})")
-            plan[name] = (path, key)
+            begin, stop = (data_start + int(o) for o in info["data_offsets"])
+            plan[name] = (path, key, _DTYPES.get(info["dtype"]), shape, begin, stop)
     if weight_map is not None and set(weight_map) - seen:
         raise CheckpointError(f"{what}: {SHARD_INDEX} lists tensors no shard has: {_some(set(weight_map) - seen)}")
-    missing = set(params) - set(plan)
+    missing = set(shapes) - set(plan)
     problems = []
     if missing:
         problems.append(f"missing tensors {_some(missing)}")
@@ -242,15 +251,50 @@ def load_strict(params: dict[str, nn.Parameter], files: list[Path], to_param, wh
     if problems:
         raise CheckpointError(f"{what}: " + "; ".join(problems) +
                               " (hint: the files do not match config.json, or are damaged: re-download the snapshot)")
-    by_file: dict[Path, list[tuple[str, str]]] = {}
-    for name, (path, key) in plan.items():
-        by_file.setdefault(path, []).append((name, key))
-    with torch.no_grad():
-        for path, items in by_file.items():
-            with safe_open(str(path), framework="pt") as f:
-                for name, key in items:
-                    params[name].copy_(f.get_tensor(key))
-    return len(plan)
+    return plan
+
+
+def read_tensors(plan: dict[str, Entry], dtype: torch.dtype, device="cpu"):
+    """Yield (name, tensor in ``dtype`` on ``device``) for every entry of ``plan``, file by file.
+
+    Each tensor is read from its file straight into its own memory (``readinto``): in the file's dtype
+    nothing else is allocated; across dtypes, through one bounded staging buffer. So loading holds the
+    weights once, plus one tensor when the device is not the CPU.
+    """
+    by_file: dict[Path, list] = {}
+    for name, entry in plan.items():
+        by_file.setdefault(entry[0], []).append((name, entry))
+    for path, items in by_file.items():
+        with open(path, "rb", buffering=0) as f:
+            for name, (_, key, src, shape, begin, stop) in sorted(items, key=lambda it: it[1][4]):
+                out = torch.empty(shape, dtype=dtype)
+                f.seek(begin)
+                if src == dtype:
+                    got = f.readinto(out.view(-1).view(torch.uint8).numpy()) if out.numel() else 0
+                    if got != stop - begin:
+                        raise CheckpointError(f"{path}: {key} cut short (hint: {REDOWNLOAD})")
+                else:
+                    _read_converted(f, out.view(-1), src, stop - begin, path, key)
+                yield name, out if torch.device(device).type == "cpu" else out.to(device)
+
+
+def _read_converted(f, out: torch.Tensor, src: torch.dtype, nbytes: int, path: Path, key: str) -> None:
+    item = torch.empty(0, dtype=src).element_size()
+    stage = torch.empty(max(1, min(nbytes, _STAGE) // item), dtype=src)
+    done = 0
+    while done < out.numel():
+        n = min(stage.numel(), out.numel() - done)
+        view = stage[:n]
+        if f.readinto(view.view(torch.uint8).numpy()) != n * item:
+            raise CheckpointError(f"{path}: {key} cut short (hint: {REDOWNLOAD})")
+        out[done:done + n].copy_(view)
+        done += n
+
+
+def assign(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Make ``tensor`` the parameter ``name`` of ``module`` (no copy; replaces a meta placeholder)."""
+    owner, _, attr = name.rpartition(".")
+    setattr(module.get_submodule(owner), attr, nn.Parameter(tensor, requires_grad=False))
 
 
 def qwen_config(config: dict, dtype: torch.dtype):
@@ -270,16 +314,42 @@ def qwen_config(config: dict, dtype: torch.dtype):
     return qc
 
 
-def build_module(config: dict, adapter_config: dict, device, dtype: torch.dtype, init: bool = False) -> JinaV4Module:
-    """:class:`JinaV4Module` with one LoRA per task injected (random weights if ``init``, else empty)."""
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Every parameter created inside goes to the meta device (no memory); buffers stay real.
+
+    Rotary frequencies and other computed buffers are made at construction and are not in the files,
+    so they must be real; the weights are assigned later, read straight from the files.
+    """
+    register = nn.Module.register_parameter
+
+    def to_meta(self, name, param):
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(self, name, param)
+
+    nn.Module.register_parameter = to_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def build_module(config: dict, adapter_config: dict, device, dtype: torch.dtype, init: bool = False,
+                 empty: bool = False) -> JinaV4Module:
+    """:class:`JinaV4Module` with one LoRA per task injected (random weights if ``init``, else empty).
+
+    ``empty``: parameters on the meta device, to be assigned by :class:`LazyWeights`.
+    """
     from peft import LoraConfig, inject_adapter_in_model
     from transformers.initialization import no_init_weights
 
     qc = qwen_config(config, dtype)
     prev = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # the projector and anything outside transformers' dtype handling
+    meta = _parameters_on_meta() if empty else contextlib.nullcontext()
     try:
-        with torch.device(device):
+        with torch.device(device), meta:
             if init:
                 module = JinaV4Module(qc, int(config["multi_vector_projector_dim"]))
             else:
@@ -298,7 +368,7 @@ def build_module(config: dict, adapter_config: dict, device, dtype: torch.dtype,
     # Empty LoRA weights (init False) unless asked for random ones; strict loading fills them all.
     lora.init_lora_weights = "gaussian" if init else False
     lora.inference_mode = True
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), (_parameters_on_meta() if empty else contextlib.nullcontext()):
         # Injecting a second and third adapter is exactly what we want; peft warns about it.
         warnings.filterwarnings("ignore", message=".*multiple adapters.*")
         for task in config["task_names"]:
@@ -306,25 +376,90 @@ def build_module(config: dict, adapter_config: dict, device, dtype: torch.dtype,
     return module
 
 
-def load_module(snapshot: Path, device, dtype: torch.dtype) -> tuple[JinaV4Module, dict]:
-    """Build the module for ``snapshot`` and load every base and adapter tensor, strictly."""
+#: Parameter-name prefix of the vision tower: loaded only when an image is encoded.
+VISION = "model.visual."
+#: Parameters that weight-only int8 quantises: the language model's linear layers (LoRA-wrapped or not).
+_INT8 = re.compile(r"^model\.language_model\.layers\.\d+\.\w+\.\w+_proj\.(base_layer\.)?weight$")
+
+
+class LazyWeights:
+    """A module built with empty (meta) parameters and the plan of where each one is in the files.
+
+    :meth:`load` reads a part's tensors straight into new parameters (one copy, in the target dtype);
+    the language side loads with the model, the vision tower on the first image (:meth:`load_vision`).
+    ``int8``: the language model's linear layers become :class:`~jevsearch.model.quant.Int8Linear`.
+    """
+
+    def __init__(self, module: JinaV4Module, plan: dict[str, Entry], device, dtype: torch.dtype, int8: bool):
+        self.module, self.device, self.dtype, self.int8 = module, torch.device(device), dtype, int8
+        self._pending = dict(plan)  # real parameter name -> where it is
+        self._lock = threading.Lock()
+
+    @property
+    def vision_loaded(self) -> bool:
+        return not any(n.startswith(VISION) for n in self._pending)
+
+    def load_vision(self) -> None:
+        """Load the vision tower if it is not yet (thread-safe; a no-op after the first call)."""
+        self.load(lambda n: n.startswith(VISION))
+
+    def load(self, part) -> int:
+        """Load every pending parameter whose name satisfies ``part``; returns how many."""
+        with self._lock:
+            names = [n for n in self._pending if part(n)]
+            if not names:
+                return 0
+            quantised = [n for n in names if self.int8 and _INT8.match(n)]
+            plain = {n: self._pending[n] for n in names if n not in set(quantised)}
+            with torch.no_grad():
+                for name, tensor in read_tensors(plain, self.dtype, self.device):
+                    assign(self.module, name, tensor)
+                self._quantise({n: self._pending[n] for n in quantised})
+            for n in names:
+                del self._pending[n]
+            return len(names)
+
+    def _quantise(self, plan: dict[str, Entry]) -> None:
+        from jevsearch.model.cpu import int8_input_dtype
+        from jevsearch.model.quant import Int8Linear
+
+        for name, weight in read_tensors(plan, torch.float32):  # biases are loaded by now
+            owner_name = name.rpartition(".")[0]
+            owner = self.module.get_submodule(owner_name)
+            parent_name, _, attr = owner_name.rpartition(".")
+            bias = owner.bias if owner.bias is not None and owner.bias.device.type != "meta" else None
+            layer = Int8Linear.from_float(weight, bias, int8_input_dtype())
+            setattr(self.module.get_submodule(parent_name), attr, layer)
+
+
+def load_module(snapshot: Path, device, dtype: torch.dtype, *, int8: bool = False,
+                vision: bool = True) -> tuple[JinaV4Module, dict, LazyWeights]:
+    """Build the module for ``snapshot``, check every base and adapter tensor, and load them.
+
+    Every file header is checked before any weight is read (strict, as :func:`plan_strict`). The
+    weights are read once, straight into parameters in ``dtype``. ``vision=False`` leaves the vision
+    tower on the meta device until ``weights.load_vision()``; ``int8``: see :class:`LazyWeights`.
+    """
     config = read_model_config(snapshot)
     adapter_config = read_json(snapshot, ADAPTER_CONFIG)
     adapter_file = snapshot / ADAPTER_WEIGHTS
     if not adapter_file.is_file():
         raise CheckpointError(f"{adapter_file}: missing (hint: copy the complete model snapshot, adapters/ included)")
     files, weight_map = base_weight_files(snapshot)
-    module = build_module(config, adapter_config, device, dtype)
+    module = build_module(config, adapter_config, "cpu", dtype, empty=True)
     named = dict(module.named_parameters())
-    lora = {n: p for n, p in named.items() if ".lora_" in n}
     # peft moved each adapted Linear's weights to `<module>.base_layer.*`; the files name `<module>.*`.
-    base = {n.replace(".base_layer.", "."): p for n, p in named.items() if ".lora_" not in n}
-    n_base = load_strict(base, files, base_key_to_param, "base weights", weight_map)
-    n_lora = load_strict(lora, [adapter_file], adapter_key_to_param, str(adapter_file))
-    log.info("loaded %s: %d base and %d adapter tensors", snapshot, n_base, n_lora)
+    real = {n.replace(".base_layer.", "."): n for n in named if ".lora_" not in n}
+    base = plan_strict({f: tuple(named[n].shape) for f, n in real.items()}, files, base_key_to_param,
+                       "base weights", weight_map)
+    lora = plan_strict({n: tuple(p.shape) for n, p in named.items() if ".lora_" in n}, [adapter_file],
+                       adapter_key_to_param, str(adapter_file))
+    weights = LazyWeights(module, {**{real[f]: e for f, e in base.items()}, **lora}, device, dtype, int8)
+    weights.load(lambda n: vision or not n.startswith(VISION))
+    log.info("loaded %s: %d base and %d adapter tensors", snapshot, len(base), len(lora))
     module.eval()
     module.requires_grad_(False)
-    return module, config
+    return module, config, weights
 
 
 # ----- identity ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from jevsearch.errors import InvalidInputError
 from jevsearch.model import checkpoint
+from jevsearch.model.cache import QUERY_CACHE, image_key, text_key
 from jevsearch.model.processor import JinaV4Processor
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,12 @@ class JinaV4Encoder:
     """
 
     def __init__(self, module, processor: JinaV4Processor, config: dict, name: str, snapshot: Path,
-                 device: torch.device, dtype: torch.dtype, max_batch_tokens: int):
+                 device: torch.device, dtype: torch.dtype, max_batch_tokens: int, weights=None, query_cache=None):
         self.module = module
+        self.weights = weights  # checkpoint.LazyWeights: the vision tower loads on the first image
+        self.query_cache = QUERY_CACHE if query_cache is None else query_cache
+        #: "float32", "bfloat16" or "int8" (weight-only int8 language model): part of the query cache's key.
+        self.dtype_name = "int8" if weights is not None and weights.int8 else str(dtype).removeprefix("torch.")
         self.processor = processor
         self.config = config
         self.device = device
@@ -130,8 +135,12 @@ class JinaV4Encoder:
         """Load a snapshot directory (or download a hub id) strictly.
 
         ``device``: default ``cuda`` when available, else ``cpu``. ``dtype``: default bfloat16 on
-        cuda, float32 on cpu (torch dtype or its name). ``max_batch_tokens``: padded tokens per
-        forward, default 4096 on cpu and 16384 on cuda.
+        cuda; on cpu bfloat16 where this CPU computes it natively and faster, else float32 (measured
+        once per process: :func:`jevsearch.model.cpu.default_cpu_dtype`); a torch dtype or its name,
+        or ``"int8"`` (cpu only, opt-in): the language model's linear layers as weight-only int8,
+        the rest in the cpu default. ``max_batch_tokens``: padded tokens per forward, default 4096
+        on cpu and 16384 on cuda. Weights are read once, straight into their parameters; the vision
+        tower is loaded at the first image (text-only use never reads it).
 
         Raises :class:`~jevsearch.errors.CheckpointError` naming the missing file, or the missing,
         unexpected or mis-shaped tensors.
@@ -142,20 +151,15 @@ class JinaV4Encoder:
             raise InvalidInputError(f"device: {device!r} is not a torch device (hint: 'cpu' or 'cuda')") from e
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InvalidInputError("device: cuda requested but torch sees no CUDA device (hint: device='cpu')")
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        elif isinstance(dtype, str):
-            dtype = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise InvalidInputError(f"dtype: {dtype!r} is not a floating torch dtype (hint: float32 or bfloat16)")
+        dtype, int8 = _parse_dtype(dtype, device)
         if max_batch_tokens is not None:
             _check_budget(max_batch_tokens)
         snapshot = checkpoint.resolve_snapshot(path_or_hub_id)
         config = checkpoint.read_model_config(snapshot)
         processor = JinaV4Processor.from_dir(snapshot, image_token_id=config["image_token_id"])
-        module, config = checkpoint.load_module(snapshot, device, dtype)
+        module, config, weights = checkpoint.load_module(snapshot, device, dtype, int8=int8, vision=False)
         budget = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cuda"])
-        return cls(module, processor, config, str(path_or_hub_id), snapshot, device, dtype, int(budget))
+        return cls(module, processor, config, str(path_or_hub_id), snapshot, device, dtype, int(budget), weights)
 
     # ----- public attributes -----------------------------------------------------------------
     @property
@@ -184,11 +188,13 @@ class JinaV4Encoder:
 
     # ----- encoding --------------------------------------------------------------------------
     def encode_texts(self, texts: Sequence[str], task: str = "retrieval", prompt_name: str = "query",
-                     truncate_dim: int | None = None, max_batch_tokens: int | None = None) -> Embeddings:
+                     truncate_dim: int | None = None, max_batch_tokens: int | None = None,
+                     cache: bool = False) -> Embeddings:
         """Embed texts with the ``Query: `` / ``Passage: `` prefix (``text-matching``: always ``Query: ``).
 
         Texts over 32768 tokens are truncated (with a warning in the log). ``max_batch_tokens``
-        overrides the encoder's padded-token budget per forward.
+        overrides the encoder's padded-token budget per forward. ``cache``: look each text up in
+        (and add it to) ``self.query_cache`` first; cached arrays are read-only.
         """
         self._check_task(task)
         self._check_truncate(truncate_dim)
@@ -201,18 +207,29 @@ class JinaV4Encoder:
         if not texts:
             return self._empty(truncate_dim)
         prefix = "Query: " if task == "text-matching" or prompt_name == "query" else "Passage: "
-        token_ids = self.processor.tokenize_texts(texts, prefix)
-        batches = plan_batches([len(t) for t in token_ids], self._budget(max_batch_tokens))
-        return self._run(batches, len(texts), task, truncate_dim,
-                         lambda idx: self.processor.text_batch([token_ids[i] for i in idx]), pool="mask")
+        fp = self._identity["fingerprint"]
+
+        def encode(items: list[str]) -> Embeddings:
+            token_ids = self.processor.tokenize_texts(items, prefix)
+            batches = plan_batches([len(t) for t in token_ids], self._budget(max_batch_tokens))
+            return self._run(batches, len(items), task,
+                             lambda idx: self.processor.text_batch([token_ids[i] for i in idx]), pool="mask")
+
+        if not cache:
+            e = encode(texts)
+        else:
+            e = self._cached([text_key(fp, self.dtype_name, task, prefix, t) for t in texts], texts, encode)
+        return e if truncate_dim is None else e.truncated(truncate_dim)
 
     def encode_images(self, images: Sequence, task: str = "retrieval", truncate_dim: int | None = None,
-                      max_pixels: int | None = None, max_batch_tokens: int | None = None) -> Embeddings:
+                      max_pixels: int | None = None, max_batch_tokens: int | None = None,
+                      cache: bool = False) -> Embeddings:
         """Embed images (PIL images or file paths), each in the model's image prompt.
 
         Any number of images: sizes are read first (files are decoded only when their batch
         runs), then images are grouped by padded-token budget. ``max_pixels`` overrides the
-        snapshot's pixel budget per image (it bounds the tokens per image). Unreadable files,
+        snapshot's pixel budget per image (it bounds the tokens per image). ``cache``: as in
+        :meth:`encode_texts`, for PIL images (keyed by their pixels). Unreadable files,
         images with an aspect ratio over 200 and other bad input raise
         :class:`~jevsearch.errors.InvalidInputError` naming the image.
         """
@@ -250,11 +267,31 @@ class JinaV4Encoder:
                     if im is not images[i]:
                         im.close()
 
-        batches = plan_batches(lengths, self._budget(max_batch_tokens))
-        return self._run(batches, len(images), task, truncate_dim, make, pool="vision")
+        if self.weights is not None:
+            self.weights.load_vision()
+        if cache and all(isinstance(im, Image.Image) for im in images):
+            fp = self._identity["fingerprint"]
+            keys = [image_key(fp, self.dtype_name, task, max_pixels, im) for im in images]
+            e = self._cached(keys, images, lambda items: self.encode_images(
+                items, task=task, max_pixels=max_pixels, max_batch_tokens=max_batch_tokens))
+        else:
+            batches = plan_batches(lengths, self._budget(max_batch_tokens))
+            e = self._run(batches, len(images), task, make, pool="vision")
+        return e if truncate_dim is None else e.truncated(truncate_dim)
 
     # ----- internals -------------------------------------------------------------------------
-    def _run(self, batches, n, task, truncate_dim, make_batch, pool) -> Embeddings:
+    def _cached(self, keys: list[tuple], items: list, encode) -> Embeddings:
+        """Embeddings of ``items`` from the query cache, encoding (with ``encode``) only the misses."""
+        found = [self.query_cache.get(k) for k in keys]
+        todo = [i for i, f in enumerate(found) if f is None]
+        if todo:
+            fresh = encode([items[i] for i in todo])
+            for j, i in enumerate(todo):
+                self.query_cache.put(keys[i], fresh.single[j], fresh.multi[j])
+                found[i] = (fresh.single[j], fresh.multi[j])
+        return Embeddings(np.stack([f[0] for f in found]), [f[1] for f in found])
+
+    def _run(self, batches, n, task, make_batch, pool) -> Embeddings:
         from tqdm.auto import tqdm
 
         single = np.empty((n, self.hidden_size), dtype=np.float32)
@@ -267,8 +304,7 @@ class JinaV4Encoder:
                 single[idx] = s
                 for i, rows in zip(idx, m):
                     multi[i] = rows
-        e = Embeddings(single, multi)
-        return e if truncate_dim is None else e.truncated(truncate_dim)
+        return Embeddings(single, multi)
 
     @torch.inference_mode()
     def _forward(self, batch, pool: str) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -335,6 +371,25 @@ class JinaV4Encoder:
 
     def _empty(self, truncate_dim) -> Embeddings:
         return Embeddings(np.zeros((0, truncate_dim or self.hidden_size), dtype=np.float32), [])
+
+
+def _parse_dtype(dtype, device: torch.device) -> tuple[torch.dtype, bool]:
+    """(compute dtype, weight-only int8?) for ``from_pretrained``'s ``dtype`` argument."""
+    int8 = isinstance(dtype, str) and dtype.removeprefix("torch.") == "int8"
+    if int8 and device.type != "cpu":
+        raise InvalidInputError("dtype: int8 is a CPU mode (hint: bfloat16 on a GPU)")
+    if dtype is None or int8:
+        if device.type == "cuda":
+            return torch.bfloat16, False
+        from jevsearch.model.cpu import default_cpu_dtype
+
+        return default_cpu_dtype(), int8
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InvalidInputError(f"dtype: {dtype!r} is not a floating torch dtype or 'int8' "
+                                "(hint: float32, bfloat16 or int8)")
+    return dtype, False
 
 
 def _check_budget(max_batch_tokens) -> int:

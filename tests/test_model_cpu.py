@@ -1,0 +1,189 @@
+"""The CPU paths of the model: dtype by measurement, weights read once, lazy vision tower, int8, query cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jevsearch.model import JinaV4Encoder, cpu
+from jevsearch.model.cache import QueryCache, image_key, text_key
+from jevsearch.model.checkpoint import VISION
+from jevsearch.model.quant import Int8Linear
+
+FIX = Path(__file__).parent / "fixtures" / "jina-v4-tiny"
+CKPT = FIX / "ckpt"
+INPUTS = FIX / "expected" / "inputs"
+
+
+def _texts():
+    return json.loads((INPUTS / "queries.json").read_text())[:6]
+
+
+def _images():
+    return [str(INPUTS / x["file"]) for x in json.loads((INPUTS / "images.json").read_text())][:2]
+
+
+def _worst_cos(a, b) -> float:
+    return float(np.min(np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))))
+
+
+@pytest.fixture(scope="module")
+def enc32():
+    return JinaV4Encoder.from_pretrained(CKPT, device="cpu", dtype=torch.float32)
+
+
+# ----- dtype by measurement ----------------------------------------------------------------------
+def test_dtype_choice_needs_native_bf16_and_a_faster_matmul():
+    def never(dtype):
+        raise AssertionError("no native bf16: nothing is timed")
+
+    assert cpu.choose_dtype(frozenset({"avx2", "avx512f", "avx512_vnni"}), never) == torch.float32
+    faster = {torch.bfloat16: 1.0, torch.float32: 2.0}
+    slower = {torch.bfloat16: 3.0, torch.float32: 2.0}
+    assert cpu.choose_dtype(frozenset({"avx512_bf16"}), faster.get) == torch.bfloat16
+    assert cpu.choose_dtype(frozenset({"amx_bf16"}), faster.get) == torch.bfloat16
+    assert cpu.choose_dtype(frozenset({"avx512_bf16"}), slower.get) == torch.float32
+
+
+def test_default_dtype_is_measured_once_and_follows_the_flags():
+    first = cpu.default_cpu_dtype()
+    assert cpu.default_cpu_dtype() is first  # cached: measured once per process
+    if not cpu.NATIVE_BF16 & cpu.cpu_flags():
+        assert first == torch.float32
+    assert cpu.int8_input_dtype() in (torch.bfloat16, torch.float32)
+    report = cpu.kernel_report()
+    assert report["default_dtype"] == str(first).removeprefix("torch.") and "torch_cpu_capability" in report
+
+
+# ----- lazy vision tower -------------------------------------------------------------------------
+def test_text_use_never_loads_the_vision_tower_and_an_image_does(tmp_path):
+    enc = JinaV4Encoder.from_pretrained(CKPT, device="cpu", dtype=torch.float32)
+    visual = [p for n, p in enc.module.named_parameters() if n.startswith(VISION)]
+    assert visual and all(p.device.type == "meta" for p in visual) and not enc.weights.vision_loaded
+    enc.encode_texts(_texts(), task="retrieval")
+    assert not enc.weights.vision_loaded
+    enc.encode_images(_images()[:1])
+    assert enc.weights.vision_loaded
+    assert all(p.device.type == "cpu" for p in enc.module.parameters())
+
+
+def test_engine_opens_without_loading_and_text_search_leaves_vision_unbuilt(tmp_path):
+    from jevsearch import Engine
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("Revenue grew in every region.\n\nCosts fell.")
+    with Engine.create(tmp_path / "ix", model=str(CKPT)) as eng:
+        eng.add([tmp_path / "docs"])
+    with Engine.open(tmp_path / "ix", readonly=True, model=str(CKPT)) as eng:
+        assert eng._encoder is None  # checked by fingerprint, nothing loaded
+        assert eng.search("revenue", k=1)
+        assert not eng.encoder.weights.vision_loaded
+        eng.search(Image.open(_images()[0]).convert("RGB"), k=1)
+        assert eng.encoder.weights.vision_loaded
+
+
+# ----- weight-only int8 --------------------------------------------------------------------------
+def test_int8_language_model_stays_close_to_float32(enc32):
+    enc8 = JinaV4Encoder.from_pretrained(CKPT, device="cpu", dtype="int8")
+    assert enc8.dtype_name == "int8"
+    layers = [m for n, m in enc8.module.named_modules() if isinstance(m, Int8Linear)]
+    assert len(layers) == 7 * enc8.config["text_config"]["num_hidden_layers"]
+    for task in ("retrieval", "code"):
+        a, b = enc32.encode_texts(_texts(), task=task), enc8.encode_texts(_texts(), task=task)
+        assert _worst_cos(a.single, b.single) >= 0.99
+        assert min(_worst_cos(x, y) for x, y in zip(a.multi, b.multi)) >= 0.99
+    a, b = enc32.encode_images(_images()), enc8.encode_images(_images())
+    assert _worst_cos(a.single, b.single) >= 0.99
+
+
+# ----- query cache -------------------------------------------------------------------------------
+def test_cache_hits_misses_and_lru_eviction_by_entries_and_bytes():
+    cache = QueryCache(max_entries=2, max_bytes=10_000)
+    k = [text_key("fp", "float32", "retrieval", "Query: ", t) for t in "abc"]
+    row, multi = np.ones(4, np.float32), np.ones((3, 4), np.float32)
+    assert cache.get(k[0]) is None and cache.misses == 1
+    cache.put(k[0], row, multi)
+    cache.put(k[1], row, multi)
+    assert cache.get(k[0]) is not None and cache.hits == 1  # k[0] is now the most recent
+    cache.put(k[2], row, multi)
+    assert len(cache) == 2 and cache.get(k[1]) is None and cache.get(k[0]) is not None
+    assert not cache.get(k[0])[1].flags.writeable
+    cache.put(k[1], row, np.ones((1000, 4), np.float32))  # 16 kB: over the byte bound, not kept
+    assert cache.get(k[1]) is None and len(cache) == 2
+    big = QueryCache(max_entries=10, max_bytes=3 * (16 + 48))
+    for key in k + [text_key("fp", "float32", "retrieval", "Query: ", "d")]:
+        big.put(key, row, multi)
+    assert len(big) == 3 and big.get(k[0]) is None  # the oldest left to keep the bytes bound
+
+
+def test_cache_keys_change_with_model_dtype_task_prompt_and_pixels():
+    base = text_key("fp", "float32", "retrieval", "Query: ", "x")
+    assert len({base, text_key("fp2", "float32", "retrieval", "Query: ", "x"),
+                text_key("fp", "int8", "retrieval", "Query: ", "x"), text_key("fp", "float32", "code", "Query: ", "x"),
+                text_key("fp", "float32", "retrieval", "Passage: ", "x"),
+                text_key("fp", "float32", "retrieval", "Query: ", "y")}) == 6
+    a, b = Image.new("RGB", (8, 8), "white"), Image.new("RGB", (8, 8), "black")
+    assert image_key("fp", "float32", "retrieval", 100, a) == image_key("fp", "float32", "retrieval", 100, a.copy())
+    assert image_key("fp", "float32", "retrieval", 100, a) != image_key("fp", "float32", "retrieval", 100, b)
+    assert image_key("fp", "float32", "retrieval", 100, a) != image_key("fp", "float32", "retrieval", 200, a)
+
+
+def test_encoder_serves_repeated_queries_from_its_cache(enc32):
+    enc32.query_cache = QueryCache()
+    texts = _texts()[:3]
+    first = enc32.encode_texts(texts, cache=True)
+    assert enc32.query_cache.misses == 3 and len(enc32.query_cache) == 3
+    again = enc32.encode_texts([texts[1], "something new"], cache=True)
+    assert enc32.query_cache.hits == 1 and enc32.query_cache.misses == 4
+    np.testing.assert_array_equal(again.single[0], first.single[1])
+    np.testing.assert_allclose(again.single[1], enc32.encode_texts(["something new"]).single[0], atol=1e-6)
+    enc32.encode_texts(texts[:1], task="code", cache=True)
+    assert enc32.query_cache.misses == 5  # another task: another key
+    assert enc32.encode_texts(texts[:1], cache=True, truncate_dim=16).single.shape == (1, 16)
+
+
+# ----- weights read once -------------------------------------------------------------------------
+_PEAK_CHILD = r"""
+import gc, json, sys, torch
+from jevsearch.model import JinaV4Encoder
+JinaV4Encoder.from_pretrained(sys.argv[2], device="cpu", dtype=torch.float32)  # imports and code paths warm
+gc.collect()
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+before = status("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+enc = JinaV4Encoder.from_pretrained(sys.argv[1], device="cpu", dtype=torch.float32)
+weights = sum(p.nbytes for p in enc.module.parameters() if p.device.type == "cpu")
+print(json.dumps({"peak": status("VmHWM:") - before, "weights": weights}))
+"""
+
+
+def test_loading_holds_the_weights_once(tmp_path):
+    """Peak memory of a load <= 1.15x the float32 weights it makes (+ a small constant), on a model
+    scaled up enough (bf16 files) that a second copy or the files' pages would show."""
+    from jevsearch.model.tiny import full_size_config, write_streamed_checkpoint
+
+    config = full_size_config()
+    sizes = {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8, "num_key_value_heads": 2,
+             "num_hidden_layers": 4}
+    for d in (config, config["text_config"]):
+        d.update(sizes)
+        d["rope_scaling"]["mrope_section"] = [8, 12, 12]
+    config["vision_config"].update(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=512,
+                                   fullatt_block_indexes=[0])
+    config["matryoshka_dims"] = [128, 256, 512]
+    ckpt = write_streamed_checkpoint(tmp_path / "scaled", config)
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(ckpt), str(CKPT)], capture_output=True, text=True,
+                         check=True, timeout=600)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["weights"] > 300e6
+    assert got["peak"] <= 1.15 * got["weights"] + 32e6, got
