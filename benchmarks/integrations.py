@@ -39,23 +39,6 @@ def _ms(fn, *args, **kwargs) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
-def retrievers(eng, n: int, k: int) -> dict[str, list[float]]:
-    from jevsearch.integrations.langchain import JevsearchRetriever as LangChain
-    from jevsearch.integrations.llamaindex import JevsearchRetriever as LlamaIndex
-
-    lc, li = LangChain(index=eng, k=k), LlamaIndex(eng, k=k)
-    calls = {"Engine.search": lambda q: eng.search(q, k=k), "LangChain invoke": lc.invoke,
-             "LlamaIndex retrieve": li.retrieve}
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for i in range(n * len(QUERIES) + len(QUERIES)):  # the first round of queries is a warm-up
-        q = QUERIES[i % len(QUERIES)]
-        for name, call in calls.items():
-            ms = _ms(call, q)
-            if i >= len(QUERIES):
-                times[name].append(ms)
-    return times
-
-
 class _Replay:
     """An engine stand-in whose search returns the hits Engine.search found before: a retriever over it
     costs only its own work (documents, nodes, callbacks), free of the search's noise."""
@@ -67,16 +50,16 @@ class _Replay:
         return self.hits[query]
 
 
-def wrapper_cost(eng, n: int, k: int) -> dict[str, list[float]]:
+def retrievers(eng, n: int, k: int, replay: bool = False) -> dict[str, list[float]]:
+    """Engine.search and the two retrievers (over the engine, or ``replay``: over its hits found before)."""
     from jevsearch.integrations.langchain import JevsearchRetriever as LangChain
     from jevsearch.integrations.llamaindex import JevsearchRetriever as LlamaIndex
 
-    replay = _Replay(eng, k)
-    lc, li = LangChain(index=replay, k=k), LlamaIndex(replay, k=k)
-    calls = {"Engine.search": lambda q: eng.search(q, k=k), "LangChain invoke, search replayed": lc.invoke,
-             "LlamaIndex retrieve, search replayed": li.retrieve}
+    source, note = (_Replay(eng, k), ", search replayed") if replay else (eng, "")
+    calls = {"Engine.search": lambda q: eng.search(q, k=k), f"LangChain invoke{note}": LangChain(index=source, k=k).invoke,
+             f"LlamaIndex retrieve{note}": LlamaIndex(source, k=k).retrieve}
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for i in range(n * len(QUERIES) + len(QUERIES)):
+    for i in range(n * len(QUERIES) + len(QUERIES)):  # the first round of queries is a warm-up
         for name, call in calls.items():
             ms = _ms(call, QUERIES[i % len(QUERIES)])
             if i >= len(QUERIES):
@@ -121,7 +104,7 @@ def main() -> None:
             eng.add([args.docs])
         with Engine.open(index, readonly=True) as eng:
             rows = []
-            for times in (retrievers(eng, args.n, args.k), wrapper_cost(eng, args.n, args.k),
+            for times in (retrievers(eng, args.n, args.k), retrievers(eng, args.n, args.k, replay=True),
                           mcp_round_trips(eng, index, args.n, args.k)):
                 base, fastest = statistics.median(times["Engine.search"]), min(times["Engine.search"])
                 for name, values in times.items():
