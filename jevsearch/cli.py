@@ -15,6 +15,7 @@
     jevsearch eval datasets/papers --index indexes/papers-eval --model models/tiny --out report/
     jevsearch explain "revenue by region" --index indexes/papers --hit 1 --out why.png
     jevsearch serve --index indexes/papers                   # http://127.0.0.1:8000
+    jevsearch mcp --index indexes/papers                     # an MCP server for agents, on stdio
 
 Exit status: 0 success; 1 an error (one line on stderr says why; ``verify`` lists the problems
 first); 2 bad usage; 3 ``index`` finished but some documents failed or lost pages (each listed with
@@ -407,6 +408,15 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _cmd_mcp(args) -> int:
+    from jevsearch.integrations.mcp import run
+
+    if args.http is not None and not args.quiet:
+        print(f"serving {args.index} over MCP on http://127.0.0.1:{args.http}/mcp (Ctrl-C to stop)", file=sys.stderr)
+    run(args.index, http=args.http, model=args.model)
+    return 0
+
+
 def _cmd_make_tiny_model(args) -> int:
     from jevsearch.model.tiny import write_full_size_checkpoint, write_tiny_checkpoint
 
@@ -601,6 +611,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
     c.set_defaults(run=_cmd_serve)
 
+    c = sub.add_parser("mcp", parents=[common, index_opt], help="serve the index to agents (Model Context Protocol)",
+                       description="An MCP server with the read-only tools search, get_page, list_documents and "
+                       "explain, on stdio (an agent's client starts this command) or, with --http, streamable HTTP "
+                       "on 127.0.0.1. Needs: pip install 'jevsearch[mcp]'.")
+    c.add_argument("--http", type=_port, metavar="PORT", help="serve streamable HTTP on 127.0.0.1:PORT/mcp instead")
+    c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
+    c.set_defaults(run=_cmd_mcp)
+
     c = sub.add_parser("make-tiny-model", parents=[common], help="write a tiny checkpoint with RANDOM weights "
                        "(offline smoke tests; results are meaningless)")
     c.add_argument("dir", metavar="DIR", help="where to write the checkpoint (must not exist or be empty)")
@@ -641,6 +659,13 @@ def _index_dir(text: str) -> str:
 
 def _int_list(text: str) -> list[int]:
     return [_positive_int(part) for part in text.split(",")]
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return value
 
 
 def _positive_int(text: str) -> int:
