@@ -43,6 +43,15 @@ class ShardServer:
     def search_embeddings(self, *args, **kwargs):
         return self.index.search_embeddings(*args, **kwargs)
 
+    def search_singles(self, *args, **kwargs):
+        return self.index.search_singles(*args, **kwargs)
+
+    def page_hit(self, page_id: int):
+        return self.index.page_hit(page_id)
+
+    def page_data(self, hit, vectors: bool = True):
+        return self.index.page_data(hit, vectors=vectors)
+
     def stats(self) -> dict:
         return self.index.stats()
 

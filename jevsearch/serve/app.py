@@ -39,6 +39,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jevsearch import visuals
+from jevsearch.docresults import to_json
 from jevsearch.errors import (
     DocumentError,
     InvalidInputError,
@@ -139,12 +140,8 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
         with state.work("searching" if isinstance(query, str) else "searching with the image") as eng:
             hits = eng.search(query, k=k)
         link = {"q": query} if qid is None else {"qi": qid}
-        rows = []
-        for rank, h in enumerate(hits, 1):
-            rows.append({"rank": rank, "score": h.score, "path": h.path, "page": h.page, "snippet": h.snippet,
-                         "metadata": h.metadata, "page_id": h.page_id, "thumbnail": f"/thumb/{h.page_id}",
-                         "page_url": f"/page/{h.page_id}?" + urlencode(link),
-                         "document_url": f"/doc/{h.page_id}#page={h.page}"})
+        rows = [dict(row, thumbnail=f"/thumb/{row['page_id']}", page_url=f"/page/{row['page_id']}?" + urlencode(link),
+                     document_url=f"/doc/{row['page_id']}#page={row['page']}") for row in to_json(hits)]
         return {"query": query if qid is None else {"image": qid}, "k": k, "hits": rows}
 
     async def read_upload(request: Request) -> bytes:
