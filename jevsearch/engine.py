@@ -123,7 +123,7 @@ class Engine(ModelSearch, Index):
 
     @classmethod
     def create(cls, path, *, model=None, single_dim: int | None = None, max_pixels: int | None = None,
-               device=None, dtype=None, model_info: dict | None = None, **index_args) -> "Engine":
+               device=None, dtype=None, model_info: dict | None = None, **index_args) -> Engine:
         """Create an empty index at ``path`` (which must not exist or be an empty directory).
 
         model: hub id, local snapshot path or loaded JinaV4Encoder; loaded now (device/dtype as in
@@ -151,7 +151,7 @@ class Engine(ModelSearch, Index):
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, model=None, single_dim: int | None = None,
-             device=None, dtype=None, threads: int = 1, repair: bool = False) -> "Engine":
+             device=None, dtype=None, threads: int = 1, repair: bool = False) -> Engine:
         """Open an existing index (``readonly``, ``threads``, ``repair``: as in :meth:`Index.open`).
 
         The model recorded at create is loaded on first use (add/search). ``model``: load this one now

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any, Protocol, runtime_checkable
 
-#: The file that marks a folder as a sharded index (jevsearch.scale.sharded.MANIFEST).
+#: The file that marks a folder as a sharded index (jevsearch.scale.shardfile.MANIFEST).
 SHARD_MANIFEST = "shards.json"
 
 

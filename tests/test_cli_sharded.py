@@ -60,7 +60,7 @@ def _search(index, *options) -> list:
     for row in rows:  # page ids name a page in its own index, and "added" its time: not comparable
         row["metadata"].pop("added")
         for part in [row, *row.get("pages", [])]:
-            part.pop("page_id")
+            part.pop("page_id", None)
             part["score"] = round(part["score"], 4)
     return rows
 

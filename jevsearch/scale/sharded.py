@@ -5,14 +5,15 @@
       shard-000/      an ordinary index (Engine.open("indexes/big/shard-000") works on its own)
       shard-001/ ...
 
-A document goes to the shard ``route(doc_id)``: the first 8 bytes of SHA-256 of its id (UTF-8), as a
-big-endian integer, modulo the shard count. The same id always lands on the same shard, in every
-process and on every machine (Python's ``hash()`` is salted per process, so it would not do).
+A document goes to the shard ``route(doc_id)`` (:mod:`jevsearch.scale.shardfile`: SHA-256 of its id,
+stable in every process and on every machine).
 
-A search encodes the query once (here), sends its vectors to every shard, each runs its own two-stage
-search, and the per-shard top k are merged exactly by (score desc, doc id, page). A shard's top k are
-its k best pages, so the merge is the global top k of what the shards found: with ``candidates`` >=
-each shard's page count it equals exact MaxSim over the whole corpus.
+A search encodes the query once (here, :class:`~jevsearch.engine.ModelSearch`, as an Engine does),
+sends its vectors to every shard, each runs its own two-stage search (a ``where`` filter before its
+stage 1; ``group_by="document"`` within the shard, which holds every page of its documents), and the
+per-shard top k are merged exactly by :mod:`jevsearch.search.merge`. A shard's top k are its k best,
+so the merge is the global top k of what the shards found: with ``candidates`` >= each shard's page
+count it equals exact MaxSim over the whole corpus, as one index gives.
 
 >>> sh = ShardedEngine.create("indexes/big", shards=4, model="jinaai/jina-embeddings-v4")   # doctest: +SKIP
 >>> sh.add(["corpus/"], ray="auto")                                                        # doctest: +SKIP
@@ -23,7 +24,6 @@ each shard's page count it equals exact MaxSim over the whole corpus.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -31,9 +31,9 @@ import shutil
 import tempfile
 from types import MappingProxyType
 
+from jevsearch.engine import Engine, ModelSearch
 from jevsearch.errors import (
     CorruptIndexError,
-    FormatVersionError,
     IndexExistsError,
     IndexLockedError,
     InvalidInputError,
@@ -44,78 +44,23 @@ from jevsearch.errors import (
     ReadOnlyIndexError,
     ShardError,
 )
-from jevsearch.engine import Engine, ModelSearch
 from jevsearch.ingest import modelinfo
+from jevsearch.scale.shardfile import (
+    FORMAT,
+    MAX_SHARDS,
+    ROUTING,
+    VERSION,
+    fsync_dir,
+    read_manifest,
+    route,
+    write_manifest,
+)
 from jevsearch.search.merge import merge_documents, merge_pages
 from jevsearch.store import validate
-from jevsearch.surface import SHARD_MANIFEST
 
 log = logging.getLogger(__name__)
 
-MANIFEST = SHARD_MANIFEST
-FORMAT = "jevsearch-sharded"
-VERSION = 1
-ROUTING = {"key": "doc_id", "hash": "sha256", "bytes": 8, "order": "big", "then": "mod shards"}
-MAX_SHARDS = 4096
 _SAME_IN_EVERY_SHARD = ("codec", "keep_exact", "pool_factor", "single_dtype")  # stats() keys not summed
-
-
-def route(doc_id: str, shards: int) -> int:
-    """The shard (0-based) a document id belongs to among ``shards``: stable across processes and machines.
-
-    >>> route("/data/a.pdf", 4), route("/data/a.pdf", 4) == route("/data/a.pdf", 4)
-    (0, True)
-    """
-    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[: ROUTING["bytes"]], ROUTING["order"]) % shards
-
-
-def read_manifest(path: str) -> dict:
-    """The shard manifest at ``path``, checked."""
-    file = os.path.join(path, MANIFEST)
-    try:
-        with open(file, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        hint = "open it with Engine.open" if os.path.exists(os.path.join(path, "CURRENT")) else \
-            "create one with ShardedEngine.create"
-        raise NotAnIndexError(f"{path}: no {MANIFEST}, not a sharded index (hint: {hint})") from None
-    except (OSError, ValueError) as e:
-        raise CorruptIndexError(f"{file}: unreadable ({e}) (hint: restore it from a backup)") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CorruptIndexError(f"{file}: not a jevsearch shard manifest (hint: restore it from a backup)")
-    if manifest.get("version") != VERSION:
-        raise FormatVersionError(f"{file}: shard manifest version {manifest.get('version')!r}; this jevsearch "
-                                 f"reads version {VERSION} (hint: upgrade jevsearch)")
-    names = manifest.get("shards")
-    if not isinstance(names, list) or not names or manifest.get("routing") != ROUTING or \
-            not all(isinstance(n, str) and n and os.path.basename(n) == n and not n.startswith(".") for n in names):
-        raise CorruptIndexError(f"{file}: bad shard list or routing (hint: restore it from a backup)")
-    return manifest
-
-
-def write_manifest(path: str, manifest: dict) -> None:
-    """Write the shard manifest atomically: a temporary file, fsync, rename over, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(prefix=".shards-", suffix=".json", dir=path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(path, MANIFEST))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Hits(list):
@@ -156,7 +101,7 @@ class ShardedEngine(ModelSearch):
     @classmethod
     def create(cls, path, *, shards: int = 4, model=None, single_dim: int | None = None,
                max_pixels: int | None = None, device=None, dtype=None, threads: int = 1,
-               **index_args) -> "ShardedEngine":
+               **index_args) -> ShardedEngine:
         """Create ``shards`` empty indexes and the shard manifest at ``path`` (must not exist or be empty).
 
         ``model`` (loaded once, recorded in every shard and the manifest), ``single_dim``, ``max_pixels``,
@@ -191,13 +136,13 @@ class ShardedEngine(ModelSearch):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(parent)
+        fsync_dir(parent)
         return cls.open(path, model=encoder, threads=threads, device=device, dtype=dtype)
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, ray=None, allow_partial: bool = False, threads: int = 1,
              model=None, device=None, dtype=None, timeout: float | None = None,
-             nodes: dict | None = None, repair: bool = False) -> "ShardedEngine":
+             nodes: dict | None = None, repair: bool = False) -> ShardedEngine:
         """Open a sharded index.
 
         readonly / threads / model / device / dtype: as in :meth:`Engine.open`, for every shard.

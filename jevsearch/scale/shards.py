@@ -137,7 +137,9 @@ class RayShards:
         for name, path in paths.items():
             options = {"max_restarts": 3, "max_task_retries": 1}  # a crashed server comes back and is asked again
             if nodes and name in nodes:
-                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+                from ray.util.scheduling_strategies import (
+                    NodeAffinitySchedulingStrategy,
+                )
 
                 options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(nodes[name], soft=False)
             self.actors[name] = server.options(**options).remote(os.path.abspath(path), threads)
