@@ -27,12 +27,12 @@ QUERY = "quarterly revenue by region"
 
 def _env() -> dict:
     # HF_HUB_OFFLINE: a command that tried the hub instead of the recorded model would fail here.
-    return dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", COLUMNS="120", HF_HUB_OFFLINE="1")
+    return {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", "COLUMNS": "120", "HF_HUB_OFFLINE": "1"}
 
 
 def jevsearch(*args, cwd=REPO, timeout=300):
     return subprocess.run([sys.executable, "-m", "jevsearch", *map(str, args)], cwd=cwd, env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def ok(*args, **kw) -> str:
@@ -52,7 +52,7 @@ def indexes(tmp_path_factory):
     model = tiny_model_dir()
     for name, shards in (("sh", ["--shards", 2]), ("one", [])):
         ok("index", ds / "corpus", tmp / "extra", "--index", tmp / name, "--model", model, "-q", *shards)
-    return dict(tmp=tmp, ds=ds, sh=tmp / "sh", one=tmp / "one")
+    return {"tmp": tmp, "ds": ds, "sh": tmp / "sh", "one": tmp / "one"}
 
 
 def _search(index, *options) -> list:

@@ -14,9 +14,9 @@ import os
 import faiss
 import numpy as np
 import pytest
+from _store_child import D, make_doc, unit
 
 import jevsearch
-from _store_child import D, make_doc, unit
 from jevsearch import CorruptIndexError, DocHit, Index, InvalidInputError, ShardedEngine
 from jevsearch.scale import is_sharded, route
 from jevsearch.search.filters import parse

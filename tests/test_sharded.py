@@ -14,12 +14,14 @@ import shutil
 import numpy as np
 import pytest
 
+import jevsearch
 from jevsearch import (
     CorruptIndexError,
     Engine,
     Index,
     IndexExistsError,
     InvalidInputError,
+    NotAnIndexError,
     PageNotFoundError,
     ReadOnlyIndexError,
     ShardedEngine,
@@ -85,6 +87,17 @@ def test_documents_land_in_their_shard_and_each_shard_opens_alone(built):
         assert sh.delete(docs[5][0]) and sh.document(docs[5][0]) is None and not sh.delete(docs[5][0])
         assert sh.stats()["documents"] == len(docs) - 1
         assert sh.verify()["shards"] == 4
+
+
+def test_open_returns_the_engine_for_the_folder(built, tmp_path):
+    sh_path, one_path, docs = built
+    with jevsearch.open(sh_path, read_only=True) as sh, jevsearch.open(one_path) as one:
+        assert type(sh) is ShardedEngine and sh.readonly and type(one) is Engine and not one.readonly
+        assert isinstance(sh, Searchable) and isinstance(one, Searchable)
+        with pytest.raises(ReadOnlyIndexError):
+            sh.delete(docs[0][0])
+    with pytest.raises(NotAnIndexError):
+        jevsearch.open(tmp_path / "nothing")
 
 
 def test_search_equals_one_index_when_candidates_cover_each_shard(built):
