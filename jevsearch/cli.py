@@ -150,8 +150,8 @@ def _open_writer(args, storage: dict):
         shards = eng.stats().get("shards")
         if args.shards is not None and args.shards != shards:
             has = f"{shards} shards" if shards else "no shards (it is one index)"
-            raise InvalidInputError(f"--shards {args.shards}: {args.index} has {has} (hint: omit --shards for an "
-                                    "existing index)")
+            raise InvalidInputError(f"--shards {args.shards}: {args.index} has {has}",
+                                    hint="omit --shards for an existing index")
         _check_storage(eng, storage, args.index)
     except BaseException:
         eng.close()

@@ -156,7 +156,7 @@ class ShardedEngine(ModelSearch):
         manifest = read_manifest(path)
         names = manifest["shards"]
         if repair and (readonly or ray is not None):
-            raise InvalidInputError("repair: needs a writer (hint: open without readonly=True and ray=)")
+            raise InvalidInputError("repair: needs a writer", hint="open without readonly=True and ray=")
         if nodes is not None and not set(nodes) <= set(names):
             raise InvalidInputError(f"nodes: unknown shards {sorted(set(nodes) - set(names))} (hint: {names[0]}, ...)")
         paths = {name: os.path.join(path, name) for name in names}
@@ -371,7 +371,7 @@ class ShardedEngine(ModelSearch):
         if local is not None:
             if local % len(self.shards) != self._number[name]:
                 raise PageNotFoundError(f"{hit.doc_id}: page {hit.page} is not in the index under page id "
-                                        f"{hit.page_id} (hint: search again)")
+                                        f"{hit.page_id}", hint="search again")
             local //= len(self.shards)
         return self._call("page_data", dataclasses.replace(hit, page_id=local), vectors=vectors, only=name)[name]
 
