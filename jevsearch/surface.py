@@ -28,7 +28,9 @@ class Searchable(Protocol):
     ``search_singles``, ``explain``, ``thumbnail``, ``render``, ``page_hit``, ``page_data``,
     ``document``, ``documents``, ``document_list``, ``failures``, ``stats``, ``manifest``,
     ``verify``. Writes (a writer): ``add``, ``add_embeddings``, ``add_embeddings_many``, ``delete``,
-    ``compact``, ``flush``. Lifecycle: ``close`` and ``with``. ``path``: where it lives.
+    ``compact``, ``flush``. Lifecycle: ``close`` and ``with``. ``path``: where it lives. An index
+    made with a model also has ``encoder`` and ``page_geometry`` (not members here: ``isinstance``
+    reads every member, and reading those loads the model).
     """
 
     path: str
@@ -36,10 +38,6 @@ class Searchable(Protocol):
 
     @property
     def manifest(self) -> Any: ...
-    @property
-    def encoder(self) -> Any: ...
-    @property
-    def page_geometry(self) -> Any: ...
 
     def search(self, query, k: int = 10, *, candidates: int | None = None, rescore: int | None = None,
                where: dict | None = None, group_by: str | None = None, pages_per_document: int = 3) -> list: ...
