@@ -34,6 +34,7 @@ import shutil
 import sys
 import textwrap
 
+import jevsearch
 from jevsearch import __version__
 from jevsearch.errors import InvalidInputError, JevsearchError
 
@@ -106,27 +107,10 @@ def _cmd_index(args) -> int:
             print(f"failed: {path}: {reason}", file=sys.stderr)
         raise InvalidInputError(f"nothing to index: {_nothing_found(args.paths, failed)} (hint: index takes "
                                 "PDF or png/jpg/jpeg/tiff/webp files, or folders holding them)")
-    from jevsearch.engine import Engine
-    from jevsearch.errors import NotAnIndexError
-
     if args.workers is not None and args.ray is None:
         raise InvalidInputError("--workers: only with --ray (hint: --ray auto --workers N)")
     storage = _storage_args(args)
-    if args.shards is not None or _is_sharded(args.index):
-        eng = _sharded_writer(args, new, storage)
-    elif new:
-        eng = Engine.create(args.index, model=args.model or DEFAULT_MODEL, **storage)
-    else:
-        try:
-            eng = Engine.open(args.index, model=args.model)
-        except NotAnIndexError as e:
-            e.cli_hint = "pick a new or empty folder for --index"
-            raise
-        try:
-            _check_storage(eng, storage, args.index)
-        except BaseException:
-            eng.close()
-            raise
+    eng = _create(args, storage) if new else _open_writer(args, storage)
     with eng:
         report = eng.add(args.paths, metadata=dict(args.meta or ()) or None, prune=args.prune,
                          retry_failed=args.retry_failed, progress=not args.quiet, found=(sources, failed),
@@ -140,6 +124,40 @@ def _cmd_index(args) -> int:
     if not args.quiet:
         print(f"{args.index}: {report}")
     return EXIT_PARTIAL if report.failed or report.not_retried or report.missing_pages else 0
+
+
+def _create(args, storage: dict):
+    """A new index at --index: sharded with --shards N, else one index."""
+    model = args.model or DEFAULT_MODEL
+    if args.shards is not None:
+        from jevsearch.scale import ShardedEngine
+
+        return ShardedEngine.create(args.index, shards=args.shards, model=model, **storage)
+    from jevsearch.engine import Engine
+
+    return Engine.create(args.index, model=model, **storage)
+
+
+def _open_writer(args, storage: dict):
+    """The existing index at --index, opened for `index`: its storage and shard count as asked."""
+    from jevsearch.errors import NotAnIndexError
+
+    try:
+        eng = jevsearch.open(args.index, model=args.model)
+    except NotAnIndexError as e:
+        e.cli_hint = "pick a new or empty folder for --index"
+        raise
+    try:
+        shards = eng.stats().get("shards")
+        if args.shards is not None and args.shards != shards:
+            has = f"{shards} shards" if shards else "no shards (it is one index)"
+            raise InvalidInputError(f"--shards {args.shards}: {args.index} has {has}",
+                                    hint="omit --shards for an existing index")
+        _check_storage(eng, storage, args.index)
+    except BaseException:
+        eng.close()
+        raise
+    return eng
 
 
 def _storage_args(args) -> dict:
@@ -184,25 +202,16 @@ def _cmd_search(args) -> int:
     filters = {"where": where} if where is not None else {}
     if args.documents:
         filters["group_by"] = "document"
-    if filters and _is_sharded(args.index):
-        raise InvalidInputError("--where/--documents: not available on a sharded index yet "
-                                "(hint: search each shard's folder with them, or drop them)")
     with _reader(args.index, model=args.model) as eng:
         hits = eng.search(args.query, k=args.k, **filters)
+    if args.json:
+        from jevsearch.docresults import to_json
+
+        print(json.dumps(to_json(hits), ensure_ascii=False, indent=2))
+        return 0
     if args.documents:
-        hits = [h.pages[0] for h in hits] if not args.json else hits
-    if args.json and args.documents:
-        rows = [{"rank": r, "score": d.score, "path": d.path, "metadata": d.metadata,
-                 "pages": [{"page": h.page, "score": h.score, "snippet": h.snippet} for h in d.pages]}
-                for r, d in enumerate(hits, 1)]
-        print(json.dumps(rows, ensure_ascii=False, indent=2))
-    elif args.json:
-        rows = [
-            {"rank": r, "score": h.score, "path": h.path, "page": h.page, "snippet": h.snippet, "metadata": h.metadata}
-            for r, h in enumerate(hits, 1)
-        ]
-        print(json.dumps(rows, ensure_ascii=False, indent=2))
-    elif not hits:
+        hits = [h.pages[0] for h in hits]
+    if not hits:
         print("no results (no page matches --where)" if where else "no results (the index is empty)")
     else:
         print(_table(hits))
@@ -222,10 +231,9 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    from jevsearch.engine import Engine
     from jevsearch.ingest.sources import file_status
 
-    with Engine.open(args.index, readonly=True) as eng:
+    with _reader(args.index) as eng:
         docs, failures = eng.document_list(), eng.failures()
     rows = []
     for doc in docs:
@@ -251,9 +259,7 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_delete(args) -> int:
-    from jevsearch.engine import Engine
-
-    with Engine.open(args.index) as eng:
+    with jevsearch.open(args.index) as eng:
         # As indexed (an absolute path), or a path relative to here.
         doc_id = args.doc if eng.document(args.doc) is not None else os.path.abspath(args.doc)
         if not eng.delete(doc_id):
@@ -265,9 +271,7 @@ def _cmd_delete(args) -> int:
 
 
 def _cmd_compact(args) -> int:
-    from jevsearch.engine import Engine
-
-    with Engine.open(args.index) as eng:
+    with jevsearch.open(args.index) as eng:
         before = eng.stats()
         report = eng.compact(**_storage_args(args)) or {}
         stats = eng.stats()
@@ -295,19 +299,9 @@ def _cmd_verify(args) -> int:
     from jevsearch.errors import CorruptIndexError
 
     try:
-        if args.repair and _is_sharded(args.index):  # every shard's writer (a lost CURRENT: repair that shard)
-            from jevsearch.scale import ShardedEngine
-
-            with ShardedEngine.open(args.index) as eng:
-                summary = eng.verify(deep=args.deep, repair=True)
-        elif args.repair:  # a writer; also restores a lost CURRENT file (no model needed)
-            from jevsearch.index import Index
-
-            with Index.open(args.index, repair=True) as eng:
-                summary = eng.verify(deep=args.deep, repair=True)
-        else:
-            with _reader(args.index) as eng:
-                summary = eng.verify(deep=args.deep)
+        # --repair: a writer (every shard's), which also restores a lost CURRENT file; no model is loaded.
+        with jevsearch.open(args.index, read_only=not args.repair, repair=args.repair) as eng:
+            summary = eng.verify(deep=args.deep, repair=args.repair)
     except CorruptIndexError as e:
         for problem in _problems(e.message):
             print(f"problem: {problem}")
@@ -320,38 +314,9 @@ def _cmd_verify(args) -> int:
     return 0
 
 
-def _is_sharded(path: str) -> bool:
-    from jevsearch.scale import is_sharded
-
-    return is_sharded(path)
-
-
 def _reader(path: str, model=None):
-    """The index at ``path`` opened read-only: an Engine, or a ShardedEngine for a sharded index."""
-    if _is_sharded(path):
-        from jevsearch.scale import ShardedEngine
-
-        return ShardedEngine.open(path, readonly=True, model=model)
-    from jevsearch.engine import Engine
-
-    return Engine.open(path, readonly=True, model=model)
-
-
-def _sharded_writer(args, new: bool, storage: dict):
-    from jevsearch.scale import ShardedEngine
-
-    if new:
-        return ShardedEngine.create(args.index, shards=args.shards, model=args.model or DEFAULT_MODEL, **storage)
-    sh = ShardedEngine.open(args.index, model=args.model)
-    try:
-        if args.shards is not None and args.shards != len(sh.shards):
-            raise InvalidInputError(f"--shards {args.shards}: {args.index} has {len(sh.shards)} shards "
-                                    "(hint: omit --shards for an existing index)")
-        _check_storage(sh, storage, args.index)
-    except BaseException:
-        sh.close()
-        raise
-    return sh
+    """The index at ``path`` (one index or a sharded one) opened read-only."""
+    return jevsearch.open(path, read_only=True, model=model)
 
 
 def _problems(message: str) -> list[str]:
@@ -368,9 +333,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_explain(args) -> int:
-    from jevsearch.engine import Engine
-
-    with Engine.open(args.index, readonly=True, model=args.model) as eng:
+    with _reader(args.index, model=args.model) as eng:
         hits = eng.search(args.query, k=args.hit)
         if len(hits) < args.hit:
             raise InvalidInputError(f"--hit {args.hit}: the index has only {len(hits)} pages")

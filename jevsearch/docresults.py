@@ -27,6 +27,24 @@ class DocHit:
         """The document's file (its id), as Hit.path."""
         return self.doc_id
 
+    def to_dict(self) -> dict:
+        """The document as JSON-ready data: score, path, metadata and its ``pages`` (page, score,
+        snippet, page_id each)."""
+        return {"score": self.score, "path": self.path, "metadata": self.metadata,
+                "pages": [{"page": h.page, "score": h.score, "snippet": h.snippet, "page_id": h.page_id}
+                          for h in self.pages]}
+
+
+def to_json(results: list) -> list[dict]:
+    """Search results (Hits, or DocHits of ``group_by="document"``) as JSON-ready rows, ranked from 1:
+    the one shape the CLI's ``--json`` and the web app's API share.
+
+    >>> from jevsearch.index_search import Hit
+    >>> to_json([Hit("/d/a.pdf", 1, 0.75)])[0]["rank"]
+    1
+    """
+    return [{"rank": rank, **r.to_dict()} for rank, r in enumerate(results, 1)]
+
 
 def group(hits: list, k: int, per_doc: int) -> list[DocHit]:
     """The k best documents of ``hits`` (sorted best first, ties by doc_id and page, so a hit's

@@ -23,12 +23,100 @@ from jevsearch.ingest import docinfo, modelinfo
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import fields, validate
 
-__all__ = ["DocHit", "Engine", "Hit"]
+__all__ = ["DocHit", "Engine", "Hit", "ModelSearch"]
 
 log = logging.getLogger(__name__)
 
 
-class Engine(Index):
+class ModelSearch:
+    """What a text or image query needs on top of ``search_embeddings``: the recorded model, query
+    encoding, snippets, page pictures and heat-maps. One implementation for :class:`Engine` and
+    :class:`~jevsearch.scale.ShardedEngine`, so the two search surfaces cannot drift apart.
+
+    The host provides ``_manifest`` (with the ``model`` record), ``_encoder`` / ``_model_args``,
+    ``search_embeddings`` and ``page_data``.
+    """
+
+    @property
+    def encoder(self):
+        """The index's model (a JinaV4Encoder), loaded on first use and checked against the record."""
+        if self._encoder is None:
+            recorded = modelinfo.recorded_model(self._manifest)
+            given = self._model_source is not None
+            encoder = modelinfo.load_encoder(self._model_source if given else recorded["source"], *self._model_args,
+                                             recorded=not given)
+            modelinfo.check_same_model(recorded, encoder, given=given)
+            self._encoder = encoder
+        return self._encoder
+
+    @property
+    def page_geometry(self):
+        """How pages are rendered for this index's model (pixel budget, 28 px token grid)."""
+        return modelinfo.page_geometry(self.encoder, self._manifest["model"])
+
+    def search(self, query, k: int = 10, *, candidates: int | None = None, rescore: int | None = None,
+               where: dict | None = None, group_by: str | None = None,
+               pages_per_document: int = 3) -> list[Hit] | list[DocHit]:
+        """Search with a text (task retrieval, prompt "query") or a PIL image; best pages first.
+
+        Hits carry ``path``, ``page`` (1-based; a text document's passage number), ``score``
+        (MaxSim), ``snippet`` (page text around the query's words; a passage's whole text),
+        ``metadata``. ``candidates``, ``rescore``, ``where``, ``group_by``, ``pages_per_document``: as
+        in :meth:`Index.search_embeddings` (the search's depth; a filter on metadata before stage 1;
+        DocHits per document).
+
+        >>> hits = eng.search("quarterly revenue by region", k=10, where={"year": {"$gte": 2023}})  # doctest: +SKIP
+        >>> hits[0].path, hits[0].page, hits[0].score, hits[0].snippet   # doctest: +SKIP
+        >>> docs = eng.search("revenue", k=5, group_by="document")       # doctest: +SKIP
+        """
+        from jevsearch.search.snippets import snippet
+
+        emb = modelinfo.encode_query(self.encoder, query, self.page_geometry)
+        results = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates, rescore=rescore,
+                                         where=where, group_by=group_by, pages_per_document=pages_per_document)
+        for hit in (p for d in results for p in d.pages) if group_by else results:
+            if hit.metadata.get("kind") == "text":
+                hit.snippet = hit.text or ""
+            else:
+                hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
+        return results
+
+    def render(self, hit: Hit, dpi: float = 100):
+        """The page of ``hit`` as a PIL image (from the file on disk), for display."""
+        from jevsearch.ingest.pages import render_page
+
+        return render_page(hit.path, hit.page, dpi, kind=hit.metadata.get("kind"))
+
+    def explain(self, hit: Hit, query):
+        """Why ``hit`` matched ``query`` (the text or PIL image searched with): an
+        :class:`~jevsearch.search.explain.Explanation` with ``tokens`` (the query's tokens as text),
+        ``maps`` (float32 [L, rows, cols]: each token's similarity with each 28x28-px patch of the page,
+        on the vectors the index scored), ``token_scores``, ``summary()`` and ``overlay(token=None)``.
+        A text passage's hit gives a :class:`~jevsearch.search.explain.PassageExplanation` instead
+        (``ex.kind == "text"``): ``matches(token)`` names the passage word each query token matched.
+
+        Pages indexed without a patch layout (older indexes) or whose stored rows are not one per patch
+        are re-encoded from the source file (``ex.source == "recomputed"``, ``ex.note`` says why);
+        DocumentError if that file is gone or changed. PageNotFoundError if the page left the index.
+
+        >>> ex = eng.explain(hits[0], "revenue by region")                    # doctest: +SKIP
+        >>> ex.maps.shape, ex.tokens[2], ex.overlay(token="revenue").size    # doctest: +SKIP
+        ((32, 23), ' revenue', (827, 1169))
+        """
+        from jevsearch import visuals
+
+        return visuals.explain(self, hit, query)
+
+    def thumbnail(self, hit: Hit, width: int = 256):
+        """A PIL image of ``hit``'s page, ``width`` px wide: the thumbnail stored at ingest (256 px; works
+        when the source file has moved or changed), or for a larger width a fresh render of the source
+        when it is still the file indexed (same SHA-256); else the stored one enlarged (logged)."""
+        from jevsearch import visuals
+
+        return visuals.thumbnail(self, hit, width)
+
+
+class Engine(ModelSearch, Index):
     """An index plus its model. Create with :meth:`create`, reopen with :meth:`open`; see :class:`Index`
     for writers, readers and the embedding-level API (bring-your-own-embeddings indexes need no model)."""
 
@@ -40,7 +128,7 @@ class Engine(Index):
 
     @classmethod
     def create(cls, path, *, model=None, single_dim: int | None = None, max_pixels: int | None = None,
-               device=None, dtype=None, model_info: dict | None = None, **index_args) -> "Engine":
+               device=None, dtype=None, model_info: dict | None = None, **index_args) -> Engine:
         """Create an empty index at ``path`` (which must not exist or be an empty directory).
 
         model: hub id, local snapshot path or loaded JinaV4Encoder; loaded now (device/dtype as in
@@ -68,8 +156,8 @@ class Engine(Index):
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, model=None, single_dim: int | None = None,
-             device=None, dtype=None, threads: int = 1) -> "Engine":
-        """Open an existing index (``readonly``, ``threads``: as in :meth:`Index.open`).
+             device=None, dtype=None, threads: int = 1, repair: bool = False) -> Engine:
+        """Open an existing index (``readonly``, ``threads``, ``repair``: as in :meth:`Index.open`).
 
         The model recorded at create is loaded on first use (the first add or query), its vision tower
         at the first image. ``model``: use this snapshot instead (e.g. it moved), checked now by its
@@ -78,7 +166,7 @@ class Engine(Index):
         ``device``/``dtype``: as in ``JinaV4Encoder.from_pretrained`` (``dtype="int8"``: weight-only
         int8 language model, opt-in, CPU).
         """
-        eng = super().open(path, readonly=readonly, threads=threads)
+        eng = super().open(path, readonly=readonly, threads=threads, repair=repair)
         try:
             eng._model_args = (device, dtype)
             eng._encoder, eng._model_source = modelinfo.check_open(eng._manifest, model, single_dim)
@@ -87,23 +175,6 @@ class Engine(Index):
             raise
         return eng
 
-
-    @property
-    def encoder(self):
-        """The index's model (a JinaV4Encoder), loaded on first use and checked against the record."""
-        if self._encoder is None:
-            recorded = modelinfo.recorded_model(self._manifest)
-            given = self._model_source is not None
-            encoder = modelinfo.load_encoder(self._model_source if given else recorded["source"], *self._model_args,
-                                             recorded=not given)
-            modelinfo.check_same_model(recorded, encoder, given=given)
-            self._encoder = encoder
-        return self._encoder
-
-    @property
-    def page_geometry(self):
-        """How pages are rendered for this index's model (pixel budget, 28 px token grid)."""
-        return modelinfo.page_geometry(self.encoder, self._manifest["model"])
 
     def add(self, paths, *, metadata: dict | None = None, prune: bool = False, retry_failed: bool = False,
             progress: bool = False, found: tuple | None = None, ray=None, workers: int | None = None):
@@ -238,67 +309,6 @@ class Engine(Index):
                         if p in plan.files and _lasting(r)})
         if changes:
             self.set_failures(changes)
-
-    def search(self, query, k: int = 10, *, candidates: int | None = None, rescore: int | None = None,
-               where: dict | None = None, group_by: str | None = None,
-               pages_per_document: int = 3) -> list[Hit] | list[DocHit]:
-        """Search with a text (task retrieval, prompt "query") or a PIL image; best pages first.
-
-        Hits carry ``path``, ``page`` (1-based; a text document's passage number), ``score``
-        (MaxSim), ``snippet`` (page text around the query's words; a passage's whole text),
-        ``metadata``. ``candidates``, ``rescore``, ``where``, ``group_by``, ``pages_per_document``: as
-        in :meth:`Index.search_embeddings` (the search's depth; a filter on metadata before stage 1;
-        DocHits per document).
-
-        >>> hits = eng.search("quarterly revenue by region", k=10, where={"year": {"$gte": 2023}})  # doctest: +SKIP
-        >>> hits[0].path, hits[0].page, hits[0].score, hits[0].snippet   # doctest: +SKIP
-        >>> docs = eng.search("revenue", k=5, group_by="document")       # doctest: +SKIP
-        """
-        from jevsearch.search.snippets import snippet
-
-        emb = modelinfo.encode_query(self.encoder, query, self.page_geometry)
-        results = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates, rescore=rescore,
-                                         where=where, group_by=group_by, pages_per_document=pages_per_document)
-        for hit in (p for d in results for p in d.pages) if group_by else results:
-            if hit.metadata.get("kind") == "text":
-                hit.snippet = hit.text or ""
-            else:
-                hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
-        return results
-
-    def render(self, hit: Hit, dpi: float = 100):
-        """The page of ``hit`` as a PIL image (from the file on disk), for display."""
-        from jevsearch.ingest.pages import render_page
-
-        return render_page(hit.path, hit.page, dpi, kind=hit.metadata.get("kind"))
-
-    def explain(self, hit: Hit, query):
-        """Why ``hit`` matched ``query`` (the text or PIL image searched with): an
-        :class:`~jevsearch.search.explain.Explanation` with ``tokens`` (the query's tokens as text),
-        ``maps`` (float32 [L, rows, cols]: each token's similarity with each 28x28-px patch of the page,
-        on the vectors the index scored), ``token_scores``, ``summary()`` and ``overlay(token=None)``.
-        A text passage's hit gives a :class:`~jevsearch.search.explain.PassageExplanation` instead
-        (``ex.kind == "text"``): ``matches(token)`` names the passage word each query token matched.
-
-        Pages indexed without a patch layout (older indexes) or whose stored rows are not one per patch
-        are re-encoded from the source file (``ex.source == "recomputed"``, ``ex.note`` says why);
-        DocumentError if that file is gone or changed. PageNotFoundError if the page left the index.
-
-        >>> ex = eng.explain(hits[0], "revenue by region")                    # doctest: +SKIP
-        >>> ex.maps.shape, ex.tokens[2], ex.overlay(token="revenue").size    # doctest: +SKIP
-        ((32, 23), ' revenue', (827, 1169))
-        """
-        from jevsearch import visuals
-
-        return visuals.explain(self, hit, query)
-
-    def thumbnail(self, hit: Hit, width: int = 256):
-        """A PIL image of ``hit``'s page, ``width`` px wide: the thumbnail stored at ingest (256 px; works
-        when the source file has moved or changed), or for a larger width a fresh render of the source
-        when it is still the file indexed (same SHA-256); else the stored one enlarged (logged)."""
-        from jevsearch import visuals
-
-        return visuals.thumbnail(self, hit, width)
 
 def _file_fields(state) -> dict:
     """What a document's metadata records of its file (list compares them cheaply before hashing)."""

@@ -60,6 +60,16 @@ class Hit:
         """The document's file: a document added by :meth:`Engine.add` has its absolute path as id."""
         return self.doc_id
 
+    def to_dict(self) -> dict:
+        """The hit as JSON-ready data (``jevsearch search --json``, the web app's API): score, path,
+        page, snippet, metadata, page_id.
+
+        >>> Hit("/d/a.pdf", 2, 0.5, {"kind": "pdf"}, page_id=7).to_dict()["page"]
+        2
+        """
+        return {"score": self.score, "path": self.path, "page": self.page, "snippet": self.snippet,
+                "metadata": self.metadata, "page_id": self.page_id}
+
 
 class IndexSearch:
     """The search methods of :class:`~jevsearch.index.Index` (a mixin: it uses the index's store,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
 
 from _store_child import make_doc, query_for
-from jevsearch import Engine, Hit, InvalidInputError, JevsearchError
+from jevsearch import DocHit, Engine, Hit, InvalidInputError, JevsearchError, ShardedEngine
+from jevsearch.docresults import to_json
 
 
 def test_full_dim_fixed_at_create_and_float32_storage(tmp_path):
@@ -52,10 +54,18 @@ def test_hit_is_a_small_extendable_dataclass():
     assert names[:5] == ["doc_id", "page", "score", "metadata", "text"]  # positional order is the contract
     h = Hit("a.pdf", 1, 0.5)
     assert (h.metadata, h.text, h.path) == ({}, None, "a.pdf")
+    # One JSON shape for the CLI's --json and the web app's API.
+    doc = DocHit("a.pdf", 0.5, {"n": 1}, [dataclasses.replace(h, page_id=3, snippet="s")])
+    assert json.loads(json.dumps(to_json([h, doc]))) == [
+        {"rank": 1, "score": 0.5, "path": "a.pdf", "page": 1, "snippet": "", "metadata": {}, "page_id": None},
+        {"rank": 2, "score": 0.5, "path": "a.pdf", "metadata": {"n": 1},
+         "pages": [{"page": 1, "score": 0.5, "snippet": "s", "page_id": 3}]}]
 
 
-def test_closed_engine_refuses_calls(tmp_path):
-    eng = Engine.create(tmp_path / "i", single_dim=64)
+@pytest.mark.parametrize("create", [Engine.create, lambda path, **kw: ShardedEngine.create(path, shards=2, **kw)],
+                         ids=["one", "sharded"])
+def test_closed_engine_refuses_calls(tmp_path, create):
+    eng = create(tmp_path / "i", single_dim=64)
     eng.close()
     eng.close()  # idempotent
     for call in (lambda: eng.stats(), lambda: eng.documents(), lambda: eng.add_embeddings("x", *make_doc(1, 1))):

@@ -14,14 +14,23 @@ import os
 import faiss
 import numpy as np
 import pytest
-
 from _store_child import D, make_doc, unit
-from jevsearch import CorruptIndexError, DocHit, Index, InvalidInputError
+
+import jevsearch
+from jevsearch import CorruptIndexError, DocHit, Index, InvalidInputError, ShardedEngine
+from jevsearch.scale import is_sharded, route
 from jevsearch.search.filters import parse
 from jevsearch.store import subset
 from jevsearch.store.lmdbstore import PageStore
 
 DIM = 64
+SHARDS = 3
+KINDS = ("one", "sharded")  # every search test runs on one index and on a sharded one of the same documents
+
+
+def create(kind: str, path, **options):
+    """A new writable index: one Index, or a ShardedEngine of SHARDS shards."""
+    return Index.create(path, **options) if kind == "one" else ShardedEngine.create(path, shards=SHARDS, **options)
 TEAMS = ["fin", "ops", "legal", "hr", "eng"]
 
 
@@ -135,13 +144,24 @@ def reference(corpus: dict, docs: dict, qs, qm, where, k, candidates=None):
     return scored[:k]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """60 documents of 1-8 pages with random metadata; the embeddings kept for the reference."""
+def index_reference(path, corpus: dict, docs: dict, qs, qm, where, k, candidates):
+    """The exact two-stage reference of the index at ``path``: a sharded one takes ``candidates`` in
+    each shard (its own documents) and merges the shards' top k."""
+    if not is_sharded(path):
+        return reference(corpus, docs, qs, qm, where, k, candidates)
+    parts = [reference(corpus, {d: v for d, v in docs.items() if route(d, SHARDS) == i}, qs, qm, where, k, candidates)
+             for i in range(SHARDS)]
+    return sorted((x for part in parts for x in part), key=lambda x: (-x[0], x[1], x[2]))[:k]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def built(tmp_path_factory, request):
+    """60 documents of 1-8 pages with random metadata, in one index or a sharded one; the embeddings
+    kept for the reference."""
     rng = np.random.default_rng(7)
     path = tmp_path_factory.mktemp("filters") / "idx"
     corpus, docs = {}, {}
-    with Index.create(path, single_dim=DIM, hnsw_m=32) as eng:
+    with create(request.param, path, single_dim=DIM, hnsw_m=32) as eng:
         for i in range(60):
             name = doc_name(i, rng)
             singles, multis = make_doc(1000 + i, int(rng.integers(1, 9)), tokens=(8, 24))
@@ -200,13 +220,13 @@ FILTERS = [
 def test_every_operator_equals_an_exact_filtered_search(built, where, monkeypatch):
     path, corpus, docs = built
     matching = [d for d, info in docs.items() if oracle(where, info)]
-    with Index.open(path, readonly=True) as eng:
+    with jevsearch.open(path, read_only=True) as eng:
         for qs, qm in queries(corpus):
             want = reference(corpus, docs, qs, qm, where, k=10)
             got = eng.search_embeddings(qs, qm, k=10, exhaustive=True, where=where)
             assert [(h.doc_id, h.page) for h in got] == [(d, p) for _, d, p in want]
             assert [h.score for h in got] == pytest.approx([s for s, _, _ in want], abs=1e-4)
-            want = [(d, p) for _, d, p in reference(corpus, docs, qs, qm, where, k=10, candidates=20)]
+            want = [(d, p) for _, d, p in index_reference(path, corpus, docs, qs, qm, where, k=10, candidates=20)]
             for slot in (float("inf"), 0.0):  # every filter as an exact scan, then through the HNSW selector
                 monkeypatch.setattr(subset, "WALK_SLOT_PAGES", slot)
                 got = eng.search_embeddings(qs, qm, k=10, candidates=20, where=where)
@@ -220,7 +240,7 @@ def test_selective_and_broad_filters_return_k(built, monkeypatch):
     pages = lambda ids: sum(docs[d]["pages"] for d in ids)  # noqa: E731
     few = names[:4]  # a handful of pages: fewer than the candidates
     some = [d for d in names if docs[d]["pages"] >= 5][:6]  # more pages than k, few of the index's
-    with Index.open(path, readonly=True) as eng:
+    with jevsearch.open(path, read_only=True) as eng:
         (qs, qm), = queries(corpus, 1, seed=3)
         for ids in (few, some, names):
             for slot in (0.0, subset.WALK_SLOT_PAGES):
@@ -274,7 +294,7 @@ def test_where_is_checked_where_it_enters(built):
         r"\$or takes a non-empty list": {"$or": {"team": "fin"}},
         "expected a JSON object": "team=fin",
     }
-    with Index.open(path, readonly=True) as eng:
+    with jevsearch.open(path, read_only=True) as eng:
         for message, where in bad.items():
             with pytest.raises(InvalidInputError, match=message):
                 eng.search_embeddings(qs, qm, k=3, where=where)
@@ -330,11 +350,12 @@ def test_filters_follow_update_metadata_and_delete(tmp_path):
         del rng
 
 
-def test_group_by_document(tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_group_by_document(tmp_path, kind):
     corpus = {f"long{i}": make_doc(200 + i, 30, tokens=(8, 16)) for i in range(4)}
     corpus.update({f"short{i}": make_doc(300 + i, 1, tokens=(8, 16)) for i in range(12)})
     docs = {}
-    with Index.create(tmp_path / "i", single_dim=DIM) as eng:
+    with create(kind, tmp_path / "i", single_dim=DIM) as eng:
         for name, (s, m) in corpus.items():
             eng.add_embeddings(name, s, m, metadata={"long": name.startswith("long")})
         docs = _metas(eng)

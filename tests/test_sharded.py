@@ -6,6 +6,7 @@ generated PDFs for the sharded add and the CLI. The Ray-served shards are in tes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,17 +14,21 @@ import shutil
 import numpy as np
 import pytest
 
+import jevsearch
 from jevsearch import (
     CorruptIndexError,
     Engine,
     Index,
     IndexExistsError,
     InvalidInputError,
+    NotAnIndexError,
+    PageNotFoundError,
     ReadOnlyIndexError,
     ShardedEngine,
     ShardError,
 )
 from jevsearch.scale import is_sharded, route
+from jevsearch.surface import Searchable
 from tests.ingest_corpus import make_pdf, picture, tiny_encoder
 
 MAX_PIXELS = 128 * 28 * 28
@@ -82,6 +87,17 @@ def test_documents_land_in_their_shard_and_each_shard_opens_alone(built):
         assert sh.delete(docs[5][0]) and sh.document(docs[5][0]) is None and not sh.delete(docs[5][0])
         assert sh.stats()["documents"] == len(docs) - 1
         assert sh.verify()["shards"] == 4
+
+
+def test_open_returns_the_engine_for_the_folder(built, tmp_path):
+    sh_path, one_path, docs = built
+    with jevsearch.open(sh_path, read_only=True) as sh, jevsearch.open(one_path) as one:
+        assert type(sh) is ShardedEngine and sh.readonly and type(one) is Engine and not one.readonly
+        assert isinstance(sh, Searchable) and isinstance(one, Searchable)
+        with pytest.raises(ReadOnlyIndexError):
+            sh.delete(docs[0][0])
+    with pytest.raises(NotAnIndexError):
+        jevsearch.open(tmp_path / "nothing")
 
 
 def test_search_equals_one_index_when_candidates_cover_each_shard(built):
@@ -205,6 +221,7 @@ def test_sharded_add_and_the_cli_on_a_sharded_index(tmp_path, model, capsys):
         hits, want = sh.search("quarterly revenue", k=5), one.search("quarterly revenue", k=5)
         assert [(h.path, h.page, h.snippet) for h in hits] == [(h.path, h.page, h.snippet) for h in want]
         np.testing.assert_allclose([h.score for h in hits], [h.score for h in want], rtol=1e-5)
+        _same_surface(sh, one, "quarterly revenue")
 
     assert main(["info", "--index", str(tmp_path / "sh"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -221,3 +238,32 @@ def test_sharded_add_and_the_cli_on_a_sharded_index(tmp_path, model, capsys):
     assert "broken.pdf" in capsys.readouterr().err
     assert main(["index", str(corpus), "--index", str(tmp_path / "sh"), "--shards", "2", "-q"]) == 1
     assert "has 3 shards" in capsys.readouterr().err
+
+
+def _rows(results) -> list:
+    """Search results as comparable rows: pages, or documents with their pages."""
+    return [(r.path, round(r.score, 4), [(p.page, round(p.score, 4), p.snippet) for p in r.pages])
+            if hasattr(r, "pages") else (r.path, r.page, round(r.score, 4), r.snippet) for r in results]
+
+
+def _same_surface(sh, one, query: str) -> None:
+    """A sharded engine answers as one index of the same documents: filters, groups, page ids, explain."""
+    assert isinstance(sh, Searchable) and isinstance(one, Searchable)
+    for options in ({"where": {"kind": "pdf"}}, {"where": {"kind": {"$ne": "pdf"}}},
+                    {"group_by": "document", "pages_per_document": 2},
+                    {"where": {"pages": {"$gte": 2}}, "group_by": "document"}):
+        got, want = sh.search(query, k=4, **options), one.search(query, k=4, **options)
+        assert _rows(got) == _rows(want) and got, options
+    hits, want = sh.search(query, k=20), one.search(query, k=20)
+    assert len({h.page_id for h in hits}) == len(hits)  # global ids: the shards' own ids collide
+    for hit in hits:
+        found = sh.page_hit(hit.page_id)
+        assert (found.path, found.page, found.page_id) == (hit.path, hit.page, hit.page_id)
+    hit = hits[0]
+    ex, ex1 = sh.explain(hit, query), one.explain(want[0], query)
+    assert ex.tokens == ex1.tokens and ex.source == ex1.source == "stored"
+    np.testing.assert_allclose(ex.maps, ex1.maps, atol=1e-5)
+    assert sh.thumbnail(hit).size == one.thumbnail(want[0]).size
+    other = next(h for h in hits if route(h.doc_id, len(sh.shards)) != route(hit.doc_id, len(sh.shards)))
+    with pytest.raises(PageNotFoundError):  # a page id of another shard is not this hit's page
+        sh.page_data(dataclasses.replace(hit, page_id=other.page_id))

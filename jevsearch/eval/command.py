@@ -15,6 +15,7 @@ from jevsearch.eval.runner import DEFAULT_SETTINGS
 def run(dataset: str, index: str, *, model: str | None, out: str, k: int, candidates: list[int] | None,
         default_model: str, quiet: bool) -> int:
     """The command's body; returns its exit status (3: some corpus documents could not be indexed)."""
+    import jevsearch
     from jevsearch.engine import Engine
     from jevsearch.errors import NotAnIndexError
     from jevsearch.eval import evaluate, load_dataset
@@ -22,14 +23,14 @@ def run(dataset: str, index: str, *, model: str | None, out: str, k: int, candid
     progress = not quiet and sys.stderr.isatty()
     ds = load_dataset(dataset)
     try:
-        with Engine.open(index, readonly=True) as probe:  # no model loaded: cheap
+        with jevsearch.open(index, read_only=True) as probe:  # one index or a sharded one; no model loaded
             empty = probe.stats()["pages"] == 0
     except NotAnIndexError:
         empty = None
     if empty is None:
         eng = Engine.create(index, model=model or default_model)
-    else:  # a reader unless there is indexing to do: another process may hold the writer
-        eng = Engine.open(index, readonly=not empty, model=model)
+    else:  # a reader unless there is indexing to do: another process may hold the writer; the recorded model
+        eng = jevsearch.open(index, read_only=not empty, model=model)
     failed = []
     with eng:
         if empty is not False:

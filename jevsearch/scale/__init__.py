@@ -8,6 +8,7 @@
 Nothing here imports ray at import time; only calls that use a cluster need it.
 """
 
-from jevsearch.scale.sharded import Hits, ShardedEngine, is_sharded, route
+from jevsearch.scale.sharded import Hits, ShardedEngine, route
+from jevsearch.surface import is_sharded
 
 __all__ = ["Hits", "ShardedEngine", "is_sharded", "route"]

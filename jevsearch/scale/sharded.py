@@ -5,14 +5,15 @@
       shard-000/      an ordinary index (Engine.open("indexes/big/shard-000") works on its own)
       shard-001/ ...
 
-A document goes to the shard ``route(doc_id)``: the first 8 bytes of SHA-256 of its id (UTF-8), as a
-big-endian integer, modulo the shard count. The same id always lands on the same shard, in every
-process and on every machine (Python's ``hash()`` is salted per process, so it would not do).
+A document goes to the shard ``route(doc_id)`` (:mod:`jevsearch.scale.shardfile`: SHA-256 of its id,
+stable in every process and on every machine).
 
-A search encodes the query once (here), sends its vectors to every shard, each runs its own two-stage
-search, and the per-shard top k are merged exactly by (score desc, doc id, page). A shard's top k are
-its k best pages, so the merge is the global top k of what the shards found: with ``candidates`` >=
-each shard's page count it equals exact MaxSim over the whole corpus.
+A search encodes the query once (here, :class:`~jevsearch.engine.ModelSearch`, as an Engine does),
+sends its vectors to every shard, each runs its own two-stage search (a ``where`` filter before its
+stage 1; ``group_by="document"`` within the shard, which holds every page of its documents), and the
+per-shard top k are merged exactly by :mod:`jevsearch.search.merge`. A shard's top k are its k best,
+so the merge is the global top k of what the shards found: with ``candidates`` >= each shard's page
+count it equals exact MaxSim over the whole corpus, as one index gives.
 
 >>> sh = ShardedEngine.create("indexes/big", shards=4, model="jinaai/jina-embeddings-v4")   # doctest: +SKIP
 >>> sh.add(["corpus/"], ray="auto")                                                        # doctest: +SKIP
@@ -23,7 +24,6 @@ each shard's page count it equals exact MaxSim over the whole corpus.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -31,105 +31,52 @@ import shutil
 import tempfile
 from types import MappingProxyType
 
+from jevsearch.engine import Engine, ModelSearch
 from jevsearch.errors import (
     CorruptIndexError,
-    FormatVersionError,
     IndexExistsError,
     IndexLockedError,
     InvalidInputError,
     JevsearchError,
     ModelMismatchError,
     NotAnIndexError,
+    PageNotFoundError,
     ReadOnlyIndexError,
     ShardError,
 )
 from jevsearch.ingest import modelinfo
+from jevsearch.scale.shardfile import (
+    FORMAT,
+    MAX_SHARDS,
+    ROUTING,
+    VERSION,
+    fsync_dir,
+    read_manifest,
+    route,
+    write_manifest,
+)
+from jevsearch.search.merge import merge_documents, merge_pages
+from jevsearch.store import validate
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "shards.json"
-FORMAT = "jevsearch-sharded"
-VERSION = 1
-ROUTING = {"key": "doc_id", "hash": "sha256", "bytes": 8, "order": "big", "then": "mod shards"}
-MAX_SHARDS = 4096
 _SAME_IN_EVERY_SHARD = ("codec", "keep_exact", "pool_factor", "single_dtype")  # stats() keys not summed
-
-
-def route(doc_id: str, shards: int) -> int:
-    """The shard (0-based) a document id belongs to among ``shards``: stable across processes and machines.
-
-    >>> route("/data/a.pdf", 4), route("/data/a.pdf", 4) == route("/data/a.pdf", 4)
-    (0, True)
-    """
-    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[: ROUTING["bytes"]], ROUTING["order"]) % shards
-
-
-def is_sharded(path) -> bool:
-    """Whether ``path`` holds a sharded index (a shard manifest), e.g. to choose ShardedEngine over Engine."""
-    return os.path.isfile(os.path.join(os.fspath(path), MANIFEST))
-
-
-def read_manifest(path: str) -> dict:
-    """The shard manifest at ``path``, checked."""
-    file = os.path.join(path, MANIFEST)
-    try:
-        with open(file, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        hint = "open it with Engine.open" if os.path.exists(os.path.join(path, "CURRENT")) else \
-            "create one with ShardedEngine.create"
-        raise NotAnIndexError(f"{path}: no {MANIFEST}, not a sharded index (hint: {hint})") from None
-    except (OSError, ValueError) as e:
-        raise CorruptIndexError(f"{file}: unreadable ({e}) (hint: restore it from a backup)") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CorruptIndexError(f"{file}: not a jevsearch shard manifest (hint: restore it from a backup)")
-    if manifest.get("version") != VERSION:
-        raise FormatVersionError(f"{file}: shard manifest version {manifest.get('version')!r}; this jevsearch "
-                                 f"reads version {VERSION} (hint: upgrade jevsearch)")
-    names = manifest.get("shards")
-    if not isinstance(names, list) or not names or manifest.get("routing") != ROUTING or \
-            not all(isinstance(n, str) and n and os.path.basename(n) == n and not n.startswith(".") for n in names):
-        raise CorruptIndexError(f"{file}: bad shard list or routing (hint: restore it from a backup)")
-    return manifest
-
-
-def write_manifest(path: str, manifest: dict) -> None:
-    """Write the shard manifest atomically: a temporary file, fsync, rename over, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(prefix=".shards-", suffix=".json", dir=path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(path, MANIFEST))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Hits(list):
     """A search's hits (a list, as Engine.search returns) plus ``missing``: shards that did not answer
-    (only ever non-empty with ``allow_partial=True``). A hit's ``page_id`` is its page's id in its
-    shard (``route(hit.doc_id)``)."""
+    (only ever non-empty with ``allow_partial=True``)."""
 
     def __init__(self, hits=(), missing=()):
         super().__init__(hits)
         self.missing: list[str] = sorted(missing)
 
 
-class ShardedEngine:
-    """An index split into shards by document id; the same search and add API as :class:`Engine`.
+class ShardedEngine(ModelSearch):
+    """An index split into shards by document id; the same search surface as :class:`Engine`
+    (:class:`~jevsearch.surface.Searchable`: search with ``where``/``group_by``, explain, thumbnail,
+    page_hit, list, delete, compact, verify, ...), results identical to one index holding the same
+    documents. A hit's ``page_id`` is global: ``local id * shard count + shard number``.
 
     Create with :meth:`create`, open with :meth:`open`. Opened without ``ray``, the shards are ordinary
     indexes in this process (a writer holds each one's lock; ``readonly=True`` for readers) and a
@@ -146,14 +93,16 @@ class ShardedEngine:
         self.path, self.readonly, self.allow_partial, self.timeout = path, readonly, allow_partial, timeout
         self._manifest, self._backend, self._missing = manifest, backend, dict(missing)
         self._encoder, self._model_args = None, model_args
+        self._model_source = None  # shards load the recorded model (ModelSearch.encoder)
         self._model_shared = False  # every open shard Engine holds self._encoder (see _share_model)
+        self._number = {name: i for i, name in enumerate(manifest["shards"])}
         self._index_manifest = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     @classmethod
     def create(cls, path, *, shards: int = 4, model=None, single_dim: int | None = None,
                max_pixels: int | None = None, device=None, dtype=None, threads: int = 1,
-               **index_args) -> "ShardedEngine":
+               **index_args) -> ShardedEngine:
         """Create ``shards`` empty indexes and the shard manifest at ``path`` (must not exist or be empty).
 
         ``model`` (loaded once, recorded in every shard and the manifest), ``single_dim``, ``max_pixels``,
@@ -161,8 +110,6 @@ class ShardedEngine:
         shards take the caller's embeddings (``add_embeddings``). Built in a temporary sibling folder
         and renamed into place, so a crash never leaves half a sharded index. Returns it open for writing.
         """
-        from jevsearch.engine import Engine
-
         if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
             raise InvalidInputError(f"shards: {shards!r} (hint: an integer from 1 to {MAX_SHARDS})")
         path = os.fspath(path)
@@ -190,13 +137,13 @@ class ShardedEngine:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(parent)
+        fsync_dir(parent)
         return cls.open(path, model=encoder, threads=threads, device=device, dtype=dtype)
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, ray=None, allow_partial: bool = False, threads: int = 1,
              model=None, device=None, dtype=None, timeout: float | None = None,
-             nodes: dict | None = None) -> "ShardedEngine":
+             nodes: dict | None = None, repair: bool = False) -> ShardedEngine:
         """Open a sharded index.
 
         readonly / threads / model / device / dtype: as in :meth:`Engine.open`, for every shard.
@@ -204,12 +151,13 @@ class ShardedEngine:
         (implies ``readonly``); ``nodes`` maps shard names to the Ray node ids that hold their files.
         allow_partial: open and search even when shards are missing or fail (see :attr:`missing`).
         timeout: seconds a shard may take to answer before it counts as failed (default: no limit).
+        repair: as in :meth:`Engine.open`, for every shard (a writer; not with ``ray``).
         """
-        from jevsearch.engine import Engine
-
         path = os.fspath(path)
         manifest = read_manifest(path)
         names = manifest["shards"]
+        if repair and (readonly or ray is not None):
+            raise InvalidInputError("repair: needs a writer", hint="open without readonly=True and ray=")
         if nodes is not None and not set(nodes) <= set(names):
             raise InvalidInputError(f"nodes: unknown shards {sorted(set(nodes) - set(names))} (hint: {names[0]}, ...)")
         paths = {name: os.path.join(path, name) for name in names}
@@ -236,7 +184,7 @@ class ShardedEngine:
                 for name, shard_path in paths.items():
                     try:
                         opened[name] = Engine.open(shard_path, readonly=readonly, model=encoder, threads=threads,
-                                                   device=device, dtype=dtype)
+                                                   device=device, dtype=dtype, repair=repair)
                     except (IndexLockedError, ModelMismatchError):
                         raise  # not a shard's damage: another writer, or the caller's model
                     except (JevsearchError, OSError) as e:  # missing, damaged, unreadable: this shard only
@@ -370,41 +318,78 @@ class ShardedEngine:
             if name not in self._missing:
                 self._writer(name).flush()
 
-    def compact(self) -> dict:
-        """Compact every shard (:meth:`Index.compact`); returns their reports merged, each line naming its shard."""
+    def compact(self, **options) -> dict:
+        """Compact every shard (``options``: codec, keep_exact, pool_factor, as :meth:`Index.compact`);
+        returns their reports merged, each line naming its shard."""
         total: dict = {"dropped": [], "damaged": [], "redo": []}
         for name in self.shards:
             if name not in self._missing:
-                report = self._writer(name).compact()
+                report = self._writer(name).compact(**options)
                 for key in ("dropped", "damaged"):
                     total[key] += [f"{name}: {line}" for line in report[key]]
                 total["redo"] = sorted(set(total["redo"]) | set(report["redo"]))
         return total
 
     # -- reads ----------------------------------------------------------------------------------
-    def search(self, query, k: int = 10, *, candidates: int | None = None, rescore: int | None = None) -> Hits:
-        """Search with a text or a PIL image, as :meth:`Engine.search`: encoded once here, searched on
-        every shard (``candidates`` per shard), merged exactly. ``.missing`` on the result: see class."""
-        from jevsearch.search.snippets import snippet
-
-        recorded = modelinfo.recorded_model(self._manifest)
-        emb = modelinfo.encode_query(self.encoder, query, modelinfo.page_geometry(self.encoder, recorded))
-        hits = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates, rescore=rescore)
-        for hit in hits:
-            hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
-        return hits
-
     def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int | None = None,
-                          rescore: int | None = None, exhaustive: bool = False) -> Hits | list[Hits]:
-        """As :meth:`Index.search_embeddings` (one query or a batch), over every shard, merged exactly;
-        ``candidates`` and ``rescore`` (default: the shards' codec's) per shard."""
+                          rescore: int | None = None, exhaustive: bool = False, *, where: dict | None = None,
+                          group_by: str | None = None, pages_per_document: int = 3):
+        """As :meth:`Index.search_embeddings` (one query or a batch; ``where``, ``group_by``), over every
+        shard, merged exactly (:mod:`jevsearch.search.merge`): a filter applies in each shard before its
+        stage 1, and a document lives in one shard, so its pages group there. ``candidates`` and
+        ``rescore`` (default: the shards' codec's) per shard. Returns :class:`Hits` (``.missing``)."""
         answers = self._call("search_embeddings", q_single, q_multi, k=k, candidates=candidates, rescore=rescore,
-                             exhaustive=exhaustive, partial_ok=True)
+                             exhaustive=exhaustive, where=where, group_by=group_by,
+                             pages_per_document=pages_per_document, partial_ok=True)
         missing = set(self._missing) | (set(self.shards) - set(answers) - set(self._missing))
-        lists = list(answers.values())
+        for name, found in answers.items():
+            self._globalise(name, found, batch=isinstance(q_multi, (list, tuple)))
+        merge = merge_documents if group_by else merge_pages
         if isinstance(q_multi, (list, tuple)):
-            return [Hits(_merge([shard[q] for shard in lists], k), missing) for q in range(len(q_multi))]
-        return Hits(_merge(lists, k), missing)
+            return [Hits(merge([found[q] for found in answers.values()], k), missing) for q in range(len(q_multi))]
+        return Hits(merge(answers.values(), k), missing)
+
+    def search_singles(self, q_single, k: int = 10, *, exact: bool = False):
+        """As :meth:`Index.search_singles` (single vectors only, e.g. for jevsearch.eval), over every
+        shard, merged by the same rule."""
+        answers = self._call("search_singles", q_single, k=k, exact=exact, partial_ok=True)
+        missing = set(self.shards) - set(answers)
+        batch = getattr(q_single, "ndim", 1) == 2
+        for name, found in answers.items():
+            self._globalise(name, found, batch)
+        if batch:
+            return [Hits(merge_pages([found[q] for found in answers.values()], k), missing)
+                    for q in range(len(q_single))]
+        return Hits(merge_pages(answers.values(), k), missing)
+
+    def page_hit(self, page_id: int):
+        """The live page ``page_id`` (a global id, from ``Hit.page_id``) as a Hit with score 0; as
+        :meth:`Index.page_hit` (PageNotFoundError if no such page)."""
+        page_id = validate.check_page_id(page_id)
+        name = self.shards[page_id % len(self.shards)]
+        hit = self._call("page_hit", page_id // len(self.shards), only=name)[name]
+        hit.page_id = page_id
+        return hit
+
+    def page_data(self, hit, *, vectors: bool = True):
+        """As :meth:`Index.page_data`, from the hit's shard."""
+        name = self.route(hit.doc_id)
+        local = hit.page_id
+        if local is not None:
+            if local % len(self.shards) != self._number[name]:
+                raise PageNotFoundError(f"{hit.doc_id}: page {hit.page} is not in the index under page id "
+                                        f"{hit.page_id}", hint="search again")
+            local //= len(self.shards)
+        return self._call("page_data", dataclasses.replace(hit, page_id=local), vectors=vectors, only=name)[name]
+
+    def _globalise(self, name: str, found, batch: bool) -> None:
+        """Give the hits of shard ``name`` (and the pages of its DocHits) their global page ids."""
+        n, i = len(self.shards), self._number[name]
+        for results in found if batch else [found]:
+            for hit in results:
+                for page in getattr(hit, "pages", None) or [hit]:
+                    if page.page_id is not None:
+                        page.page_id = page.page_id * n + i
 
     def document(self, doc_id: str) -> dict | None:
         """A document's record, from its shard (None if absent)."""
@@ -479,16 +464,6 @@ class ShardedEngine:
                     total[key] = total.get(key, 0) + value
         return total
 
-    @property
-    def encoder(self):
-        """The model recorded by the index (loaded on first use, here, to encode queries)."""
-        if self._encoder is None:
-            recorded = modelinfo.recorded_model(self._manifest)
-            encoder = modelinfo.load_encoder(recorded["source"], *self._model_args, recorded=True)
-            modelinfo.check_same_model(recorded, encoder)
-            self._encoder = encoder
-        return self._encoder
-
     # -- internals ------------------------------------------------------------------------------
     def _call(self, method: str, *args, only: str | None = None, partial_ok: bool = False, **kwargs) -> dict:
         """``method`` on the open shards (or just ``only``) -> {name: result}; failures raise ShardError,
@@ -501,8 +476,8 @@ class ShardedEngine:
                                      **kwargs)
         failed = {name: e for name, e in answers.items() if isinstance(e, BaseException)}
         if failed:
-            if isinstance(next(iter(failed.values())), InvalidInputError):
-                raise next(iter(failed.values()))  # the caller's mistake, the same on every shard
+            if isinstance(next(iter(failed.values())), (InvalidInputError, PageNotFoundError)):
+                raise next(iter(failed.values()))  # the caller's mistake (the same on every shard), or a gone page
             if not (partial_ok and self.allow_partial) or len(failed) == len(answers):
                 raise self._shard_error(failed)
             for name, e in failed.items():
@@ -528,8 +503,6 @@ class ShardedEngine:
     def _share_model(self) -> None:
         """Before a local add: every shard engine uses this process's one copy of the model (an Engine
         loads its own on first use; a shard opened without one is reopened with it, once)."""
-        from jevsearch.engine import Engine
-
         if self._model_shared:
             return
         encoder = self.encoder
@@ -546,13 +519,6 @@ def _why(e: BaseException) -> str:
         return "missing"
     text = e.message if isinstance(e, JevsearchError) else str(e)
     return " ".join(text.split()) or type(e).__name__
-
-
-def _merge(lists, k: int) -> list:
-    """The exact global top k of per-shard top-k hit lists: score desc, then doc id, then page."""
-    hits = [h for hits in lists for h in hits]
-    hits.sort(key=lambda h: (-h.score, h.doc_id, h.page))
-    return hits[:k]
 
 
 def _merge_reports(report, reports, order: dict):

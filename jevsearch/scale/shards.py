@@ -43,6 +43,15 @@ class ShardServer:
     def search_embeddings(self, *args, **kwargs):
         return self.index.search_embeddings(*args, **kwargs)
 
+    def search_singles(self, *args, **kwargs):
+        return self.index.search_singles(*args, **kwargs)
+
+    def page_hit(self, page_id: int):
+        return self.index.page_hit(page_id)
+
+    def page_data(self, hit, vectors: bool = True):
+        return self.index.page_data(hit, vectors=vectors)
+
     def stats(self) -> dict:
         return self.index.stats()
 
@@ -128,7 +137,9 @@ class RayShards:
         for name, path in paths.items():
             options = {"max_restarts": 3, "max_task_retries": 1}  # a crashed server comes back and is asked again
             if nodes and name in nodes:
-                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+                from ray.util.scheduling_strategies import (
+                    NodeAffinitySchedulingStrategy,
+                )
 
                 options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(nodes[name], soft=False)
             self.actors[name] = server.options(**options).remote(os.path.abspath(path), threads)

@@ -39,6 +39,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jevsearch import visuals
+from jevsearch.docresults import to_json
 from jevsearch.errors import (
     DocumentError,
     InvalidInputError,
@@ -151,12 +152,8 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
             passage_marks = {h.page_id: pages.passage_marks(state.explanation(eng, h.page_id, query, _key(query, qid)))
                              for h in hits if marks and visuals.is_passage(h)}
         link = {"q": query} if qid is None else {"qi": qid}
-        rows = []
-        for rank, h in enumerate(hits, 1):
-            rows.append({"rank": rank, "score": h.score, "path": h.path, "page": h.page, "snippet": h.snippet,
-                         "metadata": h.metadata, "page_id": h.page_id, "thumbnail": f"/thumb/{h.page_id}",
-                         "page_url": f"/page/{h.page_id}?" + urlencode(link),
-                         "document_url": f"/doc/{h.page_id}#page={h.page}"})
+        rows = [dict(row, thumbnail=f"/thumb/{row['page_id']}", page_url=f"/page/{row['page_id']}?" + urlencode(link),
+                     document_url=f"/doc/{row['page_id']}#page={row['page']}") for row in to_json(hits)]
         out = {"query": query if qid is None else {"image": qid}, "k": k, "hits": rows}
         return dict(out, passage_marks=passage_marks) if marks else out
 

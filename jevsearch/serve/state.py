@@ -91,11 +91,11 @@ class AppState:
     def _engine(self):
         """The engine (lock held); opened read-only on first use."""
         if self._eng is None:
-            from jevsearch.engine import Engine
+            import jevsearch
             from jevsearch.errors import NotAnIndexError
 
-            try:
-                self._eng = Engine.open(self.index_path, readonly=True, model=self.model)
+            try:  # one index or a sharded one: the same surface
+                self._eng = jevsearch.open(self.index_path, read_only=True, model=self.model)
             except NotAnIndexError as e:
                 raise NotAnIndexError(f"no index at {self.index_path}: {e}",
                                       cli_hint=f"jevsearch index PDFS --index {self.index_path}") from None
