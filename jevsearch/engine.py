@@ -20,6 +20,7 @@ from jevsearch.docresults import DocHit
 from jevsearch.errors import InvalidInputError
 from jevsearch.index import Hit, Index
 from jevsearch.ingest import docinfo, modelinfo
+from jevsearch.ingest.renderer import CHANGED
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import fields, validate
 
@@ -166,16 +167,28 @@ class Engine(Index):
             log.info("%s: file gone, removed from the index", doc_id)
 
         def store(doc) -> None:
-            kept = {k: v for k, v in docs.get(doc.path, {}).items() if k not in docinfo.INGEST_FIELDS}
-            meta = {**kept, **user, "sha256": doc.sha256, "kind": doc.kind, **_file_fields(plan.files[doc.path]),
-                    "added": _now(), **(docinfo.pdf_fields(doc.path) if doc.kind == "pdf" else {})}
-            if doc.missing:
-                meta["missing_pages"] = [[page, reason] for page, reason in doc.missing]
+            earlier = self.document(doc.path)["metadata"] if doc.after else docs.get(doc.path, {})
+            kept = {k: v for k, v in earlier.items() if k not in docinfo.INGEST_FIELDS}
+            missing = [[page, reason] for page, reason in doc.missing]
+            if doc.after:  # a later part of a long document: the pages left out before stay recorded
+                missing = earlier.get("missing_pages", []) + missing
+            meta = {**kept, **user, "kind": doc.kind, **_file_fields(plan.files[doc.path]), "sha256": doc.sha256,
+                    "added": earlier.get("added") if doc.after else _now(), **doc.info}
+            if missing:
+                meta["missing_pages"] = missing
+            if not doc.complete:  # not served as complete: list/info show it, a rerun completes it
+                meta["partial"] = {"through": doc.through, "of": doc.page_count}
             text = doc.kind == "text"
-            self._add_many([(doc.path, doc.singles, doc.multis, meta, doc.texts, None if text else doc.page_numbers,
-                             None if text else visuals.page_views(encoder, geometry, doc))],
-                           auto=docinfo.INGEST_FIELDS)
+            item = (doc.path, doc.singles, doc.multis, meta, doc.texts, None if text else doc.page_numbers,
+                    None if text else visuals.page_views(encoder, geometry, doc))
+            if doc.after:
+                self._extend(item, auto=docinfo.INGEST_FIELDS)
+            else:
+                self._add_many([item], auto=docinfo.INGEST_FIELDS)
 
+        expected = {p: f.sha256 for p, f in plan.files.items()}
+        resume = {s.path: docs[s.path]["partial"]["through"] for s in plan.encode
+                  if "partial" in docs.get(s.path, {}) and docs[s.path].get("sha256") == expected[s.path]}
         try:
             visual = [s for s in plan.encode if s.kind != "text"]
             texts = [s for s in plan.encode if s.kind == "text"]
@@ -190,7 +203,7 @@ class Engine(Index):
                 encoder, geometry = self.encoder, self.page_geometry
                 with torch_threads(modelinfo.ingest_threads(encoder)):
                     ingest(visual, encoder, store, geometry=geometry, progress=progress, report=report,
-                           batch_tokens=encoder.max_batch_tokens)
+                           batch_tokens=encoder.max_batch_tokens, expected=expected, resume=resume)
             if texts:  # encoded here, with ray= too: passages cost little next to page images
                 encoder, geometry = self.encoder, self.page_geometry
                 with torch_threads(modelinfo.ingest_threads(encoder)):
@@ -302,5 +315,7 @@ def _now() -> str:
 
 
 def _lasting(reason: str) -> bool:
-    """A failure the same file would meet again (not a lack of memory, not a killed renderer)."""
-    return "out of memory" not in reason and not reason.startswith("renderer crashed (exit status -9)")
+    """A failure the same file would meet again (not a lack of memory, not a killed renderer, not a
+    file that changed while it was indexed)."""
+    return ("out of memory" not in reason and not reason.startswith("renderer crashed (exit status -9)")
+            and reason != CHANGED)
