@@ -232,7 +232,8 @@ def _cmd_list(args) -> int:
         status = file_status(doc["doc_id"], meta["sha256"], meta.get("size"), meta.get("mtime_ns")) \
             if "sha256" in meta else None  # added with add_embeddings: not a file
         rows.append({"path": doc["doc_id"], "pages": doc["pages"], "added": meta.get("added"), "status": status,
-                     "missing_pages": [page for page, _ in meta.get("missing_pages", [])]})
+                     "missing_pages": [page for page, _ in meta.get("missing_pages", [])],
+                     **({"partial": meta["partial"]} if "partial" in meta else {})})
     rows += [{"path": path, "pages": 0, "added": None, "status": "failed", "reason": f.get("reason")}
              for path, f in sorted(failures.items())]
     if args.json:
@@ -245,6 +246,8 @@ def _cmd_list(args) -> int:
     for r in rows:
         note = (f"  (missing pages: {', '.join(map(str, r['missing_pages']))})" if r.get("missing_pages") else
                 f"  ({r['reason']})" if r["status"] == "failed" else "")
+        if "partial" in r:  # an interrupted ingest's: never shown as complete
+            note += f"  (partial: pages 1-{r['partial']['through']} of {r['partial']['of']}; `jevsearch index` completes it)"
         print(f"{r['status'] or '-':<8}  {r['pages']:>5}  {r['added'] or '-':<20}  {_short_path(r['path'])}{note}")
     return 0
 
@@ -410,10 +413,12 @@ def _info(eng) -> dict:
     """A flat summary for people: counts, dims, model, storage and bytes on disk (the model is not loaded)."""
     stats, m = eng.stats(), eng.manifest
     model = m.get("model") or {}
-    partial = sum(1 for d in eng.document_list() if d["metadata"].get("missing_pages"))
+    docs = eng.document_list()
+    partial = sum(1 for d in docs if d["metadata"].get("missing_pages"))
     return {"path": os.path.abspath(eng.path), "format_version": m["format_version"],
             "documents": stats["documents"], "pages": stats["pages"], "tokens": stats["tokens"],
             "documents_with_missing_pages": partial, "failed_files": len(eng.failures()),
+            "partial_documents": sum(1 for d in docs if "partial" in d["metadata"]),
             "tombstones": stats["tombstones"], "model": model.get("source"),
             "model_fingerprint": model.get("identity", {}).get("fingerprint"),
             "max_pixels": model.get("max_pixels"), "single_dim": m["single_dim"],

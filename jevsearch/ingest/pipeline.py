@@ -130,7 +130,8 @@ class _Pending:
 
     @property
     def complete(self) -> bool:
-        return self.rendered_all and self.handed + len(self.texts) + len(self.missing) == self.page_count - self.after
+        todo = self.page_count - self.after + self.handed  # pages of this run (self.after moves with each part)
+        return self.rendered_all and self.handed + len(self.texts) + len(self.missing) == todo
 
     def part(self, path: str, kind: str, complete: bool) -> EncodedDocument:
         """The pages held so far as an EncodedDocument, and forget them (a partial one keeps the pages
@@ -170,8 +171,8 @@ def ingest(
     report: IngestReport | None = None,
     expected: Mapping[str, str] | None = None,
     resume: Mapping[str, int] | None = None,
-    part_pages: int = PART_PAGES,
-    part_seconds: float = PART_SECONDS,
+    part_pages: int | None = None,
+    part_seconds: float | None = None,
 ) -> IngestReport:
     """Render, encode and hand over ``sources`` one complete document at a time.
 
@@ -199,6 +200,8 @@ def ingest(
 
     report = report if report is not None else IngestReport()
     known = known or {}
+    part_pages = PART_PAGES if part_pages is None else part_pages
+    part_seconds = PART_SECONDS if part_seconds is None else part_seconds
     t_wall = time.perf_counter()
     renderer = RenderProcess(sources, known, geometry, queue_pages, expected, resume)
     q = renderer.queue
@@ -224,9 +227,9 @@ def ingest(
         storer.put(pending.pop(idx).part(src.path, src.kind, complete=True))
 
     def hand_part(idx: int) -> None:
-        """Hand over a long document's pages so far, when it holds enough of them or for long enough."""
+        """Hand over a long document's pages so far (it holds part_pages, or did for part_seconds)."""
         doc, src = pending[idx], sources[idx]
-        if doc.texts and (len(doc.texts) >= part_pages or time.monotonic() - doc.since >= part_seconds):
+        if doc.texts:
             storer.put(doc.part(src.path, src.kind, complete=False))
 
     def encode_batch() -> None:
@@ -241,7 +244,6 @@ def ingest(
             raise RuntimeError(f"encoder returned {out.single.shape[0]} vectors for {len(batch)} pages")
         report.tokens += batch_tok
         storer.check()
-        done = []
         for j, (idx, (image, text, page_no, thumb)) in enumerate(batch):
             doc = pending.get(idx)
             if doc is None:  # the document failed after this page was rendered
@@ -255,14 +257,14 @@ def ingest(
             doc.numbers.append(page_no)
             doc.thumbnails.append(thumb)
             if doc.complete:
-                done.append(idx)
+                finish(idx)
+            elif len(doc.texts) >= part_pages:
+                hand_part(idx)
         bar.update(len(batch))
-        parted = {idx for idx, _ in batch if idx in pending and idx not in done}
+        for idx in sorted({idx for idx, _ in batch if idx in pending}):
+            if time.monotonic() - pending[idx].since >= part_seconds:
+                hand_part(idx)
         batch, batch_tok = [], 0
-        for idx in done:
-            finish(idx)
-        for idx in sorted(parted):
-            hand_part(idx)
         show_docs()
 
     try:
