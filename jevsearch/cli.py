@@ -367,7 +367,7 @@ def _cmd_explain(args) -> int:
             raise InvalidInputError(f"--hit {args.hit}: the index has only {len(hits)} pages")
         hit = hits[args.hit - 1]
         ex = eng.explain(hit, args.query)
-        ex.overlay(token=args.token, alpha=args.alpha).save(args.out)
+        _save_image(ex.overlay(token=args.token, alpha=args.alpha), args.out)
     if not args.quiet:
         print(f"{_short_path(hit.path)} page {hit.page}: score {hit.score:.4f}" + (f" ({ex.note})" if ex.note else ""))
         for token, score, meaningful in zip(ex.tokens, ex.token_scores, ex.meaningful):
@@ -447,9 +447,24 @@ def _table(hits) -> str:
     return "\n".join(lines)
 
 
+def _save_image(image, out: str) -> None:
+    """Save ``image`` in the format its file name's extension names; PNG when it has none (/dev/null)."""
+    from PIL import Image
+
+    ext = os.path.splitext(out)[1].lower()
+    if ext and ext not in Image.registered_extensions():
+        raise InvalidInputError(f"--out {out}: unknown image extension {ext!r} (hint: .png, .jpg or .webp)")
+    image.save(out, format=None if ext else "PNG")
+
+
 def _short_path(path: str) -> str:
+    """The path relative to here when under it, control characters escaped (a newline in a file name
+    must not split a table row)."""
     rel = os.path.relpath(path) if os.path.isabs(path) else path
-    return rel if not rel.startswith("..") else path
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], rel if not rel.startswith("..") else path)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # ----- parsing -----------------------------------------------------------------------------------

@@ -47,6 +47,12 @@ def lmdb_error(path: str, e: lmdb.Error) -> JevsearchError:
     Measured on damaged copies: a flipped meta page gives MDB_INVALID, EINVAL or ENOMEM (a garbage
     map size or root page), so only the errors that name the disk or the system are not damage.
     """
+    if "already open in this process" in str(e):  # py-lmdb refuses a second handle, e.g. via another path
+        return StorageError(f"{path}: this LMDB store is already open in this process (under another path, or "
+                            "by other code) (hint: open each index once per process and share that Engine)")
+    if isinstance(e, lmdb.MemoryError):  # a garbage map size or root page in the header, not a lack of RAM
+        return CorruptIndexError(f"{path}: the LMDB file's header is damaged (LMDB asks for an impossible memory "
+                                 f"map: {e}) (hint: restore the index from a backup, or rebuild it from the sources)")
     if isinstance(e, lmdb.ReadonlyError):
         return ReadOnlyIndexError(f"{path}: the LMDB store is read-only here ({e}) "
                                   "(hint: open with readonly=True, or get write permission)")
@@ -158,6 +164,9 @@ def open_env(env_dir: str, writable: bool) -> lmdb.Environment:
     write access could be running.
     """
     data = os.path.join(env_dir, DATA_FILE)
+    if os.path.isfile(data) and os.path.getsize(data) == 0:  # LMDB would write a new empty store into it
+        raise CorruptIndexError(f"{data}: empty (0 bytes): the index's data was lost, e.g. by a full disk or an "
+                                "interrupted copy (hint: restore the index from a backup, or rebuild it from the sources)")
     try:
         # metasync=False: one fsync per commit instead of two (measured here: 17 -> 9 ms per 2 MB
         # document). LMDB stays consistent; an OS crash (not a process crash) may undo the last
