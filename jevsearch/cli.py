@@ -106,7 +106,7 @@ def _cmd_index(args) -> int:
         raise InvalidInputError(f"nothing to index: {_nothing_found(args.paths, failed)} (hint: index takes "
                                 "PDF or png/jpg/jpeg/tiff/webp files, or folders holding them)")
     from jevsearch.engine import Engine
-    from jevsearch.errors import NotAnIndexError
+    from jevsearch.errors import DiskFullError, NotAnIndexError
 
     if args.workers is not None and args.ray is None:
         raise InvalidInputError("--workers: only with --ray (hint: --ray auto --workers N)")
@@ -126,16 +126,25 @@ def _cmd_index(args) -> int:
         except BaseException:
             eng.close()
             raise
-    with eng:
-        report = eng.add(args.paths, metadata=dict(args.meta or ()) or None, prune=args.prune,
-                         retry_failed=args.retry_failed, progress=not args.quiet, found=(sources, failed),
-                         ray=args.ray, workers=args.workers)
+    full = None
+    try:
+        with eng:
+            report = eng.add(args.paths, metadata=dict(args.meta or ()) or None, prune=args.prune,
+                             retry_failed=args.retry_failed, progress=not args.quiet, found=(sources, failed),
+                             ray=args.ray, workers=args.workers)
+    except DiskFullError as e:  # a partial run like any other: what was done, then why it stopped (exit 3)
+        if e.report is None:
+            raise
+        report, full = e.report, e
     for path, reason in report.failed:
         print(f"failed: {path}: {reason}", file=sys.stderr)
     for path, reason in report.not_retried:
         print(f"failed: {path}: {reason} (unchanged since it failed; --retry-failed tries again)", file=sys.stderr)
     for path, page, reason in report.missing_pages:
         print(f"missing page: {path}: page {page}: {reason}", file=sys.stderr)
+    if full is not None:
+        _fail(full.cli_message())
+        return EXIT_PARTIAL
     if not args.quiet:
         print(f"{args.index}: {report}")
     return EXIT_PARTIAL if report.failed or report.not_retried or report.missing_pages else 0

@@ -17,12 +17,13 @@ import os
 import time
 
 from jevsearch.docresults import DocHit
-from jevsearch.errors import InvalidInputError
+from jevsearch.errors import DiskFullError, InvalidInputError
 from jevsearch.index import Hit, Index
 from jevsearch.ingest import docinfo, modelinfo
 from jevsearch.ingest.renderer import CHANGED
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import fields, validate
+from jevsearch.store.lmdbenv import free_bytes
 
 __all__ = ["DocHit", "Engine", "Hit"]
 
@@ -166,7 +167,10 @@ class Engine(Index):
             report.pruned.append(doc_id)
             log.info("%s: file gone, removed from the index", doc_id)
 
+        storing: list = [None]  # the file being committed: a full disk names it
+
         def store(doc) -> None:
+            storing[0] = doc.path
             earlier = self.document(doc.path)["metadata"] if doc.after else docs.get(doc.path, {})
             kept = {k: v for k, v in earlier.items() if k not in docinfo.INGEST_FIELDS}
             missing = [[page, reason] for page, reason in doc.missing]
@@ -185,6 +189,7 @@ class Engine(Index):
                 self._extend(item, auto=docinfo.INGEST_FIELDS)
             else:
                 self._add_many([item], auto=docinfo.INGEST_FIELDS)
+            storing[0] = None
 
         expected = {p: f.sha256 for p, f in plan.files.items()}
         resume = {s.path: docs[s.path]["partial"]["through"] for s in plan.encode
@@ -211,18 +216,40 @@ class Engine(Index):
                     ingest_texts(texts, encoder, store, report=report, progress=progress,
                                  page_tokens=geometry.max_pixels // geometry.factor ** 2,
                                  hashes={p: f.sha256 for p, f in plan.files.items()})
+        except DiskFullError as e:
+            raise self._disk_full(e, storing[0], report, plan) from e
         except BaseException:
             try:  # what was learnt about failed files is kept, also after an interruption
                 self._remember_failures(failures, plan, report, paths if prune else [])
             except Exception:  # noqa: BLE001 - never hide the error in flight behind this one
                 log.warning("could not record the failed files", exc_info=True)
             raise
-        self._remember_failures(failures, plan, report, paths if prune else [])
-        for path in report.skipped if user else ():
-            if any(docs[path].get(k) != v for k, v in user.items()):
-                self.update_metadata(path, user)  # an unchanged file still takes the call's metadata
-        self.flush()
+        try:
+            self._remember_failures(failures, plan, report, paths if prune else [])
+            for path in report.skipped if user else ():
+                if any(docs[path].get(k) != v for k, v in user.items()):
+                    self.update_metadata(path, user)  # an unchanged file still takes the call's metadata
+            self.flush()
+        except DiskFullError as e:
+            raise self._disk_full(e, None, report, plan) from e
         return report
+
+    def _disk_full(self, e: DiskFullError, path: str | None, report, plan) -> DiskFullError:
+        """The error of an add stopped by a full disk: which file, what this run committed, what to do."""
+        doc = self.document(path) if path else None
+        kept = doc["metadata"].get("partial") if doc else None
+        done = {*report.added, *report.skipped, *(p for p, _ in report.failed), path}
+        untried = sum(1 for s in plan.encode if s.path not in done)
+        what = (f"{path}: not stored" + (f" beyond its pages 1-{kept['through']} of {kept['of']} (kept as a partial "
+                                          "document)" if kept else "")) if path else "the index's graph file: not saved"
+        text = (f"{what}: no space left on the index's disk ({free_bytes(self.path) // 1024} KiB free); committed "
+                f"before it: {len(report.added)} "
+                f"documents ({report.pages} pages); {untried} more files not tried")
+        again = "then run the same add again: it skips what is stored and completes a partial document"
+        return DiskFullError(f"{text} (hint: free disk space, or Index.compact() to shrink the index; {again})",
+                             path=path, report=report,
+                             cli_hint=f"free disk space, or `jevsearch compact --index {self.path}` to shrink the index; "
+                             f"{again.replace('add', '`jevsearch index` command')}")
 
     def update_metadata(self, doc_id: str, metadata: dict, merge: bool = True) -> dict:
         """As :meth:`Index.update_metadata`; ``doc_id`` may also be a file's path relative to here.

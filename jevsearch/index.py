@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import bisect
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -45,6 +46,7 @@ from jevsearch.errors import (
     JevsearchError,
     PageNotFoundError,
     ReadOnlyIndexError,
+    StorageError,
 )
 from jevsearch.index_codec import Layout, new_layout
 from jevsearch.index_fields import IndexFields
@@ -56,11 +58,21 @@ from jevsearch.store import fields, validate, verify
 from jevsearch.store.damage import DamageLog
 from jevsearch.store.graphview import GraphView
 from jevsearch.store.hnsw import HnswGraph
-from jevsearch.store.lmdbenv import CURRENT, ENV_PREFIX, current_env, fsync_dir, restore_current, store_dirs
+from jevsearch.store.lmdbenv import (
+    CURRENT,
+    ENV_PREFIX,
+    current_env,
+    fsync_dir,
+    os_error,
+    restore_current,
+    store_dirs,
+)
 from jevsearch.store.lmdbstore import PageStore
 from jevsearch.store.lock import WriterLock
 from jevsearch.store.manifest import check_manifest, new_manifest
 from jevsearch.store.visual import PageView
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Hit", "Index"]
 
@@ -237,7 +249,13 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        if exc[0] is None:
+            self.close()
+            return
+        try:  # the error in flight says what happened; one from saving the HNSW must not hide it
+            self.close()
+        except StorageError:
+            log.warning("%s: the HNSW file could not be saved; it is rebuilt from LMDB at the next open", self.path)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r}, readonly={self.readonly})"
@@ -246,7 +264,12 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         """Write the in-memory HNSW to disk (atomically). LMDB commits are already durable."""
         with self._mutex:
             self._check_writable()
-            self._view.save()
+            try:
+                self._view.save()
+            except OSError as e:
+                if isinstance(e, StorageError):
+                    raise
+                raise os_error(self.path, e) from e
 
     # -- manifest -------------------------------------------------------------------------------
 

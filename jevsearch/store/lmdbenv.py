@@ -10,6 +10,7 @@ the process with SIGBUS), and every LMDB error becomes a named jevsearch error (
 from __future__ import annotations
 
 import ctypes
+import errno
 import ctypes.util
 import mmap
 import os
@@ -22,6 +23,7 @@ import lmdb
 
 from jevsearch.errors import (
     CorruptIndexError,
+    DiskFullError,
     JevsearchError,
     NotAnIndexError,
     ReadOnlyIndexError,
@@ -37,8 +39,9 @@ MAP_SIZE = 1 << 40
 MAX_DBS = 32  # room for tables a rewrite adds (see jevsearch.store.rewrite)
 # lmdb errors that mean the disk or the system refused (anything else LMDB reports is damage).
 _REFUSED = (lmdb.MapFullError, lmdb.DiskError, lmdb.ReadersFullError, lmdb.TlsFullError, lmdb.LockError)
-_REFUSED_TEXT = ("No space left", "Permission denied", "Input/output error", "Read-only file system",
-                 "Disk quota")
+_REFUSED_TEXT = ("Permission denied", "Input/output error", "Read-only file system")
+_FULL_TEXT = ("No space left", "Disk quota", "File too large")
+_NEARLY_FULL = 1 << 20  # an LMDB I/O error with less free than this (a page, a B-tree split) is a full disk
 
 
 def lmdb_error(path: str, e: lmdb.Error) -> JevsearchError:
@@ -56,11 +59,38 @@ def lmdb_error(path: str, e: lmdb.Error) -> JevsearchError:
     if isinstance(e, lmdb.ReadonlyError):
         return ReadOnlyIndexError(f"{path}: the LMDB store is read-only here ({e}) "
                                   "(hint: open with readonly=True, or get write permission)")
+    if isinstance(e, lmdb.MapFullError) or any(t in str(e) for t in _FULL_TEXT) or (
+            "Input/output error" in str(e) and free_bytes(path) < _NEARLY_FULL):  # LMDB's EIO on a full disk
+        return disk_full(path)
     if isinstance(e, _REFUSED) or any(t in str(e) for t in _REFUSED_TEXT):
         return StorageError(f"{path}: LMDB failed ({type(e).__name__}: {e}) "
                             "(hint: check free disk space and permissions)")
     return CorruptIndexError(f"{path}: the LMDB file is damaged ({type(e).__name__}: {e}) "
                              "(hint: restore the index from a backup, or rebuild it from the sources)")
+
+
+def disk_full(path: str) -> DiskFullError:
+    """The error for a write of the index at ``path`` refused for lack of space."""
+    return DiskFullError(f"{path}: no space left for the index ({free_bytes(path) // 1024} KiB free on its disk) "
+                         "(hint: free disk space, or Index.compact() to shrink the index; then retry)")
+
+
+def os_error(path: str, e: OSError) -> StorageError:
+    """The named error for an OSError writing the index at ``path`` (raise it ``from e``)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return disk_full(path)
+    return StorageError(f"{path}: cannot write ({e.strerror or e}) (hint: check free disk space and permissions)")
+
+
+def free_bytes(path: str) -> int:
+    """Bytes free for this user on the file system holding ``path`` (or its nearest existing parent)."""
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path or ".")
+    except OSError:
+        return 1 << 62  # unknown: never taken for a full disk
+    return st.f_bavail * st.f_frsize
 
 
 def write_atomic(path: str, *chunks) -> None:
