@@ -110,6 +110,8 @@ def _cmd_index(args) -> int:
 
     if args.workers is not None and args.ray is None:
         raise InvalidInputError("--workers: only with --ray (hint: --ray auto --workers N)")
+    if args.ray is not None:
+        import jevsearch.scale  # noqa: F401 - registers the Ray ingest backend Engine.add(ray=...) uses
     storage = _storage_args(args)
     if args.shards is not None or _is_sharded(args.index):
         eng = _sharded_writer(args, new, storage)

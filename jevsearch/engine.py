@@ -15,11 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 
+from jevsearch import modelinfo
 from jevsearch.docresults import DocHit
 from jevsearch.errors import DiskFullError, InvalidInputError
 from jevsearch.index import Hit, Index
-from jevsearch.ingest import docinfo, modelinfo
+from jevsearch.ingest import docinfo
+from jevsearch.ingest.backends import LocalBackend, remote
 from jevsearch.ingest.renderer import CHANGED
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import fields, validate
@@ -118,20 +121,23 @@ class Engine(Index):
         A page that cannot be rendered is left out (``report.missing_pages``; the document's metadata
         ``missing_pages``: [[page, reason], ...]) and its other pages keep their numbers;
         ``retry_failed`` retries those documents too. Files are checked before the model is loaded,
-        and a run with nothing to encode never loads it. Each document is committed whole, so after a
-        crash (even kill -9) rerunning the same call finishes the job without duplicates. ``progress``:
+        and a run with nothing to encode never loads it. Each document is committed whole, a long one in
+        parts (its metadata ``partial``: {"through": last page stored, "of": pages} until the last), so
+        after a crash (even kill -9) rerunning the same call finishes the job without duplicates and
+        a partial document resumes after its last stored page. ``progress``:
         bars on stderr when it is a terminal. ``found``: the
         result of ``discover(paths)`` when the caller has it already (the CLI checks inputs first).
         ``ray``: ``"auto"``, a cluster address or an open :class:`jevsearch.scale.ingest.EncoderPool`:
         render and encode on a Ray cluster instead (``workers`` encoder actors; ``pip install -e
-        ".[ray]"``); everything else is as above, and so are the report and the index.
+        ".[ray]"`` and ``import jevsearch.scale``, which registers that backend:
+        jevsearch.ingest.backends); everything else is as above, and so are the report and the index.
 
         >>> report = eng.add(["papers/", "scan.png"], prune=True)     # doctest: +SKIP
         >>> report.added, report.moved, report.pruned, report.failed  # doctest: +SKIP
         >>> eng.add(["notes/"], metadata={"team": "finance"})        # doctest: +SKIP
         """
         from jevsearch import visuals
-        from jevsearch.ingest import IngestReport, discover, ingest
+        from jevsearch.ingest import IngestReport, discover
         from jevsearch.ingest.sync import make_plan
         from jevsearch.ingest.text import ingest_texts
 
@@ -197,18 +203,10 @@ class Engine(Index):
         try:
             visual = [s for s in plan.encode if s.kind != "text"]
             texts = [s for s in plan.encode if s.kind == "text"]
-            if visual and ray is not None:  # the model loads on the cluster's actors, not here
-                from jevsearch.scale.ingest import open_pool
-
-                with open_pool(ray, modelinfo.recorded_model(self._manifest), workers) as pool:
-                    # The pool stands in for the encoder: page views need only its processor.
-                    encoder, geometry = pool, pool.page_geometry
-                    pool.ingest(visual, store, progress=progress, report=report)
-            elif visual:
-                encoder, geometry = self.encoder, self.page_geometry
-                with torch_threads(modelinfo.ingest_threads(encoder)):
-                    ingest(visual, encoder, store, geometry=geometry, progress=progress, report=report,
-                           batch_tokens=encoder.max_batch_tokens, expected=expected, resume=resume)
+            if visual:
+                with self._ingest_backend(ray, workers) as backend:
+                    encoder, geometry = backend, backend.page_geometry  # page views need only its processor
+                    backend.ingest(visual, store, progress=progress, report=report, expected=expected, resume=resume)
             if texts:  # encoded here, with ray= too: passages cost little next to page images
                 encoder, geometry = self.encoder, self.page_geometry
                 with torch_threads(modelinfo.ingest_threads(encoder)):
@@ -233,6 +231,18 @@ class Engine(Index):
         except DiskFullError as e:
             raise self._disk_full(e, None, report, plan) from e
         return report
+
+    @contextmanager
+    def _ingest_backend(self, ray, workers):
+        """The backend that renders and encodes this add's pages: here (the index's model, torch's
+        threads set for it), or the remote one ``ray`` names (registered by jevsearch.scale)."""
+        if ray is None:
+            encoder = self.encoder
+            with torch_threads(modelinfo.ingest_threads(encoder)):
+                yield LocalBackend(encoder, self.page_geometry, encoder.max_batch_tokens)
+            return
+        with remote("ray", ray, modelinfo.recorded_model(self._manifest), workers) as backend:
+            yield backend
 
     def _disk_full(self, e: DiskFullError, path: str | None, report, plan) -> DiskFullError:
         """The error of an add stopped by a full disk: which file, what this run committed, what to do."""
@@ -290,7 +300,7 @@ class Engine(Index):
         """
         from jevsearch.search.snippets import snippet
 
-        emb = modelinfo.encode_query(self.encoder, query, self.page_geometry)
+        emb = self.embed_query(query)
         results = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates, rescore=rescore,
                                          where=where, group_by=group_by, pages_per_document=pages_per_document)
         for hit in (p for d in results for p in d.pages) if group_by else results:
@@ -299,6 +309,21 @@ class Engine(Index):
             else:
                 hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
         return results
+
+    def embed_query(self, query):
+        """A text or PIL image query as this index's model embeds it for search: an object with
+        ``single`` [1, D] and ``multi`` [1][T, multi_dim] (as :meth:`search` scores it).
+
+        >>> emb = eng.embed_query("revenue by region"); emb.multi[0].shape   # doctest: +SKIP
+        """
+        return modelinfo.encode_query(self.encoder, query, self.page_geometry)
+
+    def page_image(self, image):
+        """A PIL image prepared as this index's model sees a page or an image query (RGB, resized to
+        the index's pixel budget on its 28-px grid); ValueError if it cannot be (e.g. too thin)."""
+        from jevsearch.ingest.pages import prepare_image
+
+        return prepare_image(image, self.page_geometry)
 
     def render(self, hit: Hit, dpi: float = 100):
         """The page of ``hit`` as a PIL image (from the file on disk), for display."""

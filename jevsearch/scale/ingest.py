@@ -38,8 +38,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from jevsearch.errors import ClusterError, DocumentError, InvalidInputError
-from jevsearch.ingest import EncodedDocument, IngestReport
-from jevsearch.ingest.renderer import unrendered_reason
+from jevsearch.ingest import EncodedDocument, IngestReport, backends
+from jevsearch.ingest.renderer import CHANGED, unrendered_reason
 from jevsearch.ingest.sources import Source, os_reason
 from jevsearch.scale.cluster import Session, encoder_pool, require_ray
 
@@ -119,16 +119,18 @@ class EncoderPool:
 
     def ingest(self, sources: Sequence[Source], sink: Callable[[EncodedDocument], None], *,
                known: Mapping[str, str] | None = None, progress: bool = False,
-               report: IngestReport | None = None) -> IngestReport:
+               report: IngestReport | None = None, expected: Mapping[str, str] | None = None,
+               resume: Mapping[str, int] | None = None) -> IngestReport:
         """Render and encode ``sources`` on the cluster, handing each complete document to ``sink`` here.
 
-        As :func:`jevsearch.ingest.ingest` (``known``, ``progress``, ``report``, the sink's contract, the
-        report's entries in the order of ``sources``), with this pool in place of the render process and
-        the encoder.
+        As :func:`jevsearch.ingest.ingest` (``known``, ``expected``, ``progress``, ``report``, the sink's
+        contract, the report's entries in the order of ``sources``), with this pool in place of the render
+        process and the encoder (an :class:`~jevsearch.ingest.backends.IngestBackend`). ``resume`` is
+        ignored: a partial document is encoded whole again, and replaces the partial one.
         """
         report = report if report is not None else IngestReport()
         before = {name: len(getattr(report, name)) for name in ("added", "skipped", "failed", "missing_pages")}
-        _Run(self, sources, known or {}, sink, progress, report).run()
+        _Run(self, sources, known or {}, sink, progress, report, expected or {}).run()
         order = {src.path: i for i, src in enumerate(sources)}
         for name, start in before.items():
             entries = getattr(report, name)
@@ -212,8 +214,10 @@ class _Run:
     """One ingest: the driver's event loop over render tasks, encode calls and the sink."""
 
     def __init__(self, pool: EncoderPool, sources: Sequence[Source], known: Mapping[str, str],
-                 sink: Callable[[EncodedDocument], None], progress: bool, report: IngestReport):
+                 sink: Callable[[EncodedDocument], None], progress: bool, report: IngestReport,
+                 expected: Mapping[str, str]):
         self.pool, self.ray = pool, None  # the pool starts when the first document needs it
+        self.expected = expected
         self.sources, self.known, self.sink, self.progress, self.report = sources, known, sink, progress, report
         self.calls: dict = {}  # actor -> encode calls in flight
         self.docs: dict[int, _Doc] = {}  # admitted, not yet stored or failed
@@ -279,6 +283,9 @@ class _Run:
             if self.known.get(src.path) == sha256:
                 self.report.skipped.append(src.path)
                 self._show_docs()
+                continue
+            if self.expected.get(src.path, sha256) != sha256:  # the bytes read are not those planned
+                self._fail(idx, CHANGED)
                 continue
             if self.ray is None:
                 self._start_pool()
@@ -464,3 +471,6 @@ def _cause(error) -> str:
     """The last line of a Ray error (its message carries the remote traceback)."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
+
+
+backends.register("ray", open_pool)  # Engine.add(ray=...) finds the pool here, importing nothing above it

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 from types import MappingProxyType
 
+from jevsearch import modelinfo
 from jevsearch.errors import (
     CorruptIndexError,
     FormatVersionError,
@@ -43,7 +44,6 @@ from jevsearch.errors import (
     ReadOnlyIndexError,
     ShardError,
 )
-from jevsearch.ingest import modelinfo
 
 log = logging.getLogger(__name__)
 
@@ -381,12 +381,16 @@ class ShardedEngine:
         every shard (``candidates`` per shard), merged exactly. ``.missing`` on the result: see class."""
         from jevsearch.search.snippets import snippet
 
-        recorded = modelinfo.recorded_model(self._manifest)
-        emb = modelinfo.encode_query(self.encoder, query, modelinfo.page_geometry(self.encoder, recorded))
+        emb = self.embed_query(query)
         hits = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates, rescore=rescore)
         for hit in hits:
             hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
         return hits
+
+    def embed_query(self, query):
+        """A text or PIL image query embedded by the shards' model, as :meth:`Engine.embed_query`."""
+        recorded = modelinfo.recorded_model(self._manifest)
+        return modelinfo.encode_query(self.encoder, query, modelinfo.page_geometry(self.encoder, recorded))
 
     def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int | None = None,
                           rescore: int | None = None, exhaustive: bool = False) -> Hits | list[Hits]:

@@ -77,7 +77,7 @@ class EncoderWorker:
     def __init__(self, recorded: dict, device: str, threads: int):
         import torch
 
-        from jevsearch.ingest import modelinfo
+        from jevsearch import modelinfo
 
         if device == "cpu":
             torch.set_num_threads(threads)

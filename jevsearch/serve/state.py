@@ -213,10 +213,8 @@ class AppState:
 
     def remember_query_image(self, eng, img) -> tuple[str, object]:
         """(id, the image as the model sees it): kept for later heat-map requests of this query."""
-        from jevsearch.ingest.pages import prepare_image
-
         try:
-            prepared = prepare_image(img, eng.page_geometry)
+            prepared = eng.page_image(img)
         except (ValueError, OSError) as e:
             raise UploadError(f"image: {e}") from None
         qid = hashlib.sha256(prepared.tobytes()).hexdigest()[:20]
