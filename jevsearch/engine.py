@@ -178,23 +178,8 @@ class Engine(Index):
         def store(doc) -> None:
             storing[0] = doc.path
             earlier = self.document(doc.path)["metadata"] if doc.after else docs.get(doc.path, {})
-            kept = {k: v for k, v in earlier.items() if k not in docinfo.INGEST_FIELDS}
-            missing = [[page, reason] for page, reason in doc.missing]
-            if doc.after:  # a later part of a long document: the pages left out before stay recorded
-                missing = earlier.get("missing_pages", []) + missing
-            meta = {**kept, **user, "kind": doc.kind, **_file_fields(plan.files[doc.path]), "sha256": doc.sha256,
-                    "added": earlier.get("added") if doc.after else _now(), **doc.info}
-            if missing:
-                meta["missing_pages"] = missing
-            if not doc.complete:  # not served as complete: list/info show it, a rerun completes it
-                meta["partial"] = {"through": doc.through, "of": doc.page_count}
-            text = doc.kind == "text"
-            item = (doc.path, doc.singles, doc.multis, meta, doc.texts, None if text else doc.page_numbers,
-                    None if text else visuals.page_views(encoder, geometry, doc))
-            if doc.after:
-                self._extend(item, auto=docinfo.INGEST_FIELDS)
-            else:
-                self._add_many([item], auto=docinfo.INGEST_FIELDS)
+            views = None if doc.kind == "text" else visuals.page_views(encoder, geometry, doc)
+            self._store_document(doc, earlier, user, plan.files[doc.path], views)
             storing[0] = None
 
         expected = {p: f.sha256 for p, f in plan.files.items()}
@@ -231,6 +216,26 @@ class Engine(Index):
         except DiskFullError as e:
             raise self._disk_full(e, None, report, plan) from e
         return report
+
+    def _store_document(self, doc, earlier: dict, user: dict, state, views) -> None:
+        """Commit an encoded document (or a part of a long one: ``doc.after`` > 0 appends it) with the
+        metadata the ingest records; ``earlier``: its stored metadata, ``state``: its file as planned."""
+        kept = {k: v for k, v in earlier.items() if k not in docinfo.INGEST_FIELDS}
+        missing = [[page, reason] for page, reason in doc.missing]
+        if doc.after:  # a later part of a long document: the pages left out before stay recorded
+            missing = earlier.get("missing_pages", []) + missing
+        meta = {**kept, **user, "kind": doc.kind, **_file_fields(state), "sha256": doc.sha256,
+                "added": earlier.get("added") if doc.after else _now(), **doc.info}
+        if missing:
+            meta["missing_pages"] = missing
+        if not doc.complete:  # not served as complete: list/info show it, a rerun completes it
+            meta["partial"] = {"through": doc.through, "of": doc.page_count}
+        text = doc.kind == "text"
+        item = (doc.path, doc.singles, doc.multis, meta, doc.texts, None if text else doc.page_numbers, views)
+        if doc.after:
+            self._extend(item, auto=docinfo.INGEST_FIELDS)
+        else:
+            self._add_many([item], auto=docinfo.INGEST_FIELDS)
 
     @contextmanager
     def _ingest_backend(self, ray, workers):

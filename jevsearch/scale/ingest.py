@@ -198,6 +198,7 @@ class _Doc:
     pages_done: int = 0  # pages encoded
     missing: list = field(default_factory=list)  # (page number, reason) of pages that could not be rendered
     parts: dict = field(default_factory=dict)  # range start -> (singles, multis, its render meta)
+    info: dict = field(default_factory=dict)  # a PDF's own title, author, created (from its first range)
 
 
 @dataclass(order=True)
@@ -332,7 +333,7 @@ class _Run:
             return
         doc.ranges_left -= 1
         if start == 0:
-            doc.page_count = meta["page_count"]
+            doc.page_count, doc.info = meta["page_count"], meta.get("info") or {}
             later = range(step, doc.page_count, step)
             doc.ranges_left += len(later)
             for s in later:
@@ -409,7 +410,8 @@ class _Run:
         encoded = EncodedDocument(doc.source.path, doc.source.kind, doc.sha256,
                                   np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False),
                                   [m for p in parts for m in p[1]], meta("texts"), [tuple(s) for s in meta("sizes")],
-                                  meta("numbers"), [tuple(m) for m in doc.missing], meta("thumbnails"))
+                                  meta("numbers"), [tuple(m) for m in doc.missing], meta("thumbnails"),
+                                  page_count=doc.page_count, info=doc.info)
         t0 = time.perf_counter()
         try:
             self.sink(encoded)

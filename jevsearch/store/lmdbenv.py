@@ -60,7 +60,7 @@ def lmdb_error(path: str, e: lmdb.Error) -> JevsearchError:
         return ReadOnlyIndexError(f"{path}: the LMDB store is read-only here ({e}) "
                                   "(hint: open with readonly=True, or get write permission)")
     if isinstance(e, lmdb.MapFullError) or any(t in str(e) for t in _FULL_TEXT) or (
-            "Input/output error" in str(e) and free_bytes(path) < _NEARLY_FULL):  # LMDB's EIO on a full disk
+            "Input/output error" in str(e) and _no_room(path)):  # LMDB's EIO when a write found no room
         return disk_full(path)
     if isinstance(e, _REFUSED) or any(t in str(e) for t in _REFUSED_TEXT):
         return StorageError(f"{path}: LMDB failed ({type(e).__name__}: {e}) "
@@ -71,8 +71,31 @@ def lmdb_error(path: str, e: lmdb.Error) -> JevsearchError:
 
 def disk_full(path: str) -> DiskFullError:
     """The error for a write of the index at ``path`` refused for lack of space."""
-    return DiskFullError(f"{path}: no space left for the index ({free_bytes(path) // 1024} KiB free on its disk) "
+    limit = _file_limit()
+    room = f"{free_bytes(path) // 1024} KiB free on its disk" + (f", files limited to {limit} bytes" if limit else "")
+    return DiskFullError(f"{path}: no space left for the index ({room}) "
                          "(hint: free disk space, or Index.compact() to shrink the index; then retry)")
+
+
+def _no_room(path: str) -> bool:
+    """Whether the disk holding ``path`` is (nearly) full, or its data file reached the process's file
+    size limit (RLIMIT_FSIZE): what an LMDB I/O error at commit then means."""
+    limit = _file_limit()
+    data = path if os.path.basename(path) == DATA_FILE else os.path.join(path, DATA_FILE)
+    try:
+        at_limit = limit is not None and os.path.getsize(data) + _NEARLY_FULL >= limit
+    except OSError:
+        at_limit = False
+    return at_limit or free_bytes(path) < _NEARLY_FULL
+
+
+def _file_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: no such limit
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def os_error(path: str, e: OSError) -> StorageError:
