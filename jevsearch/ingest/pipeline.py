@@ -1,14 +1,16 @@
 """The streaming ingest pipeline: render in a child process, encode in the caller's thread, store in another.
 
     render process                    caller's thread                          store thread
-    hash file, skip if unchanged  ->  batch pages by tokens -> encoder   ->   sink(document)
-    open, validate, render pages      collect each document's pages           (e.g. LMDB + HNSW)
-               [queue_pages rasters]                             [2 documents]
+    hash file, check the planned  ->  batch pages by tokens -> encoder   ->   sink(document or part)
+    hash, open, render pages          collect each document's pages           (e.g. LMDB + HNSW)
+               [queue_pages rasters]                             [2 documents or parts]
 
-The queues are bounded: at most ``queue_pages`` rasters wait, one token batch is encoded, two complete
-documents wait for the sink, so memory is bounded whatever the corpus (never a whole PDF's rasters). A
-document reaches ``sink`` only once all its pages are encoded; a document that fails part-way is dropped
-and reported, and the batch goes on. Rendering and storing overlap encoding: rendering in its own process
+The queues are bounded: at most ``queue_pages`` rasters wait, one token batch is encoded, two documents
+(or parts) wait for the sink, so memory is bounded whatever the corpus (never a whole PDF's rasters). A
+short document reaches ``sink`` once all its pages are encoded; a long one in parts (``PART_PAGES``,
+``PART_SECONDS``), so an interruption keeps what was encoded. A document that fails part-way is reported
+(its parts handed over stay, marked partial by the sink) and the batch goes on. Rendering and storing
+overlap encoding: rendering in its own process
 because MuPDF holds the GIL while it renders (see :mod:`.renderer`); storing in a thread because LMDB
 commits, FAISS inserts and array conversions release it.
 
