@@ -107,20 +107,33 @@ def _cmd_index(args) -> int:
             print(f"failed: {path}: {reason}", file=sys.stderr)
         raise InvalidInputError(f"nothing to index: {_nothing_found(args.paths, failed)} (hint: index takes "
                                 "PDF or png/jpg/jpeg/tiff/webp files, or folders holding them)")
+    from jevsearch.errors import DiskFullError
+
     if args.workers is not None and args.ray is None:
         raise InvalidInputError("--workers: only with --ray (hint: --ray auto --workers N)")
+    if args.ray is not None:
+        import jevsearch.scale  # noqa: F401 - registers the Ray ingest backend Engine.add(ray=...) uses
     storage = _storage_args(args)
     eng = _create(args, storage) if new else _open_writer(args, storage)
-    with eng:
-        report = eng.add(args.paths, metadata=dict(args.meta or ()) or None, prune=args.prune,
-                         retry_failed=args.retry_failed, progress=not args.quiet, found=(sources, failed),
-                         ray=args.ray, workers=args.workers)
+    full = None
+    try:
+        with eng:
+            report = eng.add(args.paths, metadata=dict(args.meta or ()) or None, prune=args.prune,
+                             retry_failed=args.retry_failed, progress=not args.quiet, found=(sources, failed),
+                             ray=args.ray, workers=args.workers)
+    except DiskFullError as e:  # a partial run like any other: what was done, then why it stopped (exit 3)
+        if e.report is None:
+            raise
+        report, full = e.report, e
     for path, reason in report.failed:
         print(f"failed: {path}: {reason}", file=sys.stderr)
     for path, reason in report.not_retried:
         print(f"failed: {path}: {reason} (unchanged since it failed; --retry-failed tries again)", file=sys.stderr)
     for path, page, reason in report.missing_pages:
         print(f"missing page: {path}: page {page}: {reason}", file=sys.stderr)
+    if full is not None:
+        _fail(full.cli_message())
+        return EXIT_PARTIAL
     if not args.quiet:
         print(f"{args.index}: {report}")
     return EXIT_PARTIAL if report.failed or report.not_retried or report.missing_pages else 0
@@ -241,7 +254,8 @@ def _cmd_list(args) -> int:
         status = file_status(doc["doc_id"], meta["sha256"], meta.get("size"), meta.get("mtime_ns")) \
             if "sha256" in meta else None  # added with add_embeddings: not a file
         rows.append({"path": doc["doc_id"], "pages": doc["pages"], "added": meta.get("added"), "status": status,
-                     "missing_pages": [page for page, _ in meta.get("missing_pages", [])]})
+                     "missing_pages": [page for page, _ in meta.get("missing_pages", [])],
+                     **({"partial": meta["partial"]} if "partial" in meta else {})})
     rows += [{"path": path, "pages": 0, "added": None, "status": "failed", "reason": f.get("reason")}
              for path, f in sorted(failures.items())]
     if args.json:
@@ -254,6 +268,8 @@ def _cmd_list(args) -> int:
     for r in rows:
         note = (f"  (missing pages: {', '.join(map(str, r['missing_pages']))})" if r.get("missing_pages") else
                 f"  ({r['reason']})" if r["status"] == "failed" else "")
+        if "partial" in r:  # an interrupted ingest's: never shown as complete
+            note += f"  (partial: pages 1-{r['partial']['through']} of {r['partial']['of']}; `jevsearch index` completes it)"
         print(f"{r['status'] or '-':<8}  {r['pages']:>5}  {r['added'] or '-':<20}  {_short_path(r['path'])}{note}")
     return 0
 
@@ -340,7 +356,7 @@ def _cmd_explain(args) -> int:
         hit = hits[args.hit - 1]
         ex = eng.explain(hit, args.query)
         if ex.kind == "page":
-            ex.overlay(token=args.token, alpha=args.alpha).save(args.out)
+            _save_image(ex.overlay(token=args.token, alpha=args.alpha), args.out)
     if not args.quiet:
         where = f"passage {hit.page}" if ex.kind == "text" else f"page {hit.page}"
         print(f"{_short_path(hit.path)} {where}: {ex.summary()}" + (f" ({ex.note})" if ex.note else ""))
@@ -410,10 +426,12 @@ def _info(eng) -> dict:
     """A flat summary for people: counts, dims, model, storage and bytes on disk (the model is not loaded)."""
     stats, m = eng.stats(), eng.manifest
     model = m.get("model") or {}
-    partial = sum(1 for d in eng.document_list() if d["metadata"].get("missing_pages"))
+    docs = eng.document_list()
+    partial = sum(1 for d in docs if d["metadata"].get("missing_pages"))
     return {"path": os.path.abspath(eng.path), "format_version": m["format_version"],
             "documents": stats["documents"], "pages": stats["pages"], "tokens": stats["tokens"],
             "documents_with_missing_pages": partial, "failed_files": len(eng.failures()),
+            "partial_documents": sum(1 for d in docs if "partial" in d["metadata"]),
             "tombstones": stats["tombstones"], "model": model.get("source"),
             "model_fingerprint": model.get("identity", {}).get("fingerprint"),
             "max_pixels": model.get("max_pixels"), "single_dim": m["single_dim"],
@@ -442,9 +460,24 @@ def _table(hits) -> str:
     return "\n".join(lines)
 
 
+def _save_image(image, out: str) -> None:
+    """Save ``image`` in the format its file name's extension names; PNG when it has none (/dev/null)."""
+    from PIL import Image
+
+    ext = os.path.splitext(out)[1].lower()
+    if ext and ext not in Image.registered_extensions():
+        raise InvalidInputError(f"--out {out}: unknown image extension {ext!r} (hint: .png, .jpg or .webp)")
+    image.save(out, format=None if ext else "PNG")
+
+
 def _short_path(path: str) -> str:
+    """The path relative to here when under it, control characters escaped (a newline in a file name
+    must not split a table row)."""
     rel = os.path.relpath(path) if os.path.isabs(path) else path
-    return rel if not rel.startswith("..") else path
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], rel if not rel.startswith("..") else path)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # ----- parsing -----------------------------------------------------------------------------------

@@ -15,13 +15,18 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 
+from jevsearch import modelinfo
 from jevsearch.docresults import DocHit
-from jevsearch.errors import InvalidInputError
+from jevsearch.errors import DiskFullError, InvalidInputError
 from jevsearch.index import Hit, Index
-from jevsearch.ingest import docinfo, modelinfo
+from jevsearch.ingest import docinfo
+from jevsearch.ingest.backends import LocalBackend, remote
+from jevsearch.ingest.renderer import CHANGED
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import fields, validate
+from jevsearch.store.lmdbenv import free_bytes
 
 __all__ = ["DocHit", "Engine", "Hit", "ModelSearch"]
 
@@ -71,7 +76,7 @@ class ModelSearch:
         """
         from jevsearch.search.snippets import snippet
 
-        emb = modelinfo.encode_query(self.encoder, query, self.page_geometry)
+        emb = self.embed_query(query)
         results = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates, rescore=rescore,
                                          where=where, group_by=group_by, pages_per_document=pages_per_document)
         for hit in (p for d in results for p in d.pages) if group_by else results:
@@ -80,6 +85,21 @@ class ModelSearch:
             else:
                 hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
         return results
+
+    def embed_query(self, query):
+        """A text or PIL image query as this index's model embeds it for search: an object with
+        ``single`` [1, D] and ``multi`` [1][T, multi_dim] (as :meth:`search` scores it).
+
+        >>> emb = eng.embed_query("revenue by region"); emb.multi[0].shape   # doctest: +SKIP
+        """
+        return modelinfo.encode_query(self.encoder, query, self.page_geometry)
+
+    def page_image(self, image):
+        """A PIL image prepared as this index's model sees a page or an image query (RGB, resized to
+        the index's pixel budget on its 28-px grid); ValueError if it cannot be (e.g. too thin)."""
+        from jevsearch.ingest.pages import prepare_image
+
+        return prepare_image(image, self.page_geometry)
 
     def render(self, hit: Hit, dpi: float = 100):
         """The page of ``hit`` as a PIL image (from the file on disk), for display."""
@@ -193,20 +213,23 @@ class Engine(ModelSearch, Index):
         A page that cannot be rendered is left out (``report.missing_pages``; the document's metadata
         ``missing_pages``: [[page, reason], ...]) and its other pages keep their numbers;
         ``retry_failed`` retries those documents too. Files are checked before the model is loaded,
-        and a run with nothing to encode never loads it. Each document is committed whole, so after a
-        crash (even kill -9) rerunning the same call finishes the job without duplicates. ``progress``:
+        and a run with nothing to encode never loads it. Each document is committed whole, a long one in
+        parts (its metadata ``partial``: {"through": last page stored, "of": pages} until the last), so
+        after a crash (even kill -9) rerunning the same call finishes the job without duplicates and
+        a partial document resumes after its last stored page. ``progress``:
         bars on stderr when it is a terminal. ``found``: the
         result of ``discover(paths)`` when the caller has it already (the CLI checks inputs first).
         ``ray``: ``"auto"``, a cluster address or an open :class:`jevsearch.scale.ingest.EncoderPool`:
         render and encode on a Ray cluster instead (``workers`` encoder actors; ``pip install -e
-        ".[ray]"``); everything else is as above, and so are the report and the index.
+        ".[ray]"`` and ``import jevsearch.scale``, which registers that backend:
+        jevsearch.ingest.backends); everything else is as above, and so are the report and the index.
 
         >>> report = eng.add(["papers/", "scan.png"], prune=True)     # doctest: +SKIP
         >>> report.added, report.moved, report.pruned, report.failed  # doctest: +SKIP
         >>> eng.add(["notes/"], metadata={"team": "finance"})        # doctest: +SKIP
         """
         from jevsearch import visuals
-        from jevsearch.ingest import IngestReport, discover, ingest
+        from jevsearch.ingest import IngestReport, discover
         from jevsearch.ingest.sync import make_plan
         from jevsearch.ingest.text import ingest_texts
 
@@ -242,32 +265,25 @@ class Engine(ModelSearch, Index):
             report.pruned.append(doc_id)
             log.info("%s: file gone, removed from the index", doc_id)
 
-        def store(doc) -> None:
-            kept = {k: v for k, v in docs.get(doc.path, {}).items() if k not in docinfo.INGEST_FIELDS}
-            meta = {**kept, **user, "sha256": doc.sha256, "kind": doc.kind, **_file_fields(plan.files[doc.path]),
-                    "added": _now(), **(docinfo.pdf_fields(doc.path) if doc.kind == "pdf" else {})}
-            if doc.missing:
-                meta["missing_pages"] = [[page, reason] for page, reason in doc.missing]
-            text = doc.kind == "text"
-            self._add_many([(doc.path, doc.singles, doc.multis, meta, doc.texts, None if text else doc.page_numbers,
-                             None if text else visuals.page_views(encoder, geometry, doc))],
-                           auto=docinfo.INGEST_FIELDS)
+        storing: list = [None]  # the file being committed: a full disk names it
 
+        def store(doc) -> None:
+            storing[0] = doc.path
+            earlier = self.document(doc.path)["metadata"] if doc.after else docs.get(doc.path, {})
+            views = None if doc.kind == "text" else visuals.page_views(encoder, geometry, doc)
+            self._store_document(doc, earlier, user, plan.files[doc.path], views)
+            storing[0] = None
+
+        expected = {p: f.sha256 for p, f in plan.files.items()}
+        resume = {s.path: docs[s.path]["partial"]["through"] for s in plan.encode
+                  if "partial" in docs.get(s.path, {}) and docs[s.path].get("sha256") == expected[s.path]}
         try:
             visual = [s for s in plan.encode if s.kind != "text"]
             texts = [s for s in plan.encode if s.kind == "text"]
-            if visual and ray is not None:  # the model loads on the cluster's actors, not here
-                from jevsearch.scale.ingest import open_pool
-
-                with open_pool(ray, modelinfo.recorded_model(self._manifest), workers) as pool:
-                    # The pool stands in for the encoder: page views need only its processor.
-                    encoder, geometry = pool, pool.page_geometry
-                    pool.ingest(visual, store, progress=progress, report=report)
-            elif visual:
-                encoder, geometry = self.encoder, self.page_geometry
-                with torch_threads(modelinfo.ingest_threads(encoder)):
-                    ingest(visual, encoder, store, geometry=geometry, progress=progress, report=report,
-                           batch_tokens=encoder.max_batch_tokens)
+            if visual:
+                with self._ingest_backend(ray, workers) as backend:
+                    encoder, geometry = backend, backend.page_geometry  # page views need only its processor
+                    backend.ingest(visual, store, progress=progress, report=report, expected=expected, resume=resume)
             if texts:  # encoded here, with ray= too: passages cost little next to page images
                 encoder, geometry = self.encoder, self.page_geometry
                 with torch_threads(modelinfo.ingest_threads(encoder)):
@@ -275,18 +291,72 @@ class Engine(ModelSearch, Index):
                     ingest_texts(texts, encoder, store, report=report, progress=progress,
                                  page_tokens=geometry.max_pixels // geometry.factor ** 2,
                                  hashes={p: f.sha256 for p, f in plan.files.items()})
+        except DiskFullError as e:
+            raise self._disk_full(e, storing[0], report, plan) from e
         except BaseException:
             try:  # what was learnt about failed files is kept, also after an interruption
                 self._remember_failures(failures, plan, report, paths if prune else [])
             except Exception:  # noqa: BLE001 - never hide the error in flight behind this one
                 log.warning("could not record the failed files", exc_info=True)
             raise
-        self._remember_failures(failures, plan, report, paths if prune else [])
-        for path in report.skipped if user else ():
-            if any(docs[path].get(k) != v for k, v in user.items()):
-                self.update_metadata(path, user)  # an unchanged file still takes the call's metadata
-        self.flush()
+        try:
+            self._remember_failures(failures, plan, report, paths if prune else [])
+            for path in report.skipped if user else ():
+                if any(docs[path].get(k) != v for k, v in user.items()):
+                    self.update_metadata(path, user)  # an unchanged file still takes the call's metadata
+            self.flush()
+        except DiskFullError as e:
+            raise self._disk_full(e, None, report, plan) from e
         return report
+
+    def _store_document(self, doc, earlier: dict, user: dict, state, views) -> None:
+        """Commit an encoded document (or a part of a long one: ``doc.after`` > 0 appends it) with the
+        metadata the ingest records; ``earlier``: its stored metadata, ``state``: its file as planned."""
+        kept = {k: v for k, v in earlier.items() if k not in docinfo.INGEST_FIELDS}
+        missing = [[page, reason] for page, reason in doc.missing]
+        if doc.after:  # a later part of a long document: the pages left out before stay recorded
+            missing = earlier.get("missing_pages", []) + missing
+        meta = {**kept, **user, "kind": doc.kind, **_file_fields(state), "sha256": doc.sha256,
+                "added": earlier.get("added") if doc.after else _now(), **doc.info}
+        if missing:
+            meta["missing_pages"] = missing
+        if not doc.complete:  # not served as complete: list/info show it, a rerun completes it
+            meta["partial"] = {"through": doc.through, "of": doc.page_count}
+        text = doc.kind == "text"
+        item = (doc.path, doc.singles, doc.multis, meta, doc.texts, None if text else doc.page_numbers, views)
+        if doc.after:
+            self._extend(item, auto=docinfo.INGEST_FIELDS)
+        else:
+            self._add_many([item], auto=docinfo.INGEST_FIELDS)
+
+    @contextmanager
+    def _ingest_backend(self, ray, workers):
+        """The backend that renders and encodes this add's pages: here (the index's model, torch's
+        threads set for it), or the remote one ``ray`` names (registered by jevsearch.scale)."""
+        if ray is None:
+            encoder = self.encoder
+            with torch_threads(modelinfo.ingest_threads(encoder)):
+                yield LocalBackend(encoder, self.page_geometry, encoder.max_batch_tokens)
+            return
+        with remote("ray", ray, modelinfo.recorded_model(self._manifest), workers) as backend:
+            yield backend
+
+    def _disk_full(self, e: DiskFullError, path: str | None, report, plan) -> DiskFullError:
+        """The error of an add stopped by a full disk: which file, what this run committed, what to do."""
+        doc = self.document(path) if path else None
+        kept = doc["metadata"].get("partial") if doc else None
+        done = {*report.added, *report.skipped, *(p for p, _ in report.failed), path}
+        untried = sum(1 for s in plan.encode if s.path not in done)
+        what = (f"{path}: not stored" + (f" beyond its pages 1-{kept['through']} of {kept['of']} (kept as a partial "
+                                          "document)" if kept else "")) if path else "the index's graph file: not saved"
+        text = (f"{what}: no space left on the index's disk ({free_bytes(self.path) // 1024} KiB free); committed "
+                f"before it: {len(report.added)} "
+                f"documents ({report.pages} pages); {untried} more files not tried")
+        again = "then run the same add again: it skips what is stored and completes a partial document"
+        return DiskFullError(f"{text} (hint: free disk space, or Index.compact() to shrink the index; {again})",
+                             path=path, report=report,
+                             cli_hint=f"free disk space, or `jevsearch compact --index {self.path}` to shrink the index; "
+                             f"{again.replace('add', '`jevsearch index` command')}")
 
     def update_metadata(self, doc_id: str, metadata: dict, merge: bool = True) -> dict:
         """As :meth:`Index.update_metadata`; ``doc_id`` may also be a file's path relative to here.
@@ -320,5 +390,7 @@ def _now() -> str:
 
 
 def _lasting(reason: str) -> bool:
-    """A failure the same file would meet again (not a lack of memory, not a killed renderer)."""
-    return "out of memory" not in reason and not reason.startswith("renderer crashed (exit status -9)")
+    """A failure the same file would meet again (not a lack of memory, not a killed renderer, not a
+    file that changed while it was indexed)."""
+    return ("out of memory" not in reason and not reason.startswith("renderer crashed (exit status -9)")
+            and reason != CHANGED)

@@ -100,6 +100,16 @@ class StorageError(JevsearchError, OSError):
     permissions). What was committed before is intact."""
 
 
+class DiskFullError(StorageError):
+    """The disk holding the index is full (or a quota or file size limit was reached). Every commit
+    before it is intact; :meth:`Engine.add` raises it with ``path`` (the file it was storing, or None)
+    and ``report`` (the IngestReport of what the run had committed)."""
+
+    def __init__(self, *args, path: str | None = None, report=None, cli_hint: str | None = None):
+        super().__init__(*args, cli_hint=cli_hint)
+        self.path, self.report = path, report
+
+
 class PageNotFoundError(JevsearchError, LookupError):
     """A page asked for by id or hit is not in the index (its document was deleted or re-added since)."""
 

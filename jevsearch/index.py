@@ -46,6 +46,7 @@ from jevsearch.errors import (
     JevsearchError,
     PageNotFoundError,
     ReadOnlyIndexError,
+    StorageError,
 )
 from jevsearch.index_codec import Layout, new_layout
 from jevsearch.index_fields import IndexFields
@@ -57,11 +58,21 @@ from jevsearch.store import fields, validate, verify
 from jevsearch.store.damage import DamageLog
 from jevsearch.store.graphview import GraphView
 from jevsearch.store.hnsw import HnswGraph
-from jevsearch.store.lmdbenv import CURRENT, ENV_PREFIX, current_env, fsync_dir, restore_current, store_dirs
+from jevsearch.store.lmdbenv import (
+    CURRENT,
+    ENV_PREFIX,
+    current_env,
+    fsync_dir,
+    os_error,
+    restore_current,
+    store_dirs,
+)
 from jevsearch.store.lmdbstore import PageStore
 from jevsearch.store.lock import WriterLock
 from jevsearch.store.manifest import check_manifest, new_manifest
 from jevsearch.store.visual import PageView
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Hit", "Index"]
 
@@ -241,7 +252,13 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        if exc[0] is None:
+            self.close()
+            return
+        try:  # the error in flight says what happened; one from saving the HNSW must not hide it
+            self.close()
+        except StorageError:
+            log.warning("%s: the HNSW file could not be saved; it is rebuilt from LMDB at the next open", self.path)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r}, readonly={self.readonly})"
@@ -250,7 +267,12 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         """Write the in-memory HNSW to disk (atomically). LMDB commits are already durable."""
         with self._mutex:
             self._check_writable()
-            self._view.save()
+            try:
+                self._view.save()
+            except OSError as e:
+                if isinstance(e, StorageError):
+                    raise
+                raise os_error(self.path, e) from e
 
     # -- manifest -------------------------------------------------------------------------------
 
@@ -422,6 +444,64 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
                 item = self._layout.stored(self._store, txn, doc, self._manifest["single_dim"])
             return self._commit([dict(item, doc_id=dst, metadata=doc["metadata"] if metadata is None else metadata)])[0]
 
+    def _extend(self, doc, auto: tuple = ()) -> None:
+        """Append pages to a stored document (a long one committed in parts, jevsearch.ingest.pipeline)
+        and replace its metadata; ``doc``: as an add_embeddings_many tuple. Its pages keep their ids when
+        none were added after them, else it is rewritten whole from its stored values (no re-encoding)."""
+        with self._mutex:
+            self._check_writable()
+            with self._store.read() as txn:
+                old = self._store.existing_document(txn, validate.check_doc_id(doc[0]))
+                moved = old["first"] + old["pages"] != self._store.state(txn)["next_page_id"]
+                stored = self._layout.stored(self._store, txn, old, self._manifest["single_dim"]) if moved else None
+            if len(doc[1]) == 0:  # no page in this part (the rest missing): only the metadata changes
+                with self._store.write() as txn:
+                    self._store.put_document_record(txn, dict(old, metadata=doc[3]))
+                    rec = fields.record(old["doc_id"], old["pages"], doc[3])
+                    self._store.put_fields(txn, old["first"], rec)
+                    state = self._store.state(txn)
+                    state["gen"] += 1
+                    state["frev"] = state.get("frev", 0) + 1  # a record changed in place: readers reload
+                    self._store.put_state(txn, state)
+                self._fields.committed(state, [(old["first"], rec)], [old["first"]])
+                return
+            numbers = old.get("page_numbers") or list(range(1, old["pages"] + 1))
+            if doc[5] is not None and numbers[-1] >= doc[5][0]:
+                raise InvalidInputError(f"{old['doc_id']}: pages from {doc[5][0]} appended after page {numbers[-1]} "
+                                        "(hint: parts come in page order)")
+            with torch_threads(self.threads):
+                (item,) = [self._layout.encode(i) for i in validate.prepare_documents([doc], self._manifest)]
+            item["numbers"] = numbers + list(item["numbers"] or range(numbers[-1] + 1, numbers[-1] + 1 + len(item["codes"])))
+            if stored is not None:
+                self._commit([_joined(stored, item)], auto)
+            else:
+                self._append(old, item, auto)
+
+    def _append(self, old: dict, item: dict, auto: tuple) -> None:
+        """Write the pages of ``item`` after those of document ``old``, whose ids end at the next page id."""
+        n, tokens = len(item["codes"]), sum(item["tokens"])
+        doc = dict(old, pages=old["pages"] + n, tokens=old["tokens"] + tokens, metadata=item["metadata"],
+                   page_numbers=item["numbers"])
+        if auto:
+            doc["auto"] = [k for k in auto if k in item["metadata"]]
+        with self._store.write() as txn:
+            state = self._store.state(txn)
+            self._store.put_document(txn, doc, item["singles"], item["codes"], item["texts"], item["tokens"],
+                                     item["exact"], offset=old["pages"])
+            rec = fields.record(doc["doc_id"], doc["pages"], doc["metadata"])
+            self._store.put_fields(txn, doc["first"], rec)
+            if item["views"] is not None:
+                self._store.put_views(txn, doc["first"] + old["pages"], item["views"])
+            ids = np.arange(state["next_page_id"], state["next_page_id"] + n)
+            state["next_page_id"] += n
+            state["pages"] += n
+            state["tokens"] += tokens
+            state["gen"] += 1
+            state["frev"] = state.get("frev", 0) + 1  # a record changed in place: readers reload
+            self._store.put_state(txn, state)
+        self._fields.committed(state, [(doc["first"], rec)], [doc["first"]])
+        self._after_commit(state, [], ids, item["truncated"])
+
     def failures(self) -> dict[str, dict]:
         """Files :meth:`Engine.add` could not index, as recorded: {path: {"sha256", "reason"}}."""
         with self._mutex:
@@ -587,6 +667,16 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
                         "verify(repair=True) removes them and their pages; index their files again)", self.path,
                         len(damaged), damaged[0].hex())
         return sorted(docs, key=lambda d: d["doc_id"])
+
+
+def _joined(stored: dict, item: dict) -> dict:
+    """A document's stored values (``Layout.stored``) followed by a new part's (``Layout.encode``)."""
+    out = dict(item, singles=np.concatenate([stored["singles"], item["singles"]]),
+               truncated=np.concatenate([stored["truncated"], item["truncated"]]))
+    for key in ("codes", "tokens", "views", "exact", "texts"):
+        if item[key] is not None:
+            out[key] = list(stored[key] or [None] * len(stored["codes"])) + list(item[key])
+    return out
 
 
 _TMP_PREFIX = ".jevsearch-create-"

@@ -149,7 +149,7 @@ def text_card(text: str, width: int = thumbs.WIDTH):
 
 def _encode_page(eng, hit):
     """The page raster the model sees, its fresh multi-vectors and (rows, cols, first row)."""
-    from jevsearch.ingest import modelinfo
+    from jevsearch import modelinfo
     from jevsearch.ingest.pages import open_document
     from jevsearch.ingest.sources import Source, kind_of
 
@@ -180,7 +180,7 @@ def _query(eng, query):
     """(query multi-vectors [L, d], token labels, meaningful mask) of a text or PIL image query."""
     from PIL import Image
 
-    from jevsearch.ingest import modelinfo
+    from jevsearch import modelinfo
     from jevsearch.ingest.pages import prepare_image
 
     encoder, geometry = eng.encoder, eng.page_geometry

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import ray  # the [dev] extra installs it: these tests always run
 
-from jevsearch import Engine, InvalidInputError, ShardedEngine, ShardError
-from jevsearch.ingest import discover, ingest, modelinfo
+from jevsearch import Engine, InvalidInputError, ShardedEngine, ShardError, modelinfo
+from jevsearch.ingest import discover, ingest
 from jevsearch.scale.ingest import EncoderPool
 from jevsearch.search.threads import torch_threads
 from tests.ingest_corpus import (

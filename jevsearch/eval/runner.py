@@ -172,20 +172,17 @@ def _embed(eng, queries: list[Query], bar) -> tuple[list[tuple], list[float]]:
         if q.multi is not None:
             out.append((q.single, q.multi))
         else:
-            encoder = getattr(eng, "encoder", None)
-            if encoder is None:
+            if getattr(eng, "encoder", None) is None:
                 raise InvalidInputError(f"query {q.id!r}: a text or image query needs a model (hint: evaluate "
                                         "with an Engine whose index has a model, or give queries embeddings)")
             from PIL import Image
 
-            from jevsearch.ingest.modelinfo import encode_query
-
             t = time.perf_counter()
             if q.image is not None:
                 with Image.open(q.image) as img:
-                    emb = encode_query(encoder, img, eng.page_geometry)
+                    emb = eng.embed_query(img)
             else:
-                emb = encode_query(encoder, q.text, eng.page_geometry)
+                emb = eng.embed_query(q.text)
             times.append((time.perf_counter() - t) * 1e3)
             out.append((emb.single[0], emb.multi[0]))
         bar.update()

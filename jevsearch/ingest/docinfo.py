@@ -18,21 +18,16 @@ import re
 
 #: Metadata keys the ingest sets: a caller's metadata may not use them (Engine.add refuses them,
 #: update_metadata keeps them).
-INGEST_FIELDS = ("sha256", "kind", "size", "mtime_ns", "added", "missing_pages", "title", "author", "created")
+INGEST_FIELDS = ("sha256", "kind", "size", "mtime_ns", "added", "missing_pages", "partial", "title", "author",
+                 "created")
 
 _PDF_DATE = re.compile(r"(?:D:)?(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:(Z)|([+-])(\d{2})'?(\d{2})?'?)?")
 
 
-def pdf_fields(path: str) -> dict:
-    """``title``, ``author``, ``created`` from a PDF's metadata, those it has (never raises: a PDF
-    whose metadata cannot be read simply has none)."""
-    import pymupdf
-
-    try:
-        with pymupdf.open(path) as doc:
-            meta = doc.metadata or {}
-    except Exception:  # noqa: BLE001 - the pages were read already; metadata is optional
-        return {}
+def pdf_fields(meta: dict | None) -> dict:
+    """``title``, ``author``, ``created`` from a PDF's metadata dictionary (pymupdf's
+    ``Document.metadata``, read where the file is open already: the render child), those it has."""
+    meta = meta or {}
     out = {k: " ".join(str(meta.get(k) or "").split()) for k in ("title", "author")}
     out = {k: v for k, v in out.items() if v}
     created = pdf_date(meta.get("creationDate") or "")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps
 
 from jevsearch.errors import DocumentError, InvalidInputError
+from jevsearch.ingest import docinfo
 from jevsearch.ingest.sources import Source, kind_of, os_reason
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class PageGeometry:
             raise ValueError(f"aspect ratio {ratio:.0f}:1 exceeds the model's limit of {MAX_ASPECT_RATIO}:1")
 
 
-def open_document(source: Source) -> "PdfDocument | ImageDocument":
+def open_document(source: Source) -> PdfDocument | ImageDocument:
     """Open and validate one document; raise DocumentError(path, reason) if it cannot be ingested."""
     return PdfDocument(source.path) if source.kind == "pdf" else ImageDocument(source.path)
 
@@ -212,10 +213,18 @@ class PdfDocument:
             raise DocumentError(self.path, f"damaged PDF: {damage}", page=index + 1)
         return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
 
+    def info(self) -> dict:
+        """The PDF's own title, author and created (:func:`.docinfo.pdf_fields`), those it has."""
+        try:
+            meta = self._doc.metadata
+        except Exception:  # noqa: BLE001 - the pages were read; metadata is optional
+            meta = None
+        return docinfo.pdf_fields(meta)
+
     def close(self) -> None:
         self._doc.close()
 
-    def __enter__(self) -> "PdfDocument":
+    def __enter__(self) -> PdfDocument:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -259,6 +268,9 @@ class ImageDocument:
     def text(self, index: int) -> str:
         return ""
 
+    def info(self) -> dict:
+        return {}
+
     def _check(self, index: int) -> None:
         if index != 0:
             raise DocumentError(self.path, "out of range (an image is one page)", page=index + 1)
@@ -266,7 +278,7 @@ class ImageDocument:
     def close(self) -> None:
         self._image.close()
 
-    def __enter__(self) -> "ImageDocument":
+    def __enter__(self) -> ImageDocument:
         return self
 
     def __exit__(self, *exc) -> None:

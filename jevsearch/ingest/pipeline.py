@@ -1,14 +1,16 @@
 """The streaming ingest pipeline: render in a child process, encode in the caller's thread, store in another.
 
     render process                    caller's thread                          store thread
-    hash file, skip if unchanged  ->  batch pages by tokens -> encoder   ->   sink(document)
-    open, validate, render pages      collect each document's pages           (e.g. LMDB + HNSW)
-               [queue_pages rasters]                             [2 documents]
+    hash file, check the planned  ->  batch pages by tokens -> encoder   ->   sink(document or part)
+    hash, open, render pages          collect each document's pages           (e.g. LMDB + HNSW)
+               [queue_pages rasters]                             [2 documents or parts]
 
-The queues are bounded: at most ``queue_pages`` rasters wait, one token batch is encoded, two complete
-documents wait for the sink, so memory is bounded whatever the corpus (never a whole PDF's rasters). A
-document reaches ``sink`` only once all its pages are encoded; a document that fails part-way is dropped
-and reported, and the batch goes on. Rendering and storing overlap encoding: rendering in its own process
+The queues are bounded: at most ``queue_pages`` rasters wait, one token batch is encoded, two documents
+(or parts) wait for the sink, so memory is bounded whatever the corpus (never a whole PDF's rasters). A
+short document reaches ``sink`` once all its pages are encoded; a long one in parts (``PART_PAGES``,
+``PART_SECONDS``), so an interruption keeps what was encoded. A document that fails part-way is reported
+(its parts handed over stay, marked partial by the sink) and the batch goes on. Rendering and storing
+overlap encoding: rendering in its own process
 because MuPDF holds the GIL while it renders (see :mod:`.renderer`); storing in a thread because LMDB
 commits, FAISS inserts and array conversions release it.
 
@@ -56,10 +58,22 @@ class EncodedDocument:
     page_numbers: list[int] = field(default_factory=list)  # P 1-based page numbers in the file
     missing: list[tuple[int, str]] = field(default_factory=list)  # (page number, reason) of pages not rendered
     thumbnails: list[bytes] = field(default_factory=list)  # P thumbnails (jevsearch.ingest.thumbnail)
+    # A long document comes in parts: ``after`` is the last page number of the parts handed over (or
+    # stored by an earlier, interrupted run) before this one (0: this part starts the document);
+    # ``complete`` is False while more parts are to come. ``page_count``: pages in the file.
+    after: int = 0
+    complete: bool = True
+    page_count: int = 0
+    info: dict = field(default_factory=dict)  # a PDF's own title, author, created (jevsearch.ingest.docinfo)
 
     @property
     def pages(self) -> int:
         return len(self.texts)
+
+    @property
+    def through(self) -> int:
+        """The last page number this part covers (rendered or missing)."""
+        return max([self.after] + self.page_numbers + [p for p, _ in self.missing])
 
 
 @dataclass
@@ -99,10 +113,12 @@ class IngestReport:
 
 @dataclass
 class _Pending:
-    """A document whose pages are being encoded."""
+    """A document whose pages are being encoded (those of this run: after ``after``)."""
 
     sha256: str
-    page_count: int
+    page_count: int  # pages in the file
+    after: int = 0  # the last page number stored already (by an earlier part or run)
+    info: dict = field(default_factory=dict)
     singles: list = field(default_factory=list)
     multis: list = field(default_factory=list)
     texts: list = field(default_factory=list)
@@ -110,11 +126,37 @@ class _Pending:
     numbers: list = field(default_factory=list)
     missing: list = field(default_factory=list)
     thumbnails: list = field(default_factory=list)
+    handed: int = 0  # pages (encoded or missing) handed over in parts already
+    since: float = field(default_factory=time.monotonic)  # when the last part was handed over
     rendered_all: bool = False
 
     @property
     def complete(self) -> bool:
-        return self.rendered_all and len(self.texts) + len(self.missing) == self.page_count
+        todo = self.page_count - self.after + self.handed  # pages of this run (self.after moves with each part)
+        return self.rendered_all and self.handed + len(self.texts) + len(self.missing) == todo
+
+    def part(self, path: str, kind: str, complete: bool) -> EncodedDocument:
+        """The pages held so far as an EncodedDocument, and forget them (a partial one keeps the pages
+        missing after its last encoded page for the next part, so parts cover page ranges in order)."""
+        last = self.numbers[-1] if self.numbers and not complete else None
+        missing = [m for m in self.missing if last is None or m[0] < last]
+        self.missing = [m for m in self.missing if m not in missing]
+        doc = EncodedDocument(
+            path, kind, self.sha256,
+            np.stack(self.singles).astype(np.float32, copy=False) if self.singles else np.zeros((0, 0), np.float32),
+            self.multis, self.texts, self.sizes, self.numbers, missing, self.thumbnails,
+            after=self.after, complete=complete, page_count=self.page_count, info=self.info)
+        self.handed += doc.pages + len(missing)
+        self.after = doc.through
+        self.singles, self.multis, self.texts, self.sizes, self.numbers, self.thumbnails = [], [], [], [], [], []
+        self.since = time.monotonic()
+        return doc
+
+
+#: A document still being encoded is handed over (committed as a partial document that a rerun
+#: completes) once it holds this many encoded pages or this many seconds passed since its last part.
+PART_PAGES = 256
+PART_SECONDS = 10.0
 
 
 def ingest(
@@ -129,6 +171,10 @@ def ingest(
     queue_pages: int = 8,
     progress: bool = False,
     report: IngestReport | None = None,
+    expected: Mapping[str, str] | None = None,
+    resume: Mapping[str, int] | None = None,
+    part_pages: int | None = None,
+    part_seconds: float | None = None,
 ) -> IngestReport:
     """Render, encode and hand over ``sources`` one complete document at a time.
 
@@ -140,8 +186,15 @@ def ingest(
     and propagate: they are not about one file. Pass ``report`` to extend an existing one (e.g. with
     discovery failures already in it). ``progress``: bars on stderr when it is a terminal.
 
-    Memory: besides the bounded queues, the embeddings of the document being encoded are held until it
-    is complete (float32: ~0.4 MB per page at 768 visual tokens; ~400 MB for a 1000-page PDF).
+    ``expected`` maps a path to the SHA-256 its plan was made for: a file whose content differs when it
+    is rendered fails (``renderer.CHANGED``) instead of being stored under the wrong hash. A long
+    document is handed over in parts (``doc.complete`` False until its last; every ``part_pages``
+    encoded pages or ``part_seconds``), so an interrupted run keeps what was encoded; ``resume`` maps
+    a path to the last page number stored by such a run: its rendering starts after that page and its
+    first part has ``doc.after`` set.
+
+    Memory: besides the bounded queues, the embeddings of a document's current part are held until
+    it is handed over (at most ``part_pages`` pages).
     """
     if batch_tokens < 1 or queue_pages < 1:
         raise InvalidInputError(f"ingest: batch_tokens={batch_tokens}, queue_pages={queue_pages} (hint: both >= 1)")
@@ -149,8 +202,10 @@ def ingest(
 
     report = report if report is not None else IngestReport()
     known = known or {}
+    part_pages = PART_PAGES if part_pages is None else part_pages
+    part_seconds = PART_SECONDS if part_seconds is None else part_seconds
     t_wall = time.perf_counter()
-    renderer = RenderProcess(sources, known, geometry, queue_pages)
+    renderer = RenderProcess(sources, known, geometry, queue_pages, expected, resume)
     q = renderer.queue
     pending: dict[int, _Pending] = {}
     batch: list[tuple[int, object]] = []  # (source index, rendered page)
@@ -170,11 +225,14 @@ def ingest(
     storer = _StoreThread(sink, report)
 
     def finish(idx: int) -> None:
-        doc, src = pending.pop(idx), sources[idx]
-        storer.put(EncodedDocument(
-            src.path, src.kind, doc.sha256, np.stack(doc.singles).astype(np.float32, copy=False),
-            doc.multis, doc.texts, doc.sizes, doc.numbers, doc.missing, doc.thumbnails,
-        ))
+        src = sources[idx]
+        storer.put(pending.pop(idx).part(src.path, src.kind, complete=True))
+
+    def hand_part(idx: int) -> None:
+        """Hand over a long document's pages so far (it holds part_pages, or did for part_seconds)."""
+        doc, src = pending[idx], sources[idx]
+        if doc.texts:
+            storer.put(doc.part(src.path, src.kind, complete=False))
 
     def encode_batch() -> None:
         nonlocal batch, batch_tok
@@ -188,7 +246,6 @@ def ingest(
             raise RuntimeError(f"encoder returned {out.single.shape[0]} vectors for {len(batch)} pages")
         report.tokens += batch_tok
         storer.check()
-        done = []
         for j, (idx, (image, text, page_no, thumb)) in enumerate(batch):
             doc = pending.get(idx)
             if doc is None:  # the document failed after this page was rendered
@@ -202,11 +259,14 @@ def ingest(
             doc.numbers.append(page_no)
             doc.thumbnails.append(thumb)
             if doc.complete:
-                done.append(idx)
+                finish(idx)
+            elif len(doc.texts) >= part_pages:
+                hand_part(idx)
         bar.update(len(batch))
+        for idx in sorted({idx for idx, _ in batch if idx in pending}):
+            if time.monotonic() - pending[idx].since >= part_seconds:
+                hand_part(idx)
         batch, batch_tok = [], 0
-        for idx in done:
-            finish(idx)
         show_docs()
 
     try:
@@ -228,9 +288,9 @@ def ingest(
                 bar.total -= 1
                 bar.refresh()
             elif kind == START:
-                sha256, page_count = payload
-                pending[idx] = _Pending(sha256, page_count)
-                bar.total += page_count
+                sha256, page_count, after, info = payload
+                pending[idx] = _Pending(sha256, page_count, after, info)
+                bar.total += page_count - after
                 bar.refresh()
             elif kind == END:
                 doc = pending[idx]
@@ -244,7 +304,7 @@ def ingest(
                 doc = pending.pop(idx, None)
                 if doc is not None:
                     in_batch = sum(1 for i, _ in batch if i == idx)
-                    bar.total -= doc.page_count - len(doc.texts) - len(doc.missing) - in_batch
+                    bar.total -= doc.page_count - doc.after - len(doc.texts) - len(doc.missing) - in_batch
                     bar.refresh()
                 report.failed.append((sources[idx].path, payload))
                 log.info("%s: %s", sources[idx].path, payload)
@@ -310,8 +370,9 @@ class _StoreThread:
             t0 = time.perf_counter()
             try:
                 self._sink(doc)
-                report.added.append(doc.path)
                 report.pages += doc.pages
+                if doc.complete:
+                    report.added.append(doc.path)
                 report.missing_pages += [(doc.path, page, reason) for page, reason in doc.missing]
                 for page, reason in doc.missing:
                     log.info("%s: page %d not indexed: %s", doc.path, page, reason)

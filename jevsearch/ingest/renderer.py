@@ -10,8 +10,11 @@ The child runs :func:`_child` in a fresh interpreter (no fork: nothing of the pa
 lock file descriptor, leaks into it): it reads one JSON job from stdin (sources, known
 hashes, raster geometry) and writes framed messages to stdout: a 4-byte big-endian length, a JSON header,
 then for a page its raw RGB bytes and its thumbnail (:mod:`.thumbnail`, made here so it costs the
-encoder nothing). It hashes each file, skips unchanged ones, validates and renders
-the rest. When the parent dies, the child's next write fails and it exits.
+encoder nothing). It hashes each file, skips unchanged ones, checks the others against the hash their
+plan expects (a file changed since it was planned fails, rather than be stored with one version's
+vectors and another's hash), reads a PDF's own metadata while it is open, and renders the pages not
+stored yet (a partial document resumes after its last stored page). When the parent dies, the child's
+next write fails and it exits.
 """
 
 from __future__ import annotations
@@ -38,12 +41,19 @@ from jevsearch.ingest.sources import Source, file_sha256, os_reason
 # Messages put on the consumer's queue: (kind, source index, payload).
 START, PAGE, END, SKIP, FAIL, DONE, MISSING = range(7)
 _LEN = struct.Struct(">I")
+#: Why a file whose content changed between planning and rendering is not indexed this time (not
+#: recorded as a lasting failure: the next add plans it again).
+CHANGED = "changed while being indexed (its SHA-256 is not the one planned) (hint: add it again)"
 
 
 class RenderProcess:
     """Parent side: runs the child (restarting it after a crash) and feeds a bounded queue.
 
-    ``queue`` yields (START, i, (sha256, pages)), (PAGE, i, (image, text, page number, thumbnail bytes)),
+    ``expected`` maps a path to the SHA-256 its plan was made for; ``resume`` a path to the last page
+    number already stored (a partial document: rendering starts after it).
+
+    ``queue`` yields (START, i, (sha256, pages, resume after, PDF info)), (PAGE, i, (image, text, page
+    number, thumbnail bytes)),
     (MISSING, i, (page number, reason)) for a page that cannot be rendered, (END, i, None), (SKIP, i, None),
     (FAIL, i, reason) and finally (DONE, -1, error or None). A document's pages come in order, each as
     PAGE or MISSING; END follows when at least one was rendered, else FAIL. ``render_seconds`` is the
@@ -51,11 +61,12 @@ class RenderProcess:
     """
 
     def __init__(self, sources: Sequence[Source], known: Mapping[str, str], geometry: PageGeometry,
-                 queue_pages: int):
+                 queue_pages: int, expected: Mapping[str, str] | None = None, resume: Mapping[str, int] | None = None):
         self.queue: queue.Queue = queue.Queue(maxsize=queue_pages)
         self.render_seconds = 0.0
         self.thumbnail_seconds = 0.0  # of render_seconds: making thumbnails
         self._sources, self._known, self._geometry = sources, known, geometry
+        self._expected, self._resume = expected or {}, resume or {}
         self._stop = threading.Event()
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
@@ -94,7 +105,8 @@ class RenderProcess:
 
     def _run_child(self, start: int) -> int:
         """Render sources[start:] in one child; -> where a new child must resume (len(sources) when done)."""
-        job = {"sources": [[s.path, s.kind] for s in self._sources[start:]], "offset": start,
+        job = {"sources": [[s.path, s.kind, self._expected.get(s.path), self._resume.get(s.path, 0)]
+                           for s in self._sources[start:]], "offset": start,
                "known": {s.path: self._known[s.path] for s in self._sources[start:] if s.path in self._known},
                "geometry": [self._geometry.max_pixels, self._geometry.min_pixels, self._geometry.factor]}
         # The child imports this package from where this process found it (it may not be installed).
@@ -135,7 +147,8 @@ class RenderProcess:
                     return len(self._sources)
                 else:
                     current = idx
-                    item = {"start": (START, idx, (head.get("sha"), head.get("pages"))), "end": (END, idx, None),
+                    item = {"start": (START, idx, (head.get("sha"), head.get("pages"), head.get("from", 0),
+                                                   head.get("info", {}))), "end": (END, idx, None),
                             "skip": (SKIP, idx, None), "fail": (FAIL, idx, head.get("reason")),
                             "missing": (MISSING, idx, (head.get("p"), head.get("reason")))}[kind]
                     if kind not in ("start", "missing"):
@@ -212,7 +225,7 @@ def _child() -> int:
 
     error = None
     try:
-        for k, (path, kind) in enumerate(job["sources"]):
+        for k, (path, kind, expected, after) in enumerate(job["sources"]):
             idx = offset + k
             t0 = time.perf_counter()
             try:
@@ -221,11 +234,17 @@ def _child() -> int:
                     spent += time.perf_counter() - t0
                     send({"t": "skip", "i": idx})
                     continue
+                if expected is not None and sha256 != expected:
+                    spent += time.perf_counter() - t0
+                    send({"t": "fail", "i": idx, "reason": CHANGED})
+                    continue
                 with open_document(Source(path, kind)) as doc:
                     spent += time.perf_counter() - t0
-                    send({"t": "start", "i": idx, "sha": sha256, "pages": doc.page_count})
+                    after = min(after, doc.page_count)
+                    send({"t": "start", "i": idx, "sha": sha256, "pages": doc.page_count, "from": after,
+                          "info": doc.info()})
                     missing = []
-                    for i in range(doc.page_count):
+                    for i in range(after, doc.page_count):
                         t0 = time.perf_counter()
                         try:
                             image = doc.render(i, geometry)
@@ -242,7 +261,7 @@ def _child() -> int:
                         spent += time.perf_counter() - t0
                         send({"t": "page", "i": idx, "p": i + 1, "w": image.width, "h": image.height,
                               "text": text, "n": len(data), "tn": len(thumb)}, data + thumb)
-                if len(missing) < doc.page_count:
+                if after or len(missing) < doc.page_count:  # pages stored before count as rendered
                     send({"t": "end", "i": idx})
                 else:
                     send({"t": "fail", "i": idx, "reason": unrendered_reason(kind, doc.page_count, missing[0])})

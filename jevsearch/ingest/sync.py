@@ -69,8 +69,8 @@ def make_plan(sources: Sequence[Source], docs: Mapping[str, dict], failures: Map
         except OSError as e:
             plan.failed.append((src.path, os_reason(e)))
 
-    def partial(meta: dict) -> bool:
-        return retry_failed and bool(meta.get("missing_pages"))
+    def partial(meta: dict) -> bool:  # stored incomplete: an interrupted run's, or with pages left out
+        return "partial" in meta or retry_failed and bool(meta.get("missing_pages"))
 
     todo = []
     for src in sources:

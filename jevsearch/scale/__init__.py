@@ -8,6 +8,7 @@
 Nothing here imports ray at import time; only calls that use a cluster need it.
 """
 
+from jevsearch.scale import ingest as _ingest  # noqa: F401 - registers the "ray" backend of Engine.add
 from jevsearch.scale.sharded import Hits, ShardedEngine, route
 from jevsearch.surface import is_sharded
 

@@ -38,8 +38,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from jevsearch.errors import ClusterError, DocumentError, InvalidInputError
-from jevsearch.ingest import EncodedDocument, IngestReport
-from jevsearch.ingest.renderer import unrendered_reason
+from jevsearch.ingest import EncodedDocument, IngestReport, backends
+from jevsearch.ingest.renderer import CHANGED, unrendered_reason
 from jevsearch.ingest.sources import Source, os_reason
 from jevsearch.scale.cluster import Session, encoder_pool, require_ray
 
@@ -119,16 +119,18 @@ class EncoderPool:
 
     def ingest(self, sources: Sequence[Source], sink: Callable[[EncodedDocument], None], *,
                known: Mapping[str, str] | None = None, progress: bool = False,
-               report: IngestReport | None = None) -> IngestReport:
+               report: IngestReport | None = None, expected: Mapping[str, str] | None = None,
+               resume: Mapping[str, int] | None = None) -> IngestReport:
         """Render and encode ``sources`` on the cluster, handing each complete document to ``sink`` here.
 
-        As :func:`jevsearch.ingest.ingest` (``known``, ``progress``, ``report``, the sink's contract, the
-        report's entries in the order of ``sources``), with this pool in place of the render process and
-        the encoder.
+        As :func:`jevsearch.ingest.ingest` (``known``, ``expected``, ``progress``, ``report``, the sink's
+        contract, the report's entries in the order of ``sources``), with this pool in place of the render
+        process and the encoder (an :class:`~jevsearch.ingest.backends.IngestBackend`). ``resume`` is
+        ignored: a partial document is encoded whole again, and replaces the partial one.
         """
         report = report if report is not None else IngestReport()
         before = {name: len(getattr(report, name)) for name in ("added", "skipped", "failed", "missing_pages")}
-        _Run(self, sources, known or {}, sink, progress, report).run()
+        _Run(self, sources, known or {}, sink, progress, report, expected or {}).run()
         order = {src.path: i for i, src in enumerate(sources)}
         for name, start in before.items():
             entries = getattr(report, name)
@@ -196,6 +198,7 @@ class _Doc:
     pages_done: int = 0  # pages encoded
     missing: list = field(default_factory=list)  # (page number, reason) of pages that could not be rendered
     parts: dict = field(default_factory=dict)  # range start -> (singles, multis, its render meta)
+    info: dict = field(default_factory=dict)  # a PDF's own title, author, created (from its first range)
 
 
 @dataclass(order=True)
@@ -212,8 +215,10 @@ class _Run:
     """One ingest: the driver's event loop over render tasks, encode calls and the sink."""
 
     def __init__(self, pool: EncoderPool, sources: Sequence[Source], known: Mapping[str, str],
-                 sink: Callable[[EncodedDocument], None], progress: bool, report: IngestReport):
+                 sink: Callable[[EncodedDocument], None], progress: bool, report: IngestReport,
+                 expected: Mapping[str, str]):
         self.pool, self.ray = pool, None  # the pool starts when the first document needs it
+        self.expected = expected
         self.sources, self.known, self.sink, self.progress, self.report = sources, known, sink, progress, report
         self.calls: dict = {}  # actor -> encode calls in flight
         self.docs: dict[int, _Doc] = {}  # admitted, not yet stored or failed
@@ -280,6 +285,9 @@ class _Run:
                 self.report.skipped.append(src.path)
                 self._show_docs()
                 continue
+            if self.expected.get(src.path, sha256) != sha256:  # the bytes read are not those planned
+                self._fail(idx, CHANGED)
+                continue
             if self.ray is None:
                 self._start_pool()
             self.docs[idx] = _Doc(src, sha256, self.ray.put(data), len(data))
@@ -325,7 +333,7 @@ class _Run:
             return
         doc.ranges_left -= 1
         if start == 0:
-            doc.page_count = meta["page_count"]
+            doc.page_count, doc.info = meta["page_count"], meta.get("info") or {}
             later = range(step, doc.page_count, step)
             doc.ranges_left += len(later)
             for s in later:
@@ -402,7 +410,8 @@ class _Run:
         encoded = EncodedDocument(doc.source.path, doc.source.kind, doc.sha256,
                                   np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False),
                                   [m for p in parts for m in p[1]], meta("texts"), [tuple(s) for s in meta("sizes")],
-                                  meta("numbers"), [tuple(m) for m in doc.missing], meta("thumbnails"))
+                                  meta("numbers"), [tuple(m) for m in doc.missing], meta("thumbnails"),
+                                  page_count=doc.page_count, info=doc.info)
         t0 = time.perf_counter()
         try:
             self.sink(encoded)
@@ -464,3 +473,6 @@ def _cause(error) -> str:
     """The last line of a Ray error (its message carries the remote traceback)."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
+
+
+backends.register("ray", open_pool)  # Engine.add(ray=...) finds the pool here, importing nothing above it

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 from types import MappingProxyType
 
+from jevsearch import modelinfo
 from jevsearch.engine import Engine, ModelSearch
 from jevsearch.errors import (
     CorruptIndexError,
@@ -44,7 +45,6 @@ from jevsearch.errors import (
     ReadOnlyIndexError,
     ShardError,
 )
-from jevsearch.ingest import modelinfo
 from jevsearch.scale.shardfile import (
     FORMAT,
     MAX_SHARDS,

@@ -28,7 +28,7 @@ from jevsearch.ingest.sources import Source
 def render_range(data: bytes, name: str, kind: str, geometry: tuple, start: int, stop: int):
     """Render pages ``[start, stop)`` of a document given as bytes -> ``(meta, rasters)``.
 
-    meta: ``{"page_count", "numbers", "texts", "sizes", "thumbnails", "tokens", "missing", "seconds",
+    meta: ``{"page_count", "info", "numbers", "texts", "sizes", "thumbnails", "tokens", "missing", "seconds",
     "thumb_seconds", "error"}``, one entry per rendered page in the lists; ``missing``: (page number,
     reason) of pages that could not be rendered (the document keeps the others, as locally);
     ``error``: why the whole file cannot be ingested (then nothing else counts). rasters: one uint8
@@ -46,6 +46,7 @@ def render_range(data: bytes, name: str, kind: str, geometry: tuple, start: int,
             f.flush()
             with open_document(Source(f.name, kind)) as doc:
                 meta["page_count"] = doc.page_count
+                meta["info"] = doc.info() if start == 0 else {}  # a PDF's own title, author, created
                 for i in range(start, min(stop, doc.page_count)):
                     try:
                         image = doc.render(i, geometry)
@@ -77,7 +78,7 @@ class EncoderWorker:
     def __init__(self, recorded: dict, device: str, threads: int):
         import torch
 
-        from jevsearch.ingest import modelinfo
+        from jevsearch import modelinfo
 
         if device == "cpu":
             torch.set_num_threads(threads)

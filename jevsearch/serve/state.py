@@ -195,6 +195,9 @@ class AppState:
             img = Image.open(io.BytesIO(data))  # reads the header only
         except Image.DecompressionBombError as e:
             raise UploadError(f"image: refused, too many pixels: {e}", 413) from None
+        except Image.UnidentifiedImageError:  # its message names a BytesIO object: say what was sent instead
+            raise UploadError(f"image: not an image format this reads (the upload starts with {data[:8]!r}) "
+                              "(hint: PNG, JPEG or WebP)") from None
         except (OSError, ValueError) as e:
             raise UploadError(f"image: not a readable image ({e}) (hint: PNG, JPEG or WebP)") from None
         if img.format not in lim.image_formats:
@@ -210,10 +213,8 @@ class AppState:
 
     def remember_query_image(self, eng, img) -> tuple[str, object]:
         """(id, the image as the model sees it): kept for later heat-map requests of this query."""
-        from jevsearch.ingest.pages import prepare_image
-
         try:
-            prepared = prepare_image(img, eng.page_geometry)
+            prepared = eng.page_image(img)
         except (ValueError, OSError) as e:
             raise UploadError(f"image: {e}") from None
         qid = hashlib.sha256(prepared.tobytes()).hexdigest()[:20]

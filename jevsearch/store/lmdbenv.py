@@ -10,6 +10,7 @@ the process with SIGBUS), and every LMDB error becomes a named jevsearch error (
 from __future__ import annotations
 
 import ctypes
+import errno
 import ctypes.util
 import mmap
 import os
@@ -22,6 +23,7 @@ import lmdb
 
 from jevsearch.errors import (
     CorruptIndexError,
+    DiskFullError,
     JevsearchError,
     NotAnIndexError,
     ReadOnlyIndexError,
@@ -37,8 +39,9 @@ MAP_SIZE = 1 << 40
 MAX_DBS = 32  # room for tables a rewrite adds (see jevsearch.store.rewrite)
 # lmdb errors that mean the disk or the system refused (anything else LMDB reports is damage).
 _REFUSED = (lmdb.MapFullError, lmdb.DiskError, lmdb.ReadersFullError, lmdb.TlsFullError, lmdb.LockError)
-_REFUSED_TEXT = ("No space left", "Permission denied", "Input/output error", "Read-only file system",
-                 "Disk quota")
+_REFUSED_TEXT = ("Permission denied", "Input/output error", "Read-only file system")
+_FULL_TEXT = ("No space left", "Disk quota", "File too large")
+_NEARLY_FULL = 1 << 20  # an LMDB I/O error with less free than this (a page, a B-tree split) is a full disk
 
 
 def lmdb_error(path: str, e: lmdb.Error) -> JevsearchError:
@@ -47,14 +50,70 @@ def lmdb_error(path: str, e: lmdb.Error) -> JevsearchError:
     Measured on damaged copies: a flipped meta page gives MDB_INVALID, EINVAL or ENOMEM (a garbage
     map size or root page), so only the errors that name the disk or the system are not damage.
     """
+    if "already open in this process" in str(e):  # py-lmdb refuses a second handle, e.g. via another path
+        return StorageError(f"{path}: this LMDB store is already open in this process (under another path, or "
+                            "by other code) (hint: open each index once per process and share that Engine)")
+    if isinstance(e, lmdb.MemoryError):  # a garbage map size or root page in the header, not a lack of RAM
+        return CorruptIndexError(f"{path}: the LMDB file's header is damaged (LMDB asks for an impossible memory "
+                                 f"map: {e}) (hint: restore the index from a backup, or rebuild it from the sources)")
     if isinstance(e, lmdb.ReadonlyError):
         return ReadOnlyIndexError(f"{path}: the LMDB store is read-only here ({e}) "
                                   "(hint: open with readonly=True, or get write permission)")
+    if isinstance(e, lmdb.MapFullError) or any(t in str(e) for t in _FULL_TEXT) or (
+            "Input/output error" in str(e) and _no_room(path)):  # LMDB's EIO when a write found no room
+        return disk_full(path)
     if isinstance(e, _REFUSED) or any(t in str(e) for t in _REFUSED_TEXT):
         return StorageError(f"{path}: LMDB failed ({type(e).__name__}: {e}) "
                             "(hint: check free disk space and permissions)")
     return CorruptIndexError(f"{path}: the LMDB file is damaged ({type(e).__name__}: {e}) "
                              "(hint: restore the index from a backup, or rebuild it from the sources)")
+
+
+def disk_full(path: str) -> DiskFullError:
+    """The error for a write of the index at ``path`` refused for lack of space."""
+    limit = _file_limit()
+    room = f"{free_bytes(path) // 1024} KiB free on its disk" + (f", files limited to {limit} bytes" if limit else "")
+    return DiskFullError(f"{path}: no space left for the index ({room}) "
+                         "(hint: free disk space, or Index.compact() to shrink the index; then retry)")
+
+
+def _no_room(path: str) -> bool:
+    """Whether the disk holding ``path`` is (nearly) full, or its data file reached the process's file
+    size limit (RLIMIT_FSIZE): what an LMDB I/O error at commit then means."""
+    limit = _file_limit()
+    data = path if os.path.basename(path) == DATA_FILE else os.path.join(path, DATA_FILE)
+    try:
+        at_limit = limit is not None and os.path.getsize(data) + _NEARLY_FULL >= limit
+    except OSError:
+        at_limit = False
+    return at_limit or free_bytes(path) < _NEARLY_FULL
+
+
+def _file_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: no such limit
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def os_error(path: str, e: OSError) -> StorageError:
+    """The named error for an OSError writing the index at ``path`` (raise it ``from e``)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return disk_full(path)
+    return StorageError(f"{path}: cannot write ({e.strerror or e}) (hint: check free disk space and permissions)")
+
+
+def free_bytes(path: str) -> int:
+    """Bytes free for this user on the file system holding ``path`` (or its nearest existing parent)."""
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path or ".")
+    except OSError:
+        return 1 << 62  # unknown: never taken for a full disk
+    return st.f_bavail * st.f_frsize
 
 
 def write_atomic(path: str, *chunks) -> None:
@@ -158,6 +217,9 @@ def open_env(env_dir: str, writable: bool) -> lmdb.Environment:
     write access could be running.
     """
     data = os.path.join(env_dir, DATA_FILE)
+    if os.path.isfile(data) and os.path.getsize(data) == 0:  # LMDB would write a new empty store into it
+        raise CorruptIndexError(f"{data}: empty (0 bytes): the index's data was lost, e.g. by a full disk or an "
+                                "interrupted copy (hint: restore the index from a backup, or rebuild it from the sources)")
     try:
         # metasync=False: one fsync per commit instead of two (measured here: 17 -> 9 ms per 2 MB
         # document). LMDB stays consistent; an OS crash (not a process crash) may undo the last

@@ -565,18 +565,19 @@ class PageStore:
         return ids
 
     def put_document(self, txn, doc: dict, singles, multis: list, texts: list[str] | None,
-                     tokens: list[int] | None = None, exact: list | None = None) -> None:
+                     tokens: list[int] | None = None, exact: list | None = None, offset: int = 0) -> None:
         """Write one document whose pages get ids ``doc["first"] ...`` (all above existing ids); their
         page numbers are ``doc["page_numbers"]`` when the document has one (pages left out), else 1..P.
 
         ``singles`` [P, D] and ``multis`` (P arrays or buffers) in their stored form; ``tokens``: each
         page's token count (default: ``len`` of each multi, for [T, dm] arrays); ``exact``: P float16
-        [T, dm] arrays for the ``exact`` table, or None."""
+        [T, dm] arrays for the ``exact`` table, or None. ``offset``: these are the document's pages from
+        its ``offset``-th on (a long document stored in parts; the earlier ones are stored)."""
         dkey = doc_key(doc["doc_id"])
-        numbers = page_numbers(doc)
+        numbers = page_numbers(doc)[offset:]
         tokens = [len(m) for m in multis] if tokens is None else tokens
         for i, m in enumerate(multis):
-            k = page_key(doc["first"] + i)
+            k = page_key(doc["first"] + offset + i)
             # append=True: ids only grow, so each put lands at the B-tree's right edge.
             self.put(txn, "pages", k, PAGE_REC.pack(dkey, numbers[i], tokens[i]), append=True)
             self.put(txn, "single", k, np.ascontiguousarray(singles[i]), append=True)  # a buffer: no bytes copy
