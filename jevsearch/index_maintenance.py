@@ -66,6 +66,7 @@ class IndexMaintenance:
                     self._refresh(txn)  # the new manifest: scorers for the new layout
             else:
                 self._store.compact_file()
+            self._text_after_compact()
 
     def stats(self) -> dict:
         """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, damaged_pages
@@ -84,10 +85,11 @@ class IndexMaintenance:
                 self._refresh(txn)
             hnsw = os.path.join(self.path, "hnsw.bin")
             sizes = {"lmdb_file": self._store.file_bytes(),
-                     "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0}
+                     "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0,
+                     "text_index": self._text.bytes() if self._text is not None else 0}
             sizes.update(self._store.table_bytes())
             parts = {"multi_codes": sizes.get("multi", 0), "exact": sizes.get(EXACT, 0),
-                     "singles": sizes.get("single", 0), "hnsw": sizes["hnsw_file"]}
+                     "singles": sizes.get("single", 0), "hnsw": sizes["hnsw_file"], "text_index": sizes["text_index"]}
             parts["other"] = sizes["lmdb_file"] - parts["multi_codes"] - parts["exact"] - parts["singles"]
             layout = self._layout
             return {"documents": state["docs"], "pages": state["pages"], "tokens": state["tokens"],
@@ -115,6 +117,7 @@ class IndexMaintenance:
                     done = verify.repair_records(self._store, txn)
                     if fields.check_table(self._store, txn):
                         done.append(f"rebuilt the field index ({fields.fill_table(self._store, txn)} documents)")
+                done += self._repair_text() if any(p.text.startswith("text index") for p in problems) else []
                 self.compact()
                 with self._store.read() as txn:
                     self._damage.prune(self._store, txn)
@@ -133,6 +136,7 @@ class IndexMaintenance:
             problems += [verify.Problem(text, fixable=True) for text in fields.check_table(self._store, txn)]
         if not deep:  # a deep check finds them itself
             problems += self._damage.problems()
+        problems += self._text_problems(deep)
         if self._view.repaired_in_memory:
             problems.append(verify.Problem(f"hnsw.bin: {self._view.repaired_in_memory} (rebuilt in memory only)",
                                            fixable=True))

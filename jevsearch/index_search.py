@@ -44,7 +44,9 @@ class Hit:
     ``page`` is 1-based; ``metadata`` is the document's metadata; ``text`` the page text given to
     ``add_embeddings(page_texts=...)``, or None when none was stored; ``snippet`` (set by
     :meth:`Engine.search`) a short window of it around the query's words; ``path`` the document's file;
-    ``page_id`` the page's id in the index (ids are never reused: a re-added document's pages get new ones).
+    ``page_id`` the page's id in the index (ids are never reused: a re-added document's pages get new ones);
+    ``scores`` (hybrid and lexical search) each side's score: {"visual": MaxSim, "lexical": BM25}, None
+    for a side that did not find the page.
     """
 
     doc_id: str
@@ -54,6 +56,7 @@ class Hit:
     text: str | None = None
     snippet: str = ""
     page_id: int | None = None
+    scores: dict = field(default_factory=dict)
 
     @property
     def path(self) -> str:
