@@ -86,7 +86,7 @@ class IndexMaintenance:
             hnsw = os.path.join(self.path, "hnsw.bin")
             sizes = {"lmdb_file": self._store.file_bytes(),
                      "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0,
-                     "text_index": self._text.bytes() if self._text is not None else 0}
+                     "text_index": text.bytes() if self.has_text_index and (text := self._text_reader()) else 0}
             sizes.update(self._store.table_bytes())
             parts = {"multi_codes": sizes.get("multi", 0), "exact": sizes.get(EXACT, 0),
                      "singles": sizes.get("single", 0), "hnsw": sizes["hnsw_file"], "text_index": sizes["text_index"]}

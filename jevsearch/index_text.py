@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 MODES = ("hybrid", "lexical", "visual")
 # Tantivy commits cost ~0.1 s (fsyncs, a new segment): a run of writes commits at most this often.
 COMMIT_EVERY_S = 5.0
+# What a lexical page lacking some of the query's words (or phrases) counts in the fusion: nothing. A
+# paraphrase shares a few words with many pages, and RRF's flat top ranks (k=60) let any lexical vote
+# outweigh the visual side's order among its first dozen pages; a page holding every word of the
+# query (an exact code, a name, a clause number) counts fully.
+PARTIAL_MATCH = 0.0
+SPARE = 4  # hits built beyond k: one found damaged as it is built is dropped, the next served
 
 
 class IndexText:
@@ -195,6 +201,8 @@ class IndexText:
     def _text_reader(self):
         """The text index at its latest commit (a reader follows a rebuild to its new folder)."""
         ti = self._text
+        if not self.has_text_index:
+            return None
         if not self.readonly:
             if ti is not None and ti.pending:
                 self._commit_text()
@@ -294,7 +302,8 @@ class IndexText:
             raise InvalidInputError(f'group_by: {group_by!r} (hint: None for pages, or "document")')
         per_doc = validate.check_k(pages_per_document, "pages_per_document") if group_by else 0
         cand, rescore = self._layout.depth(k, candidates, rescore)
-        pages = max(k * per_doc * 4, cand) if per_doc else max(k + 4, cand if mode == "hybrid" else 0)
+        # Lexical pages beyond these ranks add little to a fused rank, and each costs a MaxSim.
+        pages = k * per_doc * 4 if per_doc else max(k + SPARE, 2 * k if mode == "hybrid" else 0)
         flt = filters.parse(where)
         with self._mutex:
             self._check_open()
@@ -306,8 +315,9 @@ class IndexText:
             with self._store.read() as txn:
                 self._refresh(txn)
                 scope = None if flt is None else self._fields.pages(flt.mask(self._fields))
-                lex_ids, lex_scores = self._lexical(ti, txn, text, pages, scope)
+                lex_ids, lex_scores, full = self._lexical(ti, txn, text, pages, scope)
                 lexical = dict(zip(lex_ids.tolist(), lex_scores.tolist()))
+                partial = {p: PARTIAL_MATCH for p in lex_ids[~full].tolist()}
                 vis = {h.page_id: h.score for h in visual}
                 extra = [p for p in lexical if p not in vis]
                 if mode == "hybrid" and extra:
@@ -316,9 +326,11 @@ class IndexText:
                     ranked = list(lexical.items())
                 else:
                     ranked = fusion.fuse({"visual": sorted(vis, key=lambda p: (-vis[p], p)), "lexical": list(lexical)},
-                                         weights)
+                                         weights, item_weights={"lexical": partial})
                 ids = np.array([p for p, _ in ranked], dtype=np.int64)
-                hits = self._hits(txn, ids, np.array([s for _, s in ranked], dtype=np.float32), len(ids))
+                scores = np.array([s for _, s in ranked], dtype=np.float32)
+                hits = self._hits(txn, ids[:len(ids) if per_doc else k + SPARE],
+                                  scores[:len(ids) if per_doc else k + SPARE], len(ids))
         for h in hits:
             h.scores = {"visual": vis.get(h.page_id) if mode == "hybrid" else None,
                         "lexical": lexical.get(h.page_id)}
@@ -335,10 +347,11 @@ class IndexText:
                                     cli_hint=f"build it with: jevsearch index --text-index --index {self.path}")
         return mode
 
-    def _lexical(self, ti, txn, text: str, n: int, scope) -> tuple[np.ndarray, np.ndarray]:
+    def _lexical(self, ti, txn, text: str, n: int, scope) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The n best live pages (within ``scope``) by BM25; none when the text index is unusable."""
+        none = np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, bool)
         if ti is None:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            return none
 
         def accept(ids: np.ndarray) -> np.ndarray:
             ok = np.array([self._store.page(txn, p) is not None for p in ids.tolist()], dtype=bool)
@@ -350,7 +363,7 @@ class IndexText:
             self._text_problem = f"the text index failed a search ({e})"
             log.warning("%s: %s; searching visually only (verify --repair rebuilds it)", self.path,
                         self._text_problem)
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            return none
 
     def _maxsim(self, txn, q_multi, page_ids: list[int]) -> dict[int, float]:
         """MaxSim of pages found only by their words (on the exact tokens when the index keeps them)."""

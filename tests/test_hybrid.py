@@ -10,10 +10,9 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-
 from _store_child import make_doc, query_for
+
 from jevsearch import CorruptIndexError, InvalidInputError
 from jevsearch.index import Index
 from jevsearch.search.fusion import fuse
@@ -155,6 +154,7 @@ def test_kill9_between_lmdb_and_text_index_commits(tmp_path, when):
     ix, _ = build(tmp_path / "i")
     ix.close()
     proc = subprocess.run([sys.executable, "-c", CRASH_CHILD, str(tmp_path / "i"), os.path.join(REPO, "tests"), when],
+                          check=False,
                           env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
     with Index.open(tmp_path / "i", readonly=True) as reader:  # behind, but never serving a deleted page
@@ -183,9 +183,8 @@ def test_missing_or_damaged_text_index_is_named_and_rebuilt(tmp_path):
         if os.path.isfile(f) and not f.endswith(".json"):
             with open(f, "r+b") as fh:
                 fh.write(b"\xff" * 64)  # Tantivy segment files garbled
-    with Index.open(tmp_path / "i", readonly=True) as reader:
-        with pytest.raises(CorruptIndexError, match="text index"):
-            reader.verify(deep=True)
+    with Index.open(tmp_path / "i", readonly=True) as reader, pytest.raises(CorruptIndexError, match="text index"):
+        reader.verify(deep=True)
     with Index.open(tmp_path / "i") as ix:  # the writer's open finds it unreadable and rebuilds it
         assert lexical(ix, "INV-2024-08817") == [("/d/invoice.pdf", 1)]
         ix.verify(deep=True)

@@ -20,16 +20,21 @@ RRF_K = 60
 
 
 def fuse(rankings: Mapping[str, Sequence[int]], weights: Mapping[str, float] | None = None,
-         k: float = RRF_K) -> list[tuple[int, float]]:
+         k: float = RRF_K, item_weights: Mapping[str, Mapping[int, float]] | None = None) -> list[tuple[int, float]]:
     """Items of every ranking (best first) as (item, fused score), best first; ties go to the item
     ranked best by the first ranking that has it, then the smaller item. ``weights``: per ranking
-    name (default 1.0 each)."""
+    name (default 1.0 each); ``item_weights``: per ranking, a factor for some of its items (default 1).
+
+    >>> [i for i, _ in fuse({"v": [1, 2], "l": [2]}, item_weights={"l": {2: 0.0}})]
+    [1, 2]
+    """
     scores: dict[int, float] = {}
     order: dict[int, tuple[int, int]] = {}
     for s, (name, items) in enumerate(rankings.items()):
         w = 1.0 if weights is None else float(weights.get(name, 1.0))
+        factor = (item_weights or {}).get(name, {})
         for rank, item in enumerate(items, 1):
-            scores[item] = scores.get(item, 0.0) + w / (k + rank)
+            scores[item] = scores.get(item, 0.0) + w * factor.get(item, 1.0) / (k + rank)
             order.setdefault(item, (s, rank))
     return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]], kv[0]))
 

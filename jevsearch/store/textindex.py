@@ -250,6 +250,9 @@ class TextIndex:
     def commit(self, gen: int, epoch: int) -> None:
         """Make the changes durable and visible, recording that they reflect LMDB generation ``gen``."""
         self._w().commit()
+        # Merges finished and the writer let go: the files stay as committed (sizes, a reader's view).
+        self._writer.wait_merging_threads()
+        self._writer = None
         self.pointer = dict(self.pointer, gen=gen, epoch=epoch)
         _write_pointer(self.index_dir, self.pointer)
         self.gen, self.pending, self.last_commit = gen, 0, time.monotonic()
@@ -281,27 +284,32 @@ class TextIndex:
         ids = [p for p in s.fast_field_values("page_id", hits) if p is not None]
         return np.sort(np.array(ids, dtype=np.int64))
 
-    def query(self, text: str):
-        """The Tantivy query for the user's ``text`` (see the module docstring), or None when it has no words."""
+    def query(self, text: str, every_part: bool = False):
+        """The Tantivy query for the user's ``text`` (see the module docstring), or None when it has no
+        words: pages matching any of its parts, or with ``every_part`` only pages matching all of them."""
         t = self._t
         subs = []
         for kind, toks in query_tokens(text):
-            if kind == "cjk":
-                groups = [toks[i:i + 2] for i in range(max(len(toks) - 1, 1))]
-            else:
-                groups = [toks]
+            groups = [toks[i:i + 2] for i in range(max(len(toks) - 1, 1))] if kind == "cjk" else [toks]
             for g in groups:
-                for field in ("body", "meta"):
-                    q = t.Query.term_query(self.schema, field, g[0]) if len(g) == 1 else \
-                        t.Query.phrase_query(self.schema, field, g)
-                    subs.append((t.Occur.Should, q))
+                either = [(t.Occur.Should, t.Query.term_query(self.schema, field, g[0]) if len(g) == 1 else
+                           t.Query.phrase_query(self.schema, field, g)) for field in ("body", "meta")]
+                subs.append((t.Occur.Must if every_part else t.Occur.Should, t.Query.boolean_query(either)))
         return t.Query.boolean_query(subs) if subs else None
 
-    def search(self, text: str, n: int, accept=None) -> tuple[np.ndarray, np.ndarray]:
-        """The ``n`` best pages for ``text`` by BM25 -> (page ids, scores), best first; only pages for
-        which ``accept(page_ids) -> bool mask`` holds (e.g. a filter's, the live ones): asked for more
-        until n are found or none are left."""
-        q = self.query(text)
+    def search(self, text: str, n: int, accept=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``n`` best pages for ``text`` -> (page ids, BM25 scores, whether each matches every part
+        of the query): pages matching every part first, then the others, each by BM25; only pages for
+        which ``accept(page_ids) -> bool mask`` holds (e.g. a filter's, the live ones)."""
+        ids, scores = self._search(self.query(text, every_part=True), n, accept)
+        more_ids, more_scores = self._search(self.query(text), n + len(ids), accept)
+        rest = ~np.isin(more_ids, ids)
+        full = np.r_[np.ones(len(ids), bool), np.zeros(int(rest.sum()), bool)][:n]
+        return np.r_[ids, more_ids[rest]][:n], np.r_[scores, more_scores[rest]][:n], full
+
+    def _search(self, q, n: int, accept) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` best accepted pages for query ``q`` by BM25: asked for more until n are found or
+        none are left."""
         if q is None or n <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         s = self._index.searcher()
