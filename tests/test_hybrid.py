@@ -238,3 +238,25 @@ def test_cli_mode_text_index_and_info(tmp_path, capsys):
     os.remove(os.path.join(idx, "text.json"))
     assert main(["index", "--text-index", "--index", idx, "-q"]) == 0  # rebuilt from the stored text, no model
     assert main(["verify", "--deep", "--index", idx, "-q"]) == 0
+
+
+def test_web_app_mode_switch_and_marked_words(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from jevsearch.cli import main
+    from jevsearch.serve.app import build_app
+    from jevsearch.serve.pages import marked
+    from tests.ingest_corpus import make_pdf
+
+    assert marked("a «<b>» «INV-1» c") == "a <mark>&lt;b&gt;</mark> <mark>INV-1</mark> c"  # escaped first
+    assert main(["make-tiny-model", str(tmp_path / "tiny"), "-q"]) == 0
+    (tmp_path / "docs").mkdir()
+    make_pdf(tmp_path / "docs" / "a.pdf", 1, seed=1, texts=["Order ZK-4471-B shipped"])
+    idx = str(tmp_path / "idx")
+    assert main(["index", str(tmp_path / "docs"), "--index", idx, "--model", str(tmp_path / "tiny"), "-q"]) == 0
+    with TestClient(build_app(idx, warm_up=False)) as client:
+        api = client.get("/api/search", params={"q": "ZK-4471-B", "mode": "lexical"}).json()
+        assert "«ZK-4471-B»" in api["hits"][0]["snippet"] and api["hits"][0]["scores"]["visual"] is None
+        page = client.get("/", params={"q": "ZK-4471-B", "mode": "lexical"}).text
+        assert "<mark>ZK-4471-B</mark>" in page and '<option value="lexical" selected>' in page
+        assert client.get("/api/search", params={"q": "x", "mode": "fuzzy"}).status_code == 400

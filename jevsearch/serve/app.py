@@ -132,16 +132,18 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
         with state.work("reading the index") as eng:
             stats, manifest = eng.stats(), eng.manifest
         return {"name": os.path.basename(os.path.abspath(state.index_path)), "documents": stats["documents"],
-                "pages": stats["pages"], "model": (manifest.get("model") or {}).get("source")}
+                "pages": stats["pages"], "model": (manifest.get("model") or {}).get("source"),
+                "text_index": bool(manifest.get("text_index"))}
 
     # -- search -----------------------------------------------------------------------------------
-    def search(query, k: int, qid: str | None = None) -> dict:
+    def search(query, k: int, qid: str | None = None, mode: str | None = None) -> dict:
         with state.work("searching" if isinstance(query, str) else "searching with the image") as eng:
-            hits = eng.search(query, k=k)
+            hits = eng.search(query, k=k, mode=mode or None)
         link = {"q": query} if qid is None else {"qi": qid}
         rows = []
         for rank, h in enumerate(hits, 1):
-            rows.append({"rank": rank, "score": h.score, "path": h.path, "page": h.page, "snippet": h.snippet,
+            rows.append({"rank": rank, "score": h.score, "scores": h.scores, "path": h.path, "page": h.page,
+                         "snippet": h.snippet,
                          "metadata": h.metadata, "page_id": h.page_id, "thumbnail": f"/thumb/{h.page_id}",
                          "page_url": f"/page/{h.page_id}?" + urlencode(link),
                          "document_url": f"/doc/{h.page_id}#page={h.page}"})
@@ -172,12 +174,12 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
         return await run_in_threadpool(work)
 
     @app.get("/", response_class=HTMLResponse)
-    def home(q: str | None = None, k: str | None = None):
+    def home(q: str | None = None, k: str | None = None, mode: str | None = None):
         if q is None:
             return pages.layout("Search", "", info(), max_k=state.limits.max_k)
-        result = search(state.check_query(q), state.check_k(k))
+        result = search(state.check_query(q), state.check_k(k), mode=mode)
         return pages.layout(q, pages.results(result["hits"], repr(q), {"q": q}), info(), q=q, k=result["k"],
-                            max_k=state.limits.max_k)
+                            max_k=state.limits.max_k, mode=mode)
 
     @app.post("/", response_class=HTMLResponse)
     async def home_image(request: Request, k: str | None = None):
@@ -187,8 +189,8 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
             lambda: pages.layout("Image search", body, info(), k=result["k"], max_k=state.limits.max_k)))
 
     @app.get("/api/search")
-    def api_search(q: str | None = None, k: str | None = None):
-        return search(state.check_query(q), state.check_k(k))
+    def api_search(q: str | None = None, k: str | None = None, mode: str | None = None):
+        return search(state.check_query(q), state.check_k(k), mode=mode)
 
     @app.post("/api/search")
     async def api_search_image(request: Request, k: str | None = None):
