@@ -11,7 +11,8 @@ holds is dropped, so they never serve a deleted page.
 Hybrid search (:meth:`IndexText.search_hybrid`): the visual side (HNSW + MaxSim, as
 :meth:`search_embeddings`) and the lexical side (BM25) each rank pages within the same filter; the
 lexical side's pages are scored by MaxSim too, and the two rankings are fused by reciprocal rank
-(:mod:`jevsearch.search.fusion`). A query without a lexical match ranks as the visual side does.
+(:mod:`jevsearch.search.fusion`); the lexical side votes with the pages holding every part of the
+query (see PARTIAL_MATCH). A query without such a match ranks as the visual side does.
 """
 
 from __future__ import annotations
@@ -280,7 +281,8 @@ class IndexText:
         titles only (q_single / q_multi may be None); "visual": :meth:`search_embeddings`. Hits carry
         ``score`` (the fused score; BM25 for "lexical") and ``scores`` {"visual": MaxSim or None,
         "lexical": BM25 or None}. ``where`` and ``group_by`` apply to both sides; the lexical side's
-        pages get their MaxSim too. No lexical match: the visual ranking. Other arguments as in
+        pages get their MaxSim too. Only pages holding every word, phrase or code of ``text`` vote on
+        the lexical side (partial matches keep their BM25 in ``scores``); none: the visual ranking. Other arguments as in
         :meth:`search_embeddings`.
 
         >>> hits = eng.search_hybrid(qs, qm, "INV-2024-08817", k=5)            # doctest: +SKIP

@@ -8,6 +8,8 @@ Pure string functions (no I/O); the text comes from the page's PDF text layer st
 ''
 >>> highlight("Invoice INV-2024-08817 from Café Müller, 東京都庁", "inv-2024-08817 cafe 東京")
 'Invoice «INV-2024-08817» from «Café» Müller, «東京»都庁'
+>>> highlight("the harbor warehouse", "warehouse harbor")
+'the «harbor warehouse»'
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def highlight(text: str, query: str | None) -> str:
         return text
     merged: list[list[int]] = []
     for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
+        if merged and (start <= merged[-1][1] or not text[merged[-1][1]:start].strip()):  # one mark per run
             merged[-1][1] = max(merged[-1][1], end)
         else:
             merged.append([start, end])
