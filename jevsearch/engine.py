@@ -241,8 +241,8 @@ class Engine(Index):
         ``mode`` (a text query): "hybrid" (the default when the index has a text index) ranks pages
         by their look and by their words together; "lexical" by their words only (no model needed);
         "visual" by their look only (the default without a text index, and for an image query). See
-        :meth:`Index.search_hybrid` (``weights``, ``Hit.scores``); in hybrid and lexical modes the
-        snippet marks the query's words «like this».
+        :meth:`Index.search_hybrid` (``weights``, ``Hit.scores``); in hybrid and lexical modes a
+        page's snippet marks the query's words «like this» (a passage's snippet stays its whole text).
 
         Hits carry ``path``, ``page`` (1-based; a text document's passage number), ``score``
         (MaxSim), ``snippet`` (page text around the query's words; a passage's whole text),
@@ -270,11 +270,11 @@ class Engine(Index):
             results = self.search_hybrid(emb.single[0], emb.multi[0], text, mode=mode, weights=weights, **args)
         for hit in (p for d in results for p in d.pages) if group_by else results:
             if hit.metadata.get("kind") == "text":
-                hit.snippet = hit.text or ""
+                hit.snippet = hit.text or ""  # a passage's whole text, as stored
             else:
                 hit.snippet = snippet(hit.text or "", text)
-            if mode != "visual":
-                hit.snippet = highlight(hit.snippet, text)
+                if mode != "visual":
+                    hit.snippet = highlight(hit.snippet, text)
         return results
 
     def render(self, hit: Hit, dpi: float = 100):

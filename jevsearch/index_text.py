@@ -18,6 +18,7 @@ query (see PARTIAL_MATCH). A query without such a match ranks as the visual side
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -73,6 +74,11 @@ class IndexText:
             ti, problem = None, f"the text index is missing or damaged ({e})"
         if self.readonly:
             self._text = ti
+            if ti is None and not _writable(self.path):
+                # Tantivy takes a lock file even to read: a folder this user may not write is searched
+                # visually (nothing is wrong with the index).
+                log.info("%s: not writable by this user: lexical search is off", self.path)
+                return
             if ti is None:
                 self._text_problem = problem
                 log.warning("%s: %s; searching visually only until a writer rebuilds it", self.path, problem)
@@ -202,7 +208,7 @@ class IndexText:
     def _text_reader(self):
         """The text index at its latest commit (a reader follows a rebuild to its new folder)."""
         ti = self._text
-        if not self.has_text_index:
+        if not self.has_text_index or (self.readonly and ti is None and not _writable(self.path)):
             return None
         if not self.readonly:
             if ti is not None and ti.pending:
@@ -222,8 +228,8 @@ class IndexText:
 
     def _text_problems(self, deep: bool) -> list[Problem]:
         """verify's findings about the text index (all fixable: it is rebuilt from LMDB)."""
-        if not self.has_text_index or not textindex.available():
-            return []
+        if not self.has_text_index or not textindex.available() or (self.readonly and not _writable(self.path)):
+            return []  # a folder we may not write: Tantivy cannot open it to check
         ti = self._text_reader()
         if ti is None:
             return [Problem(f"text index: {self._text_problem}", fixable=True)]
@@ -327,7 +333,9 @@ class IndexText:
                 if mode == "lexical":
                     ranked = list(lexical.items())
                 else:
-                    ranked = fusion.fuse({"visual": sorted(vis, key=lambda p: (-vis[p], p)), "lexical": list(lexical)},
+                    order = {h.page_id: i for i, h in enumerate(visual)}  # ties as the visual search breaks them
+                    by_look = sorted(vis, key=lambda p: (-vis[p], order.get(p, len(order)), p))
+                    ranked = fusion.fuse({"visual": by_look, "lexical": list(lexical)},
                                          weights, item_weights={"lexical": partial})
                 ids = np.array([p for p, _ in ranked], dtype=np.int64)
                 scores = np.array([s for _, s in ranked], dtype=np.float32)
@@ -360,12 +368,30 @@ class IndexText:
             return ok & np.isin(ids, scope) if scope is not None else ok
 
         try:
-            return ti.search(text, n, accept)
+            ids, scores, full = ti.search(text, n, accept)
         except Exception as e:  # noqa: BLE001 - a damaged Tantivy file: the visual side still answers
             self._text_problem = f"the text index failed a search ({e})"
             log.warning("%s: %s; searching visually only (verify --repair rebuilds it)", self.path,
                         self._text_problem)
             return none
+        # Ties (equal BM25: pages with the same words) by (doc_id, page) as the visual search breaks
+        # them, not by Tantivy's segment order, which depends on the index's history.
+        names = self._page_names(txn, ids)
+        order = sorted(range(len(ids)), key=lambda i: (not full[i], -round(float(scores[i]), 4), names[i]))
+        return ids[order], scores[order], full[order]
+
+    def _page_names(self, txn, ids: np.ndarray) -> list[tuple[str, int]]:
+        docs: dict[bytes, str] = {}
+        out = []
+        for pid in ids.tolist():
+            try:
+                key, page_no, _ = self._store.page(txn, pid)
+                if key not in docs:
+                    docs[key] = (self._store.document_by_key(txn, key) or {}).get("doc_id", "")
+                out.append((docs[key], page_no))
+            except (CorruptIndexError, TypeError):
+                out.append(("", pid))  # damaged: _hits notes it
+        return out
 
     def _maxsim(self, txn, q_multi, page_ids: list[int]) -> dict[int, float]:
         """MaxSim of pages found only by their words (on the exact tokens when the index keeps them)."""
@@ -376,3 +402,8 @@ class IndexText:
             cand = np.array([page_ids], dtype=np.int64)
             (ids, scores), = self._rerank(txn, qt, [len(queries[0])], cand, len(page_ids), table)
         return dict(zip(ids.tolist(), scores.tolist()))
+
+
+def _writable(path: str) -> bool:
+    pointer = textindex.TextIndex.read_pointer_quiet(path)
+    return os.access(os.path.join(path, pointer["dir"]) if pointer else path, os.W_OK)

@@ -107,7 +107,8 @@ def test_page_view_heatmap_and_explain_api(client):
     rows, cols = ex["grid"]
     assert ex["tokens"][:3] == ["Query", ":", " quarterly"] and ex["meaningful"][:3] == [False, False, True]
     assert np.array(ex["maps"]).shape == (len(ex["tokens"]), rows, cols)
-    assert ex["score"] == pytest.approx(h["score"], abs=1e-4) and ex["source"] == "stored"
+    # The page's MaxSim: the hit's visual score (its score is the fused one in a hybrid search).
+    assert ex["score"] == pytest.approx(h["scores"].get("visual", h["score"]), abs=1e-4) and ex["source"] == "stored"
 
     plain = client.get(f"/page-image/{h['page_id']}.png")
     for token in (None, 3):

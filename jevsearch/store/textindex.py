@@ -162,6 +162,14 @@ class TextIndex:
             raise ValueError(f"{POINTER} fails its checksum")
         return body
 
+    @staticmethod
+    def read_pointer_quiet(index_dir: str) -> dict | None:
+        """text.json, or None when it is missing or damaged."""
+        try:
+            return TextIndex.read_pointer(index_dir)
+        except (ValueError, OSError):
+            return None
+
     @classmethod
     def open(cls, index_dir: str, readonly: bool) -> TextIndex:
         """Open the live text index; ValueError/OSError (callers rebuild) when missing or damaged."""
