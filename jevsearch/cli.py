@@ -99,6 +99,8 @@ def _fail(message: str) -> None:
 def _cmd_index(args) -> int:
     from jevsearch.ingest import discover
 
+    if not args.paths:
+        return _build_text_index(args)
     # The inputs first: a typo must neither load a model nor leave an empty index behind.
     sources, failed = discover(args.paths)
     new = _new_index_dir(args.index)
@@ -121,6 +123,8 @@ def _cmd_index(args) -> int:
             report = eng.add(args.paths, metadata=dict(args.meta or ()) or None, prune=args.prune,
                              retry_failed=args.retry_failed, progress=not args.quiet, found=(sources, failed),
                              ray=args.ray, workers=args.workers)
+            if args.text_index and not getattr(eng, "has_text_index", True):
+                eng.build_text_index()
     except DiskFullError as e:  # a partial run like any other: what was done, then why it stopped (exit 3)
         if e.report is None:
             raise
@@ -148,7 +152,7 @@ def _create(args, storage: dict):
         return ShardedEngine.create(args.index, shards=args.shards, model=model, **storage)
     from jevsearch.engine import Engine
 
-    return Engine.create(args.index, model=model, **storage)
+    return Engine.create(args.index, model=model, text_index=args.text_index, **storage)
 
 
 def _open_writer(args, storage: dict):
@@ -171,6 +175,22 @@ def _open_writer(args, storage: dict):
         eng.close()
         raise
     return eng
+
+
+def _build_text_index(args) -> int:
+    """`index --text-index` without paths: the text index from the stored text layers (no model needed)."""
+    from jevsearch.engine import Engine
+
+    if not args.text_index:
+        raise InvalidInputError("no PATH given (hint: name files or folders to index, or --text-index to build "
+                                "the text index of the index's stored pages)")
+    if _new_index_dir(args.index):
+        raise InvalidInputError(f"--text-index: {args.index} is not an index yet (hint: index documents first)")
+    with Engine.open(args.index) as eng:
+        pages = eng.build_text_index()
+    if not args.quiet:
+        print(f"{args.index}: text index built ({pages} pages)")
+    return 0
 
 
 def _storage_args(args) -> dict:
@@ -215,6 +235,8 @@ def _cmd_search(args) -> int:
     filters = {"where": where} if where is not None else {}
     if args.documents:
         filters["group_by"] = "document"
+    if args.mode is not None:
+        filters["mode"] = args.mode
     with _reader(args.index, model=args.model) as eng:
         hits = eng.search(args.query, k=args.k, **filters)
     if args.json:
@@ -439,7 +461,9 @@ def _info(eng) -> dict:
             "single_stored_dim": m.get("single_stored_dim") or m["single_full_dim"],
             "single_dtype": stats["single_dtype"], "multi_dim": m["multi_dim"],
             "codec": stats["codec"], "keep_exact": stats["keep_exact"], "pool_factor": stats["pool_factor"],
-            "bytes_on_disk": stats["bytes"]["lmdb_file"] + stats["bytes"]["hnsw_file"],
+            "bytes_on_disk": stats["bytes"]["lmdb_file"] + stats["bytes"]["hnsw_file"]
+            + stats["bytes"].get("text_index", 0),
+            **({k: v for k, v in eng.text_stats().items() if k != "text_bytes"} if hasattr(eng, "text_stats") else {}),
             "bytes_per_page": {k: round(v) for k, v in stats["bytes_per_page"].items()},
             **({"shards": stats["shards"]} if "shards" in stats else {})}
 
@@ -513,8 +537,11 @@ def _parser() -> argparse.ArgumentParser:
                        description="Create the index if needed, then add documents. Unchanged files are "
                        "skipped, changed ones replaced, renamed or copied ones re-keyed without encoding; "
                        "rerun after an interruption to resume.")
-    c.add_argument("paths", nargs="+", metavar="PATH", help="PDF, image, .txt or .md files, or folders (searched "
+    c.add_argument("paths", nargs="*", metavar="PATH", help="PDF, image, .txt or .md files, or folders (searched "
                    "recursively)")
+    c.add_argument("--text-index", action="store_true", default=None,
+                   help="keep a full-text index for lexical and hybrid search (a new index has one when tantivy is "
+                   "installed); without PATHs: build it for an existing index from its stored text, no re-encoding")
     c.add_argument("--model", metavar="M", help=f"hub id or local snapshot path (new index: default {DEFAULT_MODEL}; "
                    "existing index: must be the recorded model)")
     c.add_argument("--meta", type=_meta, action="append", metavar="KEY=VALUE",
@@ -540,6 +567,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--where", metavar="JSON", help='metadata filter, e.g. \'{"year": {"$gte": 2023}}\' '
                    "(operators $eq $ne $in $nin $gt $gte $lt $lte $glob $exists $and $or)")
     c.add_argument("--documents", action="store_true", help="rank documents (by their best page) instead of pages")
+    c.add_argument("--mode", choices=("hybrid", "lexical", "visual"), help="rank by words and look together "
+                   "(hybrid: the default when the index has a text index), words only, or look only")
     c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
     c.set_defaults(run=_cmd_search)
 

@@ -38,8 +38,8 @@ class ModelSearch:
     encoding, snippets, page pictures and heat-maps. One implementation for :class:`Engine` and
     :class:`~jevsearch.scale.ShardedEngine`, so the two search surfaces cannot drift apart.
 
-    The host provides ``_manifest`` (with the ``model`` record), ``_encoder`` / ``_model_args``,
-    ``search_embeddings`` and ``page_data``.
+    The host provides ``_manifest`` (with the ``model`` record), ``_encoder`` / ``_model_args`` /
+    ``_model_source``, ``search_embeddings``, ``search_hybrid`` / ``_text_mode`` and ``page_data``.
     """
 
     @property
@@ -60,9 +60,15 @@ class ModelSearch:
         return modelinfo.page_geometry(self.encoder, self._manifest["model"])
 
     def search(self, query, k: int = 10, *, candidates: int | None = None, rescore: int | None = None,
-               where: dict | None = None, group_by: str | None = None,
-               pages_per_document: int = 3) -> list[Hit] | list[DocHit]:
+               where: dict | None = None, group_by: str | None = None, pages_per_document: int = 3,
+               mode: str | None = None, weights: dict | None = None) -> list[Hit] | list[DocHit]:
         """Search with a text (task retrieval, prompt "query") or a PIL image; best pages first.
+
+        ``mode`` (a text query): "hybrid" (the default when the index has a text index) ranks pages
+        by their look and by their words together; "lexical" by their words only (no model needed);
+        "visual" by their look only (the default without a text index, and for an image query). See
+        :meth:`Index.search_hybrid` (``weights``, ``Hit.scores``); in hybrid and lexical modes a
+        page's snippet marks the query's words «like this» (a passage's snippet stays its whole text).
 
         Hits carry ``path``, ``page`` (1-based; a text document's passage number), ``score``
         (MaxSim), ``snippet`` (page text around the query's words; a passage's whole text),
@@ -73,17 +79,28 @@ class ModelSearch:
         >>> hits = eng.search("quarterly revenue by region", k=10, where={"year": {"$gte": 2023}})  # doctest: +SKIP
         >>> hits[0].path, hits[0].page, hits[0].score, hits[0].snippet   # doctest: +SKIP
         >>> docs = eng.search("revenue", k=5, group_by="document")       # doctest: +SKIP
+        >>> hits = eng.search("INV-2024-08817", mode="lexical")          # doctest: +SKIP
         """
-        from jevsearch.search.snippets import snippet
+        from jevsearch.search.snippets import highlight, snippet
 
-        emb = self.embed_query(query)
-        results = self.search_embeddings(emb.single[0], emb.multi[0], k=k, candidates=candidates, rescore=rescore,
-                                         where=where, group_by=group_by, pages_per_document=pages_per_document)
+        text = query if isinstance(query, str) else None
+        if text is None and mode not in (None, "visual"):
+            raise InvalidInputError(f"mode {mode!r}: needs a text query (hint: an image query searches visually)")
+        mode = self._text_mode(mode) if text is not None else "visual"
+        args = {"k": k, "candidates": candidates, "rescore": rescore, "where": where, "group_by": group_by,
+                "pages_per_document": pages_per_document}
+        if mode == "lexical":
+            results = self.search_hybrid(None, None, text, mode=mode, weights=weights, **args)
+        else:
+            emb = self.embed_query(query)
+            results = self.search_hybrid(emb.single[0], emb.multi[0], text, mode=mode, weights=weights, **args)
         for hit in (p for d in results for p in d.pages) if group_by else results:
             if hit.metadata.get("kind") == "text":
-                hit.snippet = hit.text or ""
+                hit.snippet = hit.text or ""  # a passage's whole text, as stored
             else:
-                hit.snippet = snippet(hit.text or "", query if isinstance(query, str) else None)
+                hit.snippet = snippet(hit.text or "", text)
+                if mode != "visual":
+                    hit.snippet = highlight(hit.snippet, text)
         return results
 
     def embed_query(self, query):

@@ -52,9 +52,10 @@ from jevsearch.index_codec import Layout, new_layout
 from jevsearch.index_fields import IndexFields
 from jevsearch.index_maintenance import IndexMaintenance
 from jevsearch.index_search import Hit, IndexSearch
+from jevsearch.index_text import IndexText
 from jevsearch.search.maxsim import scoring_device
 from jevsearch.search.threads import torch_threads
-from jevsearch.store import fields, validate, verify
+from jevsearch.store import fields, textindex, validate, verify
 from jevsearch.store.damage import DamageLog
 from jevsearch.store.graphview import GraphView
 from jevsearch.store.hnsw import HnswGraph
@@ -79,7 +80,7 @@ __all__ = ["Hit", "Index"]
 log = logging.getLogger(__name__)
 
 
-class Index(IndexSearch, IndexMaintenance, IndexFields):
+class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
     """A persistent page index with two-stage search (HNSW candidates, MaxSim rerank).
 
     Create with :meth:`create`, reopen with :meth:`open`. One writer per index (another raises
@@ -109,6 +110,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
             old = not self._refresh(txn).get("fields")
         if old and not self.readonly:
             self._build_field_table()
+        self._open_text()
         if not self.readonly and not self._view.clean:
             self.flush()  # repaired at open: persist so the next open is fast
 
@@ -127,7 +129,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
     def create(cls, path, *, single_dim: int = 128, single_full_dim: int | None = None, multi_dim: int = 128,
                codec: str | None = None, keep_exact: bool | None = None, pool_factor: int | None = None,
                multi_dtype: str | None = None, hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128,
-               model_info: dict | None = None, threads: int = 1):
+               model_info: dict | None = None, threads: int = 1, text_index: bool | None = None):
         """Create an empty index at ``path`` (which must not exist or be an empty directory).
 
         single_dim: truncation of the single vectors indexed in the HNSW (Matryoshka); the full
@@ -144,7 +146,8 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         hnsw_m / ef_construction / ef_search: HNSW parameters (the search beam is raised to 4x the
         number of candidates asked for, see jevsearch.store.hnsw). model_info: JSON object describing
         the encoder, kept in the manifest. threads: CPU threads for the index's own tensor work (see
-        :meth:`open`).
+        :meth:`open`). text_index: keep a full-text index of the pages' text for lexical and hybrid
+        search (:mod:`jevsearch.index_text`); default: when tantivy is installed (the ``text`` extra).
         The index is built in a temporary directory and moved into place, so a crash never leaves a
         half-created index. A new directory gets the mode the umask gives; an empty directory the user
         made is filled in place and keeps its mode and owner. Returns the index opened for writing.
@@ -161,6 +164,9 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         manifest = layout.manifest(new_manifest(
             single_dim=single_dim, single_full_dim=single_full_dim, multi_dim=multi_dim, multi_dtype="float16",
             hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, model_info=model_info))
+        if text_index or (text_index is None and textindex.available()):
+            textindex.tantivy()  # MissingDependencyError with the install command
+            manifest["text_index"] = True
         parent = os.path.dirname(os.path.abspath(path))
         if not existing:
             os.makedirs(parent, exist_ok=True)
@@ -170,6 +176,8 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         try:
             PageStore.initialise(tmp, manifest, state)
             HnswGraph(single_dim, hnsw_m, ef_construction, ef_search).save(tmp, epoch=0, next_page_id=0)
+            if manifest.get("text_index"):
+                textindex.TextIndex.create(tmp, gen=0, epoch=0).close()
             if existing:
                 # The store first: a create racing into the same folder fails there, before moving
                 # anything of its own; CURRENT, which makes the folder an index, last.
@@ -241,6 +249,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
             finally:
                 for scorer in self._scorers.values():
                     scorer.close()
+                self._close_text()
                 self._view.close()
                 self._store.close()
                 self._store = None
@@ -264,7 +273,8 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
         return f"{type(self).__name__}({self.path!r}, readonly={self.readonly})"
 
     def flush(self) -> None:
-        """Write the in-memory HNSW to disk (atomically). LMDB commits are already durable."""
+        """Write the in-memory HNSW to disk (atomically) and commit the text index. LMDB commits are
+        already durable."""
         with self._mutex:
             self._check_writable()
             try:
@@ -273,6 +283,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
                 if isinstance(e, StorageError):
                     raise
                 raise os_error(self.path, e) from e
+            self._commit_text()
 
     # -- manifest -------------------------------------------------------------------------------
 
@@ -384,6 +395,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
             self._manifest = manifest
             self._fields.committed(state, added, gone)
             self._after_commit(state, removed, np.concatenate(ids), np.concatenate(vecs))
+            self._text_changed(gone, [item["doc_id"] for item in prepared])
             return [len(item["codes"]) for item in prepared]
 
     def delete(self, doc_id: str) -> bool:
@@ -401,6 +413,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
                 self._store.put_state(txn, state)
             self._fields.committed(state, [], removed[:1])
             self._after_commit(state, removed, None, None)
+            self._text_changed(removed[:1], [])
             return True
 
     def rename_document(self, old: str, new: str, *, metadata: dict | None = None) -> None:
@@ -427,6 +440,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields):
                 self._store.put_state(txn, state)
             self._fields.committed(state, [(doc["first"], rec)], removed[:1] + [doc["first"]])
             self._after_commit(state, removed, None, None)
+            self._text_changed(removed[:1] + [doc["first"]], [new])
 
     def copy_document(self, src: str, dst: str, *, metadata: dict | None = None) -> int:
         """Add document ``dst`` with the stored vectors, texts and page numbers of ``src`` (a copy of

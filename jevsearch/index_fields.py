@@ -38,6 +38,7 @@ class IndexFields:
                 self._store.put_state(txn, state)
             self._fields.committed(state, [(doc["first"], rec)], [doc["first"]])
             self._after_commit(state, [], None, None)
+            self._text_changed([doc["first"]], [doc_id])  # its title may have changed
             return dict(doc["metadata"])
 
     def _build_field_table(self) -> None:

@@ -85,6 +85,7 @@ class IndexMaintenance:
                     self._refresh(txn)  # the new manifest: scorers for the new layout
             else:
                 self._store.compact_file()
+            self._text_after_compact()
         redo = sorted({p.doc for p in damaged if p.doc})
         if damaged:
             log.warning("%s: compacted, but %d damaged values could not be rebuilt (%s): delete and re-add %s",
@@ -108,10 +109,11 @@ class IndexMaintenance:
                 self._refresh(txn)
             hnsw = os.path.join(self.path, "hnsw.bin")
             sizes = {"lmdb_file": self._store.file_bytes(),
-                     "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0}
+                     "hnsw_file": os.path.getsize(hnsw) if os.path.exists(hnsw) else 0,
+                     "text_index": text.bytes() if self.has_text_index and (text := self._text_reader()) else 0}
             sizes.update(self._store.table_bytes())
             parts = {"multi_codes": sizes.get("multi", 0), "exact": sizes.get(EXACT, 0),
-                     "singles": sizes.get("single", 0), "hnsw": sizes["hnsw_file"]}
+                     "singles": sizes.get("single", 0), "hnsw": sizes["hnsw_file"], "text_index": sizes["text_index"]}
             parts["other"] = sizes["lmdb_file"] - parts["multi_codes"] - parts["exact"] - parts["singles"]
             layout = self._layout
             return {"documents": state["docs"], "pages": state["pages"], "tokens": state["tokens"],
@@ -140,6 +142,7 @@ class IndexMaintenance:
                     done = verify.repair_records(self._store, txn)
                     if fields.check_table(self._store, txn):
                         done.append(f"rebuilt the field index ({fields.fill_table(self._store, txn)} documents)")
+                done += self._repair_text() if any(p.text.startswith("text index") for p in problems) else []
                 done += self.compact()["dropped"]
                 with self._store.read() as txn:
                     self._damage.prune(self._store, txn)
@@ -163,6 +166,7 @@ class IndexMaintenance:
             problems += [verify.Problem(text, fixable=True) for text in fields.check_table(self._store, txn)]
         if not deep:  # a deep check finds them itself
             problems += self._damage.problems()
+        problems += self._text_problems(deep)
         if self._view.repaired_in_memory:
             problems.append(verify.Problem(f"hnsw.bin: {self._view.repaired_in_memory} (rebuilt in memory only)",
                                            fixable=True))

@@ -44,7 +44,9 @@ class Hit:
     ``page`` is 1-based; ``metadata`` is the document's metadata; ``text`` the page text given to
     ``add_embeddings(page_texts=...)``, or None when none was stored; ``snippet`` (set by
     :meth:`Engine.search`) a short window of it around the query's words; ``path`` the document's file;
-    ``page_id`` the page's id in the index (ids are never reused: a re-added document's pages get new ones).
+    ``page_id`` the page's id in the index (ids are never reused: a re-added document's pages get new ones);
+    ``scores`` (hybrid and lexical search) each side's score: {"visual": MaxSim, "lexical": BM25}, None
+    for a side that did not find the page.
     """
 
     doc_id: str
@@ -54,6 +56,7 @@ class Hit:
     text: str | None = None
     snippet: str = ""
     page_id: int | None = None
+    scores: dict = field(default_factory=dict)
 
     @property
     def path(self) -> str:
@@ -62,13 +65,13 @@ class Hit:
 
     def to_dict(self) -> dict:
         """The hit as JSON-ready data (``jevsearch search --json``, the web app's API): score, path,
-        page, snippet, metadata, page_id.
+        page, snippet, metadata, page_id, and ``scores`` (each side's) after a hybrid or lexical search.
 
         >>> Hit("/d/a.pdf", 2, 0.5, {"kind": "pdf"}, page_id=7).to_dict()["page"]
         2
         """
         return {"score": self.score, "path": self.path, "page": self.page, "snippet": self.snippet,
-                "metadata": self.metadata, "page_id": self.page_id}
+                "metadata": self.metadata, "page_id": self.page_id, **({"scores": self.scores} if self.scores else {})}
 
 
 class IndexSearch:

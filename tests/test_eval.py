@@ -167,7 +167,8 @@ def test_every_setting_runs_and_known_answers_hold(beir):
         run = {}
         for q in ds.queries:
             query = Image.open(q.image) if q.image else q.text
-            run[q.id] = _ranked_by_hand(eng.search(query, k=100), beir["root"] / "corpus", ds.qrels[q.id])
+            run[q.id] = _ranked_by_hand(eng.search(query, k=100, mode="visual"), beir["root"] / "corpus",
+                                        ds.qrels[q.id])
         assert metrics.compute(ds.qrels, run, 5) == pytest.approx(rows["two-stage c=100"]["metrics"])
 
         # The image query is the indexed chart itself: first in every setting (reciprocal rank 1).

@@ -5,6 +5,9 @@ same query embeddings; only the search call is timed. A setting is a dict:
 
 * ``{"mode": "single"}``: single vectors only, the HNSW over the index's truncation (stage 1 alone);
   ``{"mode": "single", "exact": True}``: exact inner products with the stored full single vectors.
+* ``{"mode": "hybrid"}`` / ``{"mode": "lexical"}``: the query's words and look together, or its words
+  only (:meth:`Index.search_hybrid`; an index with a text index, text queries); ``{"mode": "visual"}``
+  is the two-stage search, as without a mode. Other keys go to the search as below (``weights`` too).
 * anything else is passed to ``search_embeddings`` as keywords: ``{"candidates": 50}``,
   ``{"exhaustive": True}``, and any option it gains later, checked against its signature.
 * ``"label"``: the row's name (default: made from the setting).
@@ -19,8 +22,8 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -40,7 +43,7 @@ _OURS = ("label", "mode", "exact")  # setting keys read here; the rest go to sea
 class _Plan:
     label: str
     params: dict
-    search: Callable  # (q_single, q_multi) -> list[Hit]
+    search: Callable  # (q_single, q_multi, text) -> list[Hit]
 
 
 def evaluate(eng, ds: Dataset, k: int = 10, settings: Sequence[Mapping] | None = None, *,
@@ -76,11 +79,11 @@ def evaluate(eng, ds: Dataset, k: int = 10, settings: Sequence[Mapping] | None =
         rows = []
         for plan in plans:
             bar.set_description(plan.label)
-            plan.search(*embedded[0])  # warm-up, untimed: first-touch costs are not the setting's
+            plan.search(*embedded[0], ds.queries[0].text)  # warm-up, untimed: first-touch costs are not the setting's
             run, latency = {}, []
             for q, (single, multi) in zip(ds.queries, embedded):
                 t = time.perf_counter()
-                hits = plan.search(single, multi)
+                hits = plan.search(single, multi, q.text)
                 latency.append((time.perf_counter() - t) * 1e3)
                 run[q.id] = _ranked(ds, hits, ds.qrels[q.id])
                 bar.update()
@@ -105,8 +108,9 @@ def _plan(eng, setting, k: int, depth: int) -> _Plan:
     if label is not None and not isinstance(label, str):
         raise InvalidInputError(f"settings: label {label!r} is not a str")
     mode, exact = setting.get("mode"), setting.get("exact", False)
-    if mode not in (None, "single"):
-        raise InvalidInputError(f"settings: mode {mode!r} (hint: 'single', or no mode for the two-stage search)")
+    if mode not in (None, "single", "visual", "lexical", "hybrid"):
+        raise InvalidInputError(f"settings: mode {mode!r} (hint: 'single', 'lexical', 'hybrid', or no mode for the "
+                                "two-stage search)")
     if not isinstance(exact, bool) or (exact and mode != "single"):
         raise InvalidInputError(f"settings: exact={exact!r} (hint: exact=True goes with mode 'single')")
     m = eng.manifest
@@ -116,11 +120,15 @@ def _plan(eng, setting, k: int, depth: int) -> _Plan:
             raise InvalidInputError(f"settings: {extra} with mode 'single' (hint: it takes only exact and label)")
         dims = f"{m['single_full_dim'] or 'full'} exact" if exact else f"{m['single_dim']} hnsw"
         return _Plan(label or f"single@{dims}", params,
-                     lambda s, mv: eng.search_singles(s, depth, exact=exact))
+                     lambda s, mv, text: eng.search_singles(s, depth, exact=exact))
     kwargs = {key: v for key, v in setting.items() if key not in _OURS}
-    options = inspect.signature(eng.search_embeddings).parameters
+    words = mode in ("lexical", "hybrid")
+    if words and not getattr(eng, "has_text_index", False):
+        raise InvalidInputError(f"settings: mode {mode!r}: the index has no text index (hint: build it with "
+                                "eng.build_text_index(), or `jevsearch index --text-index --index DIR`)")
+    options = inspect.signature(eng.search_hybrid if words else eng.search_embeddings).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in options.values()):
-        accepted = sorted(set(options) - {"q_single", "q_multi", "k"})
+        accepted = sorted(set(options) - {"q_single", "q_multi", "k", "text", "mode"})
         for key in kwargs:
             if key not in accepted:
                 raise InvalidInputError(f"settings: {key!r} is not a search_embeddings option "
@@ -131,10 +139,20 @@ def _plan(eng, setting, k: int, depth: int) -> _Plan:
         if isinstance(cand, int) and not isinstance(cand, bool):
             k_search = min(depth, max(cand, k))  # its own candidates at most: see the module docstring
     if label is None:
-        words = ["exhaustive"] if kwargs.get("exhaustive") else ["two-stage"]
-        words += [f"{key}={v}" for key, v in kwargs.items() if key != "exhaustive"]
-        label = " ".join(words).replace("two-stage candidates=", "two-stage c=")
-    return _Plan(label, params, lambda s, mv: eng.search_embeddings(s, mv, k=k_search, **kwargs))
+        names = [mode] if words else ["exhaustive"] if kwargs.get("exhaustive") else ["two-stage"]
+        names += [f"{key}={v}" for key, v in kwargs.items() if key != "exhaustive"]
+        label = " ".join(names).replace("two-stage candidates=", "two-stage c=")
+    if words:
+        return _Plan(label, params, lambda s, mv, text: eng.search_hybrid(s, mv, _text(text), k=k_search, mode=mode,
+                                                                          **kwargs))
+    return _Plan(label, params, lambda s, mv, text: eng.search_embeddings(s, mv, k=k_search, **kwargs))
+
+
+def _text(text: str | None) -> str:
+    if text is None:
+        raise InvalidInputError("settings: lexical and hybrid modes need text queries (hint: this dataset's "
+                                "queries are images or embeddings: drop the mode)")
+    return text
 
 
 def _check_corpus(eng, ds: Dataset) -> None:

@@ -331,6 +331,20 @@ class ShardedEngine(ModelSearch):
         return total
 
     # -- reads ----------------------------------------------------------------------------------
+    def _text_mode(self, mode: str | None) -> str:
+        """Shards keep no text index yet: a sharded index searches visually."""
+        if mode not in (None, "visual"):
+            raise InvalidInputError(f"mode {mode!r}: a sharded index searches visually (hint: mode=None or "
+                                    '"visual"; hybrid and lexical search need a single index)',
+                                    cli_hint="--mode visual, or search a single index")
+        return "visual"
+
+    def search_hybrid(self, q_single, q_multi, text, k: int = 10, *, mode: str | None = None,
+                      weights: dict | None = None, **options):
+        """As :meth:`Index.search_hybrid` in its visual mode (the only one shards have): ``search_embeddings``."""
+        self._text_mode(mode)
+        return self.search_embeddings(q_single, q_multi, k=k, **options)
+
     def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int | None = None,
                           rescore: int | None = None, exhaustive: bool = False, *, where: dict | None = None,
                           group_by: str | None = None, pages_per_document: int = 3):

@@ -6,11 +6,16 @@ Pure string functions (no I/O); the text comes from the page's PDF text layer st
 '… filler filler Revenue by region grew 12% in Q3. more …'
 >>> snippet("", "anything")
 ''
+>>> highlight("Invoice INV-2024-08817 from Café Müller, 東京都庁", "inv-2024-08817 cafe 東京")
+'Invoice «INV-2024-08817» from «Café» Müller, «東京»都庁'
+>>> highlight("the harbor warehouse", "warehouse harbor")
+'the «harbor warehouse»'
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # Words too common to locate anything on a page.
 _STOP = frozenset(
@@ -75,3 +80,49 @@ def _best_window(text: str, terms: list[str], width: int) -> int:
     # Centre the cluster in the window.
     cluster_start, cluster_end = best[0], best[1]
     return max(0, min(len(text) - width, cluster_start - (width - (cluster_end - cluster_start)) // 2))
+
+
+MARK_OPEN, MARK_CLOSE = "«", "»"
+_CJK_CHAR = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]")
+
+
+def fold(text: str) -> str:
+    """``text`` lower-cased with accents removed, character for character (same length: a character
+    whose folding is not one character stays as it is), so positions match the original."""
+    out = []
+    for ch in text:
+        base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c)).lower()
+        out.append(base if len(base) == 1 else ch.lower() if len(ch.lower()) == 1 else ch)
+    return "".join(out)
+
+
+def highlight(text: str, query: str | None) -> str:
+    """``text`` with the query's words and phrases marked «like this» where they occur (case and
+    accents ignored; a query word with inner punctuation, e.g. INV-2024-08817, matches across any
+    punctuation between its parts; CJK text by character runs)."""
+    if not text or not query:
+        return text
+    folded = fold(text)
+    spans = []
+    for word in fold(query).replace('"', " ").split():
+        parts = re.findall(r"[^\W_]+", word)
+        if not parts or (len(parts) == 1 and len(parts[0]) < 2 and not _CJK_CHAR.match(parts[0])):
+            continue
+        if _CJK_CHAR.search(word):
+            pattern = re.escape("".join(parts))
+        else:
+            pattern = r"(?<![^\W_])" + r"[\W_]+".join(re.escape(p) for p in parts) + r"(?![^\W_])"
+        spans += [m.span() for m in re.finditer(pattern, folded)]
+    if not spans:
+        return text
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and (start <= merged[-1][1] or not text[merged[-1][1]:start].strip()):  # one mark per run
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    out, pos = [], 0
+    for start, end in merged:
+        out += [text[pos:start], MARK_OPEN, text[start:end], MARK_CLOSE]
+        pos = end
+    return "".join(out + [text[pos:]])

@@ -141,14 +141,15 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
         with state.work("reading the index") as eng:
             stats, manifest = eng.stats(), eng.manifest
         return {"name": os.path.basename(os.path.abspath(state.index_path)), "documents": stats["documents"],
-                "pages": stats["pages"], "model": (manifest.get("model") or {}).get("source")}
+                "pages": stats["pages"], "model": (manifest.get("model") or {}).get("source"),
+                "text_index": bool(manifest.get("text_index"))}
 
     # -- search -----------------------------------------------------------------------------------
-    def search(query, k: int, qid: str | None = None, marks: bool = False) -> dict:
+    def search(query, k: int, qid: str | None = None, marks: bool = False, mode: str | None = None) -> dict:
         """The hits as JSON rows; ``marks``: also ``passage_marks`` {page id: [(start, end, title)]},
         the words each text passage matched (for the HTML grid)."""
         with state.work("searching" if isinstance(query, str) else "searching with the image") as eng:
-            hits = eng.search(query, k=k)
+            hits = eng.search(query, k=k, mode=mode or None)
             passage_marks = {h.page_id: pages.passage_marks(state.explanation(eng, h.page_id, query, _key(query, qid)))
                              for h in hits if marks and visuals.is_passage(h)}
         link = {"q": query} if qid is None else {"qi": qid}
@@ -181,18 +182,18 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
 
         return await run_in_threadpool(work)
 
-    def results_page(result: dict, link: dict, title: str, q: str = "") -> str:
-        link = dict(link, k=result["k"])
+    def results_page(result: dict, link: dict, title: str, q: str = "", mode: str | None = None) -> str:
+        link = dict(link, k=result["k"], **({"mode": mode} if mode else {}))
         body = pages.results(result["hits"], link, result["passage_marks"])
-        return pages.layout(title, body, info(), q=q, k=result["k"], max_k=state.limits.max_k)
+        return pages.layout(title, body, info(), q=q, k=result["k"], max_k=state.limits.max_k, mode=mode)
 
     @app.get("/", response_class=HTMLResponse)
-    def home(q: str | None = None, k: str | None = None, qi: str | None = None):
+    def home(q: str | None = None, k: str | None = None, qi: str | None = None, mode: str | None = None):
         if q is None and qi is None:
             return pages.layout("Search", "", info(), max_k=state.limits.max_k)
         query, _, link = query_of(q, qi)  # ?qi=: the results of an uploaded image again (the page's way back)
-        result = search(query, state.check_k(k), qi, marks=True)
-        return results_page(result, link, q if q is not None else "Image search", q or "")
+        result = search(query, state.check_k(k), qi, marks=True, mode=mode)
+        return results_page(result, link, q if q is not None else "Image search", q or "", mode)
 
     @app.post("/", response_class=HTMLResponse)
     async def home_image(request: Request, k: str | None = None):
@@ -201,8 +202,8 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
             lambda: results_page(result, {"qi": result["query"]["image"]}, "Image search")))
 
     @app.get("/api/search")
-    def api_search(q: str | None = None, k: str | None = None):
-        return search(state.check_query(q), state.check_k(k))
+    def api_search(q: str | None = None, k: str | None = None, mode: str | None = None):
+        return search(state.check_query(q), state.check_k(k), mode=mode)
 
     @app.post("/api/search")
     async def api_search_image(request: Request, k: str | None = None):

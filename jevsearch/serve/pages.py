@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import html
 import os
+import re
 from urllib.parse import urlencode
 
 _CSS = """
@@ -86,12 +87,16 @@ def _e(value) -> str:
 
 
 def layout(title: str, body: str, info: dict | None = None, q: str = "", k: int | None = None,
-           max_k: int = 100) -> str:
+           max_k: int = 100, mode: str | None = None) -> str:
     """A whole page: header with the search forms, then ``body`` (already HTML)."""
     counts = ""
     if info:
         counts = f"{_e(info['name'])} \u00b7 {info['documents']} documents \u00b7 {info['pages']} pages"
     k_value = f' value="{int(k)}"' if k else ""
+    modes = "".join(f'<option value="{m}"{" selected" if m == mode else ""}>{m}</option>'
+                    for m in ("hybrid", "lexical", "visual"))
+    mode_select = (f' <label class="meta">mode <select name="mode" aria-label="mode"><option value="">default</option>'
+                   f'{modes}</select></label>') if info is None or info.get("text_index") else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{_e(title)} \u2014 jevsearch</title><link rel="stylesheet" href="{STATIC['app.css'][2]}"></head>
@@ -101,6 +106,7 @@ def layout(title: str, body: str, info: dict | None = None, q: str = "", k: int 
  <input type="text" name="q" value="{_e(q)}" placeholder="Search the pages, e.g. quarterly revenue by region" autofocus
   aria-label="query">
  <label class="meta">k <input type="number" name="k" min="1" max="{int(max_k)}"{k_value} aria-label="results"></label>
+{mode_select}
  <button type="submit">Search</button>
 </form>
 <form class="search" action="/" method="post" enctype="multipart/form-data">
@@ -110,6 +116,14 @@ def layout(title: str, body: str, info: dict | None = None, q: str = "", k: int 
 <div id="busy" hidden></div>
 {body}
 </main><script src="{STATIC['app.js'][2]}"></script></body></html>"""
+
+
+def highlighted(snippet: str) -> str:
+    """A snippet escaped, its «matched words» (hybrid and lexical search) in <mark>."""
+    return _MARKED.sub(r"<mark>\1</mark>", _e(snippet))
+
+
+_MARKED = re.compile("\u00ab([^\u00ab\u00bb<>]*)\u00bb")
 
 
 def error_box(message: str) -> str:
@@ -180,7 +194,7 @@ def results(hits: list[dict], link_query: dict, passage_marks: dict | None = Non
             where, snippet = "passage", ""
         else:
             top = f'<img src="/thumb/{h["page_id"]}" alt="page {h["page"]} of {_e(name)}" loading="lazy">'
-            where, snippet = "page", f'<div class="snippet">{_e(h["snippet"])}</div>'
+            where, snippet = "page", f'<div class="snippet">{highlighted(h["snippet"])}</div>'
         cards.append(
             f'<a class="card" href="{_e(href)}" data-rank="{h["rank"]}">{top}'
             f'<div class="name" title="{_e(h["path"])}">{_e(name)}</div>'
