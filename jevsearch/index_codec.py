@@ -7,9 +7,10 @@ singles are cut to their prefix; older indexes are plain floats):
   ``fp16`` (256 B per 128-d token, today's storage), ``int8`` (132 B) or ``binary`` (16 B, one sign
   bit per dim).
 * ``keep_exact``: also keep each page's float16 tokens in the ``exact`` table. A search then scores
-  the codes of its ``candidates`` and reads the exact tokens of only the best ``rescore`` pages for
-  the final exact MaxSim (:mod:`jevsearch.index_search`); its hits and scores are those of float16
-  storage whenever the codes keep the true top k among their best ``rescore`` pages.
+  the codes of its ``candidates`` and reads the exact tokens of only the best of them for the final
+  exact MaxSim (:mod:`jevsearch.index_search`: a window that widens while a page outside it could
+  still reach the top k, or a fixed ``rescore``); its hits and scores are those of float16 storage
+  whenever the codes keep the true top k inside the window.
 * ``pool_factor`` 1, 2 or 3: each page's tokens are pooled at ingest (:mod:`jevsearch.search.pooling`),
   leaving ~1/f of them; queries never are. A pooled page's rows no longer follow its patch grid, so
   ``Engine.explain`` recomputes its heat-maps from the source file.

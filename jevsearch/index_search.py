@@ -75,10 +75,12 @@ class IndexSearch:
         -> list of Q lists (scored together).
         Stage 1: the ``candidates`` nearest pages in the HNSW (truncated singles); stage 2: their MaxSim
         on the stored codes (the index's codec); stage 3, in an index that keeps exact tokens: exact
-        float16 MaxSim of the ``rescore`` best pages of stage 2, which gives the hits and their scores
-        (elsewhere ``rescore`` does nothing). Defaults: the index codec's (:meth:`Layout.depth`:
-        200 candidates where codes cheaper than fp16 rank like it (binary with exact tokens; int8 where
-        the CPU's int8 matmul is exact), else 100; rescore 30, at least 3k). ``exhaustive=True``: MaxSim of every
+        float16 MaxSim of the best pages of stage 2, which gives the hits and their scores (elsewhere
+        ``rescore`` does nothing). ``rescore`` None (the default) is an adaptive window: 30 pages (at
+        least 3k), doubled while :func:`rerank.rescore_more` says a page not yet rescored could still
+        reach the k-th exact score; a number is a fixed window. Default candidates: the index codec's
+        (:meth:`Layout.depth`: 200 where codes cheaper than fp16 rank like it (binary with exact tokens;
+        int8 where the CPU's int8 matmul is exact), else 100). ``exhaustive=True``: MaxSim of every
         page (the exact tokens when kept, else the codes), streamed in chunks; a search whose
         ``candidates`` reach the live page count skips stage 1 the same way.
         Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
