@@ -36,8 +36,6 @@ from jevsearch.store.manifest import stored_single_dim
 # from disk ~0.2 ms per binary value (4 pages), ~2.4 ms per exact or fp16 value (48 pages).
 COLD_FETCH_S, COLD_PER_VALUE_S = 0.002, 50e-6
 SPARE_HITS = 4
-STAGE1 = ("single", "expand")  # the stage 1 a search may ask for (see _stage1)
-EXPAND_BEST = 10  # stage1="expand": the best candidates whose graph neighbours join them
 
 @dataclass
 class Hit:
@@ -69,8 +67,7 @@ class IndexSearch:
 
     def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int | None = None,
                           rescore: int | None = None, exhaustive: bool = False, *, where: dict | None = None,
-                          group_by: str | None = None, pages_per_document: int = 3,
-                          stage1: str = "single") -> list[Hit] | list[list[Hit]]:
+                          group_by: str | None = None, pages_per_document: int = 3) -> list[Hit] | list[list[Hit]]:
         """Search with query embeddings.
 
         One query: q_single [D] (D >= single_dim; may be None when exhaustive) and q_multi
@@ -102,8 +99,6 @@ class IndexSearch:
         """
         k = validate.check_k(k)
         adaptive = rescore is None
-        if stage1 not in STAGE1:
-            raise InvalidInputError(f"stage1: {stage1!r} (hint: one of {', '.join(STAGE1)})")
         candidates, rescore = self._layout.depth(k, candidates, rescore)
         flt = filters.parse(where)
         if group_by not in (None, "document"):
@@ -137,8 +132,7 @@ class IndexSearch:
                 if exhaustive:
                     found = self._exhaustive(txn, qt, q_lens, best, scope, EXACT if exact else "multi")
                 else:
-                    found = self._stage1(txn, qt, q_lens, singles, k, keep, candidates, live, scope, per_doc, table,
-                                         stage1)
+                    found = self._stage1(txn, qt, q_lens, singles, k, keep, candidates, live, scope, per_doc, table)
                     if codes_first and adaptive:
                         found = self._rescore(txn, qt, q_lens, found, k, best, rescore)
                     elif codes_first:
@@ -207,12 +201,10 @@ class IndexSearch:
                 yield pid, raw
 
     def _stage1(self, txn, qt: torch.Tensor, q_lens: list[int], singles: np.ndarray, k: int, keep: int,
-                candidates: int, live: int, scope: np.ndarray | None, per_doc: int, table: str,
-                stage1: str = "single"):
+                candidates: int, live: int, scope: np.ndarray | None, per_doc: int, table: str):
         """Per query, the ``keep`` best of its ``candidates`` (within ``scope``, a filter's pages) by the
         MaxSim of ``table``'s values; every live page is a candidate when ``candidates`` reach their
-        count (no page can hide in the graph). ``per_doc``: candidates widened to cover k documents.
-        ``stage1="expand"``: the HNSW neighbours of the EXPAND_BEST best candidates scored too."""
+        count (no page can hide in the graph). ``per_doc``: candidates widened to cover k documents."""
         if candidates >= live:
             return self._exhaustive(txn, qt, q_lens, keep, scope, table)
         qsingle = truncate_normalize(singles, self._manifest["single_dim"])
@@ -220,23 +212,7 @@ class IndexSearch:
         if per_doc:
             cand = docresults.document_candidates(self._store, self._view, txn, qsingle, cand, k, candidates,
                                                   scope, per_doc)
-        if stage1 != "expand" or per_doc:
-            return self._rerank(txn, qt, q_lens, cand, keep, table)
-        found = self._rerank(txn, qt, q_lens, cand, cand.shape[1], table)
-        out = []
-        for q, (ids, scores) in enumerate(found):
-            # The graph's neighbours of the best pages by MaxSim join the candidates: pages near a
-            # good page in the single vectors' space that the query's own single vector missed.
-            more = self._view.settle().neighbours(ids[np.argsort(-scores, kind="stable")[:EXPAND_BEST]])
-            more = np.setdiff1d(more, ids)
-            if scope is not None:
-                more = more[np.isin(more, scope)]
-            if len(more):  # deleted pages have no values: _fetch leaves them out
-                extra = self._rerank(txn, qt[q:q + 1], q_lens[q:q + 1], more[None], len(more), table)[0]
-                ids, scores = np.concatenate([ids, extra[0]]), np.concatenate([scores, extra[1]])
-            sel = top_with_ties(scores, keep)
-            out.append((ids[sel], scores[sel]))
-        return out
+        return self._rerank(txn, qt, q_lens, cand, keep, table)
 
     def _rerank(self, txn, qt: torch.Tensor, q_lens: list[int], cand: np.ndarray, keep: int, table: str):
         """Per query, the ``keep`` best (with ties) of its own candidates ``cand`` [Q, n] (-1: none) by the

@@ -88,7 +88,6 @@ class HnswGraph:
             inner.hnsw.efSearch = ef_search
             index = faiss.IndexIDMap(inner)
         self.index = index
-        self._order: np.ndarray | None = None  # node rows sorted by page id (see neighbours)
 
     @property
     def ntotal(self) -> int:
@@ -229,32 +228,6 @@ class HnswGraph:
                 nb[slots[v][j]] = u
             faiss.copy_array_to_vector(nb, hnsw.neighbors)
         return self.unreachable()
-
-    def neighbours(self, page_ids: np.ndarray) -> np.ndarray:
-        """Page ids of the level-0 neighbours of ``page_ids`` (the graph's own near-neighbour lists, 2M a
-        node; a page not in the graph has none), unique. Reads FAISS's lists in place (zero-copy views,
-        taken anew per call: an insert may move them), so the cost is the pages asked for, not the graph.
-
-        >>> g = HnswGraph(2, 4, 40, 16)
-        >>> g.add(np.array([10, 11, 12]), np.array([[1, 0], [0.9, 0.1], [0, 1]], np.float32))
-        >>> sorted(g.neighbours(np.array([10])).tolist())
-        [11, 12]
-        """
-        n = self.ntotal
-        if not n or not len(page_ids):
-            return np.zeros(0, dtype=np.int64)
-        ids = faiss.rev_swig_ptr(self.index.id_map.data(), n)
-        if self._order is None or len(self._order) != n:  # nodes are only appended: sorted once per size
-            self._order = np.argsort(ids, kind="stable")
-        rows = self._order[np.minimum(np.searchsorted(ids, page_ids, sorter=self._order), n - 1)]
-        rows = rows[ids[rows] == page_ids]
-        hnsw = faiss.downcast_index(self.index.index).hnsw
-        offsets = faiss.rev_swig_ptr(hnsw.offsets.data(), n + 1)[rows].astype(np.int64)
-        cum = faiss.vector_to_array(hnsw.cum_nneighbor_per_level)
-        links = faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size())[offsets[:, None]
-                                                                                 + np.arange(cum[0], cum[1])]
-        links = links[np.cumprod(links >= 0, axis=1).astype(bool)]  # FAISS stops a list at its first -1
-        return np.unique(ids[links[links < n]])
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(page ids [N], the graph's own copies of their vectors float32 [N, dim])."""
