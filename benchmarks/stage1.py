@@ -162,7 +162,7 @@ def stage1_curve(ix: Index, s1: Stage1, queries: list, truth: list[set], targets
     for i, (qs, qm, _) in enumerate(queries):
         for n in names[i % len(names):] + names[:i % len(names)]:
             t = time.perf_counter()
-            if n.startswith("today") or n.startswith("adaptive"):
+            if n.startswith(("today", "adaptive")):
                 hits = ix.search_embeddings(qs, qm, k=K, candidates=200, rescore=30 if n.startswith("today") else None)
                 ids, count = [h.page_id for h in hits], 200
             else:
