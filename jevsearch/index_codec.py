@@ -69,7 +69,8 @@ DEFAULT_KEEP_EXACT = True
 # 1.25x at 100k). Rescoring 30 keeps fp16's top 10 at 10k and 100k pages (1.0 at 100 candidates; 20:
 # 1.0 at 10k but 0.992 at 100k; 16: 0.996 / 0.986), for ~0.08 ms per page more. Binary codes alone
 # rank by the signs (0.79-0.82 of the exhaustive top 10 whatever the candidates), and int8 on a CPU
-# whose int8 matmul saturates costs what fp16 does: 100.
+# whose int8 matmul saturates costs what fp16 does: 100. DEFAULT_RESCORE is where the default window
+# starts: it widens while a page outside could still enter the top k (rerank.rescore_more).
 DEFAULT_CANDIDATES, WIDE_CANDIDATES, DEFAULT_RESCORE = 100, 200, 30
 
 
