@@ -7,9 +7,10 @@ singles are cut to their prefix; older indexes are plain floats):
   ``fp16`` (256 B per 128-d token, today's storage), ``int8`` (132 B) or ``binary`` (16 B, one sign
   bit per dim).
 * ``keep_exact``: also keep each page's float16 tokens in the ``exact`` table. A search then scores
-  the codes of its ``candidates`` and reads the exact tokens of only the best ``rescore`` pages for
-  the final exact MaxSim (:mod:`jevsearch.index_search`); its hits and scores are those of float16
-  storage whenever the codes keep the true top k among their best ``rescore`` pages.
+  the codes of its ``candidates`` and reads the exact tokens of only the best of them for the final
+  exact MaxSim (:mod:`jevsearch.index_search`: a window that widens while a page outside it could
+  still reach the top k, or a fixed ``rescore``); its hits and scores are those of float16 storage
+  whenever the codes keep the true top k inside the window.
 * ``pool_factor`` 1, 2 or 3: each page's tokens are pooled at ingest (:mod:`jevsearch.search.pooling`),
   leaving ~1/f of them; queries never are. A pooled page's rows no longer follow its patch grid, so
   ``Engine.explain`` recomputes its heat-maps from the source file.
@@ -68,7 +69,8 @@ DEFAULT_KEEP_EXACT = True
 # 1.25x at 100k). Rescoring 30 keeps fp16's top 10 at 10k and 100k pages (1.0 at 100 candidates; 20:
 # 1.0 at 10k but 0.992 at 100k; 16: 0.996 / 0.986), for ~0.08 ms per page more. Binary codes alone
 # rank by the signs (0.79-0.82 of the exhaustive top 10 whatever the candidates), and int8 on a CPU
-# whose int8 matmul saturates costs what fp16 does: 100.
+# whose int8 matmul saturates costs what fp16 does: 100. DEFAULT_RESCORE is where the default window
+# starts: it widens while a page outside could still enter the top k (rerank.rescore_more).
 DEFAULT_CANDIDATES, WIDE_CANDIDATES, DEFAULT_RESCORE = 100, 200, 30
 
 

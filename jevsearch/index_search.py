@@ -88,10 +88,12 @@ class IndexSearch:
         -> list of Q lists (scored together).
         Stage 1: the ``candidates`` nearest pages in the HNSW (truncated singles); stage 2: their MaxSim
         on the stored codes (the index's codec); stage 3, in an index that keeps exact tokens: exact
-        float16 MaxSim of the ``rescore`` best pages of stage 2, which gives the hits and their scores
-        (elsewhere ``rescore`` does nothing). Defaults: the index codec's (:meth:`Layout.depth`:
-        200 candidates where codes cheaper than fp16 rank like it (binary with exact tokens; int8 where
-        the CPU's int8 matmul is exact), else 100; rescore 30, at least 3k). ``exhaustive=True``: MaxSim of every
+        float16 MaxSim of the best pages of stage 2, which gives the hits and their scores (elsewhere
+        ``rescore`` does nothing). ``rescore`` None (the default) is an adaptive window: 30 pages (at
+        least 3k), doubled while :func:`rerank.rescore_more` says a page not yet rescored could still
+        reach the k-th exact score; a number is a fixed window. Default candidates: the index codec's
+        (:meth:`Layout.depth`: 200 where codes cheaper than fp16 rank like it (binary with exact tokens;
+        int8 where the CPU's int8 matmul is exact), else 100). ``exhaustive=True``: MaxSim of every
         page (the exact tokens when kept, else the codes), streamed in chunks; a search whose
         ``candidates`` reach the live page count skips stage 1 the same way.
         Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
@@ -109,6 +111,7 @@ class IndexSearch:
         ``eng.search_embeddings(qs, qm, k=10, candidates=400, rescore=40)``.
         """
         k = validate.check_k(k)
+        adaptive = rescore is None
         candidates, rescore = self._layout.depth(k, candidates, rescore)
         flt = filters.parse(where)
         if group_by not in (None, "document"):
@@ -136,13 +139,16 @@ class IndexSearch:
                 # A few more than k reach the hits: a page whose record turns out damaged there is
                 # dropped and the next one served (the first k are the same either way).
                 best = sys.maxsize if per_doc else k + SPARE_HITS  # grouped: every page
-                keep = rescore if codes_first else best
+                # The default window widens (_rescore): every candidate's codes score is kept for it.
+                keep = (candidates if adaptive else rescore) if codes_first else best
                 table = "multi" if codes_first or not exact else EXACT
                 if exhaustive:
                     found = self._exhaustive(txn, qt, q_lens, best, scope, EXACT if exact else "multi")
                 else:
                     found = self._stage1(txn, qt, q_lens, singles, k, keep, candidates, live, scope, per_doc, table)
-                    if codes_first:
+                    if codes_first and adaptive:
+                        found = self._rescore(txn, qt, q_lens, found, k, best, rescore)
+                    elif codes_first:
                         found = self._rerank(txn, qt, q_lens, _padded(found), best, EXACT)
                 results = [docresults.group(self._hits(txn, ids, scores, len(ids)), k, per_doc) if per_doc
                            else self._hits(txn, ids, scores, k) for ids, scores in found]
@@ -237,6 +243,39 @@ class IndexSearch:
             return out
         ids, raws, lens = self._fetch(txn, union, table)  # overlapping candidates are fetched and scored once
         return rerank.select_candidates(cand, *self._score(txn, qt, q_lens, ids, raws, lens, table), keep)
+
+    def _rescore(self, txn, qt: torch.Tensor, q_lens: list[int], found: list, k: int, best: int, window: int):
+        """Stage 3 with an adaptive window: per query, the exact MaxSim of its ``window`` best candidates
+        by the codes (``found``: per query (ids, codes scores) of every candidate), then of twice as many
+        while :func:`rerank.rescore_more` says one not yet rescored could still reach the k-th exact
+        score (every candidate at most) -> Q pairs (ids, exact scores), the ``best`` (with ties) of each."""
+        ranked = []
+        for ids, scores in found:
+            order = np.argsort(-scores, kind="stable")
+            ranked.append((ids[order], scores[order]))
+        stop = [min(window, len(ids)) for ids, _ in ranked]
+        done, exact = [0] * len(ranked), [{} for _ in ranked]
+        todo = [q for q in range(len(ranked)) if stop[q]]
+        while todo:
+            cand = _padded([(ranked[q][0][done[q]:stop[q]], None) for q in todo])
+            scored = self._rerank(txn, qt[todo], [q_lens[q] for q in todo], cand, cand.shape[1], EXACT)
+            widen = []
+            for q, (ids, scores) in zip(todo, scored):
+                exact[q].update(zip(ids.tolist(), scores.tolist()))
+                done[q] = stop[q]
+                ids_q, codes_q = ranked[q]
+                seen = np.array([exact[q].get(pid, np.nan) for pid in ids_q[:done[q]].tolist()])
+                kept = ~np.isnan(seen)  # damaged pages are dropped by _rerank
+                if rerank.rescore_more(codes_q[:done[q]][kept], seen[kept], codes_q[done[q]:], k):
+                    stop[q] = min(len(ids_q), 2 * done[q])
+                    widen.append(q)
+            todo = widen
+        out = []
+        for scores in exact:
+            ids, values = np.array(list(scores), dtype=np.int64), np.array(list(scores.values()), dtype=np.float32)
+            sel = top_with_ties(values, best)
+            out.append((ids[sel], values[sel]))
+        return out
 
     def _score(self, txn, qt: torch.Tensor, q_lens: list[int], ids: np.ndarray, raws: list, lens: list[int],
                table: str = "multi"):
