@@ -136,24 +136,30 @@ def test_quantize_rows_in_two_parts_is_32258x_finer():
 
 
 def test_int8_kernel_is_chosen_by_measuring_the_cpu():
-    """oneDNN limited to AVX2 (no VNNI) saturates full-range int8 products: the probe says so and
-    int8 pages are then scored by the float32 kernel, with the same scores."""
+    """int8 pages take the int8 matmul only where the probe finds it exact on the worst case (oneDNN
+    without VNNI may add products in saturating 16-bit pairs; whether it does depends on the CPU and the
+    oneDNN build, so the test asserts the choice follows the probe, not what a CPU name implies), and
+    either kernel gives float MaxSim's scores. Run here and with oneDNN limited to AVX2."""
     script = """
 import numpy as np, torch
 from jevsearch.search import codecs
 from jevsearch.search.rerank import Scorer
-assert not codecs.int8_matmul_exact()
+exact = codecs.int8_matmul_exact()
+a = torch.full((8, 256), 127, dtype=torch.int8)
+assert exact == torch.equal(torch._int_mm(a, a.T.contiguous()).double(), a.double() @ a.double().T)
 c = codecs.get("int8", 128)
-assert c.kernel == "float", c
+assert c.kernel == ("int8" if exact else "float"), (c, exact)
 rng = np.random.default_rng(0)
 page = rng.standard_normal((50, 128)).astype(np.float32)
 q = rng.standard_normal((1, 6, 128)).astype(np.float32)
-got = Scorer(128, c, torch.device("cpu"), torch.float32).score(torch.from_numpy(q), [c.encode(page)], [50])
 want = (q[0].astype(np.float64) @ c.decode(c.encode(page), 50).astype(np.float64).T).max(1).sum()
-assert abs(got[0, 0] - want) < 1e-4, (got, want)
+for codec in (c, codecs.Int8Codec(128, kernel="float")):
+    got = Scorer(128, codec, torch.device("cpu"), torch.float32).score(torch.from_numpy(q), [codec.encode(page)], [50])
+    assert abs(got[0, 0] - want) < 1e-2, (codec, got, want)
 """
-    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=os.getcwd())
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
+    for isa in (None, "AVX2"):
+        env = dict(os.environ, PYTHONPATH=os.getcwd(), **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {}))
+        subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
     assert codecs.Int8Codec(128, kernel="float").kernel == "float"
     with pytest.raises(InvalidInputError, match="kernel: unknown kernel 'vnni'"):
         codecs.Int8Codec(128, kernel="vnni")
