@@ -28,11 +28,11 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._util import pct, print_grid, repeat_ms  # noqa: E402
-from jevsearch import Index  # noqa: E402
-from jevsearch.search.threads import torch_threads  # noqa: E402
-from jevsearch.store import graphview  # noqa: E402
-from jevsearch.store.subset import stored_vectors  # noqa: E402
+from benchmarks._util import pct, print_grid, repeat_ms
+from jevsearch import Index
+from jevsearch.search.threads import torch_threads
+from jevsearch.store import graphview
+from jevsearch.store.subset import stored_vectors
 
 
 def _unit(x):
@@ -86,9 +86,9 @@ def main() -> None:
                 q = _unit(rng.standard_normal((args.queries, 128)))
                 view = ix._view
 
-                def each(fn):  # one torch thread, as Index searches run
+                def each(fn, q=q):  # one torch thread, as Index searches run
                     with torch_threads(1):
-                        return [t for i in range(args.queries) for t in repeat_ms(lambda: fn(q[i:i + 1], 100), 1, 0)]
+                        return [repeat_ms(lambda row=row: fn(row, 100), 1, 0)[0] for row in q[:, None]]
                 walk, now = each(graph.search), each(view.search)
                 graph.lost = graph.ids()[:: max(1, graph.ntotal // 100)][:100]  # as if 100 pages stayed lost
                 lost = each(view.search)
