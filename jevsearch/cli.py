@@ -383,8 +383,10 @@ def _cmd_explain(args) -> int:
         where = f"passage {hit.page}" if ex.kind == "text" else f"page {hit.page}"
         print(f"{_short_path(hit.path)} {where}: {ex.summary()}" + (f" ({ex.note})" if ex.note else ""))
         for i in (i for i, m in enumerate(ex.meaningful) if m):
-            matched = "".join(f'  matched "{word}" ({sim:.3f})' for word, sim in ex.matches(i)) if ex.kind == "text" else ""
-            matched += " (its score term: the Passage: prompt)" if ex.kind == "text" and ex.from_prompt(i) else ""
+            matched = ""
+            if ex.kind == "text":
+                matched = "".join(f'  matched "{word}" ({sim:.3f})' for word, sim in ex.matches(i))
+                matched += " (its score term: the Passage: prompt)" if ex.from_prompt(i) else ""
             print(f"  {ex.label(i)}{matched}")
         if ex.kind == "text":
             print(f"{args.out} not written: explain draws page images, and this hit is a text passage (the words "

@@ -21,7 +21,14 @@ from fastapi.testclient import TestClient
 
 from jevsearch import Engine
 from jevsearch.cli import main as cli_main
-from jevsearch.search.explain import ALPHA, THRESHOLD, Explanation, PassageExplanation, blend, legend
+from jevsearch.search.explain import (
+    ALPHA,
+    THRESHOLD,
+    Explanation,
+    PassageExplanation,
+    blend,
+    legend,
+)
 from jevsearch.serve import create_app
 from tests.ingest_corpus import picture, tiny_encoder
 
@@ -102,7 +109,7 @@ def test_cli_explain_of_a_passage_lists_its_matches(corpus, capsys):
 def test_web_shows_a_passage_as_a_text_card(client):
     h = _text_hit(client)
     grid = client.get("/", params={"q": QUERY, "k": 20}).text
-    card = re.search(rf'<a class="card" href="/page/{h["page_id"]}\?[^"]*"[^>]*>(.*?)</a>', grid, re.S).group(1)
+    card = re.search(rf'<a class="card" href="/page/{h["page_id"]}\?[^"]*"[^>]*>(.*?)</a>', grid, re.DOTALL).group(1)
     assert "<img" not in card and 'class="passage"' in card and "<mark" in card and "passage 1" in card
     thumb = client.get(h["thumbnail"])  # API users still get a picture, not a 410
     assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).width == 256
@@ -143,8 +150,10 @@ def test_heatmap_leaves_the_page_white_below_the_threshold_and_marks_the_best_ce
 
 def test_the_legend_is_drawn_by_the_same_code_as_the_map(client):
     key = np.asarray(legend(ALPHA, width=200)).astype(int)
-    cell = lambda v: np.asarray(blend(Image.new("RGB", (10, 10), "white"), np.full((1, 1), v), ALPHA,  # noqa: E731
-                                      scale=(0, 1)))[5, 5]
+
+    def cell(v):  # a cell of value v on a 0..1 range, drawn over white
+        return np.asarray(blend(Image.new("RGB", (10, 10), "white"), np.full((1, 1), v), ALPHA, scale=(0, 1)))[5, 5]
+
     assert (key[6, 0] == cell(THRESHOLD)).all() and (key[6, -1] == cell(1.0)).all()  # the faintest and hottest
     assert (cell(THRESHOLD - 0.01) == 255).all() and cell(1.0).mean() < 130 and cell(THRESHOLD).mean() < 235
     served = Image.open(io.BytesIO(client.get("/legend.png", params={"alpha": ALPHA}).content))

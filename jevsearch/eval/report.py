@@ -12,6 +12,7 @@ two-stage c=50  0.5000    12.0    20.0
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -147,7 +148,7 @@ def _label(fig, ax, xs, ys, labels, line=()) -> None:
     taken = [(cx - 4, cy - 4, cx + 4, cy + 4) for cx, cy in centres]  # the markers, in pixels
     if len(line) > 1:  # the line as small boxes every few pixels
         px = ax.transData.transform(line)
-        for a, b in zip(px[:-1], px[1:]):
+        for a, b in itertools.pairwise(px):
             for t in np.linspace(0, 1, max(2, int(np.hypot(*(b - a)) // 4))):
                 x, y = a + t * (b - a)
                 taken.append((x - 1, y - 1, x + 1, y + 1))

@@ -189,8 +189,8 @@ def results(hits: list[dict], link_query: dict, passage_marks: dict | None = Non
         href = f"/page/{h['page_id']}?" + urlencode(link_query)
         name = names[h["path"]]
         if h["metadata"].get("kind") == "text":
-            top = (f'<div class="passage">{marked(h["snippet"] or "", (passage_marks or {}).get(h["page_id"], ()), 600)}'
-                   '</div>')
+            marks = (passage_marks or {}).get(h["page_id"], ())
+            top = f'<div class="passage">{marked(h["snippet"] or "", marks, 600)}</div>'
             where, snippet = "passage", ""
         else:
             top = f'<img src="/thumb/{h["page_id"]}" alt="page {h["page"]} of {_e(name)}" loading="lazy">'
@@ -213,7 +213,8 @@ def _chips(ex, base: str, link_query: dict, token: int | None, heat: str | None)
         if ex.kind == "text" and index is not None:
             title = "".join(f' title="matched {_e(w)} ({v:.3f})"' for w, v in ex.matches(index))
         on = " on" if index == token else ""
-        return f'<a class="chip{on}" href="{_e(base + urlencode(params))}"{src}{title}>{_e(word)} <small>{score}</small></a>'
+        return (f'<a class="chip{on}" href="{_e(base + urlencode(params))}"{src}{title}>{_e(word)} '
+                f'<small>{score}</small></a>')
 
     meaningful = [i for i, m in enumerate(ex.meaningful) if m]
     chips = [chip(None)]

@@ -141,7 +141,8 @@ class Guard:
 
 # An absolute POSIX or Windows path: from a separator (or drive) up to whitespace, a quote or a colon
 # followed by a space (messages read "path: reason").
-_ABS_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?[/\\](?:[^\s'\"<>|/\\]+[/\\])+([^\s'\"<>|/\\]*?)(?=:\s|:$|[\s'\",;)]|$)")
+_ABS_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?[/\\](?:[^\s'\"<>|/\\]+[/\\])+"  # drive, folders
+                       r"([^\s'\"<>|/\\]*?)(?=:\s|:$|[\s'\",;)]|$)")  # the base name, up to where it ends
 
 
 def scrub_paths(message: str, known=()) -> str:
