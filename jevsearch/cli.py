@@ -291,7 +291,8 @@ def _cmd_list(args) -> int:
         note = (f"  (missing pages: {', '.join(map(str, r['missing_pages']))})" if r.get("missing_pages") else
                 f"  ({r['reason']})" if r["status"] == "failed" else "")
         if "partial" in r:  # an interrupted ingest's: never shown as complete
-            note += f"  (partial: pages 1-{r['partial']['through']} of {r['partial']['of']}; `jevsearch index` completes it)"
+            part = r["partial"]
+            note += f"  (partial: pages 1-{part['through']} of {part['of']}; `jevsearch index` completes it)"
         print(f"{r['status'] or '-':<8}  {r['pages']:>5}  {r['added'] or '-':<20}  {_short_path(r['path'])}{note}")
     return 0
 

@@ -372,7 +372,8 @@ class Engine(ModelSearch, Index):
         again = "then run the same add again: it skips what is stored and completes a partial document"
         return DiskFullError(f"{text} (hint: free disk space, or Index.compact() to shrink the index; {again})",
                              path=path, report=report,
-                             cli_hint=f"free disk space, or `jevsearch compact --index {self.path}` to shrink the index; "
+                             cli_hint=f"free disk space, or `jevsearch compact --index {self.path}` to shrink the "
+                             "index; "
                              f"{again.replace('add', '`jevsearch index` command')}")
 
     def update_metadata(self, doc_id: str, metadata: dict, merge: bool = True) -> dict:

@@ -485,7 +485,8 @@ class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
                                         "(hint: parts come in page order)")
             with torch_threads(self.threads):
                 (item,) = [self._layout.encode(i) for i in validate.prepare_documents([doc], self._manifest)]
-            item["numbers"] = numbers + list(item["numbers"] or range(numbers[-1] + 1, numbers[-1] + 1 + len(item["codes"])))
+            new = item["numbers"] or range(numbers[-1] + 1, numbers[-1] + 1 + len(item["codes"]))
+            item["numbers"] = numbers + list(new)
             if stored is not None:
                 self._commit([_joined(stored, item)], auto)
             else:

@@ -119,7 +119,7 @@ def test_parts_then_other_documents_then_resume_rewrites_without_reencoding(tmp_
         make_pdf(corpus / "other.pdf", 2, images=False, seed=2)
         eng.add([corpus / "other.pdf"])  # its pages take the ids after long.pdf's
         report = eng.add([corpus])
-        assert report.added == [str(corpus / "long.pdf")] and report.pages == 8, (report, report.skipped, report.not_retried)
+        assert report.added == [str(corpus / "long.pdf")] and report.pages == 8, report
         doc = eng.document(str(corpus / "long.pdf"))
         assert doc["pages"] == 12 and "partial" not in doc["metadata"]
         eng.verify(deep=True)

@@ -196,8 +196,8 @@ class AppState:
         except Image.DecompressionBombError as e:
             raise UploadError(f"image: refused, too many pixels: {e}", 413) from None
         except Image.UnidentifiedImageError:  # its message names a BytesIO object: say what was sent instead
-            raise UploadError(f"image: not an image format this reads (the upload starts with {data[:8]!r}) "
-                              "(hint: PNG, JPEG or WebP)") from None
+            raise UploadError(f"image: not a readable image (a format this does not read; the upload starts "
+                              f"with {data[:8]!r}) (hint: PNG, JPEG or WebP)") from None
         except (OSError, ValueError) as e:
             raise UploadError(f"image: not a readable image ({e}) (hint: PNG, JPEG or WebP)") from None
         if img.format not in lim.image_formats:
