@@ -235,6 +235,8 @@ class IndexText:
             return [Problem(f"text index: {self._text_problem}", fixable=True)]
         try:
             with self._store.read() as txn:
+                if self.readonly and self._store.state(txn)["gen"] != ti.gen:
+                    return []  # behind the writer, which commits it in batches: not a fault a reader can judge
                 docs = {d["first"]: d for d in self._store.iter_documents(txn)}
                 markers = ti.markers()
                 stale = [f for f, s in markers.items()

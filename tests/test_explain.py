@@ -210,7 +210,7 @@ def test_explain_finds_the_patch_in_the_right_orientation(engine_pages, name):
     root, eng = engine_pages
     raster, cell = _square_cell(root / name, eng.page_geometry)
     assert raster.width > raster.height  # both are shown landscape (the rotation is applied)
-    hit = next(h for h in eng.search("quarterly revenue", k=2) if h.path == str(root / name))
+    hit = next(h for h in eng.search("quarterly revenue", k=2, mode="visual") if h.path == str(root / name))
 
     # Query = the page's own raster: its visual token at the square's cell is (up to float16 storage)
     # the stored row of that cell, so its map peaks there.

@@ -159,8 +159,7 @@ def test_kill9_between_lmdb_and_text_index_commits(tmp_path, when):
     assert proc.returncode == -9, proc.stderr
     with Index.open(tmp_path / "i", readonly=True) as reader:  # behind, but never serving a deleted page
         assert lexical(reader, "INV-2024-08817") == []
-        with pytest.raises(CorruptIndexError, match="text index"):
-            reader.verify()
+        reader.verify()  # a reader cannot tell a crash from a writer's batched commits: not flagged
     with Index.open(tmp_path / "i") as ix:  # the writer catches up from LMDB
         assert lexical(ix, "QX-7781") == [("/d/late.pdf", 1)]
         assert lexical(ix, "INV-2024-08817") == []

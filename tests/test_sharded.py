@@ -218,7 +218,7 @@ def test_sharded_add_and_the_cli_on_a_sharded_index(tmp_path, model, capsys):
         assert pruned.pruned == [str(gone)] and sh.document(str(gone)) is None and pruned.added == []
         make_pdf(gone, 1, seed=0)
         assert sh.add([corpus]).added == [str(gone)]
-        hits, want = sh.search("quarterly revenue", k=5), one.search("quarterly revenue", k=5)
+        hits, want = sh.search("quarterly revenue", k=5), one.search("quarterly revenue", k=5, mode="visual")
         assert [(h.path, h.page, h.snippet) for h in hits] == [(h.path, h.page, h.snippet) for h in want]
         np.testing.assert_allclose([h.score for h in hits], [h.score for h in want], rtol=1e-5)
         _same_surface(sh, one, "quarterly revenue")

@@ -28,7 +28,7 @@ def _pages(eng) -> list[tuple[str, int]]:
 
 
 def _scores(eng, query="quarterly revenue"):
-    return {(h.path, h.page): h.score for h in eng.search(query, k=10_000)}
+    return {(h.path, h.page): h.score for h in eng.search(query, k=10_000, mode="visual")}
 
 
 def test_renames_are_rekeyed_copies_copied_deleted_files_pruned(tmp_path, model):
