@@ -478,6 +478,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
                     state["frev"] = state.get("frev", 0) + 1  # a record changed in place: readers reload
                     self._store.put_state(txn, state)
                 self._fields.committed(state, [(old["first"], rec)], [old["first"]])
+                self._text_changed([old["first"]], [old["doc_id"]])  # its title may have changed
                 return
             numbers = old.get("page_numbers") or list(range(1, old["pages"] + 1))
             if doc[5] is not None and numbers[-1] >= doc[5][0]:
@@ -516,6 +517,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
             self._store.put_state(txn, state)
         self._fields.committed(state, [(doc["first"], rec)], [doc["first"]])
         self._after_commit(state, [], ids, item["truncated"])
+        self._text_changed([doc["first"]], [doc["doc_id"]])
 
     def failures(self) -> dict[str, dict]:
         """Files :meth:`Engine.add` could not index, as recorded: {path: {"sha256", "reason"}}."""

@@ -270,7 +270,7 @@ class IndexText:
             ti = self._text_reader() if self.has_text_index else None
             empty = 0
             with self._store.read() as txn, self._store.scanning():
-                for doc in self._store.iter_documents(txn):
+                for doc in self._store.iter_documents(txn, damaged=[]):  # damaged records: verify names them
                     texts = self._page_texts(txn, doc)
                     empty += doc["pages"] if texts is None else sum(not t.strip() for t in texts)
         return {"text_index": self.has_text_index, "text_bytes": ti.bytes() if ti is not None else 0,

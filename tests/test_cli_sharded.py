@@ -56,7 +56,7 @@ def indexes(tmp_path_factory):
 
 
 def _search(index, *options) -> list:
-    rows = json.loads(ok("search", QUERY, "--index", index, "-k", "10", "--json", *options))
+    rows = json.loads(ok("search", QUERY, "--index", index, "-k", "10", "--json", "--mode", "visual", *options))
     for row in rows:  # page ids name a page in its own index, and "added" its time: not comparable
         row["metadata"].pop("added")
         for part in [row, *row.get("pages", [])]:

@@ -103,8 +103,8 @@ def test_a_damaged_manifest_is_read_from_its_copy_and_rewritten(tmp_path, caplog
 
 
 def test_the_readme_documents_the_recorded_file_fields_and_their_aliases(tmp_path):
-    """README's field list names what document_list() shows (size, mtime_ns) and the filter aliases."""
-    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as f:
+    """The docs' field list names what document_list() shows (size, mtime_ns) and the filter aliases."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "indexing.md")) as f:
         readme = f.read()
     fields = readme[readme.index("* **Fields**"):readme.index("Operators:")]
     for name in ("`size`", "`mtime_ns`", "alias `bytes`", "alias `mtime`"):

@@ -84,7 +84,7 @@ def test_passage_explanation_names_the_word_each_token_matched():
 
 def test_engine_explains_a_passage_on_its_stored_token_vectors(corpus):
     with Engine.open(corpus / "idx", readonly=True) as eng:
-        hit = next(h for h in eng.search(QUERY, k=20) if h.metadata["kind"] == "text")
+        hit = next(h for h in eng.search(QUERY, k=20, mode="visual") if h.metadata["kind"] == "text")
         ex = eng.explain(hit, QUERY)
     assert ex.kind == "text" and ex.note == "" and ex.passage == hit.text
     assert ex.score == pytest.approx(hit.score, abs=1e-4)  # the same MaxSim the search scored

@@ -252,9 +252,9 @@ def _same_surface(sh, one, query: str) -> None:
     for options in ({"where": {"kind": "pdf"}}, {"where": {"kind": {"$ne": "pdf"}}},
                     {"group_by": "document", "pages_per_document": 2},
                     {"where": {"pages": {"$gte": 2}}, "group_by": "document"}):
-        got, want = sh.search(query, k=4, **options), one.search(query, k=4, **options)
+        got, want = sh.search(query, k=4, **options), one.search(query, k=4, mode="visual", **options)
         assert _rows(got) == _rows(want) and got, options
-    hits, want = sh.search(query, k=20), one.search(query, k=20)
+    hits, want = sh.search(query, k=20), one.search(query, k=20, mode="visual")
     assert len({h.page_id for h in hits}) == len(hits)  # global ids: the shards' own ids collide
     for hit in hits:
         found = sh.page_hit(hit.page_id)

@@ -50,16 +50,16 @@ def require(module: str, extra: str, what: str):
 
 
 def _open_index(index, model=None):
-    """Open the index at ``index`` read-only (the one place the integrations open an index)."""
-    from jevsearch.engine import Engine
+    """Open the index at ``index`` read-only (the one place the integrations open an index): one index or a
+    sharded one, through the one search surface."""
+    import jevsearch
 
-    return Engine.open(index, readonly=True, model=model)
+    return jevsearch.open(index, read_only=True, model=model)
 
 
 def hit_record(hit) -> dict:
-    """A page hit as plain JSON values: page_id, doc_id, path, page, score, snippet, metadata."""
-    return {"page_id": hit.page_id, "doc_id": hit.doc_id, "path": hit.path, "page": hit.page,
-            "score": float(hit.score), "snippet": hit.snippet, "metadata": hit.metadata}
+    """A page hit as plain JSON values: the search JSON's fields (:meth:`Hit.to_dict`) and doc_id."""
+    return dict(hit.to_dict(), doc_id=hit.doc_id, score=float(hit.score))
 
 
 class IndexHandle:

@@ -64,7 +64,7 @@ def patch_maps(query: np.ndarray, page: np.ndarray, first: int, rows: int, cols:
 
 def similarities(query: np.ndarray, page: np.ndarray) -> np.ndarray:
     """float32 [L, T]: each query token [L, d] against each page row [T, d]."""
-    q, d = (torch.from_numpy(np.ascontiguousarray(x, np.float32)) for x in (query, page))
+    q, d = (torch.from_numpy(np.array(x, np.float32)) for x in (query, page))  # writable copies
     # One torch thread: numpy's BLAS team took 0.02 ms median but 16 ms at p90 on a busy 2-core box
     # (threads waiting for cores); one thread is 0.03 ms every time.
     with torch_threads(1):
