@@ -26,102 +26,71 @@ An index is a directory::
 
 from __future__ import annotations
 
-import errno
-import bisect
 import json
 import logging
-import os
-import secrets
-import shutil
-import threading
+from collections.abc import Iterator
 from types import MappingProxyType
-from typing import Iterator
 
 import numpy as np
 
-from jevsearch.errors import (
-    CorruptIndexError,
-    IndexExistsError,
-    InvalidInputError,
-    JevsearchError,
-    PageNotFoundError,
-    ReadOnlyIndexError,
-    StorageError,
-)
-from jevsearch.index_codec import Layout, new_layout
-from jevsearch.index_fields import IndexFields
-from jevsearch.index_maintenance import IndexMaintenance
-from jevsearch.index_search import Hit, IndexSearch
-from jevsearch.index_text import IndexText
-from jevsearch.search.maxsim import scoring_device
-from jevsearch.search.threads import torch_threads
-from jevsearch.store import fields, textindex, validate, verify
-from jevsearch.store.damage import DamageLog
-from jevsearch.store.graphview import GraphView
-from jevsearch.store.hnsw import HnswGraph
-from jevsearch.store.lmdbenv import (
-    CURRENT,
-    ENV_PREFIX,
-    current_env,
-    fsync_dir,
-    os_error,
-    restore_current,
-    store_dirs,
-)
-from jevsearch.store.lmdbstore import PageStore
-from jevsearch.store.lock import WriterLock
-from jevsearch.store.manifest import check_manifest, new_manifest
+from jevsearch.errors import StorageError
+from jevsearch.index import hybrid, lifecycle, pages, search, text, upkeep, writes
+from jevsearch.index import metadata as meta
+from jevsearch.index.results import DocHit, Hit
+from jevsearch.index.state import IndexState
+from jevsearch.store import validate
+from jevsearch.store.manifest import check_manifest
 from jevsearch.store.visual import PageView
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hit", "Index"]
-
-log = logging.getLogger(__name__)
+__all__ = ["DocHit", "Hit", "Index"]
 
 
-class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
+class Index:
     """A persistent page index with two-stage search (HNSW candidates, MaxSim rerank).
 
     Create with :meth:`create`, reopen with :meth:`open`. One writer per index (another raises
     IndexLockedError); any number of ``readonly=True`` readers, in this or other processes, see
     whole documents only and pick up the writer's commits at their next search.
+    Its parts are collaborators over one :class:`~jevsearch.index.state.IndexState` (``_state``):
+    search, hybrid, writes, metadata, upkeep, text, pages (modules of this package).
     Not for concurrent use from several threads beyond what its internal lock serialises.
     """
 
-    def __init__(self, path: str, store: PageStore, lock: WriterLock | None, threads: int):
+    def __init__(self, path: str, store, lock, threads: int):
         # Private: use Index.create / Index.open (or Engine's).
-        self.path = path
-        self.threads = threads
-        self.readonly = lock is None
-        self._store = store
-        self._writer_lock = lock
-        self._mutex = threading.RLock()
-        self._damage = DamageLog(path)  # pages found damaged (skipped, counted, listed by verify)
-        self._view = GraphView(path, store, readonly=lock is None, damage=self._damage)
-        self._fields = fields.FieldView(store)  # filterable fields as columns (jevsearch.store.fields)
-        self._device, self._dtype = scoring_device()
-        self._layout, self._scorers = None, {}
+        self._state = st = IndexState(path, store, lock, validate.check_k(threads, "threads"))
         with store.read() as txn:
             manifest = store.manifest(txn)
             check_manifest(manifest)
-            self._use_layout(manifest)
-            self._manifest = manifest
-            old = not self._refresh(txn).get("fields")
-        if old and not self.readonly:
-            self._build_field_table()
-        self._open_text()
-        if not self.readonly and not self._view.clean:
+            st.use_layout(manifest)
+            st.manifest = manifest
+            old = not st.refresh(txn).get("fields")
+        if old and not st.readonly:
+            meta.build_field_table(st)
+        text.open_text(st)
+        if not st.readonly and not st.view.clean:
             self.flush()  # repaired at open: persist so the next open is fast
+
+    @property
+    def path(self) -> str:
+        """The index directory."""
+        return self._state.path
+
+    @property
+    def readonly(self) -> bool:
+        """Opened as a reader (no writer lock; writes raise ReadOnlyIndexError)."""
+        return self._state.readonly
 
     @property
     def threads(self) -> int:
         """CPU threads for the engine's tensor work (see :meth:`open`); settable, e.g. ``eng.threads = 2``."""
-        return self._threads
+        return self._state.threads
 
     @threads.setter
     def threads(self, n: int) -> None:
-        self._threads = validate.check_k(n, "threads")
+        self._state.threads = validate.check_k(n, "threads")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -152,49 +121,8 @@ class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
         half-created index. A new directory gets the mode the umask gives; an empty directory the user
         made is filled in place and keeps its mode and owner. Returns the index opened for writing.
         """
-        path = _index_path(path)
-        existing = os.path.isdir(path)
-        # Another create's work folder (or a crashed one's) does not make the folder taken.
-        if os.path.exists(path) and (not existing or any(not n.startswith(_TMP_PREFIX) for n in os.listdir(path))):
-            raise IndexExistsError(f"{path}: already exists and is not empty "
-                                   "(hint: open it, or pick a new path)",
-                                   cli_hint="pick a new or empty folder for --index")
-        layout = new_layout(validate.check_k(multi_dim, "multi_dim"), codec, keep_exact, pool_factor, multi_dtype,
-                            single_dim=single_dim)
-        manifest = layout.manifest(new_manifest(
-            single_dim=single_dim, single_full_dim=single_full_dim, multi_dim=multi_dim, multi_dtype="float16",
-            hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, model_info=model_info))
-        if text_index or (text_index is None and textindex.available()):
-            textindex.tantivy()  # MissingDependencyError with the install command
-            manifest["text_index"] = True
-        parent = os.path.dirname(os.path.abspath(path))
-        if not existing:
-            os.makedirs(parent, exist_ok=True)
-        state = {"next_page_id": 0, "gen": 0, "epoch": 0, "docs": 0, "pages": 0, "tokens": 0, "tombs": 0,
-                 "fields": 1}
-        tmp = _new_dir(path if existing else parent)
-        try:
-            PageStore.initialise(tmp, manifest, state)
-            HnswGraph(single_dim, hnsw_m, ef_construction, ef_search).save(tmp, epoch=0, next_page_id=0)
-            if manifest.get("text_index"):
-                textindex.TextIndex.create(tmp, gen=0, epoch=0).close()
-            if existing:
-                # The store first: a create racing into the same folder fails there, before moving
-                # anything of its own; CURRENT, which makes the folder an index, last.
-                for name in sorted(os.listdir(tmp), key=lambda n: (n == CURRENT, not n.startswith(ENV_PREFIX))):
-                    os.rename(os.path.join(tmp, name), os.path.join(path, name))
-                os.rmdir(tmp)
-            else:
-                os.rename(tmp, path)  # fails if another process got there first
-        except BaseException as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, OSError) and e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise IndexExistsError(f"{path}: another process is creating an index here ({e.strerror}) "
-                                       "(hint: wait for it to finish, then open it)",
-                                       cli_hint="another jevsearch command is creating it: wait for it to "
-                                       "finish and rerun") from e
-            raise
-        fsync_dir(path if existing else parent)
+        path = lifecycle.create_dir(path, single_dim, single_full_dim, multi_dim, codec, keep_exact, pool_factor,
+                                    multi_dtype, hnsw_m, ef_construction, ef_search, model_info, text_index)
         return cls.open(path, threads=threads)
 
     @classmethod
@@ -212,50 +140,28 @@ class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
         file (then :meth:`verify` with ``repair=True``). Raises NotAnIndexError, FormatVersionError,
         IndexLockedError (another writer), CorruptIndexError (a damaged index: see its message).
         """
-        path = _index_path(path)
+        path = lifecycle.index_path(path)
         threads = validate.check_k(threads, "threads")
+        store, lock = lifecycle.open_store(path, readonly, repair)
         try:
-            current_env(path)  # NotAnIndexError before touching anything (no lock file in a random dir)
-        except CorruptIndexError:
-            if not (repair and not readonly and store_dirs(path)):
-                raise
-        lock = None if readonly else WriterLock(path)
-        store = None
-        try:
-            if repair and lock is not None and not os.path.exists(os.path.join(path, "CURRENT")):
-                restore_current(path)
-            store = PageStore(path)
-            if lock is not None:
-                HnswGraph.remove_stale_temp(path)
-                store.remove_stale()
-                store.create_missing_tables()
-                store.repair_manifest()
             return cls(path, store, lock, threads)
         except BaseException:
-            if store is not None:
-                store.close()
+            store.close()
             if lock is not None:
                 lock.release()
             raise
 
     def close(self) -> None:
         """Persist the HNSW (writer), release the lock and the LMDB handle. Idempotent."""
-        with self._mutex:
-            if self._store is None:
+        st = self._state
+        with st.mutex:
+            if st.store is None:
                 return
             try:
-                if not self.readonly:
-                    self.flush()
+                if not st.readonly:
+                    writes.flush(st)
             finally:
-                for scorer in self._scorers.values():
-                    scorer.close()
-                self._close_text()
-                self._view.close()
-                self._store.close()
-                self._store = None
-                if self._writer_lock is not None:
-                    self._writer_lock.release()
-                self._view = None
+                lifecycle.close(st)
 
     def __enter__(self):
         return self
@@ -275,15 +181,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
     def flush(self) -> None:
         """Write the in-memory HNSW to disk (atomically) and commit the text index. LMDB commits are
         already durable."""
-        with self._mutex:
-            self._check_writable()
-            try:
-                self._view.save()
-            except OSError as e:
-                if isinstance(e, StorageError):
-                    raise
-                raise os_error(self.path, e) from e
-            self._commit_text()
+        writes.flush(self._state)
 
     # -- manifest -------------------------------------------------------------------------------
 
@@ -292,20 +190,16 @@ class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
         """Read-only view of the manifest: format_version, single_dim, single_full_dim, single_dtype,
         multi_dim, codec / keep_exact / pool_factor (format version 3; before: multi_dtype), hnsw {M,
         ef_construction, ef_search}, model (the encoder identity or None)."""
-        return MappingProxyType(json.loads(json.dumps(self._manifest)))
+        return MappingProxyType(json.loads(json.dumps(self._state.manifest)))
+
+    @property
+    def _manifest(self) -> dict:
+        # The manifest itself, for ModelSearch (jevsearch.surface), which Engine mixes in.
+        return self._state.manifest
 
     def set_model_info(self, model_info: dict) -> None:
         """Record the encoder identity (a JSON object) in the manifest."""
-        model_info = validate.check_metadata(model_info)
-        with self._mutex:
-            self._check_writable()
-            with self._store.write() as txn:
-                manifest, state = self._store.manifest(txn), self._store.state(txn)
-                manifest["model"] = model_info
-                state["gen"] += 1
-                self._store.put_manifest(txn, manifest)
-                self._store.put_state(txn, state)
-            self._manifest, self._view.gen = manifest, state["gen"]
+        writes.set_model_info(self._state, model_info)
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -344,77 +238,23 @@ class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
         written faster (measured 1.1-1.7x at 10 pages x 770 tokens per document: benchmarks/search.py).
         Example: ``eng.add_embeddings_many([("a.pdf", s_a, m_a), ("b.pdf", s_b, m_b, {"title": "B"})])``.
         """
-        return self._add_many(docs)
+        return writes.add_many(self._state, docs)
 
     def _add_many(self, docs, auto: tuple = ()) -> list[int]:
         """add_embeddings_many; ``auto``: metadata keys recorded by the ingest (not the caller's to
         change with update_metadata)."""
-        with self._mutex:
-            self._check_writable()
-            with torch_threads(self.threads):  # torch converts to the stored dtype ~10x faster than numpy
-                prepared = [self._layout.encode(item) for item in validate.prepare_documents(docs, self._manifest)]
-            return self._commit(prepared, auto)
+        return writes.add_many(self._state, docs, auto)
 
-    def _commit(self, prepared: list[dict], auto: tuple = ()) -> list[int]:
-        """Write documents in their stored form (``Layout.encode``) in one commit; their page counts."""
-        with self._mutex:
-            if not prepared:
-                return []
-            full = prepared[0].get("single_full_dim", prepared[0]["singles"].shape[1])
-            manifest, removed, ids, vecs, added, gone = self._manifest, [], [], [], [], []
-            with self._store.write() as txn:
-                state = self._store.state(txn)
-                if manifest["single_full_dim"] is None:
-                    manifest = dict(manifest, single_full_dim=full)
-                    self._store.put_manifest(txn, manifest)
-                for item in prepared:
-                    old = self._remove(txn, state, item["doc_id"])
-                    removed += old
-                    gone += old[:1]
-                    pages, tokens = len(item["codes"]), sum(item["tokens"])
-                    doc = {"doc_id": item["doc_id"], "first": state["next_page_id"], "pages": pages,
-                           "tokens": tokens, "metadata": item["metadata"], "text": item["texts"] is not None}
-                    if item["numbers"] is not None:
-                        doc["page_numbers"] = item["numbers"]
-                    if auto:
-                        doc["auto"] = [k for k in auto if k in item["metadata"]]
-                    self._store.put_document(txn, doc, item["singles"], item["codes"], item["texts"], item["tokens"],
-                                             item["exact"])
-                    added.append((doc["first"], fields.record(doc["doc_id"], pages, item["metadata"])))
-                    self._store.put_fields(txn, *added[-1])
-                    if item["views"] is not None:
-                        self._store.put_views(txn, doc["first"], item["views"])
-                    ids.append(np.arange(doc["first"], doc["first"] + pages))
-                    vecs.append(item["truncated"])
-                    state["next_page_id"] += pages
-                    state["docs"] += 1
-                    state["pages"] += pages
-                    state["tokens"] += tokens
-                state["gen"] += 1
-                self._store.put_state(txn, state)
-            self._manifest = manifest
-            self._fields.committed(state, added, gone)
-            self._after_commit(state, removed, np.concatenate(ids), np.concatenate(vecs))
-            self._text_changed(gone, [item["doc_id"] for item in prepared])
-            return [len(item["codes"]) for item in prepared]
+    def _extend(self, doc, auto: tuple = ()) -> None:
+        """Append pages to a stored document (a long one committed in parts, jevsearch.ingest.pipeline)
+        and replace its metadata; ``doc``: as an add_embeddings_many tuple. Its pages keep their ids when
+        none were added after them, else it is rewritten whole from its stored values (no re-encoding)."""
+        writes.extend(self._state, doc, auto)
 
     def delete(self, doc_id: str) -> bool:
         """Delete a document; returns False if it was not there. Its pages become tombstones that
         search skips until :meth:`compact`."""
-        doc_id = validate.check_doc_id(doc_id)
-        with self._mutex:
-            self._check_writable()
-            with self._store.write() as txn:
-                state = self._store.state(txn)
-                removed = self._remove(txn, state, doc_id)
-                if not removed:
-                    return False
-                state["gen"] += 1
-                self._store.put_state(txn, state)
-            self._fields.committed(state, [], removed[:1])
-            self._after_commit(state, removed, None, None)
-            self._text_changed(removed[:1], [])
-            return True
+        return writes.delete(self._state, doc_id)
 
     def rename_document(self, old: str, new: str, *, metadata: dict | None = None) -> None:
         """Give document ``old`` the id ``new`` (its file was renamed or moved), keeping its pages and
@@ -423,24 +263,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
 
         >>> eng.rename_document("/docs/a.pdf", "/docs/2024/a.pdf")      # doctest: +SKIP
         """
-        old, new = validate.check_doc_id(old), validate.check_doc_id(new)
-        metadata = None if metadata is None else validate.check_metadata(metadata)
-        with self._mutex:
-            self._check_writable()
-            with self._store.write() as txn:
-                doc = self._store.existing_document(txn, old)
-                state = self._store.state(txn)
-                removed = self._remove(txn, state, new) if new != old else []
-                meta = doc["metadata"] if metadata is None else metadata
-                self._store.rekey_document(txn, doc, new, meta)
-                rec = fields.record(new, doc["pages"], meta)
-                self._store.put_fields(txn, doc["first"], rec)
-                state["gen"] += 1
-                state["frev"] = state.get("frev", 0) + 1  # a record changed in place: readers reload
-                self._store.put_state(txn, state)
-            self._fields.committed(state, [(doc["first"], rec)], removed[:1] + [doc["first"]])
-            self._after_commit(state, removed, None, None)
-            self._text_changed(removed[:1] + [doc["first"]], [new])
+        writes.rename_document(self._state, old, new, metadata=metadata)
 
     def copy_document(self, src: str, dst: str, *, metadata: dict | None = None) -> int:
         """Add document ``dst`` with the stored vectors, texts and page numbers of ``src`` (a copy of
@@ -449,162 +272,184 @@ class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
 
         >>> eng.copy_document("/docs/a.pdf", "/backup/a.pdf")             # doctest: +SKIP
         """
-        src, dst = validate.check_doc_id(src), validate.check_doc_id(dst)
-        metadata = None if metadata is None else validate.check_metadata(metadata)
-        with self._mutex:
-            self._check_writable()
-            with self._store.read() as txn:
-                doc = self._store.existing_document(txn, src)
-                item = self._layout.stored(self._store, txn, doc, self._manifest["single_dim"])
-            return self._commit([dict(item, doc_id=dst, metadata=doc["metadata"] if metadata is None else metadata)])[0]
+        return writes.copy_document(self._state, src, dst, metadata=metadata)
 
-    def _extend(self, doc, auto: tuple = ()) -> None:
-        """Append pages to a stored document (a long one committed in parts, jevsearch.ingest.pipeline)
-        and replace its metadata; ``doc``: as an add_embeddings_many tuple. Its pages keep their ids when
-        none were added after them, else it is rewritten whole from its stored values (no re-encoding)."""
-        with self._mutex:
-            self._check_writable()
-            with self._store.read() as txn:
-                old = self._store.existing_document(txn, validate.check_doc_id(doc[0]))
-                moved = old["first"] + old["pages"] != self._store.state(txn)["next_page_id"]
-                stored = self._layout.stored(self._store, txn, old, self._manifest["single_dim"]) if moved else None
-            if len(doc[1]) == 0:  # no page in this part (the rest missing): only the metadata changes
-                with self._store.write() as txn:
-                    self._store.put_document_record(txn, dict(old, metadata=doc[3]))
-                    rec = fields.record(old["doc_id"], old["pages"], doc[3])
-                    self._store.put_fields(txn, old["first"], rec)
-                    state = self._store.state(txn)
-                    state["gen"] += 1
-                    state["frev"] = state.get("frev", 0) + 1  # a record changed in place: readers reload
-                    self._store.put_state(txn, state)
-                self._fields.committed(state, [(old["first"], rec)], [old["first"]])
-                return
-            numbers = old.get("page_numbers") or list(range(1, old["pages"] + 1))
-            if doc[5] is not None and numbers[-1] >= doc[5][0]:
-                raise InvalidInputError(f"{old['doc_id']}: pages from {doc[5][0]} appended after page {numbers[-1]} "
-                                        "(hint: parts come in page order)")
-            with torch_threads(self.threads):
-                (item,) = [self._layout.encode(i) for i in validate.prepare_documents([doc], self._manifest)]
-            new = item["numbers"] or range(numbers[-1] + 1, numbers[-1] + 1 + len(item["codes"]))
-            item["numbers"] = numbers + list(new)
-            if stored is not None:
-                self._commit([_joined(stored, item)], auto)
-            else:
-                self._append(old, item, auto)
+    def update_metadata(self, doc_id: str, metadata: dict, merge: bool = True) -> dict:
+        """Change a document's metadata without re-encoding it; returns the new metadata.
 
-    def _append(self, old: dict, item: dict, auto: tuple) -> None:
-        """Write the pages of ``item`` after those of document ``old``, whose ids end at the next page id."""
-        n, tokens = len(item["codes"]), sum(item["tokens"])
-        doc = dict(old, pages=old["pages"] + n, tokens=old["tokens"] + tokens, metadata=item["metadata"],
-                   page_numbers=item["numbers"])
-        if auto:
-            doc["auto"] = [k for k in auto if k in item["metadata"]]
-        with self._store.write() as txn:
-            state = self._store.state(txn)
-            self._store.put_document(txn, doc, item["singles"], item["codes"], item["texts"], item["tokens"],
-                                     item["exact"], offset=old["pages"])
-            rec = fields.record(doc["doc_id"], doc["pages"], doc["metadata"])
-            self._store.put_fields(txn, doc["first"], rec)
-            if item["views"] is not None:
-                self._store.put_views(txn, doc["first"] + old["pages"], item["views"])
-            ids = np.arange(state["next_page_id"], state["next_page_id"] + n)
-            state["next_page_id"] += n
-            state["pages"] += n
-            state["tokens"] += tokens
-            state["gen"] += 1
-            state["frev"] = state.get("frev", 0) + 1  # a record changed in place: readers reload
-            self._store.put_state(txn, state)
-        self._fields.committed(state, [(doc["first"], rec)], [doc["first"]])
-        self._after_commit(state, [], ids, item["truncated"])
+        merge=True sets the keys of ``metadata`` and keeps the others; merge=False replaces the
+        caller's metadata with ``metadata`` (what the ingest recorded, e.g. sha256, kind, title,
+        stays). One atomic commit: readers, in other processes too, see the old metadata or the new,
+        and their next search filters on it. The computed fields (doc_id, path, name, pages) and the
+        ingest's cannot be set. Raises InvalidInputError if the document is not indexed.
+        Example: ``eng.update_metadata("/data/q3.pdf", {"status": "final"})``.
+        """
+        return meta.update_metadata(self._state, doc_id, metadata, merge)
 
     def failures(self) -> dict[str, dict]:
         """Files :meth:`Engine.add` could not index, as recorded: {path: {"sha256", "reason"}}."""
-        with self._mutex:
-            self._check_open()
-            with self._store.read() as txn:
-                return self._store.failures(txn)
+        return writes.failures(self._state)
 
     def set_failures(self, changes: dict[str, dict | None]) -> None:
         """Record failed files ({path: {"sha256", "reason"}}), or forget them (value None); one commit."""
-        changes = validate.check_metadata(changes)
-        with self._mutex:
-            self._check_writable()
-            with self._store.write() as txn:
-                failures = self._store.failures(txn)
-                for path, record in changes.items():
-                    if record is None:
-                        failures.pop(path, None)
-                    else:
-                        failures[path] = record
-                self._store.put_failures(txn, failures)
+        writes.set_failures(self._state, changes)
 
-    def _remove(self, txn, state: dict, doc_id: str) -> list[int]:
-        try:
-            old = self._store.document(txn, doc_id)
-        except CorruptIndexError:  # a damaged record: its pages are found by their records
-            old = verify.salvage_document(self._store, txn, doc_id)
-        if old is None:
-            return []
-        removed = self._store.remove_document(txn, old)
-        self._store.delete_fields(txn, old["first"])
-        state["docs"] -= 1
-        state["pages"] -= old["pages"]
-        state["tokens"] -= old["tokens"]
-        state["tombs"] += len(removed)
-        return removed
+    # -- search ---------------------------------------------------------------------------------
 
-    def _after_commit(self, state: dict, removed: list[int], ids, vecs) -> None:
-        self._damage.forget(removed)
-        if self._view.committed(state, removed, ids, vecs):
-            self.flush()
+    def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int | None = None,
+                          rescore: int | None = None, exhaustive: bool = False, *, where: dict | None = None,
+                          group_by: str | None = None, pages_per_document: int = 3) -> list[Hit] | list[list[Hit]]:
+        """Search with query embeddings.
 
-    def _use_layout(self, manifest: dict) -> None:
-        """Score and store as ``manifest`` says: at open, and after a conversion (maybe by another
-        process: compact(codec=...)) the scorers are rebuilt for the new layout."""
-        layout = Layout.of(manifest)
-        if layout != self._layout:
-            for scorer in self._scorers.values():
-                scorer.close()
-            self._layout, self._scorers = layout, layout.scorers(self._device, self._dtype)
+        One query: q_single [D] (D >= single_dim; may be None when exhaustive) and q_multi
+        [L, multi_dim] -> list[Hit]. A batch: q_single [Q, D] and q_multi a list of Q [L_i, multi_dim]
+        -> list of Q lists (scored together).
+        Stage 1: the ``candidates`` nearest pages in the HNSW (truncated singles); stage 2: their MaxSim
+        on the stored codes (the index's codec); stage 3, in an index that keeps exact tokens: exact
+        float16 MaxSim of the best pages of stage 2, which gives the hits and their scores (elsewhere
+        ``rescore`` does nothing). ``rescore`` None (the default) is an adaptive window: 30 pages (at
+        least 3k), doubled while :func:`rerank.rescore_more` says a page not yet rescored could still
+        reach the k-th exact score; a number is a fixed window. Default candidates: the index codec's
+        (:meth:`Layout.depth`: 200 where codes cheaper than fp16 rank like it (binary with exact tokens;
+        int8 where the CPU's int8 matmul is exact), else 100). ``exhaustive=True``: MaxSim of every
+        page (the exact tokens when kept, else the codes), streamed in chunks; a search whose
+        ``candidates`` reach the live page count skips stage 1 the same way.
+        Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
+        fewer pages). ``candidates`` and ``rescore`` below k are raised to k, all three capped to the
+        live pages; ``rescore`` above ``candidates`` is an InvalidInputError. Every value read is
+        verified: a damaged page (checksum, impossible score) is skipped and noted once.
 
-    def _check_writable(self) -> None:
-        self._check_open()
-        if self.readonly:
-            raise ReadOnlyIndexError(f"{self.path}: opened with readonly=True "
-                                     "(hint: open it without readonly=True to write; one writer at a time)")
+        where: a metadata filter (see :mod:`jevsearch.search.filters`), e.g. ``{"team": "finance",
+        "year": {"$gte": 2023}}``, applied before stage 1: only matching pages are candidates, so
+        min(k, matching pages) hits come back. group_by="document": :class:`~jevsearch.docresults.DocHit`
+        results instead, k distinct documents ranked by their best page's score, each with its best
+        pages (at most ``pages_per_document``); stage 1 widens until its candidates cover k documents,
+        and every candidate is scored on the exact tokens when the index keeps them.
+        Example: ``eng.search_embeddings(qs, qm, k=5, where={"kind": "pdf"}, group_by="document")``,
+        ``eng.search_embeddings(qs, qm, k=10, candidates=400, rescore=40)``.
+        """
+        return search.search_embeddings(self._state, q_single, q_multi, k, candidates, rescore, exhaustive, where=where,
+                                        group_by=group_by, pages_per_document=pages_per_document)
 
-    def _check_open(self) -> None:
-        """Refuse a closed engine; follow a compaction (maybe by another process) to the new store."""
-        if self._store is None:
-            raise JevsearchError(f"{self.path}: index is closed (hint: open it again)")
-        self._store.reopen_if_replaced()
+    def search_singles(self, q_single, k: int = 10, *, exact: bool = False) -> list[Hit] | list[list[Hit]]:
+        """Search with single vectors only (no MaxSim): for measuring stage 1, e.g. by jevsearch.eval.
 
-    def _refresh(self, txn) -> dict:
-        """Bring the manifest, the HNSW view and the field index up to the LMDB snapshot ``txn``;
-        returns its state."""
-        state = self._store.state(txn)
-        if state["gen"] != self._view.gen:
-            self._manifest = self._store.manifest(txn)
-            self._use_layout(self._manifest)
-            self._view.refresh(txn, state, self._manifest)
-            if len(self._damage):
-                self._damage.prune(self._store, txn)
-        if state["gen"] != self._fields.gen:
-            self._fields.refresh(txn, state, self._view.tombs)
-        return state
+        ``exact=False``: the HNSW over the singles truncated to ``single_dim``, i.e. the first k
+        candidates a two-stage search would rerank. ``exact=True``: the inner product with every live
+        page's stored single vector, a scan of the store (no cache: slow on large indexes, meant for
+        evaluation): the full vectors (``single_full_dim`` dims), or, in a codes-only index, which
+        stores their first ``single_dim`` dims, those renormalised (the ideal stage 1). Hit scores are
+        the inner products of the (truncated, renormalised) vectors; ties broken by (doc_id, page) as
+        in :meth:`search_embeddings`. q_single: [D] -> list[Hit], or [Q, D] -> Q lists; D >= single_dim,
+        and D == single_full_dim when exact on full vectors.
+
+        >>> hits = eng.search_singles(q_single, k=10)               # doctest: +SKIP
+        >>> exact = eng.search_singles(q_single, k=10, exact=True)  # doctest: +SKIP
+        """
+        return search.search_singles(self._state, q_single, k, exact=exact)
+
+    def search_hybrid(self, q_single, q_multi, text: str, k: int = 10, *, mode: str | None = None,
+                      weights: dict | None = None, candidates: int | None = None, rescore: int | None = None,
+                      where: dict | None = None, group_by: str | None = None, pages_per_document: int = 3):
+        """Search with query embeddings and the query's ``text`` together (one query).
+
+        mode: "hybrid" (the default when the index has a text index, else "visual"): both sides
+        ranked, fused by reciprocal rank (:func:`jevsearch.search.fusion.fuse`, k=60; ``weights``
+        {"visual": w, "lexical": w}, 1.0 each by default); "lexical": BM25 over the page text and
+        titles only (q_single / q_multi may be None); "visual": :meth:`search_embeddings`. Hits carry
+        ``score`` (the fused score; BM25 for "lexical") and ``scores`` {"visual": MaxSim or None,
+        "lexical": BM25 or None}. ``where`` and ``group_by`` apply to both sides; the lexical side's
+        pages get their MaxSim too. Only pages holding every word, phrase or code of ``text`` vote on
+        the lexical side (partial matches keep their BM25 in ``scores``); none: the visual ranking. Other arguments as in
+        :meth:`search_embeddings`.
+
+        >>> hits = eng.search_hybrid(qs, qm, "INV-2024-08817", k=5)            # doctest: +SKIP
+        >>> hits[0].scores                                                    # doctest: +SKIP
+        {'visual': 0.41, 'lexical': 7.9}
+        """
+        return hybrid.search_hybrid(self._state, q_single, q_multi, text, k, mode=mode, weights=weights,
+                                    candidates=candidates, rescore=rescore, where=where, group_by=group_by,
+                                    pages_per_document=pages_per_document)
+
+    def _text_mode(self, mode: str | None) -> str:
+        # The search mode a text query gets, for ModelSearch (jevsearch.surface), which Engine mixes in.
+        return hybrid.text_mode(self._state, mode)
+
+    @property
+    def has_text_index(self) -> bool:
+        """Whether the index keeps a text index (lexical and hybrid search)."""
+        return self._state.has_text_index
+
+    def build_text_index(self) -> int:
+        """Give the index a text index built from its stored text layers and titles (nothing is
+        re-encoded); rebuilds one that exists. Returns the pages indexed. Needs tantivy (the ``text``
+        extra). ``jevsearch index --text-index`` on the command line.
+
+        >>> eng.build_text_index()                      # doctest: +SKIP
+        """
+        return text.build(self._state)
+
+    def text_stats(self) -> dict:
+        """{"text_index": bool, "text_bytes": bytes on disk, "pages_without_text": pages with no
+        text layer (scans: only their title finds them)}."""
+        return text.stats(self._state)
+
+    # -- upkeep ---------------------------------------------------------------------------------
+
+    def compact(self, *, codec: str | None = None, keep_exact: bool | None = None,
+                pool_factor: int | None = None) -> dict:
+        """Rebuild the HNSW from live pages (dropping tombstones, every page reachable) and shrink
+        the LMDB file; an older format is rewritten with checksums (1 -> 2) after a deep check
+        (CorruptIndexError naming the documents to re-add, nothing changed, when vectors are damaged).
+
+        ``codec`` / ``keep_exact`` / ``pool_factor`` (each None: as it is; a new codec's keep_exact
+        defaults as at create): convert the index to that storage, re-encoding every page from its
+        float tokens (fp16 codes or kept exact tokens; InvalidInputError when the index has none, or
+        to pool tokens pooled already). Crash-safe: a kill at any point leaves the old index or the
+        new one, never a mix; readers switch at their next call.
+
+        Every stored value's digest is checked on the way: damaged thumbnail/grid records are dropped
+        (the pages show pictures from their source files until their documents are re-added); other
+        damaged values cannot be rebuilt and are carried over as they are (still skipped by searches).
+        Returns ``{"dropped": [what was dropped], "damaged": [each value left damaged, by document and
+        page], "redo": [the documents to delete and re-add]}``; a conversion refuses damaged values
+        (CorruptIndexError naming their documents, nothing changed).
+
+        >>> eng.compact(codec="binary", keep_exact=True)                # doctest: +SKIP
+        {'dropped': [], 'damaged': [], 'redo': []}
+        """
+        return upkeep.compact(self._state, codec=codec, keep_exact=keep_exact, pool_factor=pool_factor)
+
+    def stats(self) -> dict:
+        """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, damaged_pages
+        (found damaged and skipped by this process: see :meth:`verify`), the storage (codec,
+        keep_exact, pool_factor, single_dtype), bytes {"lmdb_file", "hnsw_file", plus LMDB pages used
+        per table: multi, exact, single, ...} and bytes_per_page (live page) of each part: multi_codes,
+        exact, singles, hnsw, other (the rest of the LMDB file: records, texts, free pages).
+
+        >>> eng.stats()["bytes_per_page"]      # doctest: +SKIP
+        {'multi_codes': 12368.0, 'exact': 197140.0, 'singles': 4104.0, 'hnsw': 1004.0, 'other': 1372.0}
+        """
+        return upkeep.stats(self._state)
+
+    def verify(self, *, deep: bool = False, repair: bool = False) -> dict:
+        """Check the index is consistent; raises CorruptIndexError listing the problems.
+
+        Checks every document's pages, vector sizes, counters, orphans, that the HNSW holds every live
+        page, and the pages searches found damaged. ``deep=True`` also reads every value: checksums,
+        finite unit vectors, and the graph (every node reachable from its entry point, every node's
+        vector the one LMDB holds for its id). ``repair=True`` (a writer) first fixes what LMDB can
+        rebuild (:func:`jevsearch.store.verify.repair_records`, then :meth:`compact`) and checks again;
+        what remains (damaged pages: re-add their documents) is raised, its ``cli_hint`` giving the
+        commands. ``repair`` implies ``deep``. Returns the counts checked (and ``repaired``: what was done).
+        """
+        return upkeep.verify_index(self._state, deep=deep, repair=repair)
 
     # -- inspection -----------------------------------------------------------------------------
 
     def document(self, doc_id: str) -> dict | None:
         """{"doc_id", "pages", "tokens", "metadata"} of a document, or None if it is not indexed."""
-        with self._mutex:
-            self._check_open()
-            with self._store.read() as txn:
-                doc = self._store.document(txn, validate.check_doc_id(doc_id))
-        if doc is None:
-            return None
-        return {"doc_id": doc["doc_id"], "pages": doc["pages"], "tokens": doc["tokens"],
-                "metadata": doc["metadata"]}
+        return pages.document(self._state, doc_id)
 
     def page_hit(self, page_id: int) -> Hit:
         """The live page ``page_id`` (e.g. from ``Hit.page_id``) as a Hit with score 0.
@@ -612,17 +457,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
         Raises PageNotFoundError if no such page is indexed (page ids are never reused, so an id from
         before a document was deleted or re-added finds nothing rather than another page).
         """
-        page_id = validate.check_page_id(page_id)
-        with self._mutex:
-            self._check_open()
-            with self._store.read() as txn:
-                rec = self._store.page(txn, page_id)
-                doc = None if rec is None else self._store.document_by_key(txn, rec[0])
-                if doc is None:
-                    raise PageNotFoundError(f"page id {page_id}: not in the index (deleted, or its document was "
-                                            "re-added since) (hint: search again)")
-                text = self._store.text(txn, page_id) if doc["text"] else None
-        return Hit(doc["doc_id"], rec[1], 0.0, doc["metadata"], text, page_id=page_id)
+        return pages.page_hit(self._state, page_id)
 
     def page_data(self, hit: Hit, *, vectors: bool = True) -> tuple[np.ndarray | None, PageView | None]:
         """The page of ``hit`` as the index scores it: (its multi-vectors as float32 [T, multi_dim]: the
@@ -634,35 +469,7 @@ class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
         Raises PageNotFoundError if the page is no longer indexed, or its document was re-added since
         the hit was found (the hit's metadata no longer matches).
         """
-        with self._mutex:
-            self._check_open()
-            with self._store.read() as txn:
-                pid = self._locate(txn, hit)
-                multi = None
-                if vectors:  # a copy: the transaction ends
-                    multi = self._layout.tokens(self._store, txn, pid, self._store.page(txn, pid)[2])
-                try:
-                    return multi, self._store.view(txn, pid)
-                except CorruptIndexError as e:  # ChecksumError included: name the page, say what to do
-                    raise CorruptIndexError(
-                        f"{self.path}: {hit.doc_id} page {hit.page}: its thumbnail/grid record is damaged ({e}) "
-                        "(hint: verify(repair=True) drops it, then pictures come from the source file; re-add the "
-                        "document to restore it)", cli_hint=f"jevsearch verify --repair --index {self.path} drops "
-                        f"it; `jevsearch index {hit.doc_id} --index {self.path}` after deleting it restores it") from e
-
-    def _locate(self, txn, hit: Hit) -> int:
-        """The page id of ``hit`` in ``txn``; PageNotFoundError if it is gone or stale."""
-        doc = self._store.document(txn, validate.check_doc_id(hit.doc_id))
-        gone = PageNotFoundError(f"{hit.doc_id}: page {hit.page} is no longer in the index (the document was "
-                                 "deleted or re-added since this hit was found) (hint: search again)")
-        if doc is None or doc["metadata"] != hit.metadata:
-            raise gone
-        # Page numbers are 1..pages, or those recorded for a document whose unreadable pages were left out.
-        numbers = doc.get("page_numbers") or range(1, doc["pages"] + 1)
-        i = bisect.bisect_left(numbers, hit.page)
-        if i == len(numbers) or numbers[i] != hit.page or hit.page_id not in (None, doc["first"] + i):
-            raise gone
-        return doc["first"] + i
+        return pages.page_data(self._state, hit, vectors=vectors)
 
     def documents(self) -> Iterator[str]:
         """The indexed document ids, sorted (damaged document records left out, with a warning)."""
@@ -671,46 +478,4 @@ class Index(IndexSearch, IndexMaintenance, IndexFields, IndexText):
     def document_list(self) -> list[dict]:
         """Every document as :meth:`document` gives it, sorted by id, read in one snapshot. A damaged
         document record is left out with a warning (:meth:`verify` names it; a repair removes it)."""
-        damaged: list[bytes] = []
-        with self._mutex:
-            self._check_open()
-            with self._store.read() as txn:
-                docs = [{"doc_id": d["doc_id"], "pages": d["pages"], "tokens": d["tokens"], "metadata": d["metadata"]}
-                        for d in self._store.iter_documents(txn, damaged)]
-        if damaged:
-            log.warning("%s: %d document records are damaged (first key %s): left out of the list (hint: "
-                        "verify(repair=True) removes them and their pages; index their files again)", self.path,
-                        len(damaged), damaged[0].hex())
-        return sorted(docs, key=lambda d: d["doc_id"])
-
-
-def _joined(stored: dict, item: dict) -> dict:
-    """A document's stored values (``Layout.stored``) followed by a new part's (``Layout.encode``)."""
-    out = dict(item, singles=np.concatenate([stored["singles"], item["singles"]]),
-               truncated=np.concatenate([stored["truncated"], item["truncated"]]))
-    for key in ("codes", "tokens", "views", "exact", "texts"):
-        if item[key] is not None:
-            out[key] = list(stored[key] or [None] * len(stored["codes"])) + list(item[key])
-    return out
-
-
-_TMP_PREFIX = ".jevsearch-create-"
-
-
-def _index_path(path) -> str:
-    path = os.fspath(path)
-    if not isinstance(path, str) or not path:
-        raise InvalidInputError(f"index path: {path!r} is empty (hint: name a folder, e.g. indexes/papers)")
-    return path
-
-
-def _new_dir(parent: str) -> str:
-    """A new uniquely named directory in ``parent`` with the umask's mode (mkdtemp forces 0700, which
-    the index folder would keep)."""
-    while True:
-        tmp = os.path.join(parent, f"{_TMP_PREFIX}{secrets.token_hex(6)}")
-        try:
-            os.mkdir(tmp)
-            return tmp
-        except FileExistsError:
-            continue
+        return pages.document_list(self._state)
