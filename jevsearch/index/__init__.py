@@ -110,13 +110,13 @@ class Index:
         each page's float16 tokens for the final exact MaxSim (default True for int8 and binary: hits
         and scores as with fp16); pool_factor: 1 (default), 2 or 3 pools each page's tokens at ingest to
         ~1/f of them. The index remembers them (``compact(codec=...)`` converts it); see
-        :mod:`jevsearch.index_codec`. multi_dtype: "float16" or "float32" instead of a codec, the
+        :mod:`jevsearch.index.layout`. multi_dtype: "float16" or "float32" instead of a codec, the
         layout of indexes before codecs.
         hnsw_m / ef_construction / ef_search: HNSW parameters (the search beam is raised to 4x the
         number of candidates asked for, see jevsearch.store.hnsw). model_info: JSON object describing
         the encoder, kept in the manifest. threads: CPU threads for the index's own tensor work (see
         :meth:`open`). text_index: keep a full-text index of the pages' text for lexical and hybrid
-        search (:mod:`jevsearch.index_text`); default: when tantivy is installed (the ``text`` extra).
+        search (:mod:`jevsearch.index.text`); default: when tantivy is installed (the ``text`` extra).
         The index is built in a temporary directory and moved into place, so a crash never leaves a
         half-created index. A new directory gets the mode the umask gives; an empty directory the user
         made is filled in place and keeps its mode and owner. Returns the index opened for writing.
@@ -321,7 +321,7 @@ class Index:
 
         where: a metadata filter (see :mod:`jevsearch.search.filters`), e.g. ``{"team": "finance",
         "year": {"$gte": 2023}}``, applied before stage 1: only matching pages are candidates, so
-        min(k, matching pages) hits come back. group_by="document": :class:`~jevsearch.docresults.DocHit`
+        min(k, matching pages) hits come back. group_by="document": :class:`~jevsearch.index.results.DocHit`
         results instead, k distinct documents ranked by their best page's score, each with its best
         pages (at most ``pages_per_document``); stage 1 widens until its candidates cover k documents,
         and every candidate is scored on the exact tokens when the index keeps them.

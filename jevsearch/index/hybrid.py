@@ -40,22 +40,7 @@ SPARE = 4  # hits built beyond k: one found damaged as it is built is dropped, t
 def search_hybrid(st: IndexState, q_single, q_multi, text: str, k: int = 10, *, mode: str | None = None,
                   weights: dict | None = None, candidates: int | None = None, rescore: int | None = None,
                   where: dict | None = None, group_by: str | None = None, pages_per_document: int = 3):
-    """Search with query embeddings and the query's ``text`` together (one query).
-
-    mode: "hybrid" (the default when the index has a text index, else "visual"): both sides
-    ranked, fused by reciprocal rank (:func:`jevsearch.search.fusion.fuse`, k=60; ``weights``
-    {"visual": w, "lexical": w}, 1.0 each by default); "lexical": BM25 over the page text and
-    titles only (q_single / q_multi may be None); "visual": :meth:`search_embeddings`. Hits carry
-    ``score`` (the fused score; BM25 for "lexical") and ``scores`` {"visual": MaxSim or None,
-    "lexical": BM25 or None}. ``where`` and ``group_by`` apply to both sides; the lexical side's
-    pages get their MaxSim too. Only pages holding every word, phrase or code of ``text`` vote on
-    the lexical side (partial matches keep their BM25 in ``scores``); none: the visual ranking. Other arguments as in
-    :meth:`search_embeddings`.
-
-    >>> hits = eng.search_hybrid(qs, qm, "INV-2024-08817", k=5)            # doctest: +SKIP
-    >>> hits[0].scores                                                    # doctest: +SKIP
-    {'visual': 0.41, 'lexical': 7.9}
-    """
+    """Index.search_hybrid: the visual and lexical rankings fused."""
     mode = text_mode(st, mode)
     try:
         weights = fusion.check_weights(weights)

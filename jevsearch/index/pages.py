@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def document(st: IndexState, doc_id: str) -> dict | None:
-    """{"doc_id", "pages", "tokens", "metadata"} of a document, or None if it is not indexed."""
+    """Index.document."""
     with st.mutex:
         st.check_open()
         with st.store.read() as txn:
@@ -31,11 +31,7 @@ def document(st: IndexState, doc_id: str) -> dict | None:
 
 
 def page_hit(st: IndexState, page_id: int) -> Hit:
-    """The live page ``page_id`` (e.g. from ``Hit.page_id``) as a Hit with score 0.
-
-    Raises PageNotFoundError if no such page is indexed (page ids are never reused, so an id from
-    before a document was deleted or re-added finds nothing rather than another page).
-    """
+    """Index.page_hit."""
     page_id = validate.check_page_id(page_id)
     with st.mutex:
         st.check_open()
@@ -50,15 +46,7 @@ def page_hit(st: IndexState, page_id: int) -> Hit:
 
 
 def page_data(st: IndexState, hit: Hit, *, vectors: bool = True) -> tuple[np.ndarray | None, PageView | None]:
-    """The page of ``hit`` as the index scores it: (its multi-vectors as float32 [T, multi_dim]: the
-    exact tokens when the index keeps them, else its codes decoded (binary: +-1/sqrt(d) signs),
-    or None if not ``vectors``; its
-    :class:`~jevsearch.store.visual.PageView` (grid layout, thumbnail), or None if the page has
-    none, e.g. it was indexed before views were recorded).
-
-    Raises PageNotFoundError if the page is no longer indexed, or its document was re-added since
-    the hit was found (the hit's metadata no longer matches).
-    """
+    """Index.page_data: (float32 tokens or None, PageView or None)."""
     with st.mutex:
         st.check_open()
         with st.store.read() as txn:
@@ -92,8 +80,7 @@ def _locate(st: IndexState, txn, hit: Hit) -> int:
 
 
 def document_list(st: IndexState) -> list[dict]:
-    """Every document as :meth:`document` gives it, sorted by id, read in one snapshot. A damaged
-    document record is left out with a warning (:meth:`verify` names it; a repair removes it)."""
+    """Index.document_list (damaged records left out, with a warning)."""
     damaged: list[bytes] = []
     with st.mutex:
         st.check_open()

@@ -37,35 +37,7 @@ SPARE_HITS = 4
 def search_embeddings(st: IndexState, q_single, q_multi, k: int = 10, candidates: int | None = None,
                       rescore: int | None = None, exhaustive: bool = False, *, where: dict | None = None,
                       group_by: str | None = None, pages_per_document: int = 3) -> list[Hit] | list[list[Hit]]:
-    """Search with query embeddings.
-
-    One query: q_single [D] (D >= single_dim; may be None when exhaustive) and q_multi
-    [L, multi_dim] -> list[Hit]. A batch: q_single [Q, D] and q_multi a list of Q [L_i, multi_dim]
-    -> list of Q lists (scored together).
-    Stage 1: the ``candidates`` nearest pages in the HNSW (truncated singles); stage 2: their MaxSim
-    on the stored codes (the index's codec); stage 3, in an index that keeps exact tokens: exact
-    float16 MaxSim of the best pages of stage 2, which gives the hits and their scores (elsewhere
-    ``rescore`` does nothing). ``rescore`` None (the default) is an adaptive window: 30 pages (at
-    least 3k), doubled while :func:`rerank.rescore_more` says a page not yet rescored could still
-    reach the k-th exact score; a number is a fixed window. Default candidates: the index codec's
-    (:meth:`Layout.depth`: 200 where codes cheaper than fp16 rank like it (binary with exact tokens;
-    int8 where the CPU's int8 matmul is exact), else 100). ``exhaustive=True``: MaxSim of every
-    page (the exact tokens when kept, else the codes), streamed in chunks; a search whose
-    ``candidates`` reach the live page count skips stage 1 the same way.
-    Hits are sorted by score, ties broken by (doc_id, page); at most k (fewer if the index has
-    fewer pages). ``candidates`` and ``rescore`` below k are raised to k, all three capped to the
-    live pages; ``rescore`` above ``candidates`` is an InvalidInputError. Every value read is
-    verified: a damaged page (checksum, impossible score) is skipped and noted once.
-
-    where: a metadata filter (see :mod:`jevsearch.search.filters`), e.g. ``{"team": "finance",
-    "year": {"$gte": 2023}}``, applied before stage 1: only matching pages are candidates, so
-    min(k, matching pages) hits come back. group_by="document": :class:`~jevsearch.index.results.DocHit`
-    results instead, k distinct documents ranked by their best page's score, each with its best
-    pages (at most ``pages_per_document``); stage 1 widens until its candidates cover k documents,
-    and every candidate is scored on the exact tokens when the index keeps them.
-    Example: ``eng.search_embeddings(qs, qm, k=5, where={"kind": "pdf"}, group_by="document")``,
-    ``eng.search_embeddings(qs, qm, k=10, candidates=400, rescore=40)``.
-    """
+    """Index.search_embeddings: stage 1, the codes' MaxSim, the exact rescore, the hits."""
     k = validate.check_k(k)
     adaptive = rescore is None
     candidates, rescore = st.layout.depth(k, candidates, rescore)
@@ -112,20 +84,7 @@ def search_embeddings(st: IndexState, q_single, q_multi, k: int = 10, candidates
 
 
 def search_singles(st: IndexState, q_single, k: int = 10, *, exact: bool = False):
-    """Search with single vectors only (no MaxSim): for measuring stage 1, e.g. by jevsearch.eval.
-
-    ``exact=False``: the HNSW over the singles truncated to ``single_dim``, i.e. the first k
-    candidates a two-stage search would rerank. ``exact=True``: the inner product with every live
-    page's stored single vector, a scan of the store (no cache: slow on large indexes, meant for
-    evaluation): the full vectors (``single_full_dim`` dims), or, in a codes-only index, which
-    stores their first ``single_dim`` dims, those renormalised (the ideal stage 1). Hit scores are
-    the inner products of the (truncated, renormalised) vectors; ties broken by (doc_id, page) as
-    in :meth:`search_embeddings`. q_single: [D] -> list[Hit], or [Q, D] -> Q lists; D >= single_dim,
-    and D == single_full_dim when exact on full vectors.
-
-    >>> hits = eng.search_singles(q_single, k=10)               # doctest: +SKIP
-    >>> exact = eng.search_singles(q_single, k=10, exact=True)  # doctest: +SKIP
-    """
+    """Index.search_singles: the HNSW's (or an exact scan's) single-vector hits."""
     from jevsearch.search.singles import exact_top
 
     k = validate.check_k(k)

@@ -66,12 +66,7 @@ def open_text(st: IndexState) -> None:
 
 
 def build(st: IndexState) -> int:
-    """Give the index a text index built from its stored text layers and titles (nothing is
-    re-encoded); rebuilds one that exists. Returns the pages indexed. Needs tantivy (the ``text``
-    extra). ``jevsearch index --text-index`` on the command line.
-
-    >>> eng.build_text_index()                      # doctest: +SKIP
-    """
+    """Index.build_text_index: (re)build the text index from LMDB; the pages indexed."""
     textindex.tantivy()  # MissingDependencyError with the install command
     with st.mutex:
         st.check_writable()
@@ -241,8 +236,7 @@ def repair(st: IndexState) -> list[str]:
 
 
 def stats(st: IndexState) -> dict:
-    """{"text_index": bool, "text_bytes": bytes on disk, "pages_without_text": pages with no
-    text layer (scans: only their title finds them)}."""
+    """Index.text_stats."""
     with st.mutex:
         st.check_open()
         ti = reader(st) if st.has_text_index else None

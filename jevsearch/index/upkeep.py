@@ -27,26 +27,7 @@ log = logging.getLogger(__name__)
 
 def compact(st: IndexState, *, codec: str | None = None, keep_exact: bool | None = None,
             pool_factor: int | None = None) -> dict:
-    """Rebuild the HNSW from live pages (dropping tombstones, every page reachable) and shrink
-    the LMDB file; an older format is rewritten with checksums (1 -> 2) after a deep check
-    (CorruptIndexError naming the documents to re-add, nothing changed, when vectors are damaged).
-
-    ``codec`` / ``keep_exact`` / ``pool_factor`` (each None: as it is; a new codec's keep_exact
-    defaults as at create): convert the index to that storage, re-encoding every page from its
-    float tokens (fp16 codes or kept exact tokens; InvalidInputError when the index has none, or
-    to pool tokens pooled already). Crash-safe: a kill at any point leaves the old index or the
-    new one, never a mix; readers switch at their next call.
-
-    Every stored value's digest is checked on the way: damaged thumbnail/grid records are dropped
-    (the pages show pictures from their source files until their documents are re-added); other
-    damaged values cannot be rebuilt and are carried over as they are (still skipped by searches).
-    Returns ``{"dropped": [what was dropped], "damaged": [each value left damaged, by document and
-    page], "redo": [the documents to delete and re-add]}``; a conversion refuses damaged values
-    (CorruptIndexError naming their documents, nothing changed).
-
-    >>> eng.compact(codec="binary", keep_exact=True)                # doctest: +SKIP
-    {'dropped': [], 'damaged': [], 'redo': []}
-    """
+    """Index.compact: the HNSW rebuilt, tombstones dropped, the format or codec converted."""
     with st.mutex, st.store.scanning():
         st.check_writable()
         target = new_layout(st.manifest["multi_dim"], codec, keep_exact, pool_factor, current=st.layout,
@@ -93,15 +74,7 @@ def compact(st: IndexState, *, codec: str | None = None, keep_exact: bool | None
 
 
 def stats(st: IndexState) -> dict:
-    """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, damaged_pages
-    (found damaged and skipped by this process: see :meth:`verify`), the storage (codec,
-    keep_exact, pool_factor, single_dtype), bytes {"lmdb_file", "hnsw_file", plus LMDB pages used
-    per table: multi, exact, single, ...} and bytes_per_page (live page) of each part: multi_codes,
-    exact, singles, hnsw, other (the rest of the LMDB file: records, texts, free pages).
-
-    >>> eng.stats()["bytes_per_page"]      # doctest: +SKIP
-    {'multi_codes': 12368.0, 'exact': 197140.0, 'singles': 4104.0, 'hnsw': 1004.0, 'other': 1372.0}
-    """
+    """Index.stats: counts and bytes per part."""
     with st.mutex:
         st.check_open()
         with st.store.read() as txn:
@@ -124,16 +97,7 @@ def stats(st: IndexState) -> dict:
 
 
 def verify_index(st: IndexState, *, deep: bool = False, repair: bool = False) -> dict:
-    """Check the index is consistent; raises CorruptIndexError listing the problems.
-
-    Checks every document's pages, vector sizes, counters, orphans, that the HNSW holds every live
-    page, and the pages searches found damaged. ``deep=True`` also reads every value: checksums,
-    finite unit vectors, and the graph (every node reachable from its entry point, every node's
-    vector the one LMDB holds for its id). ``repair=True`` (a writer) first fixes what LMDB can
-    rebuild (:func:`jevsearch.store.verify.repair_records`, then :meth:`compact`) and checks again;
-    what remains (damaged pages: re-add their documents) is raised, its ``cli_hint`` giving the
-    commands. ``repair`` implies ``deep``. Returns the counts checked (and ``repaired``: what was done).
-    """
+    """Index.verify: check (deep), repair what LMDB can rebuild, raise what remains."""
     deep = deep or repair  # a repair must see every damaged value and unreachable page
     with st.mutex:
         (st.check_writable if repair else st.check_open)()

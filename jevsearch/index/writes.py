@@ -16,8 +16,7 @@ from jevsearch.store.lmdbenv import os_error
 
 
 def flush(st: IndexState) -> None:
-    """Write the in-memory HNSW to disk (atomically) and commit the text index. LMDB commits are
-    already durable."""
+    """Index.flush: the HNSW saved, the text index committed."""
     with st.mutex:
         st.check_writable()
         try:
@@ -30,7 +29,7 @@ def flush(st: IndexState) -> None:
 
 
 def set_model_info(st: IndexState, model_info: dict) -> None:
-    """Record the encoder identity (a JSON object) in the manifest."""
+    """Index.set_model_info."""
     model_info = validate.check_metadata(model_info)
     with st.mutex:
         st.check_writable()
@@ -39,8 +38,7 @@ def set_model_info(st: IndexState, model_info: dict) -> None:
 
 
 def add_many(st: IndexState, docs, auto: tuple = ()) -> list[int]:
-    """add_embeddings_many; ``auto``: metadata keys recorded by the ingest (not the caller's to
-    change with update_metadata)."""
+    """Index.add_embeddings_many; ``auto``: metadata keys recorded by the ingest."""
     with st.mutex:
         st.check_writable()
         with torch_threads(st.threads):  # torch converts to the stored dtype ~10x faster than numpy
@@ -138,9 +136,7 @@ def copy_document(st: IndexState, src: str, dst: str, *, metadata: dict | None =
 
 
 def extend(st: IndexState, doc, auto: tuple = ()) -> None:
-    """Append pages to a stored document (a long one committed in parts, jevsearch.ingest.pipeline)
-    and replace its metadata; ``doc``: as an add_embeddings_many tuple. Its pages keep their ids when
-    none were added after them, else it is rewritten whole from its stored values (no re-encoding)."""
+    """Index._extend: pages appended to a stored document (a long one committed in parts)."""
     with st.mutex:
         st.check_writable()
         with st.store.read() as txn:
@@ -214,7 +210,7 @@ def after_commit(st: IndexState, state: dict, removed: list[int], ids, vecs) -> 
 
 
 def failures(st: IndexState) -> dict[str, dict]:
-    """Files :meth:`Engine.add` could not index, as recorded: {path: {"sha256", "reason"}}."""
+    """Index.failures."""
     with st.mutex:
         st.check_open()
         with st.store.read() as txn:
@@ -222,7 +218,7 @@ def failures(st: IndexState) -> dict[str, dict]:
 
 
 def set_failures(st: IndexState, changes: dict[str, dict | None]) -> None:
-    """Record failed files ({path: {"sha256", "reason"}}), or forget them (value None); one commit."""
+    """Index.set_failures."""
     changes = validate.check_metadata(changes)
     with st.mutex:
         st.check_writable()
