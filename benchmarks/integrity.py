@@ -62,10 +62,10 @@ def search_rows(ix: Index, corpus: Corpus, n_queries: int, query_tokens: int, k:
                 lat[on].append((time.perf_counter() - t) * 1e3)
             assert hits
     floor, nbytes = [], []
-    with ix._store.read() as txn:  # private API, benchmark only: the candidates' stored values
+    with ix._state.store.read() as txn:  # private API, benchmark only: the candidates' stored values
         for qs, _, _ in queries:
-            ids = ix._view.search(_unit(qs[None, :ix.manifest["single_dim"]]), candidates)[0]
-            raws = [ix._store.get(txn, "multi", pid.to_bytes(8, "big"), raw=True) for pid in ids.tolist()]
+            ids = ix._state.view.search(_unit(qs[None, :ix.manifest["single_dim"]]), candidates)[0]
+            raws = [ix._state.store.get(txn, "multi", pid.to_bytes(8, "big"), raw=True) for pid in ids.tolist()]
             t = time.perf_counter()
             for r in raws:
                 xxhash.xxh3_64_intdigest(r, seed=1)

@@ -53,9 +53,9 @@ def build(path: str, pages: int, noise: float | None, twins: int, seed: int) -> 
 
 
 def misses(ix: Index, n: int) -> int:
-    ids, vecs = stored_vectors(ix._view.settle())
+    ids, vecs = stored_vectors(ix._state.view.settle())
     ids, vecs = ids.copy(), vecs.astype(np.float32)
-    found = np.concatenate([ix._view.search(vecs[i:i + 256], n) for i in range(0, len(ids), 256)])
+    found = np.concatenate([ix._state.view.search(vecs[i:i + 256], n) for i in range(0, len(ids), 256)])
     return int(sum(pid not in row for pid, row in zip(ids, found)))
 
 
@@ -73,18 +73,18 @@ def main() -> None:
                                    ("near-dup 0.00125", 0.00125, 0), ("twins", 0.02, 500)):
             t = time.perf_counter()
             ix = build(os.path.join(root, name.replace(" ", "_")), args.pages, noise, twins, args.seed)
-            graph = ix._view.settle()
+            graph = ix._state.view.settle()
             add_s = time.perf_counter() - t
             before = len(graph.unreachable())
             t = time.perf_counter()
-            left = len(ix._view.lost())  # the check (walk) and relinking a search runs after a change
+            left = len(ix._state.view.lost())  # the check (walk) and relinking a search runs after a change
             check_s = time.perf_counter() - t
             rows.append((name, [graph.ntotal, before, left, misses(ix, 100), misses(ix, 10),
                                 f"{check_s * 1e3:.0f} ms / {add_s:.1f} s"], ""))
             if name == "spread":
                 rng = np.random.default_rng(1)
                 q = _unit(rng.standard_normal((args.queries, 128)))
-                view = ix._view
+                view = ix._state.view
 
                 def each(fn, q=q):  # one torch thread, as Index searches run
                     with torch_threads(1):
@@ -96,7 +96,7 @@ def main() -> None:
                        ("walk + empty lost list (now)", [pct(now, 50), pct(now, 90), pct(now, 50) / pct(walk, 50)], ""),
                        ("walk + 100 lost pages scanned", [pct(lost, 50), pct(lost, 90), pct(lost, 50) / pct(walk, 50)], "")]
                 graph.lost = None
-            ix._view.clean = True  # nothing to save: the folder is removed
+            ix._state.view.clean = True  # nothing to save: the folder is removed
             ix.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import search_codecs  # noqa: E402
 from benchmarks._util import pct, peak_rss_mb, print_table, repeat_ms, timed  # noqa: E402
 from jevsearch import Engine  # noqa: E402
+from jevsearch.index import search  # noqa: E402
 from jevsearch.search.pooling import pool_tokens  # noqa: E402
 from jevsearch.search.maxsim import CPU_BLOCK_TOKENS, maxsim_concat, pad_queries  # noqa: E402
 from jevsearch.search.pack import ConcatPacker  # noqa: E402
@@ -143,11 +144,11 @@ def append_writes(path: str, corpus: Corpus, doc_pages: int, batch_docs: int, pa
 def rerank_ids(eng: Engine, q: np.ndarray, page_ids: np.ndarray, workers: int = 1):
     """(ids, scores): exact MaxSim of one query over the given page ids (private engine API: benchmark
     only), as a search runs it: torch on 1 thread, ``workers`` scorer threads."""
-    with eng._store.read() as txn, torch.no_grad(), torch_threads(1):
-        ids, raws, lens = eng._fetch(txn, page_ids)
+    with eng._state.store.read() as txn, torch.no_grad(), torch_threads(1):
+        ids, raws, lens = search._fetch(eng._state, txn, page_ids)
         threads, eng.threads = eng.threads, workers
         try:  # checked against their checksums as a search does
-            ids, scores = eng._score(txn, pad_queries([q], torch.float32, torch.device("cpu")), [len(q)], ids, raws, lens)
+            ids, scores = search._score(eng._state, txn, pad_queries([q], torch.float32, torch.device("cpu")), [len(q)], ids, raws, lens)
         finally:
             eng.threads = threads
     return ids, scores[0]
@@ -180,9 +181,9 @@ def floors(eng: Engine, n_pages: int, q: np.ndarray) -> dict:
     ids = np.arange(n_pages, dtype=np.int64)
     real = repeat_ms(lambda: rerank_ids(eng, q, ids), 10)
     real2 = repeat_ms(lambda: rerank_ids(eng, q, ids, 2), 10)
-    with torch_threads(1), eng._store.read() as txn:
-        fetched, raws, lens = eng._fetch(txn, ids)
-        raws = [eng._store.unseal("multi", page_key(pid), r) for pid, r in zip(fetched.tolist(), raws)]
+    with torch_threads(1), eng._state.store.read() as txn:
+        fetched, raws, lens = search._fetch(eng._state, txn, ids)
+        raws = [eng._state.store.unseal("multi", page_key(pid), r) for pid, r in zip(fetched.tolist(), raws)]
         host16 = np.concatenate([np.frombuffer(r, dtype=np.float16) for r in raws])
         pages32 = torch.from_numpy(host16.astype(np.float32)).view(-1, DM)  # [sum T, d]
         qt = torch.from_numpy(q)  # [L, d]
@@ -286,7 +287,7 @@ def main() -> None:
             p50[cand] = pct(lat, 50)
             rows.append((f"two-stage c={cand} p50", pct(lat, 50), "ms/query"))
             rows.append((f"two-stage c={cand} p95", pct(lat, 95), "ms/query"))
-        stage1 = [timed(eng._view.search, _unit(qs[None, :128]), 100)[0] * 1e3 for qs, _, _ in queries]
+        stage1 = [timed(eng._state.view.search, _unit(qs[None, :128]), 100)[0] * 1e3 for qs, _, _ in queries]
         rows.append(("  of which stage 1 (HNSW) c=100 p50", pct(stage1, 50), "ms/query"))
         eng.threads = 2
         lat, sets2 = latencies(100)

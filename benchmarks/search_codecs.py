@@ -32,7 +32,9 @@ import lmdb
 import numpy as np
 
 from benchmarks._util import pct, print_grid
-from jevsearch import Engine, index_search
+from jevsearch import Engine
+from jevsearch.index import search
+from jevsearch.store import fetch as store_fetch
 from jevsearch.store import lmdbenv
 from jevsearch.store.lmdbenv import DATA_FILE, current_env
 
@@ -63,13 +65,13 @@ def drop_cache(path: str) -> None:
 def todays_io():
     """Indexes opened inside read as before the cold-read work of issue 13: LMDB maps with OS
     read-around (readahead=True), and no reading ahead of a cold fetch (benchmark instrumentation)."""
-    real_open, threshold = lmdb.open, index_search.COLD_FETCH_S
+    real_open, threshold = lmdb.open, store_fetch.COLD_FETCH_S
     lmdbenv.lmdb.open = lambda *a, **k: real_open(*a, **dict(k, readahead=True))
-    index_search.COLD_FETCH_S = float("inf")
+    store_fetch.COLD_FETCH_S = float("inf")
     try:
         yield
     finally:
-        lmdbenv.lmdb.open, index_search.COLD_FETCH_S = real_open, threshold
+        lmdbenv.lmdb.open, store_fetch.COLD_FETCH_S = real_open, threshold
 
 
 def resident_mb(path: str) -> float:
@@ -87,17 +89,22 @@ def resident_mb(path: str) -> float:
 
 class Counted:
     """Counts the stored bytes an index's search path fetches, per table (benchmark instrumentation
-    of a private method: the values the scorer then reads)."""
+    of a private function, wrapped once for every engine: the values the scorer then reads)."""
+
+    by_state: dict = {}
 
     def __init__(self, eng: Engine):
         self.bytes = {"multi": 0, "exact": 0}
-        fetch = eng._fetch
+        if not Counted.by_state:
+            fetch = search._fetch
 
-        def counted(txn, page_ids, table="multi"):
-            out = fetch(txn, page_ids, table)
-            self.bytes[table] += sum(len(r) for r in out[1])
-            return out
-        eng._fetch = counted
+            def counted(st, txn, page_ids, table="multi"):
+                out = fetch(st, txn, page_ids, table)
+                if st in Counted.by_state:
+                    Counted.by_state[st].bytes[table] += sum(len(r) for r in out[1])
+                return out
+            search._fetch = counted
+        Counted.by_state[eng._state] = self
 
 
 def compare(paths: dict[str, str], build: dict, queries: list, ex_sets: list[set], k: int, n_cold: int) -> None:

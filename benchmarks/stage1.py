@@ -11,7 +11,7 @@ query, in turn (the machine is shared: read ratios to today's default timed in t
   fixed (``rescore=30``); **adaptive**: the new default (the window widens while the bound says a
   page could still enter the top 10);
 * stage 1 options, each followed by the same codes pass and adaptive exact rescore (the engine's own
-  private ``_rerank``/``_rescore``, so only the candidates differ):
+  private ``jevsearch.index.search.rerank_candidates``/``rescore_window``, so only the candidates differ):
   ``single c=N`` (the HNSW's N nearest truncated singles, today's stage 1), ``expand c=N m=M``
   (the HNSW-neighbour expansion: the level-0 graph neighbours of the M best candidates by the codes
   join the candidates), ``fde c=N`` (MUVERA: the N best pages by the inner product of FDEs, exact flat
@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._util import pct, print_grid  # noqa: E402
 from benchmarks.search import Corpus, _unit  # noqa: E402
 from jevsearch import Index  # noqa: E402
+from jevsearch.index import search  # noqa: E402
 from jevsearch.search.maxsim import pad_queries  # noqa: E402
 from jevsearch.search.threads import torch_threads  # noqa: E402
 from jevsearch.store.hnsw import truncate_normalize  # noqa: E402
@@ -105,7 +106,7 @@ class Stage1:
         self.ix, self.fde = ix, fde
         self.flat = faiss.IndexFlatIP(fde.dim)
         self.flat.add(fdes)
-        graph = ix._view.settle()
+        graph = ix._state.view.settle()
         _, nb, slots, _ = graph._level0()
         ids = graph.ids()
         links = nb[slots]
@@ -113,7 +114,7 @@ class Stage1:
         self.neighbours = np.where(links >= 0, ids[np.maximum(links, 0)], -1)  # [N, 2M] page ids
 
     def single(self, qs: np.ndarray, c: int) -> np.ndarray:
-        return self.ix._view.search(truncate_normalize(qs[None], 128), c)[0]
+        return self.ix._state.view.search(truncate_normalize(qs[None], 128), c)[0]
 
     def fde_top(self, qm: np.ndarray, c: int) -> np.ndarray:
         _, ids = self.flat.search(self.fde.encode(qm, query=True)[None], c)
@@ -122,21 +123,21 @@ class Stage1:
     def run(self, qm: np.ndarray, cand: np.ndarray, expand: int = 0) -> tuple[np.ndarray, int]:
         """Top 10 page ids from ``cand`` (codes, then adaptive exact rescore), and the candidates scored."""
         ix = self.ix
-        with ix._mutex, ix._store.read() as txn, torch.no_grad(), torch_threads(1):
-            ix._refresh(txn)
-            qt = pad_queries([torch.from_numpy(qm)], ix._dtype, ix._device)
+        with ix._state.mutex, ix._state.store.read() as txn, torch.no_grad(), torch_threads(1):
+            ix._state.refresh(txn)
+            qt = pad_queries([torch.from_numpy(qm)], ix._state.dtype, ix._state.device)
             cand = np.unique(cand[cand >= 0])
-            found = ix._rerank(txn, qt, [len(qm)], cand[None], len(cand), "multi")
+            found = search.rerank_candidates(ix._state, txn, qt, [len(qm)], cand[None], len(cand), "multi")
             if expand:
                 ids, scores = found[0]
                 best = ids[np.argsort(-scores)[:expand]]
                 more = self.neighbours[[self.row[p] for p in best.tolist()]].ravel()
                 more = np.setdiff1d(more[more >= 0], cand)
                 if len(more):
-                    extra = ix._rerank(txn, qt, [len(qm)], more[None], len(more), "multi")[0]
+                    extra = search.rerank_candidates(ix._state, txn, qt, [len(qm)], more[None], len(more), "multi")[0]
                     found = [(np.concatenate([ids, extra[0]]), np.concatenate([scores, extra[1]]))]
             scored = len(found[0][0])
-            top = ix._rescore(txn, qt, [len(qm)], found, K, K, 30)[0]
+            top = search.rescore_window(ix._state, txn, qt, [len(qm)], found, K, K, 30)[0]
         return top[0][np.argsort(-top[1], kind="stable")[:K]], scored
 
 

@@ -90,7 +90,7 @@ def __getattr__(name: str):
 
         return Searchable
     if name == "DocHit":
-        from jevsearch.docresults import DocHit
+        from jevsearch.index.results import DocHit
 
         return DocHit
     raise AttributeError(f"module 'jevsearch' has no attribute {name!r}")

@@ -240,7 +240,7 @@ def _cmd_search(args) -> int:
     with _reader(args.index, model=args.model) as eng:
         hits = eng.search(args.query, k=args.k, **filters)
     if args.json:
-        from jevsearch.docresults import to_json
+        from jevsearch.index.results import to_json
 
         print(json.dumps(to_json(hits), ensure_ascii=False, indent=2))
         return 0

@@ -18,9 +18,9 @@ import time
 from contextlib import contextmanager
 
 from jevsearch import modelinfo
-from jevsearch.docresults import DocHit
 from jevsearch.errors import DiskFullError, InvalidInputError
 from jevsearch.index import Hit, Index
+from jevsearch.index.results import DocHit
 from jevsearch.ingest import docinfo
 from jevsearch.ingest.backends import LocalBackend, remote
 from jevsearch.ingest.renderer import CHANGED
@@ -250,7 +250,7 @@ class Engine(ModelSearch, Index):
         from jevsearch.ingest.sync import make_plan
         from jevsearch.ingest.text import ingest_texts
 
-        self._check_writable()
+        self._state.check_writable()
         if workers is not None and ray is None:
             raise InvalidInputError("workers: only with ray=... (hint: ray=\"auto\" to use a Ray cluster)")
         user = validate.check_metadata(metadata)

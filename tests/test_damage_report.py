@@ -91,17 +91,17 @@ def test_repair_without_deep_relinks_unreachable_pages(tmp_path):
     path = str(tmp_path / "idx")
     build(path)
     with Index.open(path) as ix:
-        graph = ix._view.settle()
+        graph = ix._state.view.settle()
         hnsw_entry = graph._level0()[3]
         from test_reachability import cut_off
         pid = cut_off(graph, next(r for r in range(graph.ntotal) if r != hnsw_entry))
-        ix._view.clean = False
+        ix._state.view.clean = False
         ix.flush()
     with Index.open(path) as ix:
-        assert pid in ix._view.graph.unreachable().tolist()
+        assert pid in ix._state.view.graph.unreachable().tolist()
         report = ix.verify(repair=True)
         assert "rebuilt the HNSW from LMDB and saved it" in report["repaired"]
-        assert ix._view.graph.unreachable().tolist() == []
+        assert ix._state.view.graph.unreachable().tolist() == []
 
 
 def test_compact_names_damaged_multi_vectors_it_carries_over(tmp_path):

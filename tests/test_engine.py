@@ -11,7 +11,7 @@ import torch
 
 from _store_child import make_doc, query_for
 from jevsearch import DocHit, Engine, Hit, InvalidInputError, JevsearchError, ShardedEngine
-from jevsearch.docresults import to_json
+from jevsearch.index.results import to_json
 
 
 def test_full_dim_fixed_at_create_and_float32_storage(tmp_path):
@@ -94,9 +94,9 @@ def test_add_embeddings_many_is_one_all_or_nothing_commit(tmp_path):
             eng.add_embeddings_many([docs[0], docs[0]])
         with pytest.raises(InvalidInputError, match="expected a tuple"):
             eng.add_embeddings_many(["d0.pdf"])
-        gen = eng._view.gen
+        gen = eng._state.view.gen
         assert eng.add_embeddings_many(docs) == [3, 3, 3, 3]
-        assert eng._view.gen == gen + 1  # one commit for the whole batch
+        assert eng._state.view.gen == gen + 1  # one commit for the whole batch
         assert sorted(eng.documents()) == [d[0] for d in docs]
         assert eng.document("d3.pdf")["metadata"] == {"n": 3}
         assert _hits(eng, docs[2][1], docs[2][2]) == expected

@@ -133,8 +133,8 @@ def test_page_views_are_stored_validated_and_deleted_with_their_pages(tmp_path):
         with pytest.raises(PageNotFoundError):
             idx.page_hit(first.page_id)
         idx.verify()  # the old page's view went with it: no orphans
-        with idx._store.read() as txn:
-            assert list(idx._store.iter_keys(txn, "visual")) == []
+        with idx._state.store.read() as txn:
+            assert list(idx._state.store.iter_keys(txn, "visual")) == []
 
 
 def _drop_visual_table(path):
@@ -248,8 +248,8 @@ def test_explain_recomputes_for_pages_without_a_layout_and_says_so(tmp_path):
         stored = eng.explain(hit, "quarterly revenue")
         # Stored rows that are not one per patch (as pooled tokens would be): recomputed, and said why.
         multi, view = eng.page_data(hit)
-        with eng._store.write() as txn:
-            eng._store.put(txn, "visual", page_key(hit.page_id),  # sealed: a valid record, not a damaged one
+        with eng._state.store.write() as txn:
+            eng._state.store.put(txn, "visual", page_key(hit.page_id),  # sealed: a valid record, not a damaged one
                            PageView(view.rows, view.cols, view.first, view.tokens + 3).encode())
         pooled = eng.explain(hit, "quarterly revenue")
         assert pooled.source == "recomputed" and "not one per patch" in pooled.note

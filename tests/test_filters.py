@@ -271,7 +271,7 @@ def test_a_selective_filter_never_starves_the_walk(tmp_path, monkeypatch):
         hits = eng.search_embeddings(qs, qm, k=20, candidates=20, where={"rare": True})
         bits = np.zeros(n, dtype=bool)
         bits[::67] = True
-        walk = eng._view.settle().search(_t(qs[None]).astype(np.float32), 20,
+        walk = eng._state.view.settle().search(_t(qs[None]).astype(np.float32), 20,
                                          exclude=faiss.IDSelectorBitmap(np.packbits(bits, bitorder="little")))[0]
     assert len(hits) == 20 and all(int(h.doc_id[1:]) % 67 == 0 for h in hits)
     assert (walk >= 0).sum() < 20  # the walk alone starves: the fallback filled the results

@@ -142,8 +142,8 @@ ix.add_embeddings("/d/late.pdf", singles, multis, page_texts=["Late arrival QX-7
 ix.delete("/d/invoice.pdf")
 ix.update_metadata("/d/scan.pdf", {"title": "Borealis"})
 if sys.argv[3] == "compact":
-    import jevsearch.index_text as it
-    it.IndexText._text_after_compact = lambda self: os.kill(os.getpid(), signal.SIGKILL)
+    import jevsearch.index.text as it
+    it.after_compact = lambda st: os.kill(os.getpid(), signal.SIGKILL)
     ix.compact()
 os.kill(os.getpid(), signal.SIGKILL)  # LMDB committed; the text index not (commits are batched)
 """
@@ -188,8 +188,8 @@ def test_missing_or_damaged_text_index_is_named_and_rebuilt(tmp_path):
         assert lexical(ix, "INV-2024-08817") == [("/d/invoice.pdf", 1)]
         ix.verify(deep=True)
         # A text index that disagrees with LMDB although it claims LMDB's generation: verify names it.
-        ix._text.remove([0])
-        ix._text.commit(ix._text.gen, ix._text.pointer["epoch"])
+        ix._state.text.remove([0])
+        ix._state.text.commit(ix._state.text.gen, ix._state.text.pointer["epoch"])
         with pytest.raises(CorruptIndexError, match="text index: 1 documents missing"):
             ix.verify()
         report = ix.verify(deep=True, repair=True)

@@ -259,8 +259,8 @@ def test_codes_only_index_keeps_the_singles_prefix_the_hnsw_needs(tmp_path):
 def test_a_format_3_codes_only_index_opens_and_compact_cuts_its_singles(tmp_path, monkeypatch):
     """Codes-only indexes of format 3 (before format 4) kept full singles: they open and search as
     they are, and compact rewrites them to format 4."""
-    import jevsearch.index as index_module
-    from jevsearch.index_codec import new_layout
+    import jevsearch.index.lifecycle as index_module
+    from jevsearch.index.layout import new_layout
 
     docs = _docs(n=4)
     qs, qm = query_for(docs["doc-1"][1], docs["doc-1"][0], page=1)
@@ -433,7 +433,7 @@ def test_damaged_codes_or_exact_tokens_are_skipped_and_named(tmp_path, caplog, t
 
 
 def test_default_candidates_follow_the_codes_kernel_and_rescore_3k():
-    from jevsearch.index_codec import Layout
+    from jevsearch.index.layout import Layout
     from jevsearch.search import codecs
 
     binary, fp16 = codecs.get("binary", 128), codecs.get("fp16", 128)

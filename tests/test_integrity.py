@@ -355,12 +355,12 @@ def test_an_unreachable_page_is_found_by_exhaustive_scoring_reported_and_relinke
     path = str(tmp_path / "idx")
     docs = build(path, docs=[(f"d{i:02d}.pdf", 3) for i in range(20)])  # 60 pages
     with Index.open(path) as ix:
-        graph = ix._view.settle()
+        graph = ix._state.view.settle()
         node = _level0_only_node(graph)
         pid = int(graph.ids()[node])
         _cut_off(graph, node)
         assert graph.unreachable().tolist() == [pid]
-        ix._view.clean = False  # edited behind the view's back: make flush save it
+        ix._state.view.clean = False  # edited behind the view's back: make flush save it
         ix.flush()
     name, page = f"d{pid // 3:02d}.pdf", pid % 3 + 1
     qs, qm = query_for(docs[name][1], docs[name][0], page=page - 1)
@@ -588,10 +588,10 @@ def test_the_cli_names_the_repairing_command_and_runs_it(tmp_path, capsys):
     path = str(tmp_path / "idx")
     docs = build(path, docs=[(f"d{i:02d}.pdf", 3) for i in range(20)])
     with Index.open(path) as ix:  # one page no search can reach
-        graph = ix._view.settle()
+        graph = ix._state.view.settle()
         node = _level0_only_node(graph)
         _cut_off(graph, node)
-        ix._view.clean = False
+        ix._state.view.clean = False
         ix.flush()
     assert main(["verify", "--index", path]) == 0  # every page is in the graph
     assert main(["verify", "--index", path, "--deep"]) == 1

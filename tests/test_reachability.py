@@ -52,10 +52,10 @@ def cut_off(graph: HnswGraph, row: int) -> int:
 
 def own_vector_misses(ix: Index, n: int = 10) -> list[int]:
     """Page ids that a stage-1 search with their own (graph) vector does not return among ``n``."""
-    graph = ix._view.settle()
+    graph = ix._state.view.settle()
     ids, vecs = stored_vectors(graph)
     ids, vecs = ids.copy(), vecs.astype(np.float32)
-    found = ix._view.search(vecs, n)
+    found = ix._state.view.search(vecs, n)
     return [int(pid) for pid, row in zip(ids, found) if pid not in row]
 
 
@@ -63,7 +63,7 @@ def test_near_duplicate_pages_stay_reachable_after_plain_adds(tmp_path):
     path = str(tmp_path / "idx")
     near_duplicates(path, seed=1)
     with Index.open(path, readonly=True) as ix:
-        graph = ix._view.settle()
+        graph = ix._state.view.settle()
         assert len(graph.lost) == 0 and graph.unreachable().tolist() == []  # relinked before it was saved
         assert ix.verify(deep=True)["pages"] == 3000
         assert own_vector_misses(ix, 100) == []  # the default number of candidates
@@ -73,12 +73,12 @@ def test_exactly_identical_vectors_leave_no_page_unreachable(tmp_path):
     path = str(tmp_path / "idx")
     base = near_duplicates(path, docs=60, noise=0.02, twins=100)
     with Index.open(path) as ix:
-        assert ix._view.lost().tolist() == [] and ix._view.graph.unreachable().tolist() == []
+        assert ix._state.view.lost().tolist() == [] and ix._state.view.graph.unreachable().tolist() == []
         ix.verify(deep=True)
         ix.add_embeddings("late.pdf", np.repeat(base[None], 3, axis=0), [_unit(np.ones((2, 128)))] * 3)
         ix.verify(deep=True)  # checked again after the add: the graph changed
         ix.compact()
-        assert ix._view.graph.unreachable().tolist() == []
+        assert ix._state.view.graph.unreachable().tolist() == []
         ix.compact(codec="binary")  # a conversion rebuilds the graph too
         ix.verify(deep=True)
 
@@ -117,14 +117,14 @@ def test_an_index_searches_its_lost_pages_exactly(tmp_path):
     path = str(tmp_path / "idx")
     near_duplicates(path, docs=30, noise=0.05)
     with Index.open(path) as ix:
-        graph = ix._view.settle()
+        graph = ix._state.view.settle()
         entry = graph._level0()[3]
         victim = next(r for r in range(graph.ntotal) if r != entry)
         pid = cut_off(graph, victim)
         graph.lost = graph.unreachable()
         assert pid in graph.lost.tolist()
         q = graph.vectors()[1][victim][None]
-        assert pid in ix._view.search(q, 5)[0].tolist()
-        assert pid in ix._view.search(q, 5, within=np.arange(max(0, pid - 3), min(graph.ntotal, pid + 3)))[0].tolist()
+        assert pid in ix._state.view.search(q, 5)[0].tolist()
+        assert pid in ix._state.view.search(q, 5, within=np.arange(max(0, pid - 3), min(graph.ntotal, pid + 3)))[0].tolist()
         report = ix.verify(deep=True)
         assert report["hnsw_scanned_exactly"] >= 1

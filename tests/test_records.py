@@ -94,7 +94,7 @@ def test_a_damaged_manifest_is_read_from_its_copy_and_rewritten(tmp_path, caplog
         assert (ix.search_embeddings(qs, qm, k=1)[0].doc_id, ix.manifest["single_dim"]) == ("c.pdf", 64)
         assert any("manifest record is damaged: read from its copy" in r.getMessage() for r in caplog.records)
     with Index.open(path) as ix:  # a writer rewrites it
-        assert not ix._store.manifest_damaged
+        assert not ix._state.store.manifest_damaged
     flip(path, "meta", b"manifest", at=20)
     flip(path, "meta", b"manifest.copy", at=20)
     with pytest.raises(CorruptIndexError, match="and its copy too: the index's format version, vector sizes, "

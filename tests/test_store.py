@@ -168,7 +168,7 @@ def test_hnsw_file_with_float32_vectors_still_loads(index, caplog):
         old.add(np.arange(first, first + len(singles)), truncate_normalize(singles, 64))
     old.save(path, epoch=0, next_page_id=9)
     with Engine.open(path) as again:
-        assert isinstance(faiss.downcast_index(again._view.graph.index.index), faiss.IndexHNSWFlat)
+        assert isinstance(faiss.downcast_index(again._state.view.graph.index.index), faiss.IndexHNSWFlat)
         assert [(h.doc_id, h.page) for h in again.search_embeddings(qs, qm, k=3)] == want
         again.verify()
     assert "rebuilding" not in caplog.text
@@ -308,7 +308,7 @@ def test_long_doc_ids_and_unicode(tmp_path):
 
 
 def _graph_ids(eng) -> set[int]:
-    return set(eng._view.settle().ids().tolist())  # private: what the in-memory HNSW holds
+    return set(eng._state.view.settle().ids().tolist())  # private: what the in-memory HNSW holds
 
 
 def test_background_hnsw_inserts_cover_every_page(tmp_path, monkeypatch):
@@ -337,7 +337,7 @@ def test_background_hnsw_inserts_cover_every_page(tmp_path, monkeypatch):
         assert (eng.search_embeddings(qs, qm, k=1)[0].doc_id, eng.search_embeddings(qs, qm, k=1)[0].page) == ("d7", 3)
         eng.verify(deep=True)
     with Engine.open(path, readonly=True) as ro:
-        assert ro._view.clean and _graph_ids(ro) == set(range(30))  # the saved file was complete
+        assert ro._state.view.clean and _graph_ids(ro) == set(range(30))  # the saved file was complete
 
 
 def test_failed_background_insert_keeps_the_commit_and_is_repaired(tmp_path, monkeypatch, caplog):
@@ -394,9 +394,9 @@ def test_the_map_is_read_at_random_except_while_scanning(tmp_path):
         qs, qm = query_for(make_doc(1)[1], make_doc(1)[0], page=0)
         eng.search_embeddings(qs, qm, k=3)
         assert "rr" in _map_flags(path)
-        with eng._store.scanning():
+        with eng._state.store.scanning():
             assert "rr" not in _map_flags(path)
-            with eng._store.scanning():  # nested (another scan in the process): still read-around
+            with eng._state.store.scanning():  # nested (another scan in the process): still read-around
                 pass
             assert "rr" not in _map_flags(path)
         assert "rr" in _map_flags(path)
@@ -408,7 +408,7 @@ def test_the_map_is_read_at_random_except_while_scanning(tmp_path):
 def test_a_cold_fetch_reads_ahead_in_threads_with_the_same_results(tmp_path, monkeypatch):
     import threading
 
-    from jevsearch import index_search
+    from jevsearch.store import fetch
 
     path = tmp_path / "idx"
     docs = {f"d{i}": make_doc(i, pages=4) for i in range(8)}
@@ -418,8 +418,8 @@ def test_a_cold_fetch_reads_ahead_in_threads_with_the_same_results(tmp_path, mon
         queries = [query_for(docs[f"d{i}"][1], docs[f"d{i}"][0], page=i % 4, seed=i) for i in range(4)]
         warm = [[(h.doc_id, h.page, h.score) for h in eng.search_embeddings(qs, qm, k=5, candidates=20, rescore=8)]
                 for qs, qm in queries]
-        monkeypatch.setattr(index_search, "COLD_FETCH_S", 0.0)  # every fetch counts as cold: reads ahead
-        monkeypatch.setattr(index_search, "COLD_PER_VALUE_S", 0.0)
+        monkeypatch.setattr(fetch, "COLD_FETCH_S", 0.0)  # every fetch counts as cold: reads ahead
+        monkeypatch.setattr(fetch, "COLD_PER_VALUE_S", 0.0)
         cold = [[(h.doc_id, h.page, h.score) for h in eng.search_embeddings(qs, qm, k=5, candidates=20, rescore=8)]
                 for qs, qm in queries]
         assert any(t.name.startswith("jevsearch-prefetch") for t in threading.enumerate())

@@ -39,7 +39,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jevsearch import visuals
-from jevsearch.docresults import to_json
+from jevsearch.index.results import to_json
 from jevsearch.errors import (
     DocumentError,
     InvalidInputError,

@@ -44,7 +44,7 @@ class Part:
     """A per-token value every page has in ``table`` (the multi-vector codes; the exact tokens):
     ``bytes_per_token`` of payload per token, and ``rows(payload, tokens)`` -> the tokens as an array
     [T, d] whose rows must be finite unit vectors, or None for values any bytes are valid for (binary
-    codes: their checksum is their check). Made by the index from its codec (jevsearch.index_codec)."""
+    codes: their checksum is their check). Made by the index from its codec (jevsearch.index.layout)."""
 
     table: str
     bytes_per_token: int

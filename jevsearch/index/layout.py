@@ -8,7 +8,7 @@ singles are cut to their prefix; older indexes are plain floats):
   bit per dim).
 * ``keep_exact``: also keep each page's float16 tokens in the ``exact`` table. A search then scores
   the codes of its ``candidates`` and reads the exact tokens of only the best of them for the final
-  exact MaxSim (:mod:`jevsearch.index_search`: a window that widens while a page outside it could
+  exact MaxSim (:mod:`jevsearch.index.search`: a window that widens while a page outside it could
   still reach the top k, or a fixed ``rescore``); its hits and scores are those of float16 storage
   whenever the codes keep the true top k inside the window.
 * ``pool_factor`` 1, 2 or 3: each page's tokens are pooled at ingest (:mod:`jevsearch.search.pooling`),
@@ -48,7 +48,14 @@ from jevsearch.errors import CorruptIndexError, FormatVersionError, InvalidInput
 from jevsearch.search import codecs, pooling, rerank
 from jevsearch.store import validate, verify
 from jevsearch.store.hnsw import truncate_normalize
-from jevsearch.store.lmdbstore import EXACT, PAGE_REC, PageStore, dump_json, load_json, page_key
+from jevsearch.store.lmdbstore import (
+    EXACT,
+    PAGE_REC,
+    PageStore,
+    dump_json,
+    load_json,
+    page_key,
+)
 from jevsearch.store.manifest import MULTI_DTYPES, upgraded, with_codec
 from jevsearch.store.rewrite import Rewrite
 from jevsearch.store.visual import PageView

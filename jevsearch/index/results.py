@@ -1,4 +1,5 @@
-"""Document-level results (``group_by="document"``): DocHit, and the stage-1 widening that fills k documents.
+"""Search results: Hit (a page), DocHit (``group_by="document"``), their JSON rows, and the stage-1
+widening that fills k documents.
 
 The ranking rule itself is pure: :func:`jevsearch.search.grouping.group_by_document`.
 """
@@ -10,6 +11,43 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jevsearch.search import grouping
+
+
+@dataclass
+class Hit:
+    """One search result: a page of a document.
+
+    ``page`` is 1-based; ``metadata`` is the document's metadata; ``text`` the page text given to
+    ``add_embeddings(page_texts=...)``, or None when none was stored; ``snippet`` (set by
+    :meth:`Engine.search`) a short window of it around the query's words; ``path`` the document's file;
+    ``page_id`` the page's id in the index (ids are never reused: a re-added document's pages get new ones);
+    ``scores`` (hybrid and lexical search) each side's score: {"visual": MaxSim, "lexical": BM25}, None
+    for a side that did not find the page.
+    """
+
+    doc_id: str
+    page: int
+    score: float
+    metadata: dict = field(default_factory=dict)
+    text: str | None = None
+    snippet: str = ""
+    page_id: int | None = None
+    scores: dict = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        """The document's file: a document added by :meth:`Engine.add` has its absolute path as id."""
+        return self.doc_id
+
+    def to_dict(self) -> dict:
+        """The hit as JSON-ready data (``jevsearch search --json``, the web app's API): score, path,
+        page, snippet, metadata, page_id, and ``scores`` (each side's) after a hybrid or lexical search.
+
+        >>> Hit("/d/a.pdf", 2, 0.5, {"kind": "pdf"}, page_id=7).to_dict()["page"]
+        2
+        """
+        return {"score": self.score, "path": self.path, "page": self.page, "snippet": self.snippet,
+                "metadata": self.metadata, "page_id": self.page_id, **({"scores": self.scores} if self.scores else {})}
 
 
 @dataclass
@@ -39,7 +77,7 @@ def to_json(results: list) -> list[dict]:
     """Search results (Hits, or DocHits of ``group_by="document"``) as JSON-ready rows, ranked from 1:
     the one shape the CLI's ``--json`` and the web app's API share.
 
-    >>> from jevsearch.index_search import Hit
+    >>> from jevsearch.index.search import Hit
     >>> to_json([Hit("/d/a.pdf", 1, 0.75)])[0]["rank"]
     1
     """
