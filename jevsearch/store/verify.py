@@ -293,8 +293,8 @@ def _check_graph(graph: HnswGraph, live: set[int], names: dict[int, str], state:
 def unit_rows(a: np.ndarray) -> bool:
     """True when every row of ``a`` [N, d] is finite and of unit norm (to the input tolerance).
 
-    In torch: float16 -> float32 there is ~12x faster than numpy's (measured 70 vs 840 us per
-    770 x 128 page), which made a deep verify 9 s per 10k pages. The copy (same dtype, a memcpy)
+    In torch: float16 -> float32 there is far faster than numpy's, which made a deep verify slow
+    (benchmarks/RESULTS.md). The copy (same dtype, a memcpy)
     gives torch a writable buffer instead of LMDB's read-only one.
     """
     sq = torch.from_numpy(a.copy()).float().square().sum(dim=1)
