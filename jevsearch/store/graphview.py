@@ -112,8 +112,7 @@ class GraphView:
         if self.repaired_in_memory is None:
             # Once per view: a reader rebuilds at every open until a writer saves the repair.
             log.warning("%s: %s; rebuilding the HNSW from LMDB in memory only: a writer persists the repair "
-                        "(Index.compact(), or `jevsearch compact --index %s`)", self.index_dir, problem,
-                        self.index_dir)
+                        "(compact the index: Index.compact())", self.index_dir, problem)
         self.repaired_in_memory = problem
 
     def add_pages(self, txn, graph: HnswGraph, start: int, manifest: dict) -> int:

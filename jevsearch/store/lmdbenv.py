@@ -155,10 +155,9 @@ def current_env(index_dir: str) -> tuple[str, int]:
             raise CorruptIndexError(
                 f"{index_dir}: the {CURRENT} file is missing though {', '.join(stores)}/ is there "
                 f"(hint: Index.open(path, repair=True) restores it when one store directory holds a "
-                f"valid LMDB file)", cli_hint=f"jevsearch verify --repair --index {index_dir}") from None
+                f"valid LMDB file)", path=index_dir, repairable=True) from None
         raise NotAnIndexError(f"{index_dir}: not a jevsearch index (no {CURRENT} file) "
-                              "(hint: create one with Engine.create)",
-                              cli_hint=f"`jevsearch index FILES --index {index_dir}` creates one") from None
+                              "(hint: create one with Engine.create)", path=index_dir, empty=True) from None
     env_dir = os.path.join(index_dir, name)
     if not name.startswith(ENV_PREFIX) or "/" in name or not os.path.isfile(os.path.join(env_dir, DATA_FILE)):
         raise NotAnIndexError(f"{index_dir}: {CURRENT} names no LMDB store ({name!r}) "
