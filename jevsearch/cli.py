@@ -36,7 +36,15 @@ import textwrap
 
 import jevsearch
 from jevsearch import __version__
-from jevsearch.errors import InvalidInputError, JevsearchError
+from jevsearch.errors import (
+    ChecksumError,
+    CorruptIndexError,
+    IndexLockedError,
+    InvalidInputError,
+    JevsearchError,
+    NotAnIndexError,
+    ReadOnlyIndexError,
+)
 
 EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 3, 130, 141
 DEFAULT_MODEL = "jinaai/jina-embeddings-v4"
@@ -49,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except JevsearchError as e:
-        _fail(e.cli_message())
+        _fail(cli_message(e))
         return EXIT_ERROR
     except BrokenPipeError:
         # The reader of our output went away (`jevsearch list | head`): stop quietly, as shell tools do.
@@ -95,6 +103,44 @@ def _fail(message: str) -> None:
     print(f"jevsearch: error: {' '.join(message.split())}", file=sys.stderr)
 
 
+def cli_hint(e: JevsearchError) -> str | None:
+    """What to do about ``e``, said as ``jevsearch`` commands: the one place that turns the library's
+    errors (their types and fields; the library's own hints speak Python) into CLI advice. An error
+    raised with a ``cli_hint`` keeps it; one with nothing for the CLI keeps its Python hint.
+
+    >>> cli_hint(NotAnIndexError("docs: not a jevsearch index", path="docs", empty=True))
+    '`jevsearch index FILES --index docs` creates one'
+    >>> cli_hint(CorruptIndexError("idx: 1 problem", hint="re-add a.pdf", path="idx", redo_documents=["a.pdf"]))
+    'a repair cannot restore damaged pages of a.pdf: `jevsearch delete DOC --index idx`, then `jevsearch index DOC --index idx` for each'
+    """
+    from jevsearch.store.verify import some
+
+    if e.cli_hint:
+        return e.cli_hint
+    path = getattr(e, "path", None)
+    if isinstance(e, ChecksumError) and path:
+        return f"jevsearch verify --deep --index {path} names the documents it affects"
+    if isinstance(e, CorruptIndexError) and path and (e.repairable or e.redo_documents):
+        advice = [f"jevsearch verify --repair --index {path} repairs what LMDB can rebuild"] if e.repairable else []
+        if e.redo_documents:
+            advice.append(f"a repair cannot restore damaged pages of {some(list(e.redo_documents))}: "
+                          f"`jevsearch delete DOC --index {path}`, then `jevsearch index DOC --index {path}` for each")
+        return "; ".join(advice)
+    if isinstance(e, NotAnIndexError) and e.empty and path:
+        return f"`jevsearch index FILES --index {path}` creates one"
+    if isinstance(e, IndexLockedError):
+        return "another jevsearch command is writing to it: wait for it to finish and rerun"
+    if isinstance(e, ReadOnlyIndexError) and e.cannot_write:
+        return "you may only read this index: search, list, info and verify work; writing needs write permission"
+    return e.hint
+
+
+def cli_message(e: JevsearchError) -> str:
+    """``e``'s message with :func:`cli_hint` as its hint: what the CLI prints."""
+    hint = cli_hint(e)
+    return e.message if hint is None else f"{e.message} (hint: {hint})"
+
+
 # ----- commands ----------------------------------------------------------------------------------
 def _cmd_index(args) -> int:
     from jevsearch.ingest import discover
@@ -136,7 +182,7 @@ def _cmd_index(args) -> int:
     for path, page, reason in report.missing_pages:
         print(f"missing page: {path}: page {page}: {reason}", file=sys.stderr)
     if full is not None:
-        _fail(full.cli_message())
+        _fail(cli_message(full))
         return EXIT_PARTIAL
     if not args.quiet:
         print(f"{args.index}: {report}")

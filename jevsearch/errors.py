@@ -63,7 +63,12 @@ class IndexExistsError(JevsearchError, FileExistsError):
 
 
 class NotAnIndexError(JevsearchError, ValueError):
-    """Opening a path that holds no jevsearch index."""
+    """Opening a path that holds no jevsearch index. ``path``: that path (None where not known);
+    ``empty``: nothing of an index is there, so one can be created at ``path``."""
+
+    def __init__(self, message: str = "", *args, path: str | None = None, empty: bool = False, **hints):
+        super().__init__(message, *args, **hints)
+        self.path, self.empty = path, empty
 
 
 class FormatVersionError(JevsearchError, ValueError):
@@ -71,27 +76,51 @@ class FormatVersionError(JevsearchError, ValueError):
 
 
 class IndexLockedError(JevsearchError):
-    """Another writer holds the index."""
+    """Another writer holds the index (``holder``: its process id as it wrote it, where known)."""
+
+    def __init__(self, message: str = "", *args, holder: str | None = None, **hints):
+        super().__init__(message, *args, **hints)
+        self.holder = holder
 
 
 class ReadOnlyIndexError(JevsearchError):
-    """A write was attempted on an index opened with ``readonly=True``."""
+    """A write was attempted on an index opened with ``readonly=True``, or (``cannot_write``) on one
+    whose folder this process may not write to."""
+
+    def __init__(self, message: str = "", *args, cannot_write: bool = False, **hints):
+        super().__init__(message, *args, **hints)
+        self.cannot_write = cannot_write
 
 
 class CorruptIndexError(JevsearchError):
-    """The index on disk is damaged beyond what open-time repair can fix."""
+    """The index on disk is damaged beyond what open-time repair can fix.
+
+    Fields for whoever advises the user (the CLI turns them into commands): ``path``, the index;
+    ``repairable``, whether a repair (``verify(repair=True)``) fixes some of it; ``redo_documents``,
+    the documents whose damaged pages only deleting and re-adding them restores.
+
+    >>> e = CorruptIndexError("idx: 1 problem: ... (hint: re-add a.pdf)", path="idx", redo_documents=["a.pdf"])
+    >>> e.hint, e.repairable, e.redo_documents
+    ('re-add a.pdf', False, ('a.pdf',))
+    """
+
+    def __init__(self, message: str = "", *args, path: str | None = None, repairable: bool = False,
+                 redo_documents=(), **hints):
+        super().__init__(message, *args, **hints)
+        self.path, self.repairable, self.redo_documents = path, repairable, tuple(redo_documents)
 
 
 class ChecksumError(CorruptIndexError):
     """A stored value does not match its checksum (see :mod:`jevsearch.store.checksum`).
 
     ``table`` and ``key`` say which value; callers on the search path skip the page it belongs to.
+    ``path``: the index it belongs to, where known.
     """
 
     def __init__(self, table: str, key: bytes, where: str | None = None, *, hint: str = "the value is damaged",
-                 cli_hint: str | None = None):
+                 cli_hint: str | None = None, path: str | None = None):
         super().__init__(f"{where or f'{table} value {key.hex()}'}: checksum mismatch (hint: {hint})",
-                         cli_hint=cli_hint)
+                         cli_hint=cli_hint, path=path)
         self.table, self.key = table, key
 
 

@@ -163,8 +163,7 @@ def check_single_dim(recorded_dim: int, single_dim: int | None) -> None:
 
 def ingest_threads(encoder) -> int:
     """Torch threads for the encoder while ingesting: on a CPU, one core is left to the render process
-    and the store thread. Measured on this project's 2 busy cores (tiny model): 1 thread gave 5.5-6.3
-    pages/s end to end, 2 threads 0.8-1.2, as torch's OpenMP team stalls whenever a core is taken."""
+    and the store thread: torch's OpenMP team stalls whenever a core is taken (benchmarks/RESULTS.md)."""
     import torch
 
     if encoder.device.type != "cpu":

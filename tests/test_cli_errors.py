@@ -245,3 +245,25 @@ def test_compact_drops_deleted_pages(indexed, capsys, tmp_path):
     assert code == 0 and out.startswith(f"{index}: compacted: 1 documents, 1 pages, ") and " MB -> " in out, err
     with Index.open(index, readonly=True) as idx:
         assert idx.stats()["tombstones"] == 0 and idx.stats()["hnsw_vectors"] == 1
+
+
+def test_store_errors_speak_python_and_the_cli_maps_them_to_commands():
+    """store/ raises with Python hints and fields; cli.cli_hint alone turns them into commands."""
+    import pathlib
+    import re
+
+    from jevsearch.cli import cli_message
+    from jevsearch.store.verify import Problem, describe
+
+    store = pathlib.Path(__file__).resolve().parent.parent / "jevsearch" / "store"
+    spelled = [f"{f.name}: {line.strip()}" for f in store.glob("*.py") for line in f.read_text().splitlines()
+               if re.search(r"`jevsearch |jevsearch (verify|delete|compact|search|list|serve|info) |jevsearch index [A-Z-]", line)]
+    assert spelled == []
+    e = describe("idx", [Problem("hnsw: 1 live pages not indexed", fixable=True),
+                         Problem("a.pdf p2: damaged", fixable=False, doc="a.pdf")])
+    assert e.repairable and e.redo_documents == ("a.pdf",) and e.path == "idx"
+    assert "verify(repair=True)" in str(e) and "jevsearch" not in e.hint
+    assert cli_message(e).endswith("(hint: jevsearch verify --repair --index idx repairs what LMDB can rebuild; a "
+                                   "repair cannot restore damaged pages of a.pdf: `jevsearch delete DOC --index idx`, "
+                                   "then `jevsearch index DOC --index idx` for each)")
+    assert not describe("idx", [Problem("x", fixable=True)], repairing=True).repairable

@@ -22,6 +22,7 @@ import pytest
 
 from _store_child import as_version_1, make_doc, query_for, unit
 from jevsearch import ChecksumError, CorruptIndexError, Index, ReadOnlyIndexError
+from jevsearch.cli import cli_hint, cli_message
 from jevsearch.search.maxsim import top_with_ties
 from jevsearch.store import checksum
 from jevsearch.store.hnsw import FILE_NAME, HnswGraph, truncate_normalize
@@ -103,7 +104,7 @@ def test_a_flipped_bit_in_a_page_is_skipped_named_counted_listed_and_fixed_by_re
         assert ix.stats()["damaged_pages"] == 1
         with pytest.raises(CorruptIndexError, match="c.pdf page 3: its multi-vectors fail their checksum") as e:
             ix.verify()
-        assert "jevsearch delete DOC" in e.value.cli_message() and "c.pdf" in e.value.cli_hint
+        assert "jevsearch delete DOC" in cli_message(e.value) and "c.pdf" in cli_hint(e.value)
     with Index.open(path, readonly=True) as ix:  # a deep verify finds it without any search
         with pytest.raises(CorruptIndexError, match="c.pdf: page 3 multi vectors fail their checksum"):
             ix.verify(deep=True)
@@ -202,7 +203,7 @@ def test_version_1_pages_with_damaged_vectors_are_skipped_by_the_score_bound(tmp
     with Index.open(path) as ix:  # the upgrade refuses to certify damaged vectors, and changes nothing
         with pytest.raises(CorruptIndexError, match="c.pdf") as e:
             ix.compact()
-        assert "jevsearch delete DOC" in e.value.cli_message()
+        assert "jevsearch delete DOC" in cli_message(e.value)
         assert ix.manifest["format_version"] == 1
         ix.add_embeddings("c.pdf", *docs["c.pdf"])
         ix.compact()
@@ -282,7 +283,7 @@ def test_a_permuted_id_map_in_hnsw_bin_fails_its_digest_and_is_rebuilt(tmp_path,
         assert warnings_about(caplog, "checksum mismatch")
         with pytest.raises(CorruptIndexError, match="rebuilt in memory only") as e:
             ix.verify()
-        assert "jevsearch verify --repair" in e.value.cli_message()
+        assert "jevsearch verify --repair" in cli_message(e.value)
 
 
 def test_deep_verify_checks_the_graphs_vectors_against_lmdb(tmp_path):
@@ -316,7 +317,7 @@ def test_a_reader_that_rebuilds_the_graph_says_once_that_a_writer_persists_it(tm
         for _ in range(3):
             ix.search_embeddings(qs, qm, k=2, candidates=2)
     said = warnings_about(caplog, "a writer persists the repair")
-    assert len(said) == 1 and f"jevsearch compact --index {path}" in said[0]
+    assert len(said) == 1 and "compact the index: Index.compact()" in said[0]
     Index.open(path).close()  # a writer repairs and saves at open
     caplog.clear()
     with Index.open(path, readonly=True) as ix:
@@ -371,7 +372,7 @@ def test_an_unreachable_page_is_found_by_exhaustive_scoring_reported_and_relinke
         ix.verify()  # every page is in the graph: only walking it shows the problem
         with pytest.raises(CorruptIndexError, match=f"1 pages unreachable in the graph \\({name} p{page}\\)") as e:
             ix.verify(deep=True)
-        assert f"jevsearch verify --repair --index {path}" in e.value.cli_message()
+        assert f"jevsearch verify --repair --index {path}" in cli_message(e.value)
     with Index.open(path) as ix:
         ix.verify(deep=True, repair=True)
     with Index.open(path, readonly=True) as ix:  # persisted
@@ -519,7 +520,7 @@ def test_verify_names_the_documents_and_the_repairing_command(tmp_path):
             ix.verify()
         assert "hnsw: 1 live pages not indexed (b.pdf p2): repair rebuilds the graph" in str(e.value)
         assert "verify(repair=True) or compact()" in str(e.value)  # Python advice in the message
-        assert e.value.cli_message().endswith(f"(hint: jevsearch verify --repair --index {path} repairs what "
+        assert cli_message(e.value).endswith(f"(hint: jevsearch verify --repair --index {path} repairs what "
                                               "LMDB can rebuild)")
         report = ix.verify(repair=True)
         assert report["pages"] == 9 and report["repaired"]
@@ -533,7 +534,8 @@ def test_a_lost_current_file_is_named_and_restored_by_a_repairing_open(tmp_path)
     for readonly in (True, False):
         with pytest.raises(CorruptIndexError, match="the CURRENT file is missing though store-0/ is there") as e:
             Index.open(path, readonly=readonly)
-        assert e.value.cli_message().endswith(f"(hint: jevsearch verify --repair --index {path})")
+        assert cli_message(e.value).endswith(f"(hint: jevsearch verify --repair --index {path} repairs what "
+                                              "LMDB can rebuild)")
     shutil.copytree(os.path.join(path, "store-0"), os.path.join(path, "store-7"))
     with pytest.raises(CorruptIndexError, match="2 store directories hold a whole LMDB file"):
         Index.open(path, repair=True)

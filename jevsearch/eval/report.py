@@ -137,7 +137,7 @@ def _shows(ax, fig, points) -> bool:
 
 def _label(fig, ax, xs, ys, labels, line=()) -> None:
     """Annotate each point, taking the first offset whose text stays inside the axes and overlaps no point,
-    no label so far and not the ``line`` drawn (measured with the renderer: close points, e.g. several
+    no label so far and not the ``line`` drawn (checked with the renderer: close points, e.g. several
     settings at nDCG 1.0, stay legible, and a label never runs past the figure's edge)."""
     import numpy as np
 

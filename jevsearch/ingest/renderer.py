@@ -1,7 +1,7 @@
 """Rendering in a child process, streamed to the ingest pipeline over a pipe.
 
-Why a process and not a thread: MuPDF holds the GIL for the whole of a page render (measured here: an
-encoder loop ran 2.1x slower beside a rendering thread, on an otherwise idle core), which would starve
+Why a process and not a thread: MuPDF holds the GIL for the whole of a page render (an encoder loop
+runs slower beside a rendering thread, even with an idle core; benchmarks/RESULTS.md), which would starve
 the thread that drives the encoder exactly when the encoder is fast (a GPU). A child process also turns
 a crash inside MuPDF (a segfault on a hostile PDF) into one failed file instead of a dead ingest: the
 file being rendered is reported and a new child goes on with the next one.

@@ -187,8 +187,7 @@ def file_sha256(path: str, chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's content, read in chunks (never the whole file in memory).
 
     A file up to one chunk is read in one call: reruns hash every file, and for thousands of small
-    ones a fresh 1 MiB buffer per file cost more than the hashing (measured: 10k one-page PDFs in
-    0.55 s that way, 0.30 s this way).
+    ones a fresh 1 MiB buffer per file cost more than the hashing (benchmarks/RESULTS.md).
     """
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size <= chunk_bytes:

@@ -21,9 +21,8 @@ from jevsearch.errors import CorruptIndexError
 WIDTH = 256
 #: Very tall pages get a narrower thumbnail rather than a huge one.
 MAX_HEIGHT = 4 * WIDTH
-# Measured on the example PDFs (644x896 rasters, best of 30 on this project's 2-core box): a bilinear
-# (antialiased) reduction + WebP quality 75, method 2 takes ~3.3 ms for ~2.5 KB; Lanczos + method 4 took
-# ~10 ms for ~2.7 KB and looks the same at 256 px.
+# A bilinear (antialiased) reduction + WebP quality 75, method 2: a third of the time of Lanczos +
+# method 4 for about the same bytes, and looks the same at 256 px (benchmarks/RESULTS.md).
 _WEBP = {"format": "WEBP", "quality": 75, "method": 2}
 _JPEG = {"format": "JPEG", "quality": 75, "optimize": True}
 #: A stored thumbnail decodes to at most this many pixels (a damaged record cannot be a bomb).

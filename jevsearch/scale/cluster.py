@@ -89,7 +89,7 @@ def encoder_pool(ray, workers: int | None) -> tuple[int, dict, dict]:
     (left to rendering). A CPU actor keeps Ray's default for actors, a CPU to be placed and none held
     while it lives: were they to hold their CPUs, two pools on one small cluster (two ingests, or an
     ingest beside a benchmark's pool) could hold every CPU between them, and no render task of either
-    could ever start (measured: a 2-CPU cluster hung exactly so). The driver bounds the render tasks in
+    could ever start (a 2-CPU cluster hung exactly so). The driver bounds the render tasks in
     flight itself, and a render task takes one CPU.
     """
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):

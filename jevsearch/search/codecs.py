@@ -33,11 +33,9 @@ signs; the codes) and scored with an int8 x int8 -> int32 matmul (``torch._int_m
 rows quantised to int8 (:func:`quantize_rows`): for ``binary`` in one part (per row |error| <= max|q| /
 254 per dim, tiny next to the codes' own 1 bit), for ``int8`` in two (a high and a low int8 part, error
 <= max|q| / 32258: the scores stay those of the float query; ``int8`` pages' per-token scales multiply
-the [rows, tokens] similarities, 1/128 of the work of scaling the tokens). ``benchmarks/codecs.py``
-measured one 4096-token block's int8 matmul 6.2x faster than float32 on an AVX-512 VNNI EPYC and 1.8x
-with oneDNN limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``); a whole 100-page binary pass took 0.23-0.41x
-the fp16 kernel's time (0.5-0.65x AVX2-limited) where the float32 way (+-1/sqrt(d) unpacked to float32)
-took 1.1-1.2x. Binary is exact on every x86 ISA because one operand is +-1. Two full-range int8
+the [rows, tokens] similarities, 1/128 of the work of scaling the tokens). The int8 matmul is faster
+than float32 with VNNI and still without it, where unpacking +-1/sqrt(d) to float32 is slower than fp16
+(``benchmarks/codecs.py``, benchmarks/RESULTS.md). Binary is exact on every x86 ISA because one operand is +-1. Two full-range int8
 operands are not: without VNNI the int8 matmul sums products in saturating 16-bit pairs. So ``int8``
 pages take the int8 kernel only where :func:`int8_matmul_exact` (a worst-case product checked once per
 process) says the CPU's matmul is exact, and the float32 kernel elsewhere.
@@ -160,7 +158,7 @@ class FloatCodec(Codec):
         return self.stored.itemsize * self.dim
 
     def encode(self, tokens: np.ndarray) -> np.ndarray:
-        # torch converts float32 -> float16 ~10x faster than numpy (70 vs 840 us per 770 x 128 page).
+        # torch converts float32 -> float16 much faster than numpy (benchmarks/RESULTS.md).
         x = torch.from_numpy(np.ascontiguousarray(self._rows(tokens), dtype=np.float32))
         return x.to(self._torch).numpy().view(np.uint8).reshape(-1)
 
@@ -222,8 +220,8 @@ class Int8Codec(Codec):
             self._check(raw, k)
             scales[s:s + k].copy_(torch.frombuffer(raw, dtype=torch.float32, count=k))
             out[s:s + k].copy_(torch.frombuffer(raw, dtype=torch.int8, offset=4 * k).view(k, d))  # int8 or float32
-        # The kernels scale the [rows, N] similarities, not the [N, d] codes: measured per 4096-token
-        # block, float32 kernel 340 -> 308 us; the int8 kernel needs its codes unscaled anyway.
+        # The kernels scale the [rows, N] similarities, not the [N, d] codes (less work for the float32
+        # kernel); the int8 kernel needs its codes unscaled anyway.
         return scales[:n]
 
     def __repr__(self) -> str:
@@ -234,9 +232,8 @@ class BinaryCodec(Codec):
     """The sign bit of each dim, packed 8 to a byte (layout in the module docstring).
 
     On the CPU a 256-entry table maps each byte to its 8 dims as +-1 int8 (one int64 per byte, by
-    ``torch.index_select``): the fastest unpacking measured, 0.6 ms per 100 pages of 770 tokens against
-    1.0 ms for the same table by np.take, 1.8 ms for np.unpackbits to float32 and 5 ms for shifts
-    (``benchmarks/codecs.py``).
+    ``torch.index_select``): the fastest unpacking measured, ahead of np.take on the same table,
+    np.unpackbits and shifts (``benchmarks/codecs.py``, benchmarks/RESULTS.md).
     """
 
     name = "binary"

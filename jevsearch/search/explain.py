@@ -65,8 +65,8 @@ def patch_maps(query: np.ndarray, page: np.ndarray, first: int, rows: int, cols:
 def similarities(query: np.ndarray, page: np.ndarray) -> np.ndarray:
     """float32 [L, T]: each query token [L, d] against each page row [T, d]."""
     q, d = (torch.from_numpy(np.array(x, np.float32)) for x in (query, page))  # writable copies
-    # One torch thread: numpy's BLAS team took 0.02 ms median but 16 ms at p90 on a busy 2-core box
-    # (threads waiting for cores); one thread is 0.03 ms every time.
+    # One torch thread: BLAS threads wait for cores on a busy machine, a long tail one thread avoids
+    # (benchmarks/RESULTS.md).
     with torch_threads(1):
         return (q @ d.T).numpy()
 
@@ -107,7 +107,7 @@ def blend(image, grid: np.ndarray, alpha: float = ALPHA, label: str | None = Non
     colours, weight = heat_weights(grid, scale or (float(grid.min()), float(grid.max())), alpha)
     base = image.convert("RGB")
     # Colours and weights per cell, stretched to the picture by PIL (C, nearest-neighbour) and blended by
-    # Image.composite: ~10x faster than per-pixel numpy on an 827 x 1169 page.
+    # Image.composite: far faster than per-pixel numpy (benchmarks/RESULTS.md).
     stretch = lambda a: Image.fromarray(a).resize(base.size, Image.Resampling.NEAREST)  # noqa: E731
     tint = stretch(weight)
     result = Image.composite(stretch(colours), base, tint)

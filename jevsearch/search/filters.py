@@ -327,7 +327,7 @@ def _equal(col: FieldColumn, values) -> list[np.ndarray]:
 
 def _glob_vocab(col: FieldColumn, rx: re.Pattern) -> np.ndarray:
     """Which vocabulary strings ``rx`` matches, extended incrementally as the vocabulary grows: paths
-    are as many as documents, and a regex per path per query would cost ~0.3 us x documents."""
+    are as many as documents, and a regex per path per query would cost time in proportion to them."""
     key = ("$glob", rx.pattern)
     done = col.cache.get(key, np.zeros(0, dtype=bool))
     if len(done) < len(col.vocab):

@@ -7,12 +7,10 @@ token adds exactly 0. Pages arrive stored by a codec (:mod:`jevsearch.search.cod
 block by block. Kernels, per device:
 
 * :func:`maxsim_concat` (CPU): pages laid end to end, [N, d]; one matmul, then the per-page max by
-  ``np.maximum.reduceat`` over each page's run of columns. No padding is written or scored. Measured
-  on the project's 2-core AVX2 box, 100 pages x 770 tokens, 24 query tokens, fp16 pages from memory:
-  packed in blocks of ~4k tokens (a few MB, cache-resident), 11 ms per query against 24 ms for one
-  padded [C, T, d] batch, whose 40 MB buffer made the matmul memory-bound. Padding a page costs more
-  than copying it (an 18 us indexed write against 12 us), and ``reduceat`` takes 14 us for 4 pages
-  against 28 us for ``amax`` over a padded axis (``scatter_reduce``/``segment_reduce``: 150-230 us).
+  ``np.maximum.reduceat`` over each page's run of columns. No padding is written or scored: blocks of
+  ~4k tokens stay cache-resident where one padded [C, T, d] batch makes the matmul memory-bound, padding
+  a page costs more than copying it, and ``reduceat`` beats ``amax`` over a padded axis and
+  ``scatter_reduce``/``segment_reduce`` (benchmarks/RESULTS.md).
 * :func:`maxsim_concat_int8` (CPU, the ``binary`` and ``int8`` codecs): the same layout with int8
   pages and int8 query rows (in one or two parts), an exact int32 matmul, the pages' per-token scales
   (``int8``) applied before the max and the query rows' scales after it.
@@ -22,8 +20,8 @@ block by block. Kernels, per device:
   tokens (a duplicate never changes a max), one batched matmul + ``amax`` + ``sum``.
 
 Both multiply queries against pages transposed so the max runs over the contiguous last axis
-(``amax`` over a middle axis costs ~40% of the matmul). ``einsum`` is avoided: in bf16 it is ~10x
-slower than ``matmul`` + ``amax`` + ``sum``.
+(``amax`` over a middle axis costs a large share of the matmul). ``einsum`` is avoided: in bf16 it is
+much slower than ``matmul`` + ``amax`` + ``sum``.
 
 >>> import numpy as np, torch
 >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])          # [Q=1, L=2, d=2]
@@ -43,12 +41,10 @@ import torch
 # [Q*L, N] similarity matrix and page tokens N packed (C * T when padded). On a GPU one big block:
 # ~32 MB of similarities, ~64 MB of fp32 tokens at d=128 (~170 average pages, so a 100-candidate
 # rerank is one launch); BLOCK_TOKENS also bounds the pages streamed per chunk by an exhaustive
-# search. On the CPU, cache-sized blocks: ~4k tokens (2 MB in fp32; best of 1k-8k for one query,
-# see the module docstring) and ~4 MB of similarities (a batch of 50 queries scored exhaustively:
-# 92 ms per query against 106 ms with 32 MB). Int8 blocks hold twice the tokens in half the bytes:
-# a 100-candidate binary pass 6.1-6.4 ms per query with 4k, 5.3-5.7 with 8k, 5.5-5.9 with 16k tokens
-# (AVX-512 VNNI EPYC, 1 MB L2; the fixed cost per block, ~40 us of packing and reduceat calls, is
-# paid half as often).
+# search. On the CPU, cache-sized blocks: ~4k tokens (2 MB in fp32; best of 1k-8k for one query)
+# and ~4 MB of similarities (faster than 32 MB for a batch of queries scored exhaustively). Int8
+# blocks hold twice the tokens in half the bytes: 8k tokens, so the fixed cost per block (packing,
+# reduceat calls) is paid half as often (figures: benchmarks/RESULTS.md).
 SIM_BLOCK_ELEMENTS = 8 * 1024 * 1024
 BLOCK_TOKENS = 128 * 1024
 CPU_SIM_ELEMENTS = 1024 * 1024
@@ -149,7 +145,7 @@ def maxsim_concat_hamming(q_words: np.ndarray, q_weights: np.ndarray, n_queries:
     ones = scratch("ones", np.uint8, (rows, len(words)))
     xor = scratch("xor", q_words.dtype, (rows, len(words)))
     by_word = scratch("by_word", words.dtype, (width, len(words)))
-    by_word[...] = words.T  # [W, N]: XOR reads each word contiguously (3x faster than strided)
+    by_word[...] = words.T  # [W, N]: XOR reads each word contiguously (faster than strided)
     for k in range(width):
         np.bitwise_xor(q_words[:, k:k + 1], by_word[k], out=xor)
         np.bitwise_count(xor, out=dist if k == 0 else ones)
@@ -197,9 +193,9 @@ def top_with_ties(scores: np.ndarray, k: int) -> np.ndarray:
 def scoring_device() -> tuple[torch.device, torch.dtype]:
     """Where and in which dtype to score.
 
-    CUDA: float16 (the storage dtype, tensor cores). CPU: float32 -- measured on this project's
-    2-core AVX2 machine (no AVX512-BF16/AMX), 100 pages x 770 tokens x 32 query tokens: fp32 matmul
-    13 ms, bf16 210 ms, fp16 190 ms; fp32 is also exact to ~1e-6 against a float64 reference.
+    CUDA: float16 (the storage dtype, tensor cores). CPU: float32 -- bf16 and fp16 matmuls are far
+    slower without native support (benchmarks/RESULTS.md), and fp32 is exact to ~1e-6 against a
+    float64 reference.
     """
     if torch.cuda.is_available():
         return torch.device("cuda"), torch.float16

@@ -22,7 +22,7 @@ from jevsearch.search.pack import ConcatPacker, PagePacker
 
 def _one_thread() -> None:
     # OpenMP's thread count is per thread: a fresh worker would run oneDNN's matmul with every core
-    # and oversubscribe the machine (measured: 2 workers no faster than 1 until each set 1 thread).
+    # and oversubscribe the machine (2 workers were no faster than 1 until each set 1 thread).
     torch.set_num_threads(1)
 
 
@@ -66,7 +66,7 @@ class Scorer:
         ``open_page(c)``: the bytes of page c (e.g. ``raws[c]`` checked against its checksum) or None
         when the page is damaged (its scores are then NaN). Called by the worker that packs the page,
         just before it does: the check reads the bytes into the cache the copy then reads them from
-        (checking them all up front read ~20 MB twice from memory: +4 ms per 100-candidate query).
+        (checking them all up front would read every page twice from memory).
 
         ``hamming=True`` (only where :attr:`has_hamming`): the binary-binary MaxSim of the queries'
         signs instead (:func:`~jevsearch.search.maxsim.maxsim_concat_hamming`), a cheaper, rougher pass.

@@ -1,8 +1,7 @@
 """Deliberate torch thread counts around the engine's own tensor work.
 
-On a small shared machine, torch's OpenMP team is the bottleneck for the engine's many small ops:
-measured on the project's 2-core box under load, converting one 770 x 128 page to float16 took
-73 us with 1 thread and 2.9 ms with 2; a 100-candidate rerank went from ~40 ms to ~120 ms.
+On a small shared machine, torch's OpenMP team is the bottleneck for the engine's many small ops: its
+threads wait for cores, so one thread is faster than two there (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -139,8 +139,7 @@ class AppState:
     @staticmethod
     def _rehearse(eng) -> None:
         """One search and one explain, so the first user's do not pay for first calls (torch's text
-        path, MuPDF's import, the first render): measured with benchmarks/serve.py on the tiny model,
-        first result 0.44 -> 0.24 s, first page with its heat-map 1.43 -> 0.38 s (one run each)."""
+        path, MuPDF's import, the first render; benchmarks/serve.py, benchmarks/RESULTS.md)."""
         hits = eng.search("warm up", k=1)
         if hits:
             try:

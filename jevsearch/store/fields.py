@@ -16,8 +16,8 @@ In memory (:class:`FieldView`) the records become columns (one row per document 
 JSON parse per page per query. The view mirrors LMDB like :class:`~jevsearch.store.graphview.GraphView`:
 
 * at open, and whenever a compaction (epoch) or a metadata update (``state["frev"]``) happened in
-  another process, it reloads every record (3.5 us of CPU per document, measured on 25k documents
-  of benchmarks/filters.py: 90 ms; records are parsed 4096 at a time);
+  another process, it reloads every record (records are parsed 4096 at a
+  time; cost per document in benchmarks/RESULTS.md);
 * otherwise a reader adds the records of new documents (a cursor range from its ``next_page_id``) and
   drops the documents whose pages became tombstones;
 * the writer mirrors its own commits (:meth:`FieldView.committed`) without reading LMDB.

@@ -6,8 +6,8 @@ LMDB is the truth; this view mirrors it into a :class:`~jevsearch.store.hnsw.Hns
   rebuilds from LMDB when the file is missing, damaged or from another epoch (compaction);
 * a reader catches up the same way whenever LMDB's generation moved (another process wrote);
 * the writer's own commits are queued (:meth:`committed`) and inserted in batches: HNSW insertion
-  is memory-latency bound (measured 2.2 ms per vector at 100k pages; 0.7-1 ms at 10k on one thread),
-  so per-document inserts made ingest 3x slower than its LMDB commits. Every BACKGROUND_PAGES queued
+  is memory-latency bound, so per-document inserts made ingest slower than its LMDB commits
+  (benchmarks/RESULTS.md). Every BACKGROUND_PAGES queued
   pages go to a background thread, which inserts while the writer waits on its next fsync (FAISS
   releases the GIL); the rest goes in before the next search, save or check (:meth:`settle`), which
   first waits for the background batch. The graph is saved every SAVE_EVERY_PAGES pages and on
@@ -112,8 +112,7 @@ class GraphView:
         if self.repaired_in_memory is None:
             # Once per view: a reader rebuilds at every open until a writer saves the repair.
             log.warning("%s: %s; rebuilding the HNSW from LMDB in memory only: a writer persists the repair "
-                        "(Index.compact(), or `jevsearch compact --index %s`)", self.index_dir, problem,
-                        self.index_dir)
+                        "(compact the index: Index.compact())", self.index_dir, problem)
         self.repaired_in_memory = problem
 
     def add_pages(self, txn, graph: HnswGraph, start: int, manifest: dict) -> int:

@@ -64,7 +64,7 @@ def faiss_threads(n: int):
     """Run FAISS with ``n`` OpenMP threads inside the block.
 
     One thread for single queries and per-document adds: a FAISS OpenMP team left spinning after a
-    tiny parallel region steals the cores torch's MaxSim needs next (measured: 13 ms -> 28-60 ms).
+    tiny parallel region steals the cores torch's MaxSim needs next (benchmarks/RESULTS.md).
     """
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(n)
@@ -84,10 +84,8 @@ def _digest_ids(ids: list) -> int:
 class HnswGraph:
     """``IndexIDMap(IndexHNSWSQ(dim, fp16, M, inner product))`` keyed by 64-bit page ids.
 
-    The graph keeps its vectors in float16: measured at 100k pages (M=32, efConstruction=200, 128-d),
-    inserts took 1.41 instead of 2.18 ms per vector on one thread and a 100-candidate search (efSearch
-    400) 2.35 instead of 3.58 ms, at the same recall@100 (0.9452 vs 0.9455 for float32 storage):
-    HNSW walks are bound by memory latency, and half the bytes miss the cache less. Graphs saved
+    The graph keeps its vectors in float16: faster inserts and searches than float32 storage at the
+    same recall (benchmarks/RESULTS.md): HNSW walks are bound by memory latency, and half the bytes miss the cache less. Graphs saved
     with float32 vectors (IndexHNSWFlat, jevsearch before this change) load and work as they are.
     """
 
@@ -124,9 +122,8 @@ class HnswGraph:
         """Top ``n`` ids [Q, n] (-1 where fewer exist) and inner products [Q, n] for float32 [Q, dim].
         ``widen``: a wider beam (a selector that passes a fraction f of the vectors: 1/f)."""
         params = faiss.SearchParametersHNSW()
-        # The beam must be well above n for the top n to be right: measured at 100k pages (M=32,
-        # efConstruction=200), the 100 nearest were found with recall 0.905 at efSearch=128 and
-        # 0.993 at 512, for 1.2 -> 3.7 ms per query (small next to the MaxSim rerank).
+        # The beam must be well above n for the top n to be right; its cost stays small next to the
+        # MaxSim rerank (benchmarks/RESULTS.md).
         params.efSearch = max(self.ef_search, int(EF_PER_RESULT * n * widen))
         if exclude is not None:
             params.sel = exclude

@@ -155,10 +155,9 @@ def current_env(index_dir: str) -> tuple[str, int]:
             raise CorruptIndexError(
                 f"{index_dir}: the {CURRENT} file is missing though {', '.join(stores)}/ is there "
                 f"(hint: Index.open(path, repair=True) restores it when one store directory holds a "
-                f"valid LMDB file)", cli_hint=f"jevsearch verify --repair --index {index_dir}") from None
+                f"valid LMDB file)", path=index_dir, repairable=True) from None
         raise NotAnIndexError(f"{index_dir}: not a jevsearch index (no {CURRENT} file) "
-                              "(hint: create one with Engine.create)",
-                              cli_hint=f"`jevsearch index FILES --index {index_dir}` creates one") from None
+                              "(hint: create one with Engine.create)", path=index_dir, empty=True) from None
     env_dir = os.path.join(index_dir, name)
     if not name.startswith(ENV_PREFIX) or "/" in name or not os.path.isfile(os.path.join(env_dir, DATA_FILE)):
         raise NotAnIndexError(f"{index_dir}: {CURRENT} names no LMDB store ({name!r}) "
@@ -222,8 +221,8 @@ def open_env(env_dir: str, writable: bool) -> lmdb.Environment:
                                 "interrupted copy (hint: restore the index from a backup, or rebuild it from the "
                                 "sources)")
     try:
-        # metasync=False: one fsync per commit instead of two (measured here: 17 -> 9 ms per 2 MB
-        # document). LMDB stays consistent; an OS crash (not a process crash) may undo the last
+        # metasync=False: one fsync per commit instead of two (about half the commit time). LMDB
+        # stays consistent; an OS crash (not a process crash) may undo the last
         # commit. readahead=False: the map is advised MADV_RANDOM, where scans can undo it (see scanning()).
         env = lmdb.open(env_dir, map_size=MAP_SIZE, max_dbs=MAX_DBS, create=False, readonly=not writable,
                         lock=writable, max_readers=256, metasync=False, readahead=not _ADVISABLE)
@@ -252,12 +251,11 @@ def writable(env_dir: str) -> bool:
 #
 # A search reads ~100 scattered values. py-lmdb's get() touches each 4 KB page of a value in turn
 # (with the GIL released), so on a cold cache every page is one fault, and with the kernel's
-# read-around each fault reads a read_ahead_kb window around it: 8 MB on the machine measured, so a
-# cold 100-candidate fp16 query read ~800 MB (780 ms) where its values are 20 MB. Maps are therefore
-# opened MADV_RANDOM (fault = the page; the same query 259 ms, binary codes + exact tokens 77 ms), and
+# read-around each fault reads a read_ahead_kb window around it (megabytes), so a cold query reads
+# many times the bytes of its values. Maps are therefore opened MADV_RANDOM (fault = the page), and
 # scans in key order (exhaustive search, verify, compact, HNSW rebuilds), which read-around speeds up
-# 5-7x (a cold exhaustive pass over 10k pages of binary codes: 0.31 s against 2.07 s), switch the map
-# to MADV_NORMAL while any of them runs (scanning()).
+# several times, switch the map to MADV_NORMAL while any of them runs (scanning()). Figures:
+# benchmarks/RESULTS.md.
 
 # Where the map's address cannot be found (no /proc: not Linux) or advised, maps keep the OS default.
 _ADVISABLE = hasattr(mmap, "MADV_RANDOM") and os.path.exists("/proc/self/maps")
@@ -271,7 +269,7 @@ _scans_lock = threading.Lock()
 
 def _map_spans(env: lmdb.Environment) -> list[tuple[int, int]]:
     """(start, length) of ``env``'s map in this process, read once per environment: LMDB maps a fixed
-    size at open and never moves it, and reading /proc/self/maps costs ~1 ms in a process with torch.
+    size at open and never moves it, and reading /proc/self/maps is slow in a process with torch.
     env.info()["map_addr"] is 0 unless the map is fixed, hence /proc (Linux; elsewhere no advice)."""
     path = env.path()  # lmdb.Error once closed: a closed environment's cached spans are not its map
     spans = _spans.get(env)
@@ -325,7 +323,7 @@ def scanning(env: lmdb.Environment):
 #
 # Even MADV_RANDOM, a cold search waits on one fault at a time: py-lmdb's get() touches a value's
 # pages in order, and the search gets its values in turn (100 candidates x 4 pages of binary codes,
-# 20 x 48 pages of exact tokens: ~1,400 reads of ~50 us on the SSD measured). prefetch() has threads
+# 20 x 48 pages of exact tokens: ~1,400 reads, each an SSD round trip). prefetch() has threads
 # get the same values in their own read transactions so the faults run in parallel (the GIL is
 # released while py-lmdb touches the pages); the search's own get() then finds them cached. A warm
 # search never starts it (see Index._fetch).

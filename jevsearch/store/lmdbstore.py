@@ -387,9 +387,7 @@ class PageStore:
         if table == "fields":  # keyed by the document's first page id
             what = f"the document whose first page is page id {PAGE_KEY.unpack(key)[0]}"
         return ChecksumError(table, bytes(key), f"{self.index_dir}: the {table} value of {what}",
-                             hint="Index.verify(deep=True) names the documents it affects",
-                             cli_hint=f"jevsearch verify --deep --index {self.index_dir} names the documents "
-                                      "it affects")
+                             hint="Index.verify(deep=True) names the documents it affects", path=self.index_dir)
 
     def payload_size(self, stored) -> int:
         """Bytes of the payload of a stored (``raw``) value: without its digest, if it has one."""

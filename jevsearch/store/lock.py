@@ -24,18 +24,14 @@ class WriterLock:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for the other files
         except PermissionError as e:
             raise ReadOnlyIndexError(f"{index_dir}: cannot write here ({e.strerror}), so cannot open it to write "
-                                     "(hint: open it with readonly=True to search it)",
-                                     cli_hint="you may only read this index: search, list, info and verify "
-                                     "work; writing needs write permission") from None
+                                     "(hint: open it with readonly=True to search it)", cannot_write=True) from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(self._fd)
             raise IndexLockedError(f"{index_dir}: another writer holds the index (pid {holder}) "
-                                   "(hint: close it first, or open with readonly=True)",
-                                   cli_hint="another jevsearch command is writing to it: wait for it to "
-                                   "finish and rerun") from None
+                                   "(hint: close it first, or open with readonly=True)", holder=holder) from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, str(os.getpid()).encode(), 0)
 

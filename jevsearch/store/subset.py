@@ -5,11 +5,9 @@ Two ways, picked by cost (:func:`search_subset`):
 * broad filters: the HNSW walk with a FAISS search-time selector (``SearchParametersHNSW.sel``), so
   non-matching pages steer the walk but are never returned. ``IDSelectorBitmap`` (one bit per page
   id: 12.5 kB at 100k pages; a membership test is a shift and a mask) rather than ``IDSelectorBatch``
-  (a hash set plus a Bloom filter): measured at 100k pages, selector built per query included, p50
-  4.10 against 4.43 ms at 50 % selectivity, 10.9 against 10.8 ms at 30 % (noise). The beam is widened by
-  1/selectivity, so it holds about as many matching pages as an unfiltered walk's: measured at 100k
-  pages (benchmarks/filters.py), recall@10 against the exact filtered two-stage was 0.970 / 0.957 /
-  0.920 at 50 / 30 / 20 % selectivity with the plain beam, 1.000 widened;
+  (a hash set plus a Bloom filter): no slower, and simpler. The beam is widened by 1/selectivity, so
+  it holds about as many matching pages as an unfiltered walk's: the plain beam lost recall as the
+  filter narrowed, the widened one did not (benchmarks/filters.py, benchmarks/RESULTS.md);
 * selective filters: the widened walk costs ~1/selectivity, while an exact scan of the matching
   pages' vectors, read from the graph's own storage (float16, or float32 for older graphs), costs
   their number. With M matching pages of N, n candidates: the walk's beam is EF_PER_RESULT * n * N / M
@@ -33,9 +31,8 @@ from jevsearch.store.hnsw import EF_PER_RESULT, HnswGraph
 
 _ORDER: "weakref.WeakKeyDictionary[HnswGraph, tuple]" = weakref.WeakKeyDictionary()  # see _rows_of
 
-# What one slot of a walk's beam costs, in pages of exact scan. benchmarks/filters.py at 100k pages
-# (M=32, 100 candidates, one thread): the walk took 2.8 us more per beam slot (50 % -> 20 %
-# selectivity, beam 800 -> 2000), the scan 0.13 us more per page (50k -> 20k pages): ratio ~21.
+# What one slot of a walk's beam costs, in pages of exact scan (benchmarks/filters.py; the ratio is
+# derived in benchmarks/RESULTS.md).
 WALK_SLOT_PAGES = 20.0
 MAX_WIDEN = 16.0  # beyond, the exact scan is far cheaper anyway (only a forced walk gets there)
 
@@ -75,8 +72,8 @@ def exact_scan(graph: HnswGraph, queries: np.ndarray, n: int, page_ids: np.ndarr
 def exact_scores(graph: HnswGraph, queries: np.ndarray, page_ids: np.ndarray) -> np.ndarray:
     """Inner products [Q, M] of queries [Q, dim] with the graph's stored vectors of ``page_ids`` [M].
 
-    In torch: its float16 -> float32 conversion and matmul are vectorised (numpy's conversion took
-    5 ms for 10k x 128 values, torch's 1.4 ms; the caller runs with one torch thread)."""
+    In torch: its float16 -> float32 conversion and matmul are vectorised, faster than numpy's (the
+    caller runs with one torch thread)."""
     ids, vecs = stored_vectors(graph)
     rows = torch.from_numpy(_rows_of(graph, ids, page_ids))
     sub = torch.from_numpy(vecs).index_select(0, rows).float()  # [M, dim]
@@ -103,7 +100,7 @@ def stored_vectors(graph: HnswGraph) -> tuple[np.ndarray, np.ndarray]:
 def _rows_of(graph: HnswGraph, ids: np.ndarray, page_ids: np.ndarray) -> np.ndarray:
     """Storage rows of ``page_ids``. Pages are inserted in id order, so ``ids`` is normally sorted and
     a binary search finds them; otherwise through an argsort. Whether it is sorted is remembered per
-    graph and size (checking took ~1 ms per query at 20k pages on a busy machine)."""
+    graph and size (checking it on every query costs a pass over the ids)."""
     known = _ORDER.get(graph)
     if known is None or known[0] != len(ids):
         sorted_ = len(ids) < 2 or bool((ids[1:] > ids[:-1]).all())

@@ -57,8 +57,7 @@ def tantivy():
     try:
         import tantivy as t
     except ImportError as e:
-        raise MissingDependencyError("hybrid and lexical search need tantivy (hint: pip install -e \".[text]\")",
-                                     cli_hint='pip install -e ".[text]"') from e
+        raise MissingDependencyError("hybrid and lexical search need tantivy (hint: pip install -e \".[text]\")") from e
     return t
 
 

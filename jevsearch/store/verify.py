@@ -293,8 +293,8 @@ def _check_graph(graph: HnswGraph, live: set[int], names: dict[int, str], state:
 def unit_rows(a: np.ndarray) -> bool:
     """True when every row of ``a`` [N, d] is finite and of unit norm (to the input tolerance).
 
-    In torch: float16 -> float32 there is ~12x faster than numpy's (measured 70 vs 840 us per
-    770 x 128 page), which made a deep verify 9 s per 10k pages. The copy (same dtype, a memcpy)
+    In torch: float16 -> float32 there is far faster than numpy's, which made a deep verify slow
+    (benchmarks/RESULTS.md). The copy (same dtype, a memcpy)
     gives torch a writable buffer instead of LMDB's read-only one.
     """
     sq = torch.from_numpy(a.copy()).float().square().sum(dim=1)
@@ -349,21 +349,27 @@ def salvage_document(store: PageStore, txn, doc_id: str) -> dict | None:
 
 
 def describe(path: str, problems: list[Problem], repairing: bool = False) -> CorruptIndexError:
-    """The error listing ``problems``, with what to do in Python and on the command line."""
+    """The error listing ``problems``, with what to do in Python; its fields (``path``, ``repairable``:
+    a repair would fix some, ``redo_documents``: the documents to delete and re-add) let a caller
+    say the same in its own terms."""
     shown = "; ".join(p.text for p in problems[:20])
     more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
     redo = sorted({p.doc for p in problems if not p.fixable and p.doc})
-    fixable = any(p.fixable for p in problems)
-    hint, cli = [], []
-    if fixable and not repairing:
+    repairable = not repairing and any(p.fixable for p in problems)
+    hint = []
+    if repairable:
         hint.append("verify(repair=True) or compact() repairs what LMDB can rebuild")
-        cli.append(f"jevsearch verify --repair --index {path} repairs what LMDB can rebuild")
     if redo:
-        docs = ", ".join(redo[:10]) + (f" and {len(redo) - 10} more" if len(redo) > 10 else "")
-        hint.append(f"a repair cannot restore damaged pages of {docs}: delete and re-add those documents")
-        cli.append(f"a repair cannot restore damaged pages of {docs}: `jevsearch delete DOC --index {path}`, "
-                   f"then `jevsearch index DOC --index {path}` for each")
-    if not hint:
-        hint = cli = ["restore the index from a backup"]
-    return CorruptIndexError(f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}: {shown}{more} (hint: {'; '.join(hint)})",
-                             cli_hint="; ".join(cli))
+        hint.append(f"a repair cannot restore damaged pages of {some(redo)}: delete and re-add those documents")
+    hint = "; ".join(hint) or "restore the index from a backup"
+    return CorruptIndexError(f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}: {shown}{more}",
+                             hint=hint, path=path, repairable=repairable, redo_documents=redo)
+
+
+def some(names: list[str], shown: int = 10) -> str:
+    """The first ``shown`` names, and how many more.
+
+    >>> some(["a", "b", "c"], shown=2)
+    'a, b and 1 more'
+    """
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
