@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def timed(fn: Callable, *args, **kwargs) -> tuple[float, object]:

@@ -36,13 +36,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._util import pct, print_table, repeat_ms  # noqa: E402
-from benchmarks.search import Corpus  # noqa: E402
-from jevsearch.search import codecs  # noqa: E402
-from jevsearch.search.maxsim import CPU_BLOCK_TOKENS, block_tokens, pad_queries  # noqa: E402
-from jevsearch.search.pack import ConcatPacker  # noqa: E402
-from jevsearch.search.pooling import pool_tokens  # noqa: E402
-from jevsearch.search.rerank import Scorer, _blocks  # noqa: E402
+from benchmarks._util import pct, print_table, repeat_ms
+from benchmarks.search import Corpus
+from jevsearch.search import codecs
+from jevsearch.search.maxsim import CPU_BLOCK_TOKENS, block_tokens, pad_queries
+from jevsearch.search.pack import ConcatPacker
+from jevsearch.search.pooling import pool_tokens
+from jevsearch.search.rerank import Scorer, _blocks
 
 DM = 128
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "avx512_vpopcntdq")

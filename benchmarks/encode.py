@@ -25,8 +25,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jevsearch.model import JinaV4Encoder, plan_batches  # noqa: E402
-from jevsearch.model.tiny import write_tiny_checkpoint  # noqa: E402
+from jevsearch.model import JinaV4Encoder, plan_batches
+from jevsearch.model.tiny import write_tiny_checkpoint
 
 #: jina-embeddings-v4 (Qwen2.5-VL-3B) dimensions, for the FLOP estimate.
 REAL = dict(hidden=2048, layers=36, heads=16, kv_heads=2, intermediate=11008, lora_r=32,

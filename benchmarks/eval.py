@@ -28,10 +28,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._util import pct, print_table  # noqa: E402
-from benchmarks.search import Corpus, build  # noqa: E402
-from jevsearch import Index  # noqa: E402
-from jevsearch.eval import Dataset, Query, evaluate  # noqa: E402
+from benchmarks._util import pct, print_table
+from benchmarks.search import Corpus, build
+from jevsearch import Index
+from jevsearch.eval import Dataset, Query, evaluate
 
 
 def main() -> None:

@@ -34,10 +34,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._util import pct  # noqa: E402
-from benchmarks.search import Corpus as PageCorpus  # noqa: E402
-from jevsearch import Index  # noqa: E402
-from jevsearch.store import subset  # noqa: E402
+from benchmarks._util import pct
+from benchmarks.search import Corpus as PageCorpus
+from jevsearch import Index
+from jevsearch.store import subset
 
 DM, D_FULL, DIM = 128, 2048, 128
 SELECTIVITIES = (0.5, 0.2, 0.05, 0.005, 0.0005)  # and 20 %: near the switch at 100k

@@ -30,18 +30,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import psutil  # noqa: E402
-import torch  # noqa: E402
+import psutil
+import torch
 
 # The real model's FLOPs per page and the hardware rates: the encoder benchmark's, so both agree.
-from benchmarks.encode import H100_BF16_DENSE, H100_MFU, REAL, flops_per_page, matmul_flops  # noqa: E402
+from benchmarks.encode import H100_BF16_DENSE, H100_MFU, REAL, flops_per_page, matmul_flops
 from jevsearch import (
-    Engine,  # noqa: E402
-    modelinfo,  # noqa: E402
+    Engine,
+    modelinfo,
 )
-from jevsearch.ingest import discover, open_document  # noqa: E402
-from jevsearch.search.threads import torch_threads  # noqa: E402
-from tests.ingest_corpus import make_corpus  # noqa: E402
+from jevsearch.ingest import discover, open_document
+from jevsearch.search.threads import torch_threads
+from tests.ingest_corpus import make_corpus
 
 
 class PeakRSS:

@@ -29,11 +29,11 @@ import xxhash
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._util import pct, print_table, timed  # noqa: E402
-from benchmarks.search import Corpus, _unit, build  # noqa: E402
-from jevsearch import Index  # noqa: E402
-from jevsearch.store import checksum  # noqa: E402
-from tests._store_child import as_version_1  # noqa: E402  (one routine writes format-1 indexes)
+from benchmarks._util import pct, print_table, timed
+from benchmarks.search import Corpus, _unit, build
+from jevsearch import Index
+from jevsearch.store import checksum
+from tests._store_child import as_version_1
 
 _REAL_UNSEAL = checksum.unseal
 

@@ -25,13 +25,13 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import pymupdf  # noqa: E402
+import numpy as np
+import pymupdf
 
-from benchmarks._util import print_table, timed  # noqa: E402
-from jevsearch import Engine  # noqa: E402
-from jevsearch.ingest import discover, file_sha256  # noqa: E402
-from jevsearch.model.tiny import write_tiny_checkpoint  # noqa: E402
+from benchmarks._util import print_table, timed
+from jevsearch import Engine
+from jevsearch.ingest import discover, file_sha256
+from jevsearch.model.tiny import write_tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

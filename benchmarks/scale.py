@@ -38,15 +38,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import ray  # noqa: E402  (the benchmark needs the [ray] extra)
+import numpy as np
+import ray
 
-from benchmarks._util import pct, print_table  # noqa: E402
-from jevsearch import Engine, Index, ShardedEngine  # noqa: E402
-from jevsearch.ingest import discover, ingest  # noqa: E402
-from jevsearch.scale.ingest import EncoderPool  # noqa: E402
-from jevsearch.search.threads import torch_threads  # noqa: E402
-from tests.ingest_corpus import make_corpus, make_pdf  # noqa: E402
+from benchmarks._util import pct, print_table
+from jevsearch import Engine, Index, ShardedEngine
+from jevsearch.ingest import discover, ingest
+from jevsearch.scale.ingest import EncoderPool
+from jevsearch.search.threads import torch_threads
+from tests.ingest_corpus import make_corpus, make_pdf
 
 GPU_PAGES_S = 46.0  # the project's estimate for the real model on one H100 (benchmarks/encode.py)
 

@@ -44,15 +44,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import search_codecs  # noqa: E402
-from benchmarks._util import pct, peak_rss_mb, print_table, repeat_ms, timed  # noqa: E402
-from jevsearch import Engine  # noqa: E402
-from jevsearch.index import search  # noqa: E402
-from jevsearch.search.pooling import pool_tokens  # noqa: E402
-from jevsearch.search.maxsim import CPU_BLOCK_TOKENS, maxsim_concat, pad_queries  # noqa: E402
-from jevsearch.search.pack import ConcatPacker  # noqa: E402
-from jevsearch.search.threads import torch_threads  # noqa: E402
-from jevsearch.store.lmdbstore import MAP_SIZE, page_key  # noqa: E402
+from benchmarks import search_codecs
+from benchmarks._util import pct, peak_rss_mb, print_table, repeat_ms, timed
+from jevsearch import Engine
+from jevsearch.index import search
+from jevsearch.search.maxsim import CPU_BLOCK_TOKENS, maxsim_concat, pad_queries
+from jevsearch.search.pack import ConcatPacker
+from jevsearch.search.pooling import pool_tokens
+from jevsearch.search.threads import torch_threads
+from jevsearch.store.lmdbstore import MAP_SIZE, page_key
 
 DM, D_FULL = 128, 2048
 

@@ -27,13 +27,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import lmdb  # noqa: E402
+import lmdb
 
-from benchmarks._util import print_table  # noqa: E402
-from jevsearch import Engine  # noqa: E402
-from jevsearch.store.lmdbstore import current_env  # noqa: E402
-from tests.browser import browser, search, serve, wait_heatmap  # noqa: E402
-from tests.ingest_corpus import tiny_model_dir  # noqa: E402
+from benchmarks._util import print_table
+from jevsearch import Engine
+from jevsearch.store.lmdbstore import current_env
+from tests.browser import browser, search, serve, wait_heatmap
+from tests.ingest_corpus import tiny_model_dir
 
 QUERY = "quarterly revenue by region"
 

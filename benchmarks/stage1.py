@@ -37,13 +37,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._util import pct, print_grid  # noqa: E402
-from benchmarks.search import Corpus, _unit  # noqa: E402
-from jevsearch import Index  # noqa: E402
-from jevsearch.index import search  # noqa: E402
-from jevsearch.search.maxsim import pad_queries  # noqa: E402
-from jevsearch.search.threads import torch_threads  # noqa: E402
-from jevsearch.store.hnsw import truncate_normalize  # noqa: E402
+from benchmarks._util import pct, print_grid
+from benchmarks.search import Corpus, _unit
+from jevsearch import Index
+from jevsearch.index import search
+from jevsearch.search.maxsim import pad_queries
+from jevsearch.search.threads import torch_threads
+from jevsearch.store.hnsw import truncate_normalize
 
 K = 10
 

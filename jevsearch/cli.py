@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
         return EXIT_ERROR
-    except Exception as e:  # noqa: BLE001 - a bug or an error nobody translated: still one line, no traceback
+    except Exception as e:
         log.info("traceback of the unexpected error:", exc_info=True)
         _fail(f"unexpected {type(e).__name__}: {e} (rerun with -v for details)")
         return EXIT_ERROR

@@ -313,7 +313,7 @@ class Engine(ModelSearch, Index):
         except BaseException:
             try:  # what was learnt about failed files is kept, also after an interruption
                 self._remember_failures(failures, plan, report, paths if prune else [])
-            except Exception:  # noqa: BLE001 - never hide the error in flight behind this one
+            except Exception:
                 log.warning("could not record the failed files", exc_info=True)
             raise
         try:

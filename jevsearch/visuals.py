@@ -172,7 +172,7 @@ class _Queries:
         self.items: collections.OrderedDict = collections.OrderedDict()
 
 
-_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CACHES_LOCK = threading.Lock()
 
 

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from _store_child import unit
+
 from jevsearch.errors import CorruptIndexError, InvalidInputError
 from jevsearch.search import codecs
 from jevsearch.search import maxsim as maxsim_module

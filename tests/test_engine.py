@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from _store_child import make_doc, query_for
+
 from jevsearch import DocHit, Engine, Hit, InvalidInputError, JevsearchError, ShardedEngine
 from jevsearch.index.results import to_json
 

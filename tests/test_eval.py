@@ -14,9 +14,9 @@ import sys
 
 import numpy as np
 import pytest
+from _store_child import make_doc, query_for, unit
 from PIL import Image
 
-from _store_child import make_doc, query_for, unit
 from jevsearch import DatasetError, Engine, Index, InvalidInputError, MissingDependencyError
 from jevsearch.eval import DEFAULT_SETTINGS, Dataset, Query, evaluate, load_dataset, metrics
 from tests.ingest_corpus import make_pdf, picture, tiny_encoder

@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 import pytest
-
 from _store_child import make_doc, query_for
+
 from jevsearch import Engine, Hit, Index
 from jevsearch.cli import main as cli_main
 from jevsearch.errors import FormatVersionError, InvalidInputError

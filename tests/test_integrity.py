@@ -19,8 +19,8 @@ import faiss
 import lmdb
 import numpy as np
 import pytest
-
 from _store_child import as_version_1, make_doc, query_for, unit
+
 from jevsearch import ChecksumError, CorruptIndexError, Index, ReadOnlyIndexError
 from jevsearch.cli import cli_hint, cli_message
 from jevsearch.search.maxsim import top_with_ties
@@ -448,7 +448,7 @@ def test_an_index_the_user_may_read_but_not_write_can_be_searched_and_verified(t
         os.chmod(top, 0o755)
         path = os.path.join(top, "idx")
         shutil.copytree(src, path)
-        for root, dirs, files in os.walk(path):
+        for root, _dirs, files in os.walk(path):
             for f in files:
                 os.chmod(os.path.join(root, f), 0o444)
             os.chmod(root, 0o555)
@@ -476,7 +476,7 @@ def test_an_index_the_user_may_read_but_not_write_can_be_searched_and_verified(t
         assert lines[1].startswith("refused") and "readonly=True" in lines[1]
         assert sorted(os.listdir(os.path.join(path, "store-0"))) == ["data.mdb", "lock.mdb"]
     finally:
-        for root, dirs, files in os.walk(top):
+        for root, _dirs, _files in os.walk(top):
             os.chmod(root, 0o755)
         shutil.rmtree(top, ignore_errors=True)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from _store_child import make_doc, query_for, unit
+
 from jevsearch import Engine
 from jevsearch.search import maxsim as maxsim_module
 from jevsearch.search.maxsim import maxsim, pad_queries, top_with_ties
@@ -100,7 +100,7 @@ def test_two_stage_equals_exhaustive_when_candidates_cover_the_index(corpus):
     eng, docs = corpus
     pages = eng.stats()["pages"]
     rng = np.random.default_rng(2)
-    for trial in range(5):
+    for _trial in range(5):
         qs, qm = unit(rng, 256), unit(rng, 6, 128)
         two = eng.search_embeddings(qs, qm, k=10, candidates=pages, rescore=pages)
         ex = eng.search_embeddings(None, qm, k=10, exhaustive=True)

@@ -19,13 +19,13 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from jevsearch import Engine  # noqa: E402
-from jevsearch.cli import main as cli_main  # noqa: E402
-from jevsearch.serve import create_app  # noqa: E402
-from jevsearch.serve.state import Limits  # noqa: E402
-from tests.ingest_corpus import picture, tiny_encoder  # noqa: E402
+from jevsearch import Engine
+from jevsearch.cli import main as cli_main
+from jevsearch.serve import create_app
+from jevsearch.serve.state import Limits
+from tests.ingest_corpus import picture, tiny_encoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_PIXELS = 128 * 28 * 28

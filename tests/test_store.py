@@ -11,8 +11,8 @@ import sys
 import lmdb
 import numpy as np
 import pytest
+from _store_child import DM, D, make_doc, query_for, unit
 
-from _store_child import D, DM, make_doc, query_for, unit
 from jevsearch import (
     Engine,
     FormatVersionError,

@@ -11,8 +11,8 @@ import sys
 import time
 
 import pytest
-
 from _store_child import CONVERTED, make_doc, query_for
+
 from jevsearch import Engine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -127,7 +127,7 @@ def test_kill9_at_random_moments(tmp_path):
     path = str(tmp_path / "idx")
     rng = random.Random(5)
     lines: list[str] = []
-    for round_ in range(2):
+    for _round in range(2):
         proc = _child("write", path, "--docs", "12")
         got = []
         # Each round re-adds doc-0..: kill after a random number of acknowledged commits + a random delay.

@@ -11,7 +11,7 @@ Queries it gets no result for count as 0 in the means (the means are over every 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 RECALL_DEPTH = 100  # recall@100 is always reported, so runs are at least this deep
 

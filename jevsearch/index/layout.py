@@ -92,7 +92,7 @@ class Layout:
     single_prefix: int = 0  # dims of each single vector stored (the index's single_dim); 0: all of them
 
     @classmethod
-    def of(cls, manifest: dict) -> "Layout":
+    def of(cls, manifest: dict) -> Layout:
         """The layout a manifest describes; FormatVersionError for a codec this version does not know."""
         name = manifest.get("codec") or manifest["multi_dtype"]
         try:

@@ -12,8 +12,9 @@ nothing below them imports them: ``Engine.add(ray=...)`` asks :func:`remote` for
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Protocol
 
 from jevsearch.errors import MissingDependencyError
 from jevsearch.ingest.pages import PageGeometry

@@ -130,7 +130,7 @@ class PdfDocument:
             pymupdf.TOOLS.mupdf_warnings(reset=True)
             try:
                 doc = pymupdf.open(path, filetype="pdf")
-            except Exception:  # pymupdf raises several unrelated types; MuPDF's own message says why
+            except Exception:  # noqa: BLE001 - pymupdf raises several unrelated types; MuPDF's message says why
                 detail = _damage_line(pymupdf.TOOLS.mupdf_warnings(reset=True)) or "MuPDF cannot parse it"
                 raise DocumentError(path, f"corrupt PDF: {detail}") from None
             self._repair = pymupdf.TOOLS.mupdf_warnings(reset=True)
@@ -142,7 +142,7 @@ class PdfDocument:
             try:
                 # MuPDF reads the page tree's /Count here and raises for a negative one.
                 self.page_count: int = doc.page_count
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any MuPDF failure here: the document cannot be read
                 raise DocumentError(path, f"corrupt PDF: cannot count its pages: {_mupdf_reason(e)}") from None
             if self.page_count == 0:
                 detail = f" (MuPDF: {_first_line(self._repair)})" if self._repair else ""
@@ -185,7 +185,7 @@ class PdfDocument:
         """The page's text layer (may be empty: scans have none); capped at MAX_PAGE_TEXT_CHARS."""
         try:
             text = self._doc.load_page(index).get_text("text")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a page whose text MuPDF cannot extract still has its image
             log.warning("%s: page %d: no text layer: %s", self.path, index + 1, _first_line(e))
             return ""
         return text.replace("\x00", "")[:MAX_PAGE_TEXT_CHARS]
@@ -195,7 +195,7 @@ class PdfDocument:
             raise DocumentError(self.path, f"out of range (document has {self.page_count} pages)", page=index + 1)
         try:
             return self._doc.load_page(index)
-        except Exception as e:  # a broken page object: that page fails, not the document
+        except Exception as e:  # noqa: BLE001 - a broken page object: that page fails, not the document
             raise DocumentError(self.path, f"cannot load page: {_mupdf_reason(e)}", page=index + 1) from None
 
     def _pixmap(self, index: int, page, matrix) -> Image.Image:
@@ -205,7 +205,7 @@ class PdfDocument:
             pymupdf.TOOLS.mupdf_warnings(reset=True)
             try:
                 pix = page.get_pixmap(matrix=matrix, colorspace=pymupdf.csRGB, alpha=False)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any MuPDF render failure fails that page alone
                 raise DocumentError(self.path, f"cannot render: {_mupdf_reason(e)}", page=index + 1) from None
             messages = pymupdf.TOOLS.mupdf_warnings(reset=True)
         damage = _damage_line(messages)

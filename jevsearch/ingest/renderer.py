@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from PIL import Image
 

@@ -15,8 +15,9 @@ import hashlib
 import logging
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Union
+from typing import Union
 
 log = logging.getLogger(__name__)
 

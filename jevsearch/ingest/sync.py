@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from jevsearch.ingest.sources import Source, file_sha256, os_reason
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 

@@ -23,10 +23,10 @@ from jevsearch.integrations import DEFAULT_IMAGE_WIDTH, IndexHandle, require
 
 require("langchain_core", "langchain", "jevsearch.integrations.langchain")
 
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
-from langchain_core.documents import Document
-from langchain_core.retrievers import BaseRetriever
-from pydantic import PrivateAttr
+from langchain_core.callbacks import CallbackManagerForRetrieverRun  # noqa: E402 - after require() names the extra
+from langchain_core.documents import Document  # noqa: E402 - after require() names the extra
+from langchain_core.retrievers import BaseRetriever  # noqa: E402 - after require() names the extra
+from pydantic import PrivateAttr  # noqa: E402 - after require() names the extra
 
 __all__ = ["JevsearchRetriever"]
 

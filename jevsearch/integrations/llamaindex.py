@@ -24,9 +24,9 @@ from jevsearch.integrations import DEFAULT_IMAGE_WIDTH, IndexHandle, require
 
 require("llama_index.core", "llamaindex", "jevsearch.integrations.llamaindex")
 
-from llama_index.core.callbacks import CallbackManager
-from llama_index.core.retrievers import BaseRetriever
-from llama_index.core.schema import (
+from llama_index.core.callbacks import CallbackManager  # noqa: E402 - after require() names the extra
+from llama_index.core.retrievers import BaseRetriever  # noqa: E402 - after require() names the extra
+from llama_index.core.schema import (  # noqa: E402 - after require() names the extra
     ImageNode,
     NodeRelationship,
     NodeWithScore,

@@ -65,7 +65,7 @@ def int8_input_dtype() -> torch.dtype:
     times = {}
     for dtype in (torch.bfloat16, torch.float32):
         x, s = torch.randn(m, k).to(dtype), torch.rand(n).to(dtype)
-        times[dtype] = _best(lambda: torch.ops.aten._weight_int8pack_mm(x, w, s), 5)  # noqa: B023
+        times[dtype] = _best(lambda: torch.ops.aten._weight_int8pack_mm(x, w, s), 5)
     return min(times, key=times.get)
 
 

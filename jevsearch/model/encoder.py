@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ class Embeddings:
     def __len__(self) -> int:
         return len(self.multi)
 
-    def truncated(self, dim: int) -> "Embeddings":
+    def truncated(self, dim: int) -> Embeddings:
         """Matryoshka: single vectors cut to their first ``dim`` values and renormalised (multi unchanged).
 
         Equal to encoding with ``truncate_dim=dim``; lets a caller keep both the full and the short vectors.
@@ -131,7 +131,7 @@ class JinaV4Encoder:
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, device=None, dtype=None,
-                        max_batch_tokens: int | None = None) -> "JinaV4Encoder":
+                        max_batch_tokens: int | None = None) -> JinaV4Encoder:
         """Load a snapshot directory (or download a hub id) strictly.
 
         ``device``: default ``cuda`` when available, else ``cpu``. ``dtype``: default bfloat16 on

@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -90,7 +90,7 @@ class JinaV4Processor:
         self._prompt_head, self._prompt_tail = prompt[:cut], prompt[cut + 1 :]
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike, image_token_id: int) -> "JinaV4Processor":
+    def from_dir(cls, path: str | os.PathLike, image_token_id: int) -> JinaV4Processor:
         """Read ``tokenizer.json`` and ``preprocessor_config.json`` from a snapshot directory."""
         from tokenizers import Tokenizer
 

@@ -31,9 +31,9 @@ import hashlib
 import heapq
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -163,7 +163,7 @@ class EncoderPool:
         session, self._session = self._session, None
         session.close()
 
-    def __enter__(self) -> "EncoderPool":
+    def __enter__(self) -> EncoderPool:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,7 +11,7 @@ best first (ties by page id), up to ``pages_per_document``.
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 

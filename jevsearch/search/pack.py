@@ -11,7 +11,7 @@ reuses them instead of faulting in fresh memory per query.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch

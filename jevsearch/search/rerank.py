@@ -15,8 +15,14 @@ import torch
 
 from jevsearch.errors import InvalidInputError
 from jevsearch.search import codecs
-from jevsearch.search.maxsim import (block_tokens, maxsim, maxsim_concat, maxsim_concat_hamming, maxsim_concat_int8,
-                                     top_with_ties)
+from jevsearch.search.maxsim import (
+    block_tokens,
+    maxsim,
+    maxsim_concat,
+    maxsim_concat_hamming,
+    maxsim_concat_int8,
+    top_with_ties,
+)
 from jevsearch.search.pack import ConcatPacker, PagePacker
 
 

@@ -12,7 +12,7 @@ an exact scan over the full stored singles, to measure what the truncation and t
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch

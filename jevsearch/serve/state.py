@@ -126,13 +126,13 @@ class AppState:
                 if (eng.manifest.get("model") or {}).get("identity") is None:
                     self._status["model"] = "none (the index holds embeddings added by the caller)"
                     return
-                eng.encoder
+                _ = eng.encoder  # loads the model (a property)
                 self._rehearse(eng)
             self._status["model"] = "ready"
         except JevsearchError as e:
             self._status["model"] = f"not loaded: {e}"
             log.warning("warm-up: %s", e)
-        except Exception as e:  # noqa: BLE001 - a background thread: record it for the status line
+        except Exception as e:
             self._status["model"] = f"failed: {type(e).__name__}: {e}"
             log.exception("warm-up failed")
 

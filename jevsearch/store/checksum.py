@@ -34,7 +34,7 @@ SIZE = 8
 _DIGEST = struct.Struct("<Q")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _table_seed(table: str) -> int:
     return xxhash.xxh3_64_intdigest(table.encode())
 

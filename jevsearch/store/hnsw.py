@@ -148,7 +148,7 @@ class HnswGraph:
                 os.unlink(os.path.join(index_dir, name))
 
     @classmethod
-    def load(cls, index_dir: str, ef_search: int, require_digest: bool = False) -> tuple["HnswGraph", dict]:
+    def load(cls, index_dir: str, ef_search: int, require_digest: bool = False) -> tuple[HnswGraph, dict]:
         """Read ``hnsw.bin``; raises CorruptIndexError if it is missing or damaged (caller rebuilds),
         or has no digest when ``require_digest``."""
         path = os.path.join(index_dir, FILE_NAME)

@@ -10,8 +10,8 @@ the process with SIGBUS), and every LMDB error becomes a named jevsearch error (
 from __future__ import annotations
 
 import ctypes
-import errno
 import ctypes.util
+import errno
 import mmap
 import os
 import threading

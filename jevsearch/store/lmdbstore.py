@@ -47,8 +47,8 @@ import os
 import shutil
 import struct
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import lmdb
 import numpy as np

@@ -43,8 +43,8 @@ in other processes re-read the manifest. Writer lock required; the caller settle
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import lmdb
 

@@ -29,7 +29,7 @@ import torch
 from jevsearch.errors import CorruptIndexError
 from jevsearch.store.hnsw import EF_PER_RESULT, HnswGraph
 
-_ORDER: "weakref.WeakKeyDictionary[HnswGraph, tuple]" = weakref.WeakKeyDictionary()  # see _rows_of
+_ORDER: weakref.WeakKeyDictionary[HnswGraph, tuple] = weakref.WeakKeyDictionary()  # see _rows_of
 
 # What one slot of a walk's beam costs, in pages of exact scan (benchmarks/filters.py; the ratio is
 # derived in benchmarks/RESULTS.md).

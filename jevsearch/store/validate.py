@@ -17,7 +17,7 @@ jevsearch.errors.InvalidInputError: singles: row 0 has L2 norm 2 (must be 1 +- 0
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -12,8 +12,8 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -323,7 +323,7 @@ def repair_records(store: PageStore, txn) -> list[str]:
             store.put(txn, "tomb", page_key(pid), b"")
         if orphans:
             done.append(f"deleted {len(orphans)} {table} entries of no document")
-    for pid, _, _, n in store.iter_pages(txn, damaged=[]):
+    for _pid, _, _, n in store.iter_pages(txn, damaged=[]):
         pages += 1
         tokens += n
     state = store.state(txn)

@@ -24,8 +24,8 @@ True
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from jevsearch.errors import CorruptIndexError, InvalidInputError
 
@@ -64,7 +64,7 @@ class PageView:
         return _HEAD.pack(VERSION, self.rows, self.cols, self.first, self.tokens) + bytes(self.thumbnail)
 
     @classmethod
-    def decode(cls, raw) -> "PageView":
+    def decode(cls, raw) -> PageView:
         raw = bytes(raw)
         if len(raw) < _HEAD.size or raw[0] != VERSION:
             raise CorruptIndexError(f"visual record: {len(raw)} bytes, version {raw[:1]!r} "

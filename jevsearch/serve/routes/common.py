@@ -19,8 +19,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from jevsearch import visuals
-from jevsearch.index.results import to_json
 from jevsearch.errors import InvalidInputError, JevsearchError, PageNotFoundError
+from jevsearch.index.results import to_json
 from jevsearch.serve import pages
 from jevsearch.serve.state import AppState, UploadError
 
