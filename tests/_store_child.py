@@ -259,3 +259,22 @@ if __name__ == "__main__":
         read(a.index, a.until)
     else:
         {"write": write, "upgrade": upgrade, "convert": convert}[a.mode](a.index, a.docs, a.crash)
+
+
+def flip_value(path: str, table: str, key: bytes, at: int, *, mask: int = 0xFF, count: int = 1) -> None:
+    """Damage a stored value in place: XOR ``count`` bytes of ``table``'s value at ``key`` from offset ``at``
+    with ``mask`` (its digest stays as it was), in the live LMDB of the index at ``path``."""
+    import lmdb
+
+    with open(os.path.join(path, "CURRENT")) as f:
+        name = f.read().strip()
+    env = lmdb.open(os.path.join(path, name), max_dbs=32)
+    try:
+        db = env.open_db(table.encode())
+        with env.begin(write=True) as txn:
+            raw = bytearray(txn.get(key, db=db))
+            for i in range(at, at + count):
+                raw[i] ^= mask
+            txn.put(key, bytes(raw), db=db)
+    finally:
+        env.close()

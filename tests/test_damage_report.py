@@ -8,10 +8,9 @@ import os
 import subprocess
 import sys
 
-import lmdb
 import numpy as np
 import pytest
-from _store_child import make_doc, query_for
+from _store_child import flip_value, make_doc, query_for
 
 from jevsearch import CorruptIndexError, Index
 from jevsearch.store.lmdbstore import page_key
@@ -33,17 +32,7 @@ def build(path: str) -> dict:
 
 def flip(path: str, table: str, page_id: int, at: int = 12) -> None:
     """Flip a byte of page ``page_id``'s value in ``table`` (its digest stays as it was)."""
-    with open(os.path.join(path, "CURRENT")) as f:
-        name = f.read().strip()
-    env = lmdb.open(os.path.join(path, name), max_dbs=32)
-    try:
-        db = env.open_db(table.encode())
-        with env.begin(write=True) as txn:
-            raw = bytearray(txn.get(page_key(page_id), db=db))
-            raw[at] ^= 0xFF
-            txn.put(page_key(page_id), bytes(raw), db=db)
-    finally:
-        env.close()
+    flip_value(path, table, page_key(page_id), at)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -8,9 +8,8 @@ import os
 import subprocess
 import sys
 
-import lmdb
 import pytest
-from _store_child import make_doc, query_for
+from _store_child import flip_value, make_doc, query_for
 
 from jevsearch import CorruptIndexError, Index
 from jevsearch.store.lmdbstore import doc_key, page_key
@@ -30,18 +29,7 @@ def build(path: str) -> dict:
 
 
 def flip(path: str, table: str, key: bytes, at: int = 3) -> None:
-    with open(os.path.join(path, "CURRENT")) as f:
-        name = f.read().strip()
-    env = lmdb.open(os.path.join(path, name), max_dbs=32)
-    try:
-        db = env.open_db(table.encode())
-        with env.begin(write=True) as txn:
-            raw = bytearray(txn.get(key, db=db))
-            raw[at] ^= 0x5A
-            raw[at + 1] ^= 0x5A
-            txn.put(key, bytes(raw), db=db)
-    finally:
-        env.close()
+    flip_value(path, table, key, at, mask=0x5A, count=2)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
