@@ -23,18 +23,11 @@ from tests.ingest_corpus import (
     make_truncated_pdf,
     make_zero_page_pdf,
     picture,
-    tiny_encoder,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ~128 visual tokens per page keeps the tests fast; the default is the model's own budget.
 MAX_PIXELS = 128 * 28 * 28
-
-
-@pytest.fixture(scope="module")
-def model():
-    """The tiny model, loaded once: Engine.create accepts a loaded encoder (it records its snapshot)."""
-    return tiny_encoder()
 
 
 @pytest.fixture

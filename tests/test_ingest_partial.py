@@ -16,15 +16,10 @@ from jevsearch import Engine
 from jevsearch.cli import main
 from jevsearch.ingest import pipeline
 from jevsearch.ingest.renderer import CHANGED
-from tests.ingest_corpus import make_pdf, tiny_encoder
+from tests.ingest_corpus import make_pdf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_PIXELS = 64 * 28 * 28
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_encoder()
 
 
 def _create(path, model):

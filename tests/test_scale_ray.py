@@ -32,7 +32,6 @@ from tests.ingest_corpus import (
     make_truncated_pdf,
     make_zero_page_pdf,
     picture,
-    tiny_encoder,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,11 +53,6 @@ def cluster():
             os.environ["RAY_worker_niceness"] = niceness
     yield ctx
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_encoder()
 
 
 @pytest.fixture(scope="module")

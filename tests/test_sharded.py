@@ -29,7 +29,7 @@ from jevsearch import (
 )
 from jevsearch.scale import is_sharded, route
 from jevsearch.surface import Searchable
-from tests.ingest_corpus import make_pdf, picture, tiny_encoder
+from tests.ingest_corpus import make_pdf, picture
 
 MAX_PIXELS = 128 * 28 * 28
 
@@ -189,11 +189,6 @@ def test_create_checks(tmp_path):
     (tmp_path / "bad" / "shards.json").write_text('{"format": "jevsearch-sharded", "version": 1, "shards": ["../x"]}')
     with pytest.raises(CorruptIndexError, match="shard list"):
         ShardedEngine.open(tmp_path / "bad")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_encoder()
 
 
 def test_sharded_add_and_the_cli_on_a_sharded_index(tmp_path, model, capsys):

@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 
 from jevsearch import Engine
-from tests.ingest_corpus import make_bad_page_count_pdf, make_pdf, make_truncated_pdf, tiny_encoder
+from tests.ingest_corpus import make_bad_page_count_pdf, make_pdf, make_truncated_pdf
 
 MAX_PIXELS = 128 * 28 * 28
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_encoder()
 
 
 def _pages(eng) -> list[tuple[str, int]]:

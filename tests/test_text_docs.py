@@ -14,14 +14,9 @@ import pytest
 from jevsearch import DocHit, Engine
 from jevsearch.errors import DocumentError, InvalidInputError
 from jevsearch.ingest.text import chunk_text, passage_budget, read_text, token_spans
-from tests.ingest_corpus import WORDS, make_pdf, tiny_encoder
+from tests.ingest_corpus import WORDS, make_pdf
 
 MAX_PIXELS = 128 * 28 * 28  # 128 visual tokens per page -> passages of 128 tokens, 16 overlap
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_encoder()
 
 
 def _words(n: int, seed: int = 0) -> list[str]:
