@@ -293,7 +293,9 @@ def _cmd_search(args) -> int:
     if args.documents:
         hits = [h.pages[0] for h in hits]
     if not hits:
-        print("no results (no page matches --where)" if where else "no results (the index is empty)")
+        print("no results (no page matches --where)" if where else
+              "no results (no page holds all those words: try --mode hybrid or visual)" if args.mode == "lexical" else
+              "no results (the index is empty)")
     else:
         print(_table(hits))
     return 0
