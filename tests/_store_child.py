@@ -92,15 +92,13 @@ def _install_crash(point: str) -> None:
             orig_replace(src, dst)
         hnsw.os.replace = replace
     elif point == "mid_compact":
-        from jevsearch import index as engine
-
         orig_save = hnsw.HnswGraph.save
 
         def save(self, index_dir, *, epoch, next_page_id):
             orig_save(self, index_dir, epoch=epoch, next_page_id=next_page_id)
             if epoch > 0:
                 _kill()
-        engine.HnswGraph.save = save
+        hnsw.HnswGraph.save = save  # the class compaction's graph is saved with
     elif point == "mid_rewrite":
         from jevsearch.store import rewrite
 
