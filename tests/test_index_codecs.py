@@ -307,7 +307,8 @@ def test_info_and_stats_report_codec_and_bytes_per_part(tmp_path, capsys):
             _fill(ix, docs)
             st = ix.stats()
             sizes[name] = st["bytes_per_page"]
-            assert set(st["bytes_per_page"]) == {"multi_codes", "exact", "singles", "hnsw", "text_index", "other"}
+            assert set(st["bytes_per_page"]) == {"multi_codes", "exact", "singles", "hnsw", "text_index", "fde",
+                                                   "other"}
             assert st["codec"] == LAYOUTS[name]["codec"] and st["pool_factor"] == 1
     tokens_per_page = np.mean([len(t) for _, m in docs.values() for t in m])
     # LMDB stores a value in whole 4 KB pages (small ones share leaf pages): sizes are approximate.

@@ -244,8 +244,12 @@ def test_version_1_indexes_search_as_before_and_compact_adds_checksums(tmp_path)
         for table in ("single", "multi", "pages", "text"):
             for k, v in txn.cursor(db=dbs[table]):
                 checksum.unseal(table, k, v)
-        # compact() also built the text index of the old index (from its stored texts).
-        assert sorted(os.listdir(path)) == ["CURRENT", FILE_NAME, "store-2", "text-1", "text.json", "writer.lock"]
+        # compact() also built the text index of the old index (from its stored texts), and its FDEs'
+        # graph (fde.bin); its pages' FDEs are sealed like every value.
+        assert sorted(os.listdir(path)) == ["CURRENT", "fde.bin", FILE_NAME, "store-2", "text-1", "text.json",
+                                            "writer.lock"]
+    with Index.open(path, readonly=True) as ix:  # the FDEs' checksums and graph check out
+        assert ix.stats()["stage1"] == "union" and ix.verify(deep=True)["values_checked"]
 
 
 # -- 3. hnsw.bin ------------------------------------------------------------------------------
@@ -366,7 +370,8 @@ def test_an_unreachable_page_is_found_by_exhaustive_scoring_reported_and_relinke
     name, page = f"d{pid // 3:02d}.pdf", pid % 3 + 1
     qs, qm = query_for(docs[name][1], docs[name][0], page=page - 1)
     with Index.open(path, readonly=True) as ix:
-        assert (name, page) not in pages_of(ix.search_embeddings(qs, qm, k=5, candidates=10))
+        # The singles' graph alone (the FDE graph would find the page another way)
+        assert (name, page) not in pages_of(ix.search_embeddings(qs, qm, k=5, candidates=10, stage1="single"))
         every = pages_of(ix.search_embeddings(qs, qm, k=200))  # candidates >= live pages: exact, no graph
         assert len(every) == 60 and every[0] == (name, page)
         ix.verify()  # every page is in the graph: only walking it shows the problem
@@ -377,7 +382,7 @@ def test_an_unreachable_page_is_found_by_exhaustive_scoring_reported_and_relinke
         ix.verify(deep=True, repair=True)
     with Index.open(path, readonly=True) as ix:  # persisted
         ix.verify(deep=True)
-        assert pages_of(ix.search_embeddings(qs, qm, k=1, candidates=10)) == [(name, page)]
+        assert pages_of(ix.search_embeddings(qs, qm, k=1, candidates=10, stage1="single")) == [(name, page)]
 
 
 def test_link_unreachable_relinks_near_duplicates_in_place():

@@ -185,7 +185,7 @@ def test_create_refuses_existing(tmp_path):
     with pytest.raises(IndexExistsError):
         Engine.create(tmp_path / "empty")
     assert sorted(os.listdir(tmp_path)) == ["empty", "full"]  # no temp directory left behind
-    assert sorted(os.listdir(tmp_path / "empty")) == ["CURRENT", "hnsw.bin", "store-0", "text-1", "text.json",
+    assert sorted(os.listdir(tmp_path / "empty")) == ["CURRENT", "fde.bin", "hnsw.bin", "store-0", "text-1", "text.json",
                                                       "writer.lock"]
     with pytest.raises(InvalidInputError):
         Engine.create(tmp_path / "bad", single_dim=0)

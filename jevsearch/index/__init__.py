@@ -70,7 +70,7 @@ class Index:
         if old and not st.readonly:
             meta.build_field_table(st)
         text.open_text(st)
-        if not st.readonly and not st.view.clean:
+        if not st.readonly and not all(v.clean for v in st.views()):
             self.flush()  # repaired at open: persist so the next open is fast
 
     @property
@@ -98,7 +98,8 @@ class Index:
     def create(cls, path, *, single_dim: int = 128, single_full_dim: int | None = None, multi_dim: int = 128,
                codec: str | None = None, keep_exact: bool | None = None, pool_factor: int | None = None,
                multi_dtype: str | None = None, hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128,
-               model_info: dict | None = None, threads: int = 1, text_index: bool | None = None):
+               model_info: dict | None = None, threads: int = 1, text_index: bool | None = None,
+               stage1: str = "union"):
         """Create an empty index at ``path`` (which must not exist or be an empty directory).
 
         single_dim: truncation of the single vectors indexed in the HNSW (Matryoshka); the full
@@ -117,12 +118,15 @@ class Index:
         the encoder, kept in the manifest. threads: CPU threads for the index's own tensor work (see
         :meth:`open`). text_index: keep a full-text index of the pages' text for lexical and hybrid
         search (:mod:`jevsearch.index.text`); default: when tantivy is installed (the ``text`` extra).
+        stage1: "union" (default) keeps each page's MUVERA encoding and a graph of them for stage 1
+        beside the singles' HNSW (:mod:`jevsearch.store.fde`); "single": the singles' HNSW alone.
         The index is built in a temporary directory and moved into place, so a crash never leaves a
         half-created index. A new directory gets the mode the umask gives; an empty directory the user
         made is filled in place and keeps its mode and owner. Returns the index opened for writing.
         """
         path = lifecycle.create_dir(path, single_dim, single_full_dim, multi_dim, codec, keep_exact, pool_factor,
-                                    multi_dtype, hnsw_m, ef_construction, ef_search, model_info, text_index)
+                                    multi_dtype, hnsw_m, ef_construction, ef_search, model_info, text_index,
+                                    stage1)
         return cls.open(path, threads=threads)
 
     @classmethod
@@ -298,7 +302,8 @@ class Index:
 
     def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int | None = None,
                           rescore: int | None = None, exhaustive: bool = False, *, where: dict | None = None,
-                          group_by: str | None = None, pages_per_document: int = 3) -> list[Hit] | list[list[Hit]]:
+                          group_by: str | None = None, pages_per_document: int = 3,
+                          stage1: str | None = None) -> list[Hit] | list[list[Hit]]:
         """Search with query embeddings.
 
         One query: q_single [D] (D >= single_dim; may be None when exhaustive) and q_multi
@@ -325,11 +330,14 @@ class Index:
         results instead, k distinct documents ranked by their best page's score, each with its best
         pages (at most ``pages_per_document``); stage 1 widens until its candidates cover k documents,
         and every candidate is scored on the exact tokens when the index keeps them.
+        stage1: "union" (the default of an index with FDEs, see :mod:`jevsearch.store.fde`): half the
+        candidates from the singles' HNSW and half from the graph of the pages' MUVERA encodings,
+        which see every token; "single" (the default of an index without FDEs): the singles' HNSW alone.
         Example: ``eng.search_embeddings(qs, qm, k=5, where={"kind": "pdf"}, group_by="document")``,
         ``eng.search_embeddings(qs, qm, k=10, candidates=400, rescore=40)``.
         """
         return search.search_embeddings(self._state, q_single, q_multi, k, candidates, rescore, exhaustive, where=where,
-                                        group_by=group_by, pages_per_document=pages_per_document)
+                                        group_by=group_by, pages_per_document=pages_per_document, stage1=stage1)
 
     def search_singles(self, q_single, k: int = 10, *, exact: bool = False) -> list[Hit] | list[list[Hit]]:
         """Search with single vectors only (no MaxSim): for measuring stage 1, e.g. by jevsearch.eval.
@@ -397,7 +405,7 @@ class Index:
     # -- upkeep ---------------------------------------------------------------------------------
 
     def compact(self, *, codec: str | None = None, keep_exact: bool | None = None,
-                pool_factor: int | None = None) -> dict:
+                pool_factor: int | None = None, stage1: str | None = None) -> dict:
         """Rebuild the HNSW from live pages (dropping tombstones, every page reachable) and shrink
         the LMDB file; an older format is rewritten with checksums (1 -> 2) after a deep check
         (CorruptIndexError naming the documents to re-add, nothing changed, when vectors are damaged).
@@ -415,17 +423,23 @@ class Index:
         page], "redo": [the documents to delete and re-add]}``; a conversion refuses damaged values
         (CorruptIndexError naming their documents, nothing changed).
 
+        ``stage1``: "union" gives an index without FDEs its pages' MUVERA encodings (from the stored
+        float tokens: the exact ones when kept) and their graph, "single" drops them; None: "union"
+        for an index made before FDEs existed, else as it is.
+
         >>> eng.compact(codec="binary", keep_exact=True)                # doctest: +SKIP
         {'dropped': [], 'damaged': [], 'redo': []}
         """
-        return upkeep.compact(self._state, codec=codec, keep_exact=keep_exact, pool_factor=pool_factor)
+        return upkeep.compact(self._state, codec=codec, keep_exact=keep_exact, pool_factor=pool_factor,
+                              stage1=stage1)
 
     def stats(self) -> dict:
         """Counts and bytes on disk: documents, pages, tokens, tombstones, hnsw_vectors, damaged_pages
         (found damaged and skipped by this process: see :meth:`verify`), the storage (codec,
         keep_exact, pool_factor, single_dtype), bytes {"lmdb_file", "hnsw_file", plus LMDB pages used
         per table: multi, exact, single, ...} and bytes_per_page (live page) of each part: multi_codes,
-        exact, singles, hnsw, other (the rest of the LMDB file: records, texts, free pages).
+        exact, singles, hnsw, fde (the FDE table and graph file), other (the rest of the LMDB file:
+        records, texts, free pages).
 
         >>> eng.stats()["bytes_per_page"]      # doctest: +SKIP
         {'multi_codes': 12368.0, 'exact': 197140.0, 'singles': 4104.0, 'hnsw': 1004.0, 'other': 1372.0}

@@ -50,6 +50,7 @@ from jevsearch.store import validate, verify
 from jevsearch.store.hnsw import truncate_normalize
 from jevsearch.store.lmdbstore import (
     EXACT,
+    FDE,
     PAGE_REC,
     PageStore,
     dump_json,
@@ -185,7 +186,8 @@ class Layout:
             raise CorruptIndexError(f"{doc['doc_id']}: stored values missing (hint: Index.verify() lists them; "
                                     "re-add the document from its file)")
         singles = np.stack([np.frombuffer(v, store.single_dtype) for v in values["single"]])
-        return {"singles": singles, "codes": [bytes(v) for v in values["multi"]],
+        fdes = [store.get(txn, FDE, page_key(pid)) for pid in ids] if store.has_table(FDE) else []
+        return {"singles": singles, "fde": [None if v is None else bytes(v) for v in fdes] or None, "codes": [bytes(v) for v in values["multi"]],
                 "exact": [bytes(v) for v in values[EXACT]] if self.keep_exact else None,
                 "tokens": [r[2] for r in records], "numbers": doc.get("page_numbers"),
                 "texts": [store.text(txn, pid) for pid in ids] if doc["text"] else None,

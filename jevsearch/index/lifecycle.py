@@ -15,8 +15,9 @@ from jevsearch.errors import CorruptIndexError, IndexExistsError, InvalidInputEr
 from jevsearch.index import text
 from jevsearch.index.layout import new_layout
 from jevsearch.index.state import IndexState
-from jevsearch.store import textindex, validate
-from jevsearch.store.hnsw import HnswGraph
+from jevsearch.search import fde as fde_encoder
+from jevsearch.store import fde, textindex, validate
+from jevsearch.store.hnsw import FILE_NAME, HnswGraph
 from jevsearch.store.lmdbenv import (
     CURRENT,
     ENV_PREFIX,
@@ -32,7 +33,8 @@ from jevsearch.store.manifest import new_manifest
 
 def create_dir(path, single_dim: int, single_full_dim: int | None, multi_dim: int, codec: str | None,
                keep_exact: bool | None, pool_factor: int | None, multi_dtype: str | None, hnsw_m: int,
-               ef_construction: int, ef_search: int, model_info: dict | None, text_index: bool | None) -> str:
+               ef_construction: int, ef_search: int, model_info: dict | None, text_index: bool | None,
+               stage1: str = "union") -> str:
     """Make the index directory (arguments: Index.create's); returns its path."""
     path = index_path(path)
     existing = os.path.isdir(path)
@@ -43,6 +45,7 @@ def create_dir(path, single_dim: int, single_full_dim: int | None, multi_dim: in
                                cli_hint="pick a new or empty folder for --index")
     manifest = _new_manifest(single_dim, single_full_dim, multi_dim, codec, keep_exact, pool_factor, multi_dtype,
                              hnsw_m, ef_construction, ef_search, model_info, text_index)
+    manifest = with_stage1(manifest, stage1)
     parent = os.path.dirname(os.path.abspath(path))
     if not existing:
         os.makedirs(parent, exist_ok=True)
@@ -52,6 +55,9 @@ def create_dir(path, single_dim: int, single_full_dim: int | None, multi_dim: in
     try:
         PageStore.initialise(tmp, manifest, state)
         HnswGraph(single_dim, hnsw_m, ef_construction, ef_search).save(tmp, epoch=0, next_page_id=0)
+        if manifest.get("fde"):
+            HnswGraph(manifest["fde"]["out"], hnsw_m, ef_construction, ef_search).save(
+                tmp, epoch=0, next_page_id=0, file_name=fde.FILE_NAME)
         if manifest.get("text_index"):
             textindex.TextIndex.create(tmp, gen=0, epoch=0).close()
         if existing:
@@ -87,6 +93,22 @@ def _new_manifest(single_dim, single_full_dim, multi_dim, codec, keep_exact, poo
     return manifest
 
 
+def with_stage1(m: dict, stage1: str) -> dict:
+    """``m`` with the stage 1 it keeps: "union" records the FDE encoder's parameters (``"fde"``:
+    :func:`jevsearch.search.fde.params`, from the multi-vectors' size), "single" records that the
+    index keeps none (an index with neither was made before FDEs existed).
+
+    >>> with_stage1({"multi_dim": 128}, "union")["fde"]["out"], with_stage1({"multi_dim": 8}, "single")
+    (2560, {'multi_dim': 8, 'stage1': 'single'})
+    """
+    m = {k: v for k, v in m.items() if k not in ("fde", "stage1")}
+    if stage1 == "union":
+        return dict(m, fde=fde_encoder.params(m["multi_dim"]), stage1="union")
+    if stage1 == "single":
+        return dict(m, stage1="single")
+    raise InvalidInputError(f"stage1: {stage1!r} (hint: 'union' or 'single')")
+
+
 def open_store(path: str, readonly: bool, repair: bool) -> tuple[PageStore, WriterLock | None]:
     """The store of the index at ``path`` and, for a writer, its lock (arguments: Index.open's)."""
     try:
@@ -101,7 +123,7 @@ def open_store(path: str, readonly: bool, repair: bool) -> tuple[PageStore, Writ
             restore_current(path)
         store = PageStore(path)
         if lock is not None:
-            HnswGraph.remove_stale_temp(path)
+            HnswGraph.remove_stale_temp(path, (FILE_NAME, fde.FILE_NAME))
             store.remove_stale()
             store.create_missing_tables()
             store.repair_manifest()
@@ -120,11 +142,12 @@ def close(st: IndexState) -> None:
         scorer.close()
     text.close(st)
     st.view.close()
+    st.fde_view.close()
     st.store.close()
     st.store = None
     if st.writer_lock is not None:
         st.writer_lock.release()
-    st.view = None
+    st.view = st.fde_view = None
 
 
 _TMP_PREFIX = ".jevsearch-create-"

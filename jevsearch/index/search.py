@@ -32,13 +32,16 @@ from jevsearch.store.lmdbstore import EXACT
 from jevsearch.store.manifest import stored_single_dim
 
 SPARE_HITS = 4
+STAGE1 = ("union", "single")  # stage 1 options: see _stage1
 
 
 def search_embeddings(st: IndexState, q_single, q_multi, k: int = 10, candidates: int | None = None,
                       rescore: int | None = None, exhaustive: bool = False, *, where: dict | None = None,
-                      group_by: str | None = None, pages_per_document: int = 3) -> list[Hit] | list[list[Hit]]:
+                      group_by: str | None = None, pages_per_document: int = 3,
+                      stage1: str | None = None) -> list[Hit] | list[list[Hit]]:
     """Index.search_embeddings: stage 1, the codes' MaxSim, the exact rescore, the hits."""
     k = validate.check_k(k)
+    union = _stage1_kind(st, stage1) == "union"
     adaptive = rescore is None
     candidates, rescore = st.layout.depth(k, candidates, rescore)
     flt = filters.parse(where)
@@ -73,7 +76,8 @@ def search_embeddings(st: IndexState, q_single, q_multi, k: int = 10, candidates
             if exhaustive:
                 found = _exhaustive(st, txn, qt, q_lens, best, scope, EXACT if exact else "multi")
             else:
-                found = _stage1(st, txn, qt, q_lens, singles, k, keep, candidates, live, scope, per_doc, table)
+                fdes = st.fde.queries(queries) if union else None
+                found = _stage1(st, txn, qt, q_lens, singles, k, keep, candidates, live, scope, per_doc, table, fdes)
                 if codes_first and adaptive:
                     found = rescore_window(st, txn, qt, q_lens, found, k, best, rescore)
                 elif codes_first:
@@ -131,19 +135,48 @@ def _singles(st: IndexState, txn, page_ids):
             yield pid, raw
 
 
+def _stage1_kind(st: IndexState, stage1: str | None) -> str:
+    """"union" (the singles' HNSW and the FDE graph) or "single" (the singles' HNSW alone)."""
+    has_fde = bool(st.manifest.get("fde"))
+    if stage1 is None:
+        return "union" if has_fde else "single"
+    if stage1 not in STAGE1:
+        raise InvalidInputError(f"stage1: {stage1!r} (hint: one of {', '.join(STAGE1)}, or None for the index's)")
+    if stage1 == "union" and not has_fde:
+        raise InvalidInputError(f"{st.path}: stage1='union' needs the index's FDEs, which it does not keep "
+                                "(hint: Index.compact(stage1='union') adds them)")
+    return stage1
+
+
 def _stage1(st: IndexState, txn, qt: torch.Tensor, q_lens: list[int], singles: np.ndarray, k: int, keep: int,
-            candidates: int, live: int, scope: np.ndarray | None, per_doc: int, table: str):
+            candidates: int, live: int, scope: np.ndarray | None, per_doc: int, table: str,
+            fdes: np.ndarray | None = None):
     """Per query, the ``keep`` best of its ``candidates`` (within ``scope``, a filter's pages) by the
     MaxSim of ``table``'s values; every live page is a candidate when ``candidates`` reach their
-    count (no page can hide in the graph). ``per_doc``: candidates widened to cover k documents."""
+    count (no page can hide in the graph). ``per_doc``: candidates widened to cover k documents.
+    ``fdes``: the queries' FDEs [Q, F] for the union stage 1: half the candidates from the singles'
+    HNSW and half from the FDE graph (each at least k)."""
     if candidates >= live:
         return _exhaustive(st, txn, qt, q_lens, keep, scope, table)
     qsingle = truncate_normalize(singles, st.manifest["single_dim"])
-    cand = st.view.search(qsingle, candidates, within=scope)  # [Q, candidates]
+    n_single = candidates if fdes is None else max(k, (candidates + 1) // 2)
+    cand = st.view.search(qsingle, n_single, within=scope)  # [Q, n_single]
     if per_doc:
-        cand = document_candidates(st.store, st.view, txn, qsingle, cand, k, candidates,
-                                              scope, per_doc)
+        cand = document_candidates(st.store, st.view, txn, qsingle, cand, k, n_single, scope, per_doc)
+    if fdes is not None:
+        cand = _union(cand, st.fde_view.search(fdes, max(k, candidates - n_single), within=scope))
     return rerank_candidates(st, txn, qt, q_lens, cand, keep, table)
+
+
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row, the page ids of ``a`` [Q, n] then those of ``b`` [Q, m] not in it -> [Q, n + m], -1 padded."""
+    out = np.full((len(a), a.shape[1] + b.shape[1]), -1, dtype=np.int64)
+    for q in range(len(a)):
+        row = np.concatenate([a[q], b[q]])
+        row = row[row >= 0]
+        _, first = np.unique(row, return_index=True)
+        out[q, : len(first)] = row[np.sort(first)]
+    return out
 
 
 def rerank_candidates(st: IndexState, txn, qt: torch.Tensor, q_lens: list[int], cand: np.ndarray, keep: int,

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 
 from jevsearch.errors import JevsearchError, ReadOnlyIndexError
 from jevsearch.index.layout import Layout
+from jevsearch.search.fde import Fde
 from jevsearch.search.maxsim import scoring_device
 from jevsearch.store import fields
 from jevsearch.store.damage import DamageLog
+from jevsearch.store.fde import FdeView
 from jevsearch.store.graphview import GraphView
 from jevsearch.store.lmdbstore import PageStore
 from jevsearch.store.lock import WriterLock
@@ -27,7 +29,7 @@ class IndexState:
 
     path / store / writer_lock (None: a reader) / threads (CPU threads for its tensor work) are given;
     the rest is derived at open: damage (pages found damaged), view (the HNSW, jevsearch.store.graphview),
-    fields (the filter columns), layout and scorers (from the manifest), device and dtype (scoring),
+    fde_view (the FDE graph, jevsearch.store.fde: used when the manifest has an "fde" record), fields (the filter columns), layout and scorers (from the manifest), device and dtype (scoring),
     text and text_problem (the Tantivy handle, or why there is none: jevsearch.index.text).
     """
 
@@ -45,12 +47,23 @@ class IndexState:
     def __post_init__(self) -> None:
         self.damage = DamageLog(self.path)
         self.view = GraphView(self.path, self.store, readonly=self.readonly, damage=self.damage)
+        self.fde_view = FdeView(self.path, self.store, readonly=self.readonly, damage=self.damage)
         self.fields = fields.FieldView(self.store)
         self.device, self.dtype = scoring_device()
 
     @property
     def readonly(self) -> bool:
         return self.writer_lock is None
+
+    @property
+    def fde(self) -> Fde | None:
+        """The index's FDE encoder (jevsearch.search.fde), None when it keeps no FDEs."""
+        record = self.manifest.get("fde")
+        return None if record is None else Fde.of(record)
+
+    def views(self) -> list[GraphView]:
+        """The graphs this index keeps: the singles' HNSW, and the FDE graph when it has FDEs."""
+        return [self.view, self.fde_view] if self.manifest.get("fde") else [self.view]
 
     @property
     def has_text_index(self) -> bool:
@@ -87,6 +100,8 @@ class IndexState:
             self.view.refresh(txn, state, self.manifest)
             if len(self.damage):
                 self.damage.prune(self.store, txn)
+        if self.manifest.get("fde") and state["gen"] != self.fde_view.gen:
+            self.fde_view.refresh(txn, state, self.manifest)
         if state["gen"] != self.fields.gen:
             self.fields.refresh(txn, state, self.view.tombs)
         return state

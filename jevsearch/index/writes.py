@@ -11,8 +11,9 @@ from jevsearch.errors import CorruptIndexError, InvalidInputError, StorageError
 from jevsearch.index import text
 from jevsearch.index.state import IndexState, commit_state, tally
 from jevsearch.search.threads import torch_threads
-from jevsearch.store import fields, validate, verify
+from jevsearch.store import fde, fields, validate, verify
 from jevsearch.store.lmdbenv import os_error
+from jevsearch.store.lmdbstore import page_key
 
 
 def flush(st: IndexState) -> None:
@@ -20,7 +21,8 @@ def flush(st: IndexState) -> None:
     with st.mutex:
         st.check_writable()
         try:
-            st.view.save()
+            for view in st.views():
+                view.save()
         except OSError as e:
             if isinstance(e, StorageError):
                 raise
@@ -42,17 +44,25 @@ def add_many(st: IndexState, docs, auto: tuple = ()) -> list[int]:
     with st.mutex:
         st.check_writable()
         with torch_threads(st.threads):  # torch converts to the stored dtype ~10x faster than numpy
-            prepared = [st.layout.encode(item) for item in validate.prepare_documents(docs, st.manifest)]
+            prepared = [encode(st, item) for item in validate.prepare_documents(docs, st.manifest)]
         return commit(st, prepared, auto)
 
 
+def encode(st: IndexState, item: dict) -> dict:
+    """A checked document in its stored form (``Layout.encode``), with ``fde``: its pages' FDEs
+    [P, F] from their float tokens before pooling, when the index keeps FDEs (else None)."""
+    enc = st.fde
+    fdes = None if enc is None else enc.pages(item["multis"])
+    return dict(st.layout.encode(item), fde=fdes)
+
+
 def commit(st: IndexState, prepared: list[dict], auto: tuple = ()) -> list[int]:
-    """Write documents in their stored form (``Layout.encode``) in one commit; their page counts."""
+    """Write documents in their stored form (:func:`encode`) in one commit; their page counts."""
     with st.mutex:
         if not prepared:
             return []
         full = prepared[0].get("single_full_dim", prepared[0]["singles"].shape[1])
-        removed, ids, vecs, added, gone = [], [], [], [], []
+        removed, ids, vecs, added, gone, fdes = [], [], [], [], [], []
         # The first document fixes the singles' full dimension.
         manifest = dict(st.manifest, single_full_dim=full) if st.manifest["single_full_dim"] is None else None
         with st.store.write() as txn:
@@ -70,6 +80,7 @@ def commit(st: IndexState, prepared: list[dict], auto: tuple = ()) -> list[int]:
                     doc["auto"] = [k for k in auto if k in item["metadata"]]
                 st.store.put_document(txn, doc, item["singles"], item["codes"], item["texts"], item["tokens"],
                                          item["exact"])
+                fdes.append(_put_fdes(st, txn, doc["first"], item))
                 added.append((doc["first"], fields.record(doc["doc_id"], pages, item["metadata"])))
                 st.store.put_fields(txn, *added[-1])
                 if item["views"] is not None:
@@ -81,7 +92,7 @@ def commit(st: IndexState, prepared: list[dict], auto: tuple = ()) -> list[int]:
             commit_state(st.store, txn, state, manifest=manifest)
         st.manifest = manifest or st.manifest
         st.fields.committed(state, added, gone)
-        after_commit(st, state, removed, np.concatenate(ids), np.concatenate(vecs))
+        after_commit(st, state, removed, np.concatenate(ids), np.concatenate(vecs), _joined_fdes(fdes))
         text.changed(st, gone, [item["doc_id"] for item in prepared])
         return [len(item["codes"]) for item in prepared]
 
@@ -157,7 +168,7 @@ def extend(st: IndexState, doc, auto: tuple = ()) -> None:
             raise InvalidInputError(f"{old['doc_id']}: pages from {doc[5][0]} appended after page {numbers[-1]} "
                                     "(hint: parts come in page order)")
         with torch_threads(st.threads):
-            (item,) = [st.layout.encode(i) for i in validate.prepare_documents([doc], st.manifest)]
+            (item,) = [encode(st, i) for i in validate.prepare_documents([doc], st.manifest)]
         new = item["numbers"] or range(numbers[-1] + 1, numbers[-1] + 1 + len(item["codes"]))
         item["numbers"] = numbers + list(new)
         if stored is not None:
@@ -177,6 +188,7 @@ def _append(st: IndexState, old: dict, item: dict, auto: tuple) -> None:
         state = st.store.state(txn)
         st.store.put_document(txn, doc, item["singles"], item["codes"], item["texts"], item["tokens"],
                                  item["exact"], offset=old["pages"])
+        new_fdes = _put_fdes(st, txn, doc["first"] + old["pages"], item)
         rec = fields.record(doc["doc_id"], doc["pages"], doc["metadata"])
         st.store.put_fields(txn, doc["first"], rec)
         if item["views"] is not None:
@@ -186,7 +198,7 @@ def _append(st: IndexState, old: dict, item: dict, auto: tuple) -> None:
         tally(state, pages=n, tokens=tokens)
         commit_state(st.store, txn, state, records_changed=True)
     st.fields.committed(state, [(doc["first"], rec)], [doc["first"]])
-    after_commit(st, state, [], ids, item["truncated"])
+    after_commit(st, state, [], ids, item["truncated"], _joined_fdes([new_fdes]))
     text.changed(st, [doc["first"]], [doc["doc_id"]])
 
 
@@ -204,11 +216,40 @@ def _remove(st: IndexState, txn, state: dict, doc_id: str) -> list[int]:
     return removed
 
 
-def after_commit(st: IndexState, state: dict, removed: list[int], ids, vecs) -> None:
-    """The caches after a commit: removed pages forgotten, new pages (``ids``, truncated ``vecs``) in the HNSW."""
+def after_commit(st: IndexState, state: dict, removed: list[int], ids, vecs, fdes=None) -> None:
+    """The caches after a commit: removed pages forgotten, new pages (``ids``, truncated ``vecs``) in the
+    HNSW and, in an index with FDEs, ``fdes`` (page ids, encodings) in the FDE graph."""
     st.damage.forget(removed)
-    if st.view.committed(state, removed, ids, vecs):
+    due = st.view.committed(state, removed, ids, vecs)
+    if st.manifest.get("fde"):
+        fde_ids, fde_vecs = fdes if fdes is not None and len(fdes[0]) else (None, None)
+        due = st.fde_view.committed(state, removed, fde_ids, fde_vecs) or due
+    if due:
         flush(st)
+
+
+def _put_fdes(st: IndexState, txn, first: int, item: dict):
+    """Store a document's FDEs (pages ``first ...``) -> (page ids, FDEs float32) for the FDE graph;
+    None when the index keeps none. A copied page without one (written before the index had FDEs)
+    is left out of the FDE graph, as at a rebuild."""
+    values = item.get("fde")
+    if not st.manifest.get("fde") or values is None:
+        return None
+    if isinstance(values, np.ndarray):
+        fde.put(st.store, txn, first, values)
+        return np.arange(first, first + len(values)), values
+    ids = [first + i for i, v in enumerate(values) if v is not None]  # stored values, copied as they are
+    for pid in ids:
+        st.store.put(txn, fde.TABLE, page_key(pid), values[pid - first], append=True)
+    rows = [np.frombuffer(values[pid - first], np.float16).astype(np.float32) for pid in ids]
+    return np.array(ids, dtype=np.int64), np.stack(rows) if rows else None
+
+
+def _joined_fdes(parts: list) -> tuple | None:
+    parts = [p for p in parts if p is not None and len(p[0])]
+    if not parts:
+        return None
+    return np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
 
 
 def failures(st: IndexState) -> dict[str, dict]:
@@ -238,6 +279,9 @@ def _joined(stored: dict, item: dict) -> dict:
     """A document's stored values (``Layout.stored``) followed by a new part's (``Layout.encode``)."""
     out = dict(item, singles=np.concatenate([stored["singles"], item["singles"]]),
                truncated=np.concatenate([stored["truncated"], item["truncated"]]))
+    if item.get("fde") is not None:  # stored values (bytes) and the new part's encodings
+        out["fde"] = list(stored.get("fde") or [None] * len(stored["codes"])) \
+            + [np.asarray(v, np.float16).tobytes() for v in item["fde"]]
     for key in ("codes", "tokens", "views", "exact", "texts"):
         if item[key] is not None:
             out[key] = list(stored[key] or [None] * len(stored["codes"])) + list(item[key])

@@ -32,7 +32,7 @@ import numpy as np
 
 from jevsearch.errors import ChecksumError, CorruptIndexError
 from jevsearch.store.damage import DamageLog
-from jevsearch.store.hnsw import HnswGraph, truncate_normalize
+from jevsearch.store.hnsw import FILE_NAME, HnswGraph, truncate_normalize
 from jevsearch.store.lmdbstore import PageStore
 from jevsearch.store.manifest import stored_single_dim
 from jevsearch.store.subset import exact_scores, search_subset
@@ -50,6 +50,12 @@ BACKGROUND_THREADS = max(1, (os.cpu_count() or 1) - 1)
 
 
 class GraphView:
+    """The singles' graph (``hnsw.bin``); :class:`jevsearch.store.fde.FdeView` is the same machinery over
+    another vector per page (:meth:`dim`, :meth:`vector`, :meth:`prepare` and ``FILE``)."""
+
+    FILE = FILE_NAME
+    WHAT, GRAPH = "single vector", "the HNSW"  # in messages: the vector a damaged page lost, and the graph
+
     def __init__(self, index_dir: str, store: PageStore, readonly: bool, damage: DamageLog | None = None):
         self.index_dir, self.store, self.readonly = index_dir, store, readonly
         self.damage = damage if damage is not None else DamageLog(index_dir)
@@ -67,10 +73,21 @@ class GraphView:
         self._job: Future | None = None  # its batch in flight
         self.repaired_in_memory: str | None = None  # why a read-only view rebuilt the file's graph
 
-    @staticmethod
-    def new_graph(manifest: dict) -> HnswGraph:
+    def dim(self, manifest: dict) -> int:
+        """The graph's vector size."""
+        return manifest["single_dim"]
+
+    def vector(self, txn, page_id: int, manifest: dict) -> np.ndarray | None:
+        """A page's stored vector (float32), None when absent; ChecksumError when damaged."""
+        return self.store.single(txn, page_id, stored_single_dim(manifest))
+
+    def prepare(self, vecs: np.ndarray, manifest: dict) -> np.ndarray:
+        """Stored vectors [N, D] as the graph holds them: truncated and renormalised singles."""
+        return truncate_normalize(vecs, manifest["single_dim"])
+
+    def new_graph(self, manifest: dict) -> HnswGraph:
         h = manifest["hnsw"]
-        return HnswGraph(manifest["single_dim"], h["M"], h["ef_construction"], h["ef_search"])
+        return HnswGraph(self.dim(manifest), h["M"], h["ef_construction"], h["ef_search"])
 
     def refresh(self, txn, state: dict, manifest: dict) -> None:
         """Mirror the LMDB snapshot ``txn`` (whose state record is ``state``)."""
@@ -80,11 +97,11 @@ class GraphView:
             problem = None
             try:
                 graph, header = HnswGraph.load(self.index_dir, manifest["hnsw"]["ef_search"],
-                                               require_digest=bool(manifest.get("checksums")))
+                                               require_digest=bool(manifest.get("checksums")), file_name=self.FILE)
                 # A writer never sees a file ahead of LMDB unless something is off; a reader may
                 # (its snapshot predates the writer's latest save): pages it cannot see are skipped.
                 ahead = header["next_page_id"] > state["next_page_id"]
-                if header["epoch"] == state["epoch"] and header["dim"] == manifest["single_dim"] \
+                if header["epoch"] == state["epoch"] and header["dim"] == self.dim(manifest) \
                         and (self.readonly or not ahead):
                     self.graph, self.next_page_id, self.clean = graph, header["next_page_id"], True
                     self.repaired_in_memory = None  # a writer saved a good file since
@@ -107,41 +124,41 @@ class GraphView:
 
     def _rebuilding(self, problem: str) -> None:
         if not self.readonly:
-            log.warning("%s: %s; rebuilding the HNSW from LMDB", self.index_dir, problem)
+            log.warning("%s: %s; rebuilding %s from LMDB", self.index_dir, problem, self.GRAPH)
             return
         if self.repaired_in_memory is None:
             # Once per view: a reader rebuilds at every open until a writer saves the repair.
-            log.warning("%s: %s; rebuilding the HNSW from LMDB in memory only: a writer persists the repair "
-                        "(compact the index: Index.compact())", self.index_dir, problem)
+            log.warning("%s: %s; rebuilding %s from LMDB in memory only: a writer persists the repair "
+                        "(compact the index: Index.compact())", self.index_dir, problem, self.GRAPH)
         self.repaired_in_memory = problem
 
     def add_pages(self, txn, graph: HnswGraph, start: int, manifest: dict) -> int:
         """Add every live page with id >= start from LMDB to ``graph``; returns how many. Pages whose
-        single vector or page record is damaged are left out (noted in ``damage``)."""
-        dim, stored = manifest["single_dim"], stored_single_dim(manifest)
+        vector (:meth:`vector`) or page record is damaged are left out (noted in ``damage``)."""
         with self.store.scanning():
             ids, vecs, n = [], [], 0
             bad: list[int] = []
             for pid, _, _, _ in self.store.iter_pages(txn, start, damaged=bad):
                 try:
-                    single = self.store.single(txn, pid, stored)
+                    vec = self.vector(txn, pid, manifest)
                 except ChecksumError:
                     bad.append(pid)
                     continue
-                if single is None:
+                if vec is None:
                     bad.append(pid)
                     continue
                 ids.append(pid)
-                vecs.append(single)
+                vecs.append(vec)
                 if len(ids) == _BULK:
-                    graph.add(np.array(ids), truncate_normalize(np.stack(vecs), dim))
+                    graph.add(np.array(ids), self.prepare(np.stack(vecs), manifest))
                     n += len(ids)
                     ids, vecs = [], []
             if ids:
-                graph.add(np.array(ids), truncate_normalize(np.stack(vecs), dim))
+                graph.add(np.array(ids), self.prepare(np.stack(vecs), manifest))
                 n += len(ids)
         for pid in bad:
-            self.damage.note(self.store, txn, pid, "its single vector or page record is damaged: left out of the HNSW")
+            self.damage.note(self.store, txn, pid, f"its {self.WHAT} or page record is damaged: left out of "
+                             f"{self.GRAPH}")
         return n
 
     def rebuilt(self, txn, manifest: dict) -> HnswGraph:
@@ -229,13 +246,19 @@ class GraphView:
         self._pending, self._queued = [], 0
         self._set_tombstones(np.zeros(0, dtype=np.int64))
 
+    def reset(self) -> None:
+        """Forget the graph (its index dropped it): a later refresh loads or rebuilds it."""
+        self._wait(quiet=True)
+        self._pending, self._queued = [], 0
+        self._broken()
+
     def save(self) -> None:
         graph = self.settle()
         if self.epoch == -1:
             return  # a broken view: the file on disk stays older, and open repairs it from LMDB
         if self.clean:
             return  # the file already holds this graph (a rerun that only skipped, deleted or renamed)
-        graph.save(self.index_dir, epoch=self.epoch, next_page_id=self.next_page_id)
+        graph.save(self.index_dir, epoch=self.epoch, next_page_id=self.next_page_id, file_name=self.FILE)
         self.unsaved, self.clean = 0, True
 
     def search(self, queries: np.ndarray, n: int, within: np.ndarray | None = None) -> np.ndarray:

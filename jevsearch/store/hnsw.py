@@ -131,27 +131,28 @@ class HnswGraph:
             scores, ids = self.index.search(queries, n, params=params)
         return ids, scores
 
-    def save(self, index_dir: str, *, epoch: int, next_page_id: int) -> None:
+    def save(self, index_dir: str, *, epoch: int, next_page_id: int, file_name: str = FILE_NAME) -> None:
         """Write ``hnsw.bin`` atomically: a crash leaves the old file or the new one, never half."""
         lost = self.lost_pages().tolist()  # first: relinking changes the graph
         body = faiss.serialize_index(self.index)
         header = json.dumps({"epoch": epoch, "next_page_id": next_page_id, "dim": self.dim,
                              "ntotal": self.ntotal, "xxh3": xxhash.xxh3_64_intdigest(body),
                              "lost": lost, "lost_xxh3": _digest_ids(lost)}).encode()
-        write_atomic(os.path.join(index_dir, FILE_NAME), _MAGIC + _LEN.pack(len(header)) + header, memoryview(body))
+        write_atomic(os.path.join(index_dir, file_name), _MAGIC + _LEN.pack(len(header)) + header, memoryview(body))
 
     @staticmethod
-    def remove_stale_temp(index_dir: str) -> None:
+    def remove_stale_temp(index_dir: str, file_names: tuple[str, ...] = (FILE_NAME,)) -> None:
         """Delete temp files of saves that a crash interrupted (call with the writer lock held)."""
         for name in os.listdir(index_dir):
-            if name.startswith(FILE_NAME + ".tmp."):
+            if name.startswith(tuple(f + ".tmp." for f in file_names)):
                 os.unlink(os.path.join(index_dir, name))
 
     @classmethod
-    def load(cls, index_dir: str, ef_search: int, require_digest: bool = False) -> tuple[HnswGraph, dict]:
-        """Read ``hnsw.bin``; raises CorruptIndexError if it is missing or damaged (caller rebuilds),
-        or has no digest when ``require_digest``."""
-        path = os.path.join(index_dir, FILE_NAME)
+    def load(cls, index_dir: str, ef_search: int, require_digest: bool = False,
+             file_name: str = FILE_NAME) -> tuple[HnswGraph, dict]:
+        """Read ``hnsw.bin`` (or ``file_name``); raises CorruptIndexError if it is missing or damaged
+        (caller rebuilds), or has no digest when ``require_digest``."""
+        path = os.path.join(index_dir, file_name)
         try:
             raw = np.fromfile(path, dtype=np.uint8)
         except OSError as e:

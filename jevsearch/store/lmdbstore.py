@@ -21,6 +21,7 @@ each compaction) with these named databases::
     text    u64be page id -> UTF-8 page text      (only when the caller gave texts)
     tomb    u64be page id -> b""                  deleted pages still present in the HNSW file
     visual  u64be page id -> grid layout + thumbnail (optional table: jevsearch.store.visual)
+    fde     u64be page id -> float16 [F]          the page's MUVERA encoding (optional: jevsearch.store.fde)
     fields  u64be first page id -> JSON           a document's filterable fields (jevsearch.store.fields);
                                                   optional: indexes made before it lack it until a writer
                                                   opens them (state["fields"] says it is complete)
@@ -77,8 +78,9 @@ DB_NAMES = ("meta", "docs", "pages", "single", "multi", "text", "tomb")
 # Tables added after format version 1: an index without them still opens (its handle is None
 # until a writer creates the table; readers treat the table as empty).
 EXACT = "exact"
-OPTIONAL_DB_NAMES = (visual.TABLE, "fields", EXACT)
-PAGE_VALUE_TABLES = ("pages", "single", "multi", EXACT, "text", visual.TABLE)  # keyed by page id
+FDE = "fde"  # one float16 MUVERA encoding per page, when the manifest has an "fde" record (jevsearch.store.fde)
+OPTIONAL_DB_NAMES = (visual.TABLE, "fields", EXACT, FDE)
+PAGE_VALUE_TABLES = ("pages", "single", "multi", EXACT, "text", visual.TABLE, FDE)  # keyed by page id
 UNSEALED = frozenset({"tomb"})  # empty markers: their keys are the data, so they carry no digest
 
 MANIFEST_COPY = b"manifest.copy"

@@ -49,6 +49,7 @@ class Part:
     table: str
     bytes_per_token: int
     rows: Callable[[object, int], np.ndarray] | None
+    per_page: bool = False  # one value of bytes_per_token bytes a page (not per token)
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,24 @@ class Problem:
     doc: str | None = None
 
 
+@dataclass(frozen=True)
+class GraphCheck:
+    """Another graph of the index to check like the HNSW (e.g. the FDE graph): named ``label`` in
+    problems, ``expected(txn, page id)`` -> the vector its node must hold (float32, None: not checked),
+    ``scanned`` as in :func:`check_index`."""
+
+    label: str
+    graph: HnswGraph
+    expected: Callable[[object, int], np.ndarray | None]
+    scanned: tuple = ()
+
+
 def check_index(store: PageStore, txn, manifest: dict, graph: HnswGraph, tombs: np.ndarray, *,
-                parts: list[Part], deep: bool = False, scanned=()) -> tuple[dict, list[Problem]]:
+                parts: list[Part], deep: bool = False, scanned=(), graphs=()) -> tuple[dict, list[Problem]]:
     """Returns (counts, problems); the index is sound iff ``problems`` is empty. ``parts``: the
-    per-token values of every page (see :class:`Part`); ``scanned``: the page ids no walk of the graph
-    reaches that stage 1 scores exactly (see :meth:`GraphView.lost`), not a problem."""
+    per-token values of every page (see :class:`Part`; one with ``per_page`` is one value a page);
+    ``scanned``: the page ids no walk of the graph reaches that stage 1 scores exactly (see
+    :meth:`GraphView.lost`), not a problem. ``graphs``: more graphs (:class:`GraphCheck`)."""
     problems: list[Problem] = []
     state = store.state(txn)
     names: dict[int, str] = {}  # live page id -> "doc pN", for messages
@@ -118,6 +132,9 @@ def check_index(store: PageStore, txn, manifest: dict, graph: HnswGraph, tombs: 
     if top >= state["next_page_id"]:
         problems.append(Problem(f"state: next_page_id {state['next_page_id']} not above page id {top}", fixable=True))
     _check_graph(graph, live, names, state, tombs, store, txn, manifest, deep, problems, set(scanned))
+    for extra in graphs:
+        _check_graph(extra.graph, live, names, state, tombs, store, txn, manifest, deep, problems,
+                     set(np.asarray(extra.scanned).tolist()), extra.label, extra.expected)
     report = {"documents": docs, "pages": len(live), "tokens": tokens_total, "hnsw_vectors": graph.ntotal,
               "tombstones": counted["tombs"], "hnsw_scanned_exactly": len(set(scanned) & live)}
     if deep:
@@ -148,7 +165,7 @@ def _check_page(store: PageStore, txn, manifest: dict, parts: list[Part], pid: i
         row = np.frombuffer(payload, dtype=single_dtype).reshape(1, full)
         return truncate_normalize(row.astype(np.float32), full) if prefix else row
     read = 0
-    for part in [*parts, Part("single", full * single_dtype.itemsize, single_rows)]:
+    for part in [*parts, Part("single", full * single_dtype.itemsize, single_rows, per_page=True)]:
         table = part.table
         try:
             payload = store.get(txn, table, k, raw=not deep)
@@ -156,7 +173,7 @@ def _check_page(store: PageStore, txn, manifest: dict, parts: list[Part], pid: i
             problems.append(Problem(f"{where} {table} vectors fail their checksum", False, name))
             continue
         size = None if payload is None else len(payload) if deep else store.payload_size(payload)
-        if size != (1 if table == "single" else tokens) * part.bytes_per_token:
+        if size != (1 if part.per_page else tokens) * part.bytes_per_token:
             problems.append(Problem(f"{where} {table} vectors missing or of the wrong size", False, name))
         elif deep:
             read += 1
@@ -244,7 +261,8 @@ def _max_key(store: PageStore, txn):
 
 
 def _check_graph(graph: HnswGraph, live: set[int], names: dict[int, str], state: dict, tombs: np.ndarray,
-                 store: PageStore, txn, manifest: dict, deep: bool, problems: list[Problem], scanned: set) -> None:
+                 store: PageStore, txn, manifest: dict, deep: bool, problems: list[Problem], scanned: set,
+                 label: str = "hnsw", expected: Callable | None = None) -> None:
     def listed(ids) -> str:
         ids = sorted(ids)
         shown = ", ".join(names.get(i, f"id {i}") for i in ids[:5])
@@ -253,12 +271,12 @@ def _check_graph(graph: HnswGraph, live: set[int], names: dict[int, str], state:
     in_graph = set(graph.ids().tolist())
     missing = live - in_graph
     if missing:
-        problems.append(Problem(f"hnsw: {len(missing)} live pages not indexed ({listed(missing)}): repair "
+        problems.append(Problem(f"{label}: {len(missing)} live pages not indexed ({listed(missing)}): repair "
                                 "rebuilds the graph", fixable=True))
     # Ids at or above next_page_id: a reader's graph file may be newer than its LMDB snapshot.
     stale = {i for i in in_graph - live if i < state["next_page_id"]} - set(tombs.tolist())
     if stale:
-        problems.append(Problem(f"hnsw: {len(stale)} deleted pages not tombstoned (first id {min(stale)}): "
+        problems.append(Problem(f"{label}: {len(stale)} deleted pages not tombstoned (first id {min(stale)}): "
                                 "repair rebuilds the graph", fixable=True))
     if not deep:
         return
@@ -268,7 +286,7 @@ def _check_graph(graph: HnswGraph, live: set[int], names: dict[int, str], state:
         problems.append(Problem(f"{e}: repair rebuilds the graph", fixable=True))
         return
     if lost:
-        problems.append(Problem(f"hnsw: {len(lost)} pages unreachable in the graph ({listed(lost)}): no search "
+        problems.append(Problem(f"{label}: {len(lost)} pages unreachable in the graph ({listed(lost)}): no search "
                                 "could find them; repair relinks them", fixable=True))
     ids, vecs = graph.vectors()
     full, dim = stored_single_dim(manifest), manifest["single_dim"]
@@ -277,16 +295,17 @@ def _check_graph(graph: HnswGraph, live: set[int], names: dict[int, str], state:
         if pid not in live:
             continue
         try:
-            single = store.single(txn, pid, full)
+            want = store.single(txn, pid, full) if expected is None else expected(txn, pid)
         except ChecksumError:
             continue  # reported with its page
-        if single is None:
+        if want is None:
             continue
-        want = truncate_normalize(single[None], dim)[0]
-        if not float(want @ vecs[row]) >= _SAME_VECTOR:
+        want = truncate_normalize(want[None], dim if expected is None else len(want))[0]
+        scale = 1.0 if expected is None else float(np.linalg.norm(vecs[row]))  # FDEs: cosines
+        if not float(want @ vecs[row]) >= _SAME_VECTOR * scale:
             wrong.append(pid)
     if wrong:
-        problems.append(Problem(f"hnsw: {len(wrong)} pages have another page's vector in the graph "
+        problems.append(Problem(f"{label}: {len(wrong)} pages have another page's vector in the graph "
                                 f"({listed(wrong)}: a damaged id map): repair rebuilds the graph", fixable=True))
 
 
