@@ -94,8 +94,10 @@ def _install_crash(point: str) -> None:
     elif point == "mid_compact":
         orig_save = hnsw.HnswGraph.save
 
-        def save(self, index_dir, *, epoch, next_page_id):
-            orig_save(self, index_dir, epoch=epoch, next_page_id=next_page_id)
+        def save(self, index_dir, *, epoch, next_page_id, file_name=hnsw.FILE_NAME):
+            orig_save(self, index_dir, epoch=epoch, next_page_id=next_page_id, file_name=file_name)
+            if file_name != hnsw.FILE_NAME:
+                return
             if epoch > 0:
                 _kill()
         hnsw.HnswGraph.save = save  # the class compaction's graph is saved with

@@ -161,7 +161,8 @@ def built(tmp_path_factory, request):
     rng = np.random.default_rng(7)
     path = tmp_path_factory.mktemp("filters") / "idx"
     corpus, docs = {}, {}
-    with create(request.param, path, single_dim=DIM, hnsw_m=32) as eng:
+    # stage1="single": the reference below is the singles' exact two-stage search
+    with create(request.param, path, single_dim=DIM, hnsw_m=32, stage1="single") as eng:
         for i in range(60):
             name = doc_name(i, rng)
             singles, multis = make_doc(1000 + i, int(rng.integers(1, 9)), tokens=(8, 24))

@@ -105,8 +105,7 @@ def stats(st: IndexState) -> dict:
         return {"documents": state["docs"], "pages": state["pages"], "tokens": state["tokens"],
                 "tombstones": state["tombs"], "hnsw_vectors": st.view.settle().ntotal,
                 "damaged_pages": len(st.damage), "codec": layout.codec.name, "keep_exact": layout.keep_exact,
-                "pool_factor": layout.pool_factor, "single_dtype": layout.single_dtype.name,
-                "stage1": "union" if st.manifest.get("fde") else "single", "bytes": sizes,
+                "pool_factor": layout.pool_factor, "single_dtype": layout.single_dtype.name, "bytes": sizes,
                 "bytes_per_page": {k: v / max(state["pages"], 1) for k, v in parts.items()}}
 
 
@@ -149,6 +148,10 @@ def check(st: IndexState, deep: bool):
         problems += [verify.Problem(t, fixable=True) for t in fields.check_table(st.store, txn)]
     if not deep:  # a deep check finds them itself
         problems += st.damage.problems()
+        if st.manifest.get("fde"):
+            problems += [verify.Problem(f"{name}: its FDE is damaged or missing (left out of the FDE graph; found "
+                                        "by a search)", fixable=False, doc=name.rsplit(" page ", 1)[0])
+                         for name in st.fde_view.left.values()]
     problems += text.problems(st, deep)
     for view in st.views():
         if view.repaired_in_memory:

@@ -6,16 +6,22 @@ commit as the page, and a second FAISS HNSW over them in ``<index>/fde.bin``: th
 the singles' graph (:class:`~jevsearch.store.graphview.GraphView`: loaded or rebuilt from LMDB at
 open, the writer's commits queued, tombstones, filters through ``search_subset``, unreachable nodes
 relinked or scanned exactly). A page whose encoding is missing or fails its checksum is left out of
-this graph and named in the damage log; the singles' graph still finds it.
+this graph, never served from it, and named (:attr:`FdeView.left`, listed by ``Index.verify``); the
+page itself is sound, so searches still find it through the singles' graph.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
+from jevsearch.errors import CorruptIndexError
 from jevsearch.store.graphview import GraphView
 from jevsearch.store.hnsw import HnswGraph
 from jevsearch.store.lmdbstore import FDE, PageStore, page_key
+
+log = logging.getLogger(__name__)
 
 FILE_NAME = "fde.bin"
 TABLE = FDE
@@ -42,6 +48,29 @@ class FdeView(GraphView):
 
     FILE = FILE_NAME
     WHAT, GRAPH = "FDE", "the FDE graph"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.left: dict[int, str] = {}  # page id -> "doc pN" of pages left out for a damaged or missing FDE
+
+    def left_out(self, txn, page_ids: list[int]) -> None:
+        """Name the pages whose FDE is damaged or missing (not their other values: they stay searchable)."""
+        for pid in page_ids:
+            if pid in self.left:
+                continue
+            rec = None
+            try:
+                rec = self.store.page(txn, pid)
+                doc = None if rec is None else self.store.document_by_key(txn, rec[0])
+            except CorruptIndexError:
+                doc = None
+            self.left[pid] = f"{doc['doc_id']} page {rec[1]}" if doc else f"page id {pid}"
+            log.warning("%s: %s: its FDE is damaged or missing: left out of the FDE graph (the singles' HNSW "
+                        "still finds it; re-add its document to restore it)", self.index_dir, self.left[pid])
+
+    def rebuilt(self, txn, manifest: dict) -> HnswGraph:
+        self.left = {}  # a rebuild names its own
+        return super().rebuilt(txn, manifest)
 
     def dim(self, manifest: dict) -> int:
         return manifest["fde"]["out"]

@@ -156,10 +156,14 @@ class GraphView:
             if ids:
                 graph.add(np.array(ids), self.prepare(np.stack(vecs), manifest))
                 n += len(ids)
-        for pid in bad:
+        self.left_out(txn, bad)
+        return n
+
+    def left_out(self, txn, page_ids: list[int]) -> None:
+        """Note pages :meth:`add_pages` left out: damaged, so skipped by searches too (the damage log)."""
+        for pid in page_ids:
             self.damage.note(self.store, txn, pid, f"its {self.WHAT} or page record is damaged: left out of "
                              f"{self.GRAPH}")
-        return n
 
     def rebuilt(self, txn, manifest: dict) -> HnswGraph:
         """A fresh graph of every live page of ``txn``'s snapshot, every node reachable (see
