@@ -41,6 +41,8 @@ from benchmarks._util import pct, print_grid
 from benchmarks.search import Corpus, _unit
 from jevsearch import Index
 from jevsearch.index import search
+from jevsearch.search.fde import Fde as LibFde
+from jevsearch.search.fde import params
 from jevsearch.search.maxsim import pad_queries
 from jevsearch.search.threads import torch_threads
 from jevsearch.store.hnsw import truncate_normalize
@@ -49,35 +51,14 @@ K = 10
 
 
 class Fde:
-    """MUVERA fixed dimensional encodings (Dhulipala et al. 2024): per repetition, SimHash of ``bits``
-    random hyperplanes puts each token in one of 2^bits buckets; a page's bucket vector is the mean of
-    its tokens there (an empty bucket takes the token nearest in Hamming distance), a query's the sum;
-    each bucket vector is projected to ``proj`` dims by a random +-1 matrix, all concatenated."""
+    """The library's MUVERA encoder (:mod:`jevsearch.search.fde`) with the interface this script uses."""
 
-    def __init__(self, dim: int, reps: int = 10, bits: int = 4, proj: int = 16, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.reps, self.bits, self.proj = reps, bits, proj
-        self.planes = rng.standard_normal((reps, dim, bits)).astype(np.float32)
-        self.signs = (rng.integers(0, 2, (reps, dim, proj)) * 2 - 1).astype(np.float32) / np.sqrt(proj)
-        self.dim = reps * (1 << bits) * proj
-        self.onehot = np.eye(1 << bits, dtype=np.float32)
+    def __init__(self, dim: int, **given):
+        self.enc = LibFde.of(params(dim, **given))
+        self.dim = self.enc.dim
 
     def encode(self, tokens: np.ndarray, query: bool) -> np.ndarray:
-        out = np.zeros((self.reps, 1 << self.bits, self.proj), np.float32)
-        weights = 1 << np.arange(self.bits)
-        for r in range(self.reps):
-            h = tokens @ self.planes[r] > 0  # [T, bits]
-            bucket = h.astype(np.int64) @ weights
-            sums = self.onehot[bucket].T @ tokens  # [buckets, dim]
-            if not query:
-                count = np.bincount(bucket, minlength=1 << self.bits)
-                for b in np.flatnonzero(count == 0):  # fill: the token nearest in Hamming distance
-                    code = (b >> np.arange(self.bits)) & 1
-                    sums[b] = tokens[np.argmin((h != code).sum(1))]
-                    count[b] = 1
-                sums /= count[:, None]
-            out[r] = sums @ self.signs[r]
-        return out.reshape(-1)
+        return (self.enc.queries if query else self.enc.pages)([tokens])[0]
 
 
 def build(path: str, corpus: Corpus, fde: Fde, doc_pages: int = 10) -> tuple[Index, np.ndarray, float]:

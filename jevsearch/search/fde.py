@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import torch
 
 from jevsearch.errors import InvalidInputError
 
@@ -61,6 +62,7 @@ class Fde:
         self.planes = np.ascontiguousarray(planes.transpose(1, 0, 2).reshape(dim, reps * bits))
         self.signs = (rng.integers(0, 2, (reps, dim, proj)) * 2 - 1).astype(np.float32) / np.float32(np.sqrt(proj))
         self.dim = p["out"]
+        self._planes, self._signs = torch.from_numpy(self.planes), torch.from_numpy(self.signs)
         self._weights = (1 << np.arange(bits)).astype(np.int64)
         codes = (np.arange(self.buckets)[:, None] >> np.arange(bits)) & 1  # [buckets, bits]
         self._codes = codes.astype(bool)
@@ -92,21 +94,22 @@ class Fde:
         return out
 
     def _one(self, t: np.ndarray, query: bool) -> np.ndarray:
+        # In torch (the caller's torch threads): numpy's small matmuls go through OpenBLAS, whose
+        # thread team made this 5x slower on a busy machine.
         reps, nb = self.reps, self.buckets
-        h = (t @ self.planes > 0).reshape(len(t), reps, self.bits)  # [T, reps, bits]
-        bucket = h.astype(np.int64) @ self._weights  # [T, reps]
-        flat = bucket + nb * np.arange(reps)  # a row of reps x buckets per token
-        onehot = np.zeros((reps * nb, len(t)), np.float32)
-        onehot[flat.T.ravel(), np.tile(np.arange(len(t)), reps)] = 1
-        sums = onehot @ t  # [reps * buckets, dim]
+        tokens = torch.from_numpy(t)
+        h = (torch.mm(tokens, self._planes) > 0).numpy().reshape(len(t), reps, self.bits)  # [T, reps, bits]
+        bucket = torch.from_numpy(h.astype(np.int64) @ self._weights + nb * np.arange(reps))  # [T, reps]
+        sums = torch.zeros(reps * nb, t.shape[1])
+        for r in range(reps):  # a scatter-add per repetition: faster than a one-hot matmul
+            sums.index_add_(0, bucket[:, r].contiguous(), tokens)
         if not query:
-            count = onehot.sum(1)
-            empty = np.flatnonzero(count == 0)
+            count = torch.bincount(bucket.reshape(-1), minlength=reps * nb).float()
+            empty = np.flatnonzero(count.numpy() == 0)
             if len(empty):  # each empty bucket takes the token nearest its code in Hamming distance
                 r, b = empty // nb, empty % nb
                 dist = (h[:, r, :] != self._codes[b][None]).sum(2)  # [T, empty]
-                sums[empty] = t[np.argmin(dist, axis=0)]
-                count[empty] = 1
+                sums[torch.from_numpy(empty)] = tokens[torch.from_numpy(np.argmin(dist, axis=0))]
+                count[torch.from_numpy(empty)] = 1
             sums /= count[:, None]
-        sums = sums.reshape(reps, nb, -1)
-        return np.einsum("rbd,rdp->rbp", sums, self.signs).reshape(-1)
+        return torch.bmm(sums.reshape(reps, nb, -1), self._signs).reshape(-1).numpy()

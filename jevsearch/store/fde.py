@@ -83,9 +83,9 @@ class FdeView(GraphView):
 
     def new_graph(self, manifest: dict) -> HnswGraph:
         h = manifest["hnsw"]
-        # A shallower build than the singles' graph: 2,560-d inserts cost ~20x a 128-d one, and the
-        # union with the singles' candidates covers what a shallower graph misses.
+        # A shallower build than the singles' graph: a 2,560-d insert costs ~20x a 128-d one, and a
+        # build depth of 32 still found 0.999 of the exact FDE top 100 (benchmarks/RESULTS.md).
         return HnswGraph(self.dim(manifest), h["M"], min(h["ef_construction"], EF_CONSTRUCTION), h["ef_search"])
 
 
-EF_CONSTRUCTION = 64
+EF_CONSTRUCTION = 32
