@@ -245,18 +245,10 @@ class Engine(ModelSearch, Index):
         >>> report.added, report.moved, report.pruned, report.failed  # doctest: +SKIP
         >>> eng.add(["notes/"], metadata={"team": "finance"})        # doctest: +SKIP
         """
-        from jevsearch import visuals
         from jevsearch.ingest import IngestReport, discover
         from jevsearch.ingest.sync import make_plan
-        from jevsearch.ingest.text import ingest_texts
 
-        self._state.check_writable()
-        if workers is not None and ray is None:
-            raise InvalidInputError("workers: only with ray=... (hint: ray=\"auto\" to use a Ray cluster)")
-        user = validate.check_metadata(metadata)
-        taken = sorted(set(user) & set(fields.COMPUTED + docinfo.INGEST_FIELDS))
-        if taken:
-            raise InvalidInputError(f"metadata: {', '.join(taken)} set by jevsearch (hint: pick other names)")
+        user = self._check_add(metadata, ray, workers)
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         sources, failed = found if found is not None else discover(paths)
         docs = {d["doc_id"]: d["metadata"] for d in self.document_list()}
@@ -267,6 +259,42 @@ class Engine(ModelSearch, Index):
                               skipped=plan.skipped, not_retried=plan.not_retried)
         for path in plan.skipped:
             log.info("%s: unchanged, skipped", path)
+        self._follow_files(plan, docs, user, report)
+        try:
+            self._encode_plan(plan, docs, user, report, ray=ray, workers=workers, progress=progress)
+        except DiskFullError:
+            raise  # what this run committed is in the error; the disk has no room for failure records
+        except BaseException:
+            try:  # what was learnt about failed files is kept, also after an interruption
+                self._remember_failures(failures, plan, report, paths if prune else [])
+            except Exception:
+                log.warning("could not record the failed files", exc_info=True)
+            raise
+        try:
+            self._remember_failures(failures, plan, report, paths if prune else [])
+            for path in report.skipped if user else ():
+                if any(docs[path].get(k) != v for k, v in user.items()):
+                    self.update_metadata(path, user)  # an unchanged file still takes the call's metadata
+            self.flush()
+        except DiskFullError as e:
+            raise self._disk_full(e, None, report, plan) from e
+        return report
+
+    def _check_add(self, metadata: dict | None, ray, workers) -> dict:
+        """The checks an add makes before it reads a file: a writer, sound options, the caller's metadata
+        (returned) free of the names the ingest records."""
+        self._state.check_writable()
+        if workers is not None and ray is None:
+            raise InvalidInputError("workers: only with ray=... (hint: ray=\"auto\" to use a Ray cluster)")
+        user = validate.check_metadata(metadata)
+        taken = sorted(set(user) & set(fields.COMPUTED + docinfo.INGEST_FIELDS))
+        if taken:
+            raise InvalidInputError(f"metadata: {', '.join(taken)} set by jevsearch (hint: pick other names)")
+        return user
+
+    def _follow_files(self, plan, docs: dict, user: dict, report) -> None:
+        """The plan's changes that need no encoding: moved files re-keyed, copies given the stored
+        vectors, documents of files gone pruned."""
         for old, new in plan.moved:
             self.rename_document(old, new, metadata=dict(docs[old], **user, **_file_fields(plan.files[new])))
             report.moved.append((old, new))
@@ -281,6 +309,12 @@ class Engine(ModelSearch, Index):
             self.delete(doc_id)
             report.pruned.append(doc_id)
             log.info("%s: file gone, removed from the index", doc_id)
+
+    def _encode_plan(self, plan, docs: dict, user: dict, report, *, ray, workers, progress: bool) -> None:
+        """Encode and commit the plan's new and changed files: pages on the ingest backend, text files
+        here. A full disk raises the DiskFullError that names the file and what was committed."""
+        from jevsearch import visuals
+        from jevsearch.ingest.text import ingest_texts
 
         storing: list = [None]  # the file being committed: a full disk names it
 
@@ -310,21 +344,6 @@ class Engine(ModelSearch, Index):
                                  hashes={p: f.sha256 for p, f in plan.files.items()})
         except DiskFullError as e:
             raise self._disk_full(e, storing[0], report, plan) from e
-        except BaseException:
-            try:  # what was learnt about failed files is kept, also after an interruption
-                self._remember_failures(failures, plan, report, paths if prune else [])
-            except Exception:
-                log.warning("could not record the failed files", exc_info=True)
-            raise
-        try:
-            self._remember_failures(failures, plan, report, paths if prune else [])
-            for path in report.skipped if user else ():
-                if any(docs[path].get(k) != v for k, v in user.items()):
-                    self.update_metadata(path, user)  # an unchanged file still takes the call's metadata
-            self.flush()
-        except DiskFullError as e:
-            raise self._disk_full(e, None, report, plan) from e
-        return report
 
     def _store_document(self, doc, earlier: dict, user: dict, state, views) -> None:
         """Commit an encoded document (or a part of a long one: ``doc.after`` > 0 appends it) with the
