@@ -20,15 +20,22 @@ from contextlib import contextmanager
 from jevsearch import modelinfo
 from jevsearch.errors import DiskFullError, InvalidInputError
 from jevsearch.index import Hit, Index
-from jevsearch.index.results import DocHit
+from jevsearch.index.results import DocHit, to_json
 from jevsearch.ingest import docinfo
 from jevsearch.ingest.backends import LocalBackend, remote
 from jevsearch.ingest.renderer import CHANGED
+from jevsearch.ingest.thumbnail import WIDTH as THUMBNAIL_WIDTH
+from jevsearch.ingest.thumbnail import mime_type as image_mime_type
+from jevsearch.search.explain import ALPHA, THRESHOLD
+from jevsearch.search.explain import legend as heatmap_legend
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import fields, validate
 from jevsearch.store.lmdbenv import free_bytes
+from jevsearch.store.validate import check_page_id
+from jevsearch.visuals import is_passage
 
-__all__ = ["DocHit", "Engine", "Hit", "ModelSearch"]
+__all__ = ["ALPHA", "THRESHOLD", "THUMBNAIL_WIDTH", "DocHit", "Engine", "Hit", "ModelSearch", "check_page_id", "filter_documents",
+           "find_documents", "heatmap_legend", "image_mime_type", "is_passage", "page_count", "to_json"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +158,27 @@ class ModelSearch:
         from jevsearch import visuals
 
         return visuals.thumbnail(self, hit, width)
+
+    def display_image(self, hit: Hit, dpi: float = 100):
+        """(picture of ``hit``'s page, note): rendered at ``dpi`` from the source when it is the file
+        indexed, else the stored thumbnail (the note says why); a text passage: a card of its text.
+        DocumentError when there is neither."""
+        from jevsearch import visuals
+
+        return visuals.display_image(self, hit, dpi=dpi)
+
+    def open_source(self, hit: Hit):
+        """``hit``'s source file open for reading (binary), checked to be exactly the file indexed (same
+        SHA-256, read from this handle); DocumentError with the reason otherwise. The caller closes it."""
+        from jevsearch import visuals
+
+        return visuals.open_source(hit)
+
+    def source_problem(self, hit: Hit) -> str | None:
+        """None when ``hit``'s source file is the one indexed, else why not (gone, changed, no checksum)."""
+        from jevsearch import visuals
+
+        return visuals.source_problem(hit)
 
 
 class Engine(ModelSearch, Index):
@@ -431,3 +459,37 @@ def _lasting(reason: str) -> bool:
     file that changed while it was indexed)."""
     return ("out of memory" not in reason and not reason.startswith("renderer crashed (exit status -9)")
             and reason != CHANGED)
+
+
+# -- what the layers above need besides an engine (tests/test_layering.py): the apps (serve/, eval/,
+# integrations/) import only jevsearch, jevsearch.engine and jevsearch.index, and scale/ never store/.
+# ALPHA, THRESHOLD, heatmap_legend, THUMBNAIL_WIDTH, image_mime_type, is_passage, to_json and
+# check_page_id are imported above for them.
+def find_documents(paths) -> tuple[list[str], list[tuple[str, str]]]:
+    """(files :meth:`Engine.add` would index under ``paths``, as absolute paths in its order; (path,
+    reason) of those it could not)."""
+    from jevsearch.ingest import discover
+
+    sources, failed = discover([paths] if isinstance(paths, (str, os.PathLike)) else list(paths))
+    return [s.path for s in sources], failed
+
+
+def page_count(path: str) -> int:
+    """The pages of the PDF at ``path``; DocumentError when it cannot be read."""
+    from jevsearch.ingest.pages import PdfDocument
+
+    with PdfDocument(path) as doc:
+        return doc.page_count
+
+
+def filter_documents(docs: list[dict], where: dict) -> list[dict]:
+    """The records of ``docs`` (as :meth:`Engine.document_list` gives them) whose fields match ``where``,
+    by the search filters' own evaluator (computed fields doc_id, path, name, pages included)."""
+    from jevsearch.search import filters
+
+    flt = filters.parse(where)
+    if flt is None:
+        return docs
+    table = fields.FieldView(None)
+    table._append([(row, fields.record(d["doc_id"], d["pages"], d["metadata"])) for row, d in enumerate(docs)])
+    return [d for d, keep in zip(docs, flt.mask(table)) if keep]

@@ -32,7 +32,7 @@ import tempfile
 from types import MappingProxyType
 
 from jevsearch import modelinfo
-from jevsearch.engine import Engine, ModelSearch
+from jevsearch.engine import Engine, ModelSearch, check_page_id
 from jevsearch.errors import (
     CorruptIndexError,
     IndexExistsError,
@@ -55,7 +55,6 @@ from jevsearch.scale.shardfile import (
 from jevsearch.scale.shardmerge import Hits, merge_reports, merge_stats, merge_verify, why
 from jevsearch.scale.shards import open_local, open_ray
 from jevsearch.search.merge import merge_documents, merge_pages
-from jevsearch.store import validate
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +275,33 @@ class ShardedEngine(ModelSearch):
         """Delete a document from its shard; False if it was not there."""
         return self._writer(self.route(doc_id)).delete(doc_id)
 
+    def update_metadata(self, doc_id: str, metadata: dict, merge: bool = True) -> dict:
+        """As :meth:`Engine.update_metadata`, in the document's shard (``doc_id`` may also be a file's path
+        relative to here); returns the new metadata."""
+        if isinstance(doc_id, str) and doc_id and self.document(doc_id) is None:
+            doc_id = os.path.abspath(doc_id)
+        return self._writer(self.route(doc_id)).update_metadata(doc_id, metadata, merge)
+
+    def rename_document(self, old: str, new: str, *, metadata: dict | None = None) -> None:
+        """As :meth:`Index.rename_document` (nothing re-encoded) when ``old`` and ``new`` route to the same
+        shard; InvalidInputError otherwise (the stored vectors cannot move between shards as they are)."""
+        self._writer(self._same_shard("rename", old, new)).rename_document(old, new, metadata=metadata)
+
+    def copy_document(self, src: str, dst: str, *, metadata: dict | None = None) -> int:
+        """As :meth:`Index.copy_document` (the stored values copied, nothing re-encoded) when ``src`` and
+        ``dst`` route to the same shard; InvalidInputError otherwise. Returns the page count."""
+        return self._writer(self._same_shard("copy", src, dst)).copy_document(src, dst, metadata=metadata)
+
+    def _same_shard(self, what: str, src: str, dst: str) -> str:
+        """The shard of both ``src`` and ``dst``; InvalidInputError naming both when they differ."""
+        here, there = self.route(src), self.route(dst)
+        if here != there:
+            raise InvalidInputError(f"{what} {src!r} -> {dst!r}: the ids route to different shards ({here}, {there}) "
+                                    "and stored vectors do not move between shards",
+                                    hint="delete the document and add the file under its new path: "
+                                         "ShardedEngine.add encodes it in its shard")
+        return here
+
     def flush(self) -> None:
         for name in self.shards:
             if name not in self._missing:
@@ -342,7 +368,7 @@ class ShardedEngine(ModelSearch):
     def page_hit(self, page_id: int):
         """The live page ``page_id`` (a global id, from ``Hit.page_id``) as a Hit with score 0; as
         :meth:`Index.page_hit` (PageNotFoundError if no such page)."""
-        page_id = validate.check_page_id(page_id)
+        page_id = check_page_id(page_id)
         name = self.shards[page_id % len(self.shards)]
         hit = self._call("page_hit", page_id // len(self.shards), only=name)[name]
         hit.page_id = page_id
