@@ -101,7 +101,7 @@ class JinaV4Encoder:
     def __init__(self, module, processor: JinaV4Processor, config: dict, name: str, snapshot: Path,
                  device: torch.device, dtype: torch.dtype, max_batch_tokens: int, weights=None, query_cache=None):
         self.module = module
-        self.weights = weights  # checkpoint.LazyWeights: the vision tower loads on the first image
+        self.weights = weights  # weights.LazyWeights: the vision tower loads on the first image
         self.query_cache = QUERY_CACHE if query_cache is None else query_cache
         #: "float32", "bfloat16" or "int8" (weight-only int8 language model): part of the query cache's key.
         self.dtype_name = "int8" if weights is not None and weights.int8 else str(dtype).removeprefix("torch.")
