@@ -52,7 +52,8 @@ from jevsearch.search.maxsim import CPU_BLOCK_TOKENS, maxsim_concat, pad_queries
 from jevsearch.search.pack import ConcatPacker
 from jevsearch.search.pooling import pool_tokens
 from jevsearch.search.threads import torch_threads
-from jevsearch.store.lmdbstore import MAP_SIZE, page_key
+from jevsearch.store.lmdbenv import MAP_SIZE
+from jevsearch.store.schema import page_key
 
 DM, D_FULL = 128, 2048
 

@@ -31,7 +31,7 @@ import lmdb
 
 from benchmarks._util import print_table
 from jevsearch import Engine
-from jevsearch.store.lmdbstore import current_env
+from jevsearch.store.lmdbenv import current_env
 from tests.browser import browser, search, serve, wait_heatmap
 from tests.ingest_corpus import tiny_model_dir
 

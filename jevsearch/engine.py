@@ -20,15 +20,22 @@ from contextlib import contextmanager
 from jevsearch import modelinfo
 from jevsearch.errors import DiskFullError, InvalidInputError
 from jevsearch.index import Hit, Index
-from jevsearch.index.results import DocHit
+from jevsearch.index.results import DocHit, to_json
 from jevsearch.ingest import docinfo
 from jevsearch.ingest.backends import LocalBackend, remote
 from jevsearch.ingest.renderer import CHANGED
+from jevsearch.ingest.thumbnail import WIDTH as THUMBNAIL_WIDTH
+from jevsearch.ingest.thumbnail import mime_type as image_mime_type
+from jevsearch.search.explain import ALPHA, THRESHOLD
+from jevsearch.search.explain import legend as heatmap_legend
 from jevsearch.search.threads import torch_threads
 from jevsearch.store import fields, validate
 from jevsearch.store.lmdbenv import free_bytes
+from jevsearch.store.validate import check_page_id
+from jevsearch.visuals import is_passage
 
-__all__ = ["DocHit", "Engine", "Hit", "ModelSearch"]
+__all__ = ["ALPHA", "THRESHOLD", "THUMBNAIL_WIDTH", "DocHit", "Engine", "Hit", "ModelSearch", "check_page_id", "filter_documents",
+           "find_documents", "heatmap_legend", "image_mime_type", "is_passage", "page_count", "to_json"]
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +159,27 @@ class ModelSearch:
 
         return visuals.thumbnail(self, hit, width)
 
+    def display_image(self, hit: Hit, dpi: float = 100):
+        """(picture of ``hit``'s page, note): rendered at ``dpi`` from the source when it is the file
+        indexed, else the stored thumbnail (the note says why); a text passage: a card of its text.
+        DocumentError when there is neither."""
+        from jevsearch import visuals
+
+        return visuals.display_image(self, hit, dpi=dpi)
+
+    def open_source(self, hit: Hit):
+        """``hit``'s source file open for reading (binary), checked to be exactly the file indexed (same
+        SHA-256, read from this handle); DocumentError with the reason otherwise. The caller closes it."""
+        from jevsearch import visuals
+
+        return visuals.open_source(hit)
+
+    def source_problem(self, hit: Hit) -> str | None:
+        """None when ``hit``'s source file is the one indexed, else why not (gone, changed, no checksum)."""
+        from jevsearch import visuals
+
+        return visuals.source_problem(hit)
+
 
 class Engine(ModelSearch, Index):
     """An index plus its model. Create with :meth:`create`, reopen with :meth:`open`; see :class:`Index`
@@ -245,18 +273,10 @@ class Engine(ModelSearch, Index):
         >>> report.added, report.moved, report.pruned, report.failed  # doctest: +SKIP
         >>> eng.add(["notes/"], metadata={"team": "finance"})        # doctest: +SKIP
         """
-        from jevsearch import visuals
         from jevsearch.ingest import IngestReport, discover
         from jevsearch.ingest.sync import make_plan
-        from jevsearch.ingest.text import ingest_texts
 
-        self._state.check_writable()
-        if workers is not None and ray is None:
-            raise InvalidInputError("workers: only with ray=... (hint: ray=\"auto\" to use a Ray cluster)")
-        user = validate.check_metadata(metadata)
-        taken = sorted(set(user) & set(fields.COMPUTED + docinfo.INGEST_FIELDS))
-        if taken:
-            raise InvalidInputError(f"metadata: {', '.join(taken)} set by jevsearch (hint: pick other names)")
+        user = self._check_add(metadata, ray, workers)
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         sources, failed = found if found is not None else discover(paths)
         docs = {d["doc_id"]: d["metadata"] for d in self.document_list()}
@@ -267,6 +287,42 @@ class Engine(ModelSearch, Index):
                               skipped=plan.skipped, not_retried=plan.not_retried)
         for path in plan.skipped:
             log.info("%s: unchanged, skipped", path)
+        self._follow_files(plan, docs, user, report)
+        try:
+            self._encode_plan(plan, docs, user, report, ray=ray, workers=workers, progress=progress)
+        except DiskFullError:
+            raise  # what this run committed is in the error; the disk has no room for failure records
+        except BaseException:
+            try:  # what was learnt about failed files is kept, also after an interruption
+                self._remember_failures(failures, plan, report, paths if prune else [])
+            except Exception:
+                log.warning("could not record the failed files", exc_info=True)
+            raise
+        try:
+            self._remember_failures(failures, plan, report, paths if prune else [])
+            for path in report.skipped if user else ():
+                if any(docs[path].get(k) != v for k, v in user.items()):
+                    self.update_metadata(path, user)  # an unchanged file still takes the call's metadata
+            self.flush()
+        except DiskFullError as e:
+            raise self._disk_full(e, None, report, plan) from e
+        return report
+
+    def _check_add(self, metadata: dict | None, ray, workers) -> dict:
+        """The checks an add makes before it reads a file: a writer, sound options, the caller's metadata
+        (returned) free of the names the ingest records."""
+        self._state.check_writable()
+        if workers is not None and ray is None:
+            raise InvalidInputError("workers: only with ray=... (hint: ray=\"auto\" to use a Ray cluster)")
+        user = validate.check_metadata(metadata)
+        taken = sorted(set(user) & set(fields.COMPUTED + docinfo.INGEST_FIELDS))
+        if taken:
+            raise InvalidInputError(f"metadata: {', '.join(taken)} set by jevsearch (hint: pick other names)")
+        return user
+
+    def _follow_files(self, plan, docs: dict, user: dict, report) -> None:
+        """The plan's changes that need no encoding: moved files re-keyed, copies given the stored
+        vectors, documents of files gone pruned."""
         for old, new in plan.moved:
             self.rename_document(old, new, metadata=dict(docs[old], **user, **_file_fields(plan.files[new])))
             report.moved.append((old, new))
@@ -281,6 +337,12 @@ class Engine(ModelSearch, Index):
             self.delete(doc_id)
             report.pruned.append(doc_id)
             log.info("%s: file gone, removed from the index", doc_id)
+
+    def _encode_plan(self, plan, docs: dict, user: dict, report, *, ray, workers, progress: bool) -> None:
+        """Encode and commit the plan's new and changed files: pages on the ingest backend, text files
+        here. A full disk raises the DiskFullError that names the file and what was committed."""
+        from jevsearch import visuals
+        from jevsearch.ingest.text import ingest_texts
 
         storing: list = [None]  # the file being committed: a full disk names it
 
@@ -310,21 +372,6 @@ class Engine(ModelSearch, Index):
                                  hashes={p: f.sha256 for p, f in plan.files.items()})
         except DiskFullError as e:
             raise self._disk_full(e, storing[0], report, plan) from e
-        except BaseException:
-            try:  # what was learnt about failed files is kept, also after an interruption
-                self._remember_failures(failures, plan, report, paths if prune else [])
-            except Exception:
-                log.warning("could not record the failed files", exc_info=True)
-            raise
-        try:
-            self._remember_failures(failures, plan, report, paths if prune else [])
-            for path in report.skipped if user else ():
-                if any(docs[path].get(k) != v for k, v in user.items()):
-                    self.update_metadata(path, user)  # an unchanged file still takes the call's metadata
-            self.flush()
-        except DiskFullError as e:
-            raise self._disk_full(e, None, report, plan) from e
-        return report
 
     def _store_document(self, doc, earlier: dict, user: dict, state, views) -> None:
         """Commit an encoded document (or a part of a long one: ``doc.after`` > 0 appends it) with the
@@ -412,3 +459,37 @@ def _lasting(reason: str) -> bool:
     file that changed while it was indexed)."""
     return ("out of memory" not in reason and not reason.startswith("renderer crashed (exit status -9)")
             and reason != CHANGED)
+
+
+# -- what the layers above need besides an engine (tests/test_layering.py): the apps (serve/, eval/,
+# integrations/) import only jevsearch, jevsearch.engine and jevsearch.index, and scale/ never store/.
+# ALPHA, THRESHOLD, heatmap_legend, THUMBNAIL_WIDTH, image_mime_type, is_passage, to_json and
+# check_page_id are imported above for them.
+def find_documents(paths) -> tuple[list[str], list[tuple[str, str]]]:
+    """(files :meth:`Engine.add` would index under ``paths``, as absolute paths in its order; (path,
+    reason) of those it could not)."""
+    from jevsearch.ingest import discover
+
+    sources, failed = discover([paths] if isinstance(paths, (str, os.PathLike)) else list(paths))
+    return [s.path for s in sources], failed
+
+
+def page_count(path: str) -> int:
+    """The pages of the PDF at ``path``; DocumentError when it cannot be read."""
+    from jevsearch.ingest.pages import PdfDocument
+
+    with PdfDocument(path) as doc:
+        return doc.page_count
+
+
+def filter_documents(docs: list[dict], where: dict) -> list[dict]:
+    """The records of ``docs`` (as :meth:`Engine.document_list` gives them) whose fields match ``where``,
+    by the search filters' own evaluator (computed fields doc_id, path, name, pages included)."""
+    from jevsearch.search import filters
+
+    flt = filters.parse(where)
+    if flt is None:
+        return docs
+    table = fields.FieldView(None)
+    table._append([(row, fields.record(d["doc_id"], d["pages"], d["metadata"])) for row, d in enumerate(docs)])
+    return [d for d, keep in zip(docs, flt.mask(table)) if keep]

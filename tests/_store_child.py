@@ -61,7 +61,7 @@ def _kill() -> None:
 
 
 def _install_crash(point: str) -> None:
-    from jevsearch.store import hnsw, lmdbstore
+    from jevsearch.store import hnsw, lmdbstore, tablestore
 
     if point == "mid_txn":
         orig = lmdbstore.PageStore.put_document
@@ -123,20 +123,20 @@ def _install_crash(point: str) -> None:
                 _kill()
         rewrite._Writer.put = put
     elif point in ("mid_copy", "after_swap"):
-        orig_write, orig_rmtree = lmdbstore.write_atomic, lmdbstore.shutil.rmtree
+        orig_write, orig_rmtree = tablestore.write_atomic, tablestore.shutil.rmtree
 
         def write_atomic(path, data):
-            if point == "mid_copy" and path.endswith(lmdbstore.CURRENT) and data != b"store-0\n":
+            if point == "mid_copy" and path.endswith(tablestore.CURRENT) and data != b"store-0\n":
                 _kill()
             orig_write(path, data)
 
         def rmtree(path, *a, **kw):
             if point == "after_swap" and os.path.isdir(path) \
-                    and os.path.basename(path).startswith(lmdbstore.ENV_PREFIX):
+                    and os.path.basename(path).startswith(tablestore.ENV_PREFIX):
                 _kill()
             orig_rmtree(path, *a, **kw)
-        lmdbstore.write_atomic = write_atomic
-        lmdbstore.shutil = type("patched_shutil", (), {"rmtree": staticmethod(rmtree)})
+        tablestore.write_atomic = write_atomic
+        tablestore.shutil = type("patched_shutil", (), {"rmtree": staticmethod(rmtree)})
 
 
 def write(index: str, docs: int, crash: str) -> None:

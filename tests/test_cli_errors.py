@@ -49,12 +49,12 @@ def test_version(capsys):
 
 
 def test_unexpected_errors_are_one_line_and_v_logs_the_traceback(indexed, capsys, monkeypatch):
-    import jevsearch.cli as cli
+    from jevsearch.cli import read
 
     def broken(args):  # stands in for any bug or untranslated library error
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "_cmd_info", broken)
+    monkeypatch.setattr(read, "cmd_info", broken)
     code, out, err = run(capsys, "info", "--index", indexed[2])
     assert (code, out) == (1, "") and err == "jevsearch: error: unexpected RuntimeError: boom (rerun with -v for details)\n"
     code, _, err = run(capsys, "info", "--index", indexed[2], "-v")

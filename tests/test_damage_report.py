@@ -13,7 +13,7 @@ import pytest
 from _store_child import flip_value, make_doc, query_for
 
 from jevsearch import CorruptIndexError, Index
-from jevsearch.store.lmdbstore import page_key
+from jevsearch.store.schema import page_key
 from jevsearch.store.visual import PageView
 
 DOCS = [("a.pdf", 3), ("b.pdf", 4), ("c.pdf", 2)]

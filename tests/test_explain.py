@@ -20,7 +20,8 @@ from jevsearch.ingest import thumbnail as thumbs
 from jevsearch.ingest.pages import open_document
 from jevsearch.ingest.sources import Source
 from jevsearch.search.explain import Explanation, blend, heat_colors, patch_maps
-from jevsearch.store.lmdbstore import current_env, page_key
+from jevsearch.store.lmdbenv import current_env
+from jevsearch.store.schema import page_key
 from jevsearch.store.visual import PageView
 from tests.ingest_corpus import make_truncated_pdf, tiny_encoder
 

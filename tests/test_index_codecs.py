@@ -15,7 +15,7 @@ from jevsearch.cli import main as cli_main
 from jevsearch.errors import FormatVersionError, InvalidInputError
 from jevsearch.search.pooling import pool_tokens
 from jevsearch.store import checksum
-from jevsearch.store.lmdbstore import current_env
+from jevsearch.store.lmdbenv import current_env
 
 LAYOUTS = {
     "fp16": {"codec": "fp16"},
@@ -400,7 +400,7 @@ def test_damaged_codes_or_exact_tokens_are_skipped_and_named(tmp_path, caplog, t
     import lmdb
 
     from jevsearch.errors import CorruptIndexError
-    from jevsearch.store.lmdbstore import page_key
+    from jevsearch.store.schema import page_key
 
     path = tmp_path / "idx"
     docs = _docs(n=3)

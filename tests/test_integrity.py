@@ -26,7 +26,7 @@ from jevsearch.cli import cli_hint, cli_message
 from jevsearch.search.maxsim import top_with_ties
 from jevsearch.store import checksum
 from jevsearch.store.hnsw import FILE_NAME, HnswGraph, truncate_normalize
-from jevsearch.store.lmdbstore import page_key
+from jevsearch.store.schema import page_key
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [("a.pdf", 3), ("b.pdf", 2), ("c.pdf", 4)]  # page ids 0-2, 3-4, 5-8
@@ -119,7 +119,7 @@ def test_a_flipped_bit_in_a_page_is_skipped_named_counted_listed_and_fixed_by_re
 def test_damaged_records_are_skipped_never_served_or_crashing(tmp_path, caplog, table):
     path = str(tmp_path / "idx")
     docs = build(path)
-    from jevsearch.store.lmdbstore import doc_key
+    from jevsearch.store.schema import doc_key
 
     key = doc_key("b.pdf") if table == "docs" else page_key(4)  # b.pdf page 2
     damage_value(path, table, key, lambda raw: raw.__setitem__(0, raw[0] ^ 0x40))
@@ -560,7 +560,7 @@ def test_repair_needs_a_writer(tmp_path):
 
 
 def test_orphan_entries_and_wrong_counters_are_listed_and_repaired(tmp_path):
-    from jevsearch.store.lmdbstore import PAGE_REC, doc_key
+    from jevsearch.store.schema import PAGE_REC, doc_key
 
     path = str(tmp_path / "idx")
     build(path)

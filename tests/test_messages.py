@@ -85,12 +85,12 @@ def test_newline_in_a_file_name_does_not_split_table_rows(tmp_path):
 def test_explain_out_without_an_image_extension(tmp_path):
     from PIL import Image
 
-    from jevsearch.cli import _save_image
+    from jevsearch.cli.common import save_image
 
-    _save_image(Image.new("RGB", (4, 4)), os.devnull)  # /dev/null: PNG, no "unknown file extension"
-    _save_image(Image.new("RGB", (4, 4)), str(tmp_path / "map.jpg"))
+    save_image(Image.new("RGB", (4, 4)), os.devnull)  # /dev/null: PNG, no "unknown file extension"
+    save_image(Image.new("RGB", (4, 4)), str(tmp_path / "map.jpg"))
     assert Image.open(tmp_path / "map.jpg").format == "JPEG"
     from jevsearch.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match=r"unknown image extension '\.xyz' \(hint: \.png"):
-        _save_image(Image.new("RGB", (4, 4)), str(tmp_path / "map.xyz"))
+        save_image(Image.new("RGB", (4, 4)), str(tmp_path / "map.xyz"))

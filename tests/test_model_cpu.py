@@ -14,8 +14,9 @@ from PIL import Image
 
 from jevsearch.model import JinaV4Encoder, cpu
 from jevsearch.model.cache import QueryCache, image_key, text_key
-from jevsearch.model.checkpoint import VISION
+from jevsearch.model.kernels import OneDnnLinear, onednn_faster
 from jevsearch.model.quant import Int8Linear
+from jevsearch.model.weights import VISION
 
 FIX = Path(__file__).parent / "fixtures" / "jina-v4-tiny"
 CKPT = FIX / "ckpt"
@@ -89,6 +90,38 @@ def test_engine_opens_without_loading_and_text_search_leaves_vision_unbuilt(tmp_
         assert eng.encoder.weights.vision_loaded
 
 
+# ----- the small-M linear kernel ----------------------------------------------------------------
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_onednn_linear_matches_torch_linear_on_query_shapes():
+    lin = torch.nn.Linear(256, 96)
+    ref = torch.nn.Linear(256, 96)
+    ref.load_state_dict(lin.state_dict())
+    OneDnnLinear.wrap(lin)
+    with torch.no_grad():
+        for x in (torch.randn(1, 256), torch.randn(2, 12, 256), torch.randn(256, 7).t()):
+            torch.testing.assert_close(lin(x), ref(x), atol=1e-5, rtol=1e-5)
+    assert lin.weight.data_ptr() == lin.state_dict()["weight"].data_ptr()  # same weights, no copy
+
+
+def test_encoder_picks_the_kernel_by_measurement_and_gives_the_same_vectors(enc32):
+    lm = enc32.module.model.language_model
+    fast = [m for m in lm.modules() if type(m) is OneDnnLinear]
+    assert bool(fast) == onednn_faster(torch.float32)
+    if not fast:
+        fast = [OneDnnLinear.wrap(m) for m in lm.modules() if type(m) is torch.nn.Linear]
+    with_fast = enc32.encode_texts(_texts())
+    for m in fast:
+        m.__class__ = torch.nn.Linear
+    try:
+        plain = enc32.encode_texts(_texts())
+    finally:
+        for m in fast:
+            m.__class__ = OneDnnLinear
+    np.testing.assert_allclose(with_fast.single, plain.single, atol=1e-5)
+    for a, b in zip(with_fast.multi, plain.multi):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 # ----- weight-only int8 --------------------------------------------------------------------------
 def test_int8_language_model_stays_close_to_float32(enc32):
     enc8 = JinaV4Encoder.from_pretrained(CKPT, device="cpu", dtype="int8")
@@ -153,7 +186,8 @@ def test_encoder_serves_repeated_queries_from_its_cache(enc32):
 _PEAK_CHILD = r"""
 import gc, json, sys, torch
 from jevsearch.model import JinaV4Encoder
-JinaV4Encoder.from_pretrained(sys.argv[2], device="cpu", dtype=torch.float32)  # imports and code paths warm
+dtype = getattr(torch, sys.argv[2])
+JinaV4Encoder.from_pretrained(sys.argv[1], device="cpu", dtype=dtype)  # imports, code paths, tokenizer warm
 gc.collect()
 def status(key):
     for line in open("/proc/self/status"):
@@ -161,15 +195,19 @@ def status(key):
             return int(line.split()[1]) * 1024
 before = status("VmRSS:")
 open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
-enc = JinaV4Encoder.from_pretrained(sys.argv[1], device="cpu", dtype=torch.float32)
+enc = JinaV4Encoder.from_pretrained(sys.argv[1], device="cpu", dtype=dtype)
 weights = sum(p.nbytes for p in enc.module.parameters() if p.device.type == "cpu")
-print(json.dumps({"peak": status("VmHWM:") - before, "weights": weights}))
+peak = status("VmHWM:") - before
+anon = status("RssAnon:")
+from jevsearch.model import checkpoint
+again = checkpoint.load_module(checkpoint.resolve_snapshot(sys.argv[1]), "cpu", dtype, vision=False)
+print(json.dumps({"peak": peak, "anon": status("RssAnon:") - anon, "weights": weights}))
 """
 
 
-def test_loading_holds_the_weights_once(tmp_path):
-    """Peak memory of a load <= 1.15x the float32 weights it makes (+ a small constant), on a model
-    scaled up enough (bf16 files) that a second copy or the files' pages would show."""
+@pytest.fixture(scope="module")
+def scaled_ckpt(tmp_path_factory):
+    """A checkpoint (bf16 files) scaled up enough that a second copy of its weights would show."""
     from jevsearch.model.tiny import full_size_config, write_streamed_checkpoint
 
     config = full_size_config()
@@ -181,9 +219,26 @@ def test_loading_holds_the_weights_once(tmp_path):
     config["vision_config"].update(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=512,
                                    fullatt_block_indexes=[0])
     config["matryoshka_dims"] = [128, 256, 512]
-    ckpt = write_streamed_checkpoint(tmp_path / "scaled", config)
-    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(ckpt), str(CKPT)], capture_output=True, text=True,
-                         check=True, timeout=600)
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return write_streamed_checkpoint(tmp_path_factory.mktemp("scaled") / "scaled", config)
+
+
+def _load_peak(ckpt, dtype: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(ckpt), dtype], capture_output=True,
+                         text=True, check=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_loading_holds_the_weights_once(scaled_ckpt):
+    """Converting (bf16 files to float32): peak memory <= 1.15x the weights it makes (+ a constant)."""
+    got = _load_peak(scaled_ckpt, "float32")
     assert got["weights"] > 300e6
+    assert got["peak"] <= 1.15 * got["weights"] + 32e6, got
+
+
+def test_weights_in_the_files_dtype_are_mapped_not_copied(scaled_ckpt):
+    """Loading in the files' own dtype copies nothing: the parameters are the page cache's pages
+    (``anon``: the private memory a second load of the weights adds)."""
+    got = _load_peak(scaled_ckpt, "bfloat16")
+    assert got["weights"] > 150e6
+    assert got["anon"] <= 0.05 * got["weights"] + 32e6, got
     assert got["peak"] <= 1.15 * got["weights"] + 32e6, got

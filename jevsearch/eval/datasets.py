@@ -160,7 +160,7 @@ class Dataset:
 
 # ----- BEIR-style folder -------------------------------------------------------------------------
 def load_folder(path: str, split: str) -> Dataset:
-    from jevsearch.ingest import discover
+    from jevsearch.engine import find_documents, page_count
 
     queries_file, corpus = os.path.join(path, "queries.jsonl"), os.path.join(path, "corpus")
     qrels_file = os.path.join(path, "qrels", f"{split}.tsv")
@@ -170,26 +170,24 @@ def load_folder(path: str, split: str) -> Dataset:
         raise DatasetError(f"{corpus}: missing folder (hint: {LAYOUT_HINT})")
     queries = list(_read_queries(queries_file, path))
     qrels = _read_qrels(qrels_file)
-    sources, failed = discover([corpus])
+    found, failed = find_documents([corpus])
     for p, reason in failed:
         log.warning("%s: %s", p, reason)
-    rels = (os.path.relpath(s.path, corpus).replace(os.sep, "/") for s in sources)
+    rels = (os.path.relpath(path, corpus).replace(os.sep, "/") for path in found)
     files = {rel: rel for rel in rels}
 
-    def page_count(cid: str) -> int | None:
+    def pages_of(cid: str) -> int | None:
         if not cid.lower().endswith(".pdf"):
             return None
         from jevsearch.errors import DocumentError
-        from jevsearch.ingest.pages import PdfDocument
 
         try:
-            with PdfDocument(os.path.join(corpus, cid)) as doc:
-                return doc.page_count
+            return page_count(os.path.join(corpus, cid))
         except DocumentError as e:
             raise DatasetError(f"{qrels_file}: qrels name pages of {cid!r}, which cannot be read: {e.reason} "
                                "(hint: fix or remove the file and its qrels)") from None
 
-    return Dataset(queries, qrels, corpus_root=corpus, corpus_files=files, page_counts=page_count, name=path)
+    return Dataset(queries, qrels, corpus_root=corpus, corpus_files=files, page_counts=pages_of, name=path)
 
 
 def _read_queries(file: str, root: str) -> Iterable[Query]:

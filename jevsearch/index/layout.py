@@ -50,7 +50,6 @@ from jevsearch.store import validate, verify
 from jevsearch.store.hnsw import truncate_normalize
 from jevsearch.store.lmdbstore import (
     EXACT,
-    FDE,
     PAGE_REC,
     PageStore,
     dump_json,
@@ -59,6 +58,7 @@ from jevsearch.store.lmdbstore import (
 )
 from jevsearch.store.manifest import MULTI_DTYPES, upgraded, with_codec
 from jevsearch.store.rewrite import Rewrite
+from jevsearch.store.schema import FDE
 from jevsearch.store.visual import PageView
 
 __all__ = ["DEFAULT_CODEC", "Layout", "conversion", "new_layout"]

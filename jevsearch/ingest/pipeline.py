@@ -199,54 +199,113 @@ def ingest(
     """
     if batch_tokens < 1 or queue_pages < 1:
         raise InvalidInputError(f"ingest: batch_tokens={batch_tokens}, queue_pages={queue_pages} (hint: both >= 1)")
-    from tqdm.auto import tqdm
-
     report = report if report is not None else IngestReport()
-    known = known or {}
-    part_pages = PART_PAGES if part_pages is None else part_pages
-    part_seconds = PART_SECONDS if part_seconds is None else part_seconds
     t_wall = time.perf_counter()
-    renderer = RenderProcess(sources, known, geometry, queue_pages, expected, resume)
-    q = renderer.queue
-    pending: dict[int, _Pending] = {}
-    batch: list[tuple[int, object]] = []  # (source index, rendered page)
-    batch_tok = 0
-    # Two bars: documents (total known up front, so a real ETA) and pages encoded (total grows as
-    # documents are opened; its rate is the throughput). disable=None: only when stderr is a terminal,
-    # as redrawn bars in a log file are noise.
-    off = None if progress else True
-    docs_bar = tqdm(total=len(sources), unit="doc", desc="documents", disable=off, dynamic_ncols=True)
-    bar = tqdm(total=0, unit="page", desc="pages encoded", disable=off, dynamic_ncols=True, position=1)
-    done_before = len(report.added) + len(report.skipped) + len(report.failed)
+    renderer = RenderProcess(sources, known or {}, geometry, queue_pages, expected, resume)
+    run = _Run(sources, encoder, sink, report, geometry=geometry, task=task, batch_tokens=batch_tokens,
+               progress=progress, part_pages=PART_PAGES if part_pages is None else part_pages,
+               part_seconds=PART_SECONDS if part_seconds is None else part_seconds)
+    try:
+        run.loop(renderer.queue)
+    finally:
+        renderer.close()
+        report.timings["render"] += renderer.render_seconds
+        report.timings["thumbnail"] += renderer.thumbnail_seconds
+        run.close()  # complete documents already handed over are still stored
+        report.timings["wall"] += time.perf_counter() - t_wall
+    return report
 
-    def show_docs() -> None:
-        docs_bar.n = len(report.added) + len(report.skipped) + len(report.failed) - done_before
-        docs_bar.refresh()
 
-    storer = _StoreThread(sink, report)
+class _Run:
+    """One :func:`ingest` call's state in the caller's thread: the documents being encoded, the token
+    batch, the progress bars and the store thread."""
 
-    def finish(idx: int) -> None:
-        src = sources[idx]
-        storer.put(pending.pop(idx).part(src.path, src.kind, complete=True))
+    def __init__(self, sources: Sequence[Source], encoder: ImageEncoder, sink, report: IngestReport, *,
+                 geometry: PageGeometry, task: str, batch_tokens: int, progress: bool, part_pages: int,
+                 part_seconds: float):
+        from tqdm.auto import tqdm
 
-    def hand_part(idx: int) -> None:
-        """Hand over a long document's pages so far (it holds part_pages, or did for part_seconds)."""
-        doc, src = pending[idx], sources[idx]
-        if doc.texts:
-            storer.put(doc.part(src.path, src.kind, complete=False))
+        self.sources, self.encoder, self.report, self.geometry, self.task = sources, encoder, report, geometry, task
+        self.batch_tokens, self.part_pages, self.part_seconds = batch_tokens, part_pages, part_seconds
+        self.pending: dict[int, _Pending] = {}
+        self.batch: list[tuple[int, object]] = []  # (source index, rendered page)
+        self.batch_tok = 0
+        # Two bars: documents (total known up front, so a real ETA) and pages encoded (total grows as
+        # documents are opened; its rate is the throughput). disable=None: only when stderr is a terminal,
+        # as redrawn bars in a log file are noise.
+        off = None if progress else True
+        self.docs_bar = tqdm(total=len(sources), unit="doc", desc="documents", disable=off, dynamic_ncols=True)
+        self.bar = tqdm(total=0, unit="page", desc="pages encoded", disable=off, dynamic_ncols=True, position=1)
+        self.done_before = len(report.added) + len(report.skipped) + len(report.failed)
+        self.storer = _StoreThread(sink, report)
 
-    def encode_batch() -> None:
-        nonlocal batch, batch_tok
+    def loop(self, q: queue.Queue) -> None:
+        """Take the render process's messages until it is done; store what is left."""
+        while True:
+            try:
+                kind, idx, payload = q.get_nowait()
+            except queue.Empty:
+                self.encode_batch()  # nothing rendered right now: encode what we have rather than wait idle
+                kind, idx, payload = q.get()
+            if kind == DONE:
+                if payload is not None:  # the worker itself broke: not one file's fault
+                    raise payload
+                self.encode_batch()
+                break
+            self.take(kind, idx, payload)
+        self.storer.close()
+        self.storer.check()
+        self.show_docs()
+
+    def take(self, kind, idx: int, payload) -> None:
+        """One message of the render process about document ``idx`` (see :mod:`.renderer`)."""
+        report, bar = self.report, self.bar
+        if kind == PAGE:
+            tok = self.geometry.tokens(*payload[0].size)
+            if self.batch and self.batch_tok + tok > self.batch_tokens:
+                self.encode_batch()
+            self.batch.append((idx, payload))
+            self.batch_tok += tok
+        elif kind == MISSING:
+            self.pending[idx].missing.append(payload)
+            bar.total -= 1
+            bar.refresh()
+        elif kind == START:
+            sha256, page_count, after, info = payload
+            self.pending[idx] = _Pending(sha256, page_count, after, info)
+            bar.total += page_count - after
+            bar.refresh()
+        elif kind == END:
+            doc = self.pending[idx]
+            doc.rendered_all = True
+            if doc.complete:
+                self.finish(idx)
+        elif kind == SKIP:
+            report.skipped.append(self.sources[idx].path)
+            self.show_docs()
+        elif kind == FAIL:
+            doc = self.pending.pop(idx, None)
+            if doc is not None:
+                in_batch = sum(1 for i, _ in self.batch if i == idx)
+                bar.total -= doc.page_count - doc.after - len(doc.texts) - len(doc.missing) - in_batch
+                bar.refresh()
+            report.failed.append((self.sources[idx].path, payload))
+            log.info("%s: %s", self.sources[idx].path, payload)
+            self.show_docs()
+
+    def encode_batch(self) -> None:
+        """Encode the token batch and add each page to its document; hand over what is complete or due."""
+        batch, report, pending = self.batch, self.report, self.pending
         if not batch:
             return
         images = [page[0] for _, page in batch]
         t0 = time.perf_counter()
-        out = encoder.encode_images(images, task=task, max_pixels=geometry.max_pixels)
+        out = self.encoder.encode_images(images, task=self.task, max_pixels=self.geometry.max_pixels)
         report.timings["encode"] += time.perf_counter() - t0
         if len(out.multi) != len(batch) or out.single.shape[0] != len(batch):
             raise RuntimeError(f"encoder returned {out.single.shape[0]} vectors for {len(batch)} pages")
-        report.tokens += batch_tok
-        storer.check()
+        report.tokens += self.batch_tok
+        self.storer.check()
         for j, (idx, (image, text, page_no, thumb)) in enumerate(batch):
             doc = pending.get(idx)
             if doc is None:  # the document failed after this page was rendered
@@ -260,73 +319,35 @@ def ingest(
             doc.numbers.append(page_no)
             doc.thumbnails.append(thumb)
             if doc.complete:
-                finish(idx)
-            elif len(doc.texts) >= part_pages:
-                hand_part(idx)
-        bar.update(len(batch))
+                self.finish(idx)
+            elif len(doc.texts) >= self.part_pages:
+                self.hand_part(idx)
+        self.bar.update(len(batch))
         for idx in sorted({idx for idx, _ in batch if idx in pending}):
-            if time.monotonic() - pending[idx].since >= part_seconds:
-                hand_part(idx)
-        batch, batch_tok = [], 0
-        show_docs()
+            if time.monotonic() - pending[idx].since >= self.part_seconds:
+                self.hand_part(idx)
+        self.batch, self.batch_tok = [], 0
+        self.show_docs()
 
-    try:
-        while True:
-            try:
-                kind, idx, payload = q.get_nowait()
-            except queue.Empty:
-                encode_batch()  # nothing rendered right now: encode what we have rather than wait idle
-                kind, idx, payload = q.get()
-            if kind == PAGE:
-                image = payload[0]
-                tok = geometry.tokens(*image.size)
-                if batch and batch_tok + tok > batch_tokens:
-                    encode_batch()
-                batch.append((idx, payload))
-                batch_tok += tok
-            elif kind == MISSING:
-                pending[idx].missing.append(payload)
-                bar.total -= 1
-                bar.refresh()
-            elif kind == START:
-                sha256, page_count, after, info = payload
-                pending[idx] = _Pending(sha256, page_count, after, info)
-                bar.total += page_count - after
-                bar.refresh()
-            elif kind == END:
-                doc = pending[idx]
-                doc.rendered_all = True
-                if doc.complete:
-                    finish(idx)
-            elif kind == SKIP:
-                report.skipped.append(sources[idx].path)
-                show_docs()
-            elif kind == FAIL:
-                doc = pending.pop(idx, None)
-                if doc is not None:
-                    in_batch = sum(1 for i, _ in batch if i == idx)
-                    bar.total -= doc.page_count - doc.after - len(doc.texts) - len(doc.missing) - in_batch
-                    bar.refresh()
-                report.failed.append((sources[idx].path, payload))
-                log.info("%s: %s", sources[idx].path, payload)
-                show_docs()
-            elif kind == DONE:
-                if payload is not None:  # the worker itself broke: not one file's fault
-                    raise payload
-                encode_batch()
-                break
-        storer.close()
-        storer.check()
-        show_docs()
-    finally:
-        renderer.close()
-        report.timings["render"] += renderer.render_seconds
-        report.timings["thumbnail"] += renderer.thumbnail_seconds
-        storer.close()  # complete documents already handed over are still stored
-        bar.close()
-        docs_bar.close()
-        report.timings["wall"] += time.perf_counter() - t_wall
-    return report
+    def finish(self, idx: int) -> None:
+        src = self.sources[idx]
+        self.storer.put(self.pending.pop(idx).part(src.path, src.kind, complete=True))
+
+    def hand_part(self, idx: int) -> None:
+        """Hand over a long document's pages so far (it holds part_pages, or did for part_seconds)."""
+        doc, src = self.pending[idx], self.sources[idx]
+        if doc.texts:
+            self.storer.put(doc.part(src.path, src.kind, complete=False))
+
+    def show_docs(self) -> None:
+        report = self.report
+        self.docs_bar.n = len(report.added) + len(report.skipped) + len(report.failed) - self.done_before
+        self.docs_bar.refresh()
+
+    def close(self) -> None:
+        self.storer.close()
+        self.bar.close()
+        self.docs_bar.close()
 
 
 class _StoreThread:

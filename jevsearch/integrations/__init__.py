@@ -9,7 +9,7 @@ Each is an optional extra, imported only by its own module (the core never impor
 What they share (:class:`IndexHandle`): one engine per retriever or server, opened read-only once and
 reused; engine calls made one at a time under a lock (the model and its caches are not for concurrent
 threads), so a framework's thread pools and ``asyncio.gather`` get the hits sequential calls get; the web
-app's bounds on queries, ``k`` and uploaded images (:class:`jevsearch.serve.state.Limits`); page images
+app's bounds on queries, ``k`` and uploaded images (:class:`jevsearch.limits.Limits`); page images
 sized for a vision model, from the stored thumbnail or rendered from the unchanged source
 (:meth:`jevsearch.engine.Engine.thumbnail`'s rules).
 
@@ -28,7 +28,7 @@ import os
 import threading
 
 from jevsearch.errors import InvalidInputError, JevsearchError
-from jevsearch.serve.state import AppState, Limits
+from jevsearch.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,15 @@ class IndexHandle:
         self.limits = limits or Limits()
         self._lock = threading.Lock()
 
-    # The web app's checks (they read only self.limits): the same bounds and messages here.
-    check_query = AppState.check_query
-    check_k = AppState.check_k
-    read_image = AppState.read_image
+    # The web app's checks (jevsearch.limits): the same bounds and messages here.
+    def check_query(self, q) -> str:
+        return self.limits.check_query(q)
+
+    def check_k(self, k) -> int:
+        return self.limits.check_k(k)
+
+    def read_image(self, data: bytes):
+        return self.limits.read_image(data)
 
     def check_width(self, width) -> int:
         if isinstance(width, bool) or not isinstance(width, int) or not MIN_IMAGE_WIDTH <= width <= MAX_IMAGE_WIDTH:
@@ -134,7 +139,11 @@ class IndexHandle:
         """Every document (doc_id, pages, tokens, metadata), or those whose metadata matches ``where``."""
         with self._lock:
             docs = self.engine.document_list()
-        return docs if not where else _matching(docs, where)
+        if not where:
+            return docs
+        from jevsearch.engine import filter_documents
+
+        return filter_documents(docs, where)
 
     def warm_up(self) -> None:
         """Load the model and run one search, so the first caller does not wait for either."""
@@ -156,17 +165,3 @@ def png(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=3)  # level 3: much faster than the default, a little larger
     return buf.getvalue()
-
-
-def _matching(docs: list[dict], where: dict) -> list[dict]:
-    """The documents whose fields match ``where``: the search filters' own evaluator over an in-memory
-    field table of these documents (computed fields doc_id, path, name, pages included)."""
-    from jevsearch.search import filters
-    from jevsearch.store.fields import FieldView, record
-
-    flt = filters.parse(where)
-    if flt is None:
-        return docs
-    table = FieldView(None)
-    table._append([(row, record(d["doc_id"], d["pages"], d["metadata"])) for row, d in enumerate(docs)])
-    return [d for d, keep in zip(docs, flt.mask(table)) if keep]

@@ -28,7 +28,6 @@ import logging
 import os
 import re
 import struct
-import threading
 import warnings
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from jevsearch.errors import CheckpointError
+from jevsearch.model.weights import REDOWNLOAD, VISION, LazyWeights
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ JINA_KEYS = ("task_names", "matryoshka_dims", "multi_vector_projector_dim")
 #: Files fetched for a hub id.
 HUB_FILES = ["*.json", "model*.safetensors", "adapters/*", "*.txt"]
 _ADAPTER_PREFIX = "base_model.model."
-REDOWNLOAD = "download the model snapshot again, e.g. `hf download jinaai/jina-embeddings-v4 --local-dir DIR`"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -204,7 +203,6 @@ def _some(keys, k: int = 5) -> str:
 #: One tensor's place in its file: (path, key, file dtype, shape, start, end) with byte offsets in the file.
 Entry = tuple
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-_STAGE = 1 << 25  # bytes staged per read when a tensor changes dtype: bounds the loader's extra memory
 
 
 def plan_strict(shapes: dict[str, tuple], files: list[Path], to_param, what: str,
@@ -252,49 +250,6 @@ def plan_strict(shapes: dict[str, tuple], files: list[Path], to_param, what: str
         raise CheckpointError(f"{what}: " + "; ".join(problems) +
                               " (hint: the files do not match config.json, or are damaged: re-download the snapshot)")
     return plan
-
-
-def read_tensors(plan: dict[str, Entry], dtype: torch.dtype, device="cpu"):
-    """Yield (name, tensor in ``dtype`` on ``device``) for every entry of ``plan``, file by file.
-
-    Each tensor is read from its file straight into its own memory (``readinto``): in the file's dtype
-    nothing else is allocated; across dtypes, through one bounded staging buffer. So loading holds the
-    weights once, plus one tensor when the device is not the CPU.
-    """
-    by_file: dict[Path, list] = {}
-    for name, entry in plan.items():
-        by_file.setdefault(entry[0], []).append((name, entry))
-    for path, items in by_file.items():
-        with open(path, "rb", buffering=0) as f:
-            for name, (_, key, src, shape, begin, stop) in sorted(items, key=lambda it: it[1][4]):
-                out = torch.empty(shape, dtype=dtype)
-                f.seek(begin)
-                if src == dtype:
-                    got = f.readinto(out.view(-1).view(torch.uint8).numpy()) if out.numel() else 0
-                    if got != stop - begin:
-                        raise CheckpointError(f"{path}: {key} cut short (hint: {REDOWNLOAD})")
-                else:
-                    _read_converted(f, out.view(-1), src, stop - begin, path, key)
-                yield name, out if torch.device(device).type == "cpu" else out.to(device)
-
-
-def _read_converted(f, out: torch.Tensor, src: torch.dtype, nbytes: int, path: Path, key: str) -> None:
-    item = torch.empty(0, dtype=src).element_size()
-    stage = torch.empty(max(1, min(nbytes, _STAGE) // item), dtype=src)
-    done = 0
-    while done < out.numel():
-        n = min(stage.numel(), out.numel() - done)
-        view = stage[:n]
-        if f.readinto(view.view(torch.uint8).numpy()) != n * item:
-            raise CheckpointError(f"{path}: {key} cut short (hint: {REDOWNLOAD})")
-        out[done:done + n].copy_(view)
-        done += n
-
-
-def assign(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    """Make ``tensor`` the parameter ``name`` of ``module`` (no copy; replaces a meta placeholder)."""
-    owner, _, attr = name.rpartition(".")
-    setattr(module.get_submodule(owner), attr, nn.Parameter(tensor, requires_grad=False))
 
 
 def qwen_config(config: dict, dtype: torch.dtype):
@@ -374,62 +329,6 @@ def build_module(config: dict, adapter_config: dict, device, dtype: torch.dtype,
         for task in config["task_names"]:
             inject_adapter_in_model(lora, module, adapter_name=task)
     return module
-
-
-#: Parameter-name prefix of the vision tower: loaded only when an image is encoded.
-VISION = "model.visual."
-#: Parameters that weight-only int8 quantises: the language model's linear layers (LoRA-wrapped or not).
-_INT8 = re.compile(r"^model\.language_model\.layers\.\d+\.\w+\.\w+_proj\.(base_layer\.)?weight$")
-
-
-class LazyWeights:
-    """A module built with empty (meta) parameters and the plan of where each one is in the files.
-
-    :meth:`load` reads a part's tensors straight into new parameters (one copy, in the target dtype);
-    the language side loads with the model, the vision tower on the first image (:meth:`load_vision`).
-    ``int8``: the language model's linear layers become :class:`~jevsearch.model.quant.Int8Linear`.
-    """
-
-    def __init__(self, module: JinaV4Module, plan: dict[str, Entry], device, dtype: torch.dtype, int8: bool):
-        self.module, self.device, self.dtype, self.int8 = module, torch.device(device), dtype, int8
-        self._pending = dict(plan)  # real parameter name -> where it is
-        self._lock = threading.Lock()
-
-    @property
-    def vision_loaded(self) -> bool:
-        return not any(n.startswith(VISION) for n in self._pending)
-
-    def load_vision(self) -> None:
-        """Load the vision tower if it is not yet (thread-safe; a no-op after the first call)."""
-        self.load(lambda n: n.startswith(VISION))
-
-    def load(self, part) -> int:
-        """Load every pending parameter whose name satisfies ``part``; returns how many."""
-        with self._lock:
-            names = [n for n in self._pending if part(n)]
-            if not names:
-                return 0
-            quantised = [n for n in names if self.int8 and _INT8.match(n)]
-            plain = {n: self._pending[n] for n in names if n not in set(quantised)}
-            with torch.no_grad():
-                for name, tensor in read_tensors(plain, self.dtype, self.device):
-                    assign(self.module, name, tensor)
-                self._quantise({n: self._pending[n] for n in quantised})
-            for n in names:
-                del self._pending[n]
-            return len(names)
-
-    def _quantise(self, plan: dict[str, Entry]) -> None:
-        from jevsearch.model.cpu import int8_input_dtype
-        from jevsearch.model.quant import Int8Linear
-
-        for name, weight in read_tensors(plan, torch.float32):  # biases are loaded by now
-            owner_name = name.rpartition(".")[0]
-            owner = self.module.get_submodule(owner_name)
-            parent_name, _, attr = owner_name.rpartition(".")
-            bias = owner.bias if owner.bias is not None and owner.bias.device.type != "meta" else None
-            layer = Int8Linear.from_float(weight, bias, int8_input_dtype())
-            setattr(self.module.get_submodule(parent_name), attr, layer)
 
 
 def load_module(snapshot: Path, device, dtype: torch.dtype, *, int8: bool = False,

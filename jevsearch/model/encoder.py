@@ -101,7 +101,7 @@ class JinaV4Encoder:
     def __init__(self, module, processor: JinaV4Processor, config: dict, name: str, snapshot: Path,
                  device: torch.device, dtype: torch.dtype, max_batch_tokens: int, weights=None, query_cache=None):
         self.module = module
-        self.weights = weights  # checkpoint.LazyWeights: the vision tower loads on the first image
+        self.weights = weights  # weights.LazyWeights: the vision tower loads on the first image
         self.query_cache = QUERY_CACHE if query_cache is None else query_cache
         #: "float32", "bfloat16" or "int8" (weight-only int8 language model): part of the query cache's key.
         self.dtype_name = "int8" if weights is not None and weights.int8 else str(dtype).removeprefix("torch.")
@@ -140,7 +140,8 @@ class JinaV4Encoder:
         or ``"int8"`` (cpu only, opt-in): the language model's linear layers as weight-only int8,
         the rest in the cpu default. ``max_batch_tokens``: padded tokens per forward, default 4096
         on cpu and 16384 on cuda. Weights are read once, straight into their parameters; the vision
-        tower is loaded at the first image (text-only use never reads it).
+        tower is loaded at the first image (text-only use never reads it). On cpu the language model's
+        linear layers run on the matmul kernel measured fastest here (:mod:`jevsearch.model.kernels`).
 
         Raises :class:`~jevsearch.errors.CheckpointError` naming the missing file, or the missing,
         unexpected or mis-shaped tensors.
@@ -158,6 +159,10 @@ class JinaV4Encoder:
         config = checkpoint.read_model_config(snapshot)
         processor = JinaV4Processor.from_dir(snapshot, image_token_id=config["image_token_id"])
         module, config, weights = checkpoint.load_module(snapshot, device, dtype, int8=int8, vision=False)
+        if device.type == "cpu":
+            from jevsearch.model.kernels import use_fast_linears
+
+            use_fast_linears(module.model.language_model, dtype)
         budget = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cuda"])
         return cls(module, processor, config, str(path_or_hub_id), snapshot, device, dtype, int(budget), weights)
 

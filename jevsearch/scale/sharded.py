@@ -32,15 +32,12 @@ import tempfile
 from types import MappingProxyType
 
 from jevsearch import modelinfo
-from jevsearch.engine import Engine, ModelSearch
+from jevsearch.engine import Engine, ModelSearch, check_page_id
 from jevsearch.errors import (
     CorruptIndexError,
     IndexExistsError,
-    IndexLockedError,
     InvalidInputError,
     JevsearchError,
-    ModelMismatchError,
-    NotAnIndexError,
     PageNotFoundError,
     ReadOnlyIndexError,
     ShardError,
@@ -55,22 +52,11 @@ from jevsearch.scale.shardfile import (
     route,
     write_manifest,
 )
+from jevsearch.scale.shardmerge import Hits, merge_reports, merge_stats, merge_verify, why
+from jevsearch.scale.shards import open_local, open_ray
 from jevsearch.search.merge import merge_documents, merge_pages
-from jevsearch.store import validate
 
 log = logging.getLogger(__name__)
-
-_SAME_IN_EVERY_SHARD = ("codec", "keep_exact", "pool_factor", "single_dtype")  # stats() keys not summed
-
-
-class Hits(list):
-    """A search's hits (a list, as Engine.search returns) plus ``missing``: shards that did not answer
-    (only ever non-empty with ``allow_partial=True``)."""
-
-    def __init__(self, hits=(), missing=()):
-        super().__init__(hits)
-        self.missing: list[str] = sorted(missing)
-
 
 class ShardedEngine(ModelSearch):
     """An index split into shards by document id; the same search surface as :class:`Engine`
@@ -161,39 +147,15 @@ class ShardedEngine(ModelSearch):
         if nodes is not None and not set(nodes) <= set(names):
             raise InvalidInputError(f"nodes: unknown shards {sorted(set(nodes) - set(names))} (hint: {names[0]}, ...)")
         paths = {name: os.path.join(path, name) for name in names}
+        encoder = None
         if ray is not None:
-            from jevsearch.scale.cluster import Session
-            from jevsearch.scale.shards import RayShards
-
-            session = Session(ray)
-            try:
-                backend = RayShards(session, paths, threads, nodes)
-                missing = backend.start(timeout)
-            except BaseException:
-                session.close()
-                raise
+            backend, missing = open_ray(ray, paths, threads, nodes, timeout)
             readonly = True
         else:
-            from jevsearch.scale.shards import LocalShards
-
-            encoder = None
             if model is not None:  # loaded once for every shard (each checks it is its model)
                 encoder = modelinfo.load_encoder(model, device, dtype)
-            opened, missing = {}, {}
-            try:
-                for name, shard_path in paths.items():
-                    try:
-                        opened[name] = Engine.open(shard_path, readonly=readonly, model=encoder, threads=threads,
-                                                   device=device, dtype=dtype, repair=repair)
-                    except (IndexLockedError, ModelMismatchError):
-                        raise  # not a shard's damage: another writer, or the caller's model
-                    except (JevsearchError, OSError) as e:  # missing, damaged, unreadable: this shard only
-                        missing[name] = e
-            except BaseException:
-                for eng in opened.values():
-                    eng.close()
-                raise
-            backend = LocalShards(opened)
+            backend, missing = open_local(paths, readonly=readonly, model=encoder, threads=threads, device=device,
+                                          dtype=dtype, repair=repair)
         sh = cls(path, manifest, backend, missing, allow_partial, readonly, timeout, (device, dtype))
         if model is not None:
             if ray is not None:  # only queries are encoded here; the shard actors hold no model
@@ -286,7 +248,7 @@ class ShardedEngine(ModelSearch):
                 self._share_model()
             reports = each()
         order = {src.path: i for i, src in enumerate(sources)}
-        return _merge_reports(IngestReport(failed=list(failed)), reports, order)
+        return merge_reports(IngestReport(failed=list(failed)), reports, order)
 
     def add_embeddings(self, doc_id: str, singles, multis, metadata: dict | None = None,
                        page_texts: list[str] | None = None) -> int:
@@ -312,6 +274,33 @@ class ShardedEngine(ModelSearch):
     def delete(self, doc_id: str) -> bool:
         """Delete a document from its shard; False if it was not there."""
         return self._writer(self.route(doc_id)).delete(doc_id)
+
+    def update_metadata(self, doc_id: str, metadata: dict, merge: bool = True) -> dict:
+        """As :meth:`Engine.update_metadata`, in the document's shard (``doc_id`` may also be a file's path
+        relative to here); returns the new metadata."""
+        if isinstance(doc_id, str) and doc_id and self.document(doc_id) is None:
+            doc_id = os.path.abspath(doc_id)
+        return self._writer(self.route(doc_id)).update_metadata(doc_id, metadata, merge)
+
+    def rename_document(self, old: str, new: str, *, metadata: dict | None = None) -> None:
+        """As :meth:`Index.rename_document` (nothing re-encoded) when ``old`` and ``new`` route to the same
+        shard; InvalidInputError otherwise (the stored vectors cannot move between shards as they are)."""
+        self._writer(self._same_shard("rename", old, new)).rename_document(old, new, metadata=metadata)
+
+    def copy_document(self, src: str, dst: str, *, metadata: dict | None = None) -> int:
+        """As :meth:`Index.copy_document` (the stored values copied, nothing re-encoded) when ``src`` and
+        ``dst`` route to the same shard; InvalidInputError otherwise. Returns the page count."""
+        return self._writer(self._same_shard("copy", src, dst)).copy_document(src, dst, metadata=metadata)
+
+    def _same_shard(self, what: str, src: str, dst: str) -> str:
+        """The shard of both ``src`` and ``dst``; InvalidInputError naming both when they differ."""
+        here, there = self.route(src), self.route(dst)
+        if here != there:
+            raise InvalidInputError(f"{what} {src!r} -> {dst!r}: the ids route to different shards ({here}, {there}) "
+                                    "and stored vectors do not move between shards",
+                                    hint="delete the document and add the file under its new path: "
+                                         "ShardedEngine.add encodes it in its shard")
+        return here
 
     def flush(self) -> None:
         for name in self.shards:
@@ -379,7 +368,7 @@ class ShardedEngine(ModelSearch):
     def page_hit(self, page_id: int):
         """The live page ``page_id`` (a global id, from ``Hit.page_id``) as a Hit with score 0; as
         :meth:`Index.page_hit` (PageNotFoundError if no such page)."""
-        page_id = validate.check_page_id(page_id)
+        page_id = check_page_id(page_id)
         name = self.shards[page_id % len(self.shards)]
         hit = self._call("page_hit", page_id // len(self.shards), only=name)[name]
         hit.page_id = page_id
@@ -428,25 +417,7 @@ class ShardedEngine(ModelSearch):
     def stats(self) -> dict:
         """:meth:`Index.stats` summed over the shards, plus ``shards`` (count) and ``missing`` (names)."""
         answers = self._call("stats", partial_ok=True)
-        total: dict = {"shards": len(self.shards)}
-        for stats in answers.values():
-            for key, value in stats.items():
-                if key in _SAME_IN_EVERY_SHARD:  # the storage layout: shards are created alike
-                    total[key] = value
-                elif key == "bytes_per_page":  # a mean over the shards' pages
-                    sub = total.setdefault(key, {})
-                    for k2, v2 in value.items():
-                        sub[k2] = sub.get(k2, 0) + v2 * stats["pages"]
-                elif isinstance(value, dict):
-                    sub = total.setdefault(key, {})
-                    for k2, v2 in value.items():
-                        sub[k2] = sub.get(k2, 0) + v2
-                else:
-                    total[key] = total.get(key, 0) + value
-        total["missing"] = sorted(set(self.shards) - set(answers))
-        pages = max(total.get("pages", 0), 1)
-        total["bytes_per_page"] = {k: v / pages for k, v in total.get("bytes_per_page", {}).items()}
-        return total
+        return merge_stats(self.shards, answers)
 
     def verify(self, *, deep: bool = False, repair: bool = False) -> dict:
         """Verify every shard (:meth:`Index.verify`, ``repair`` with a writer) and that each document is
@@ -469,14 +440,7 @@ class ShardedEngine(ModelSearch):
             more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
             raise CorruptIndexError(f"{self.path}: documents in the wrong shard: " + "; ".join(problems[:20]) + more +
                                     " (hint: the shard folders were renamed or mixed up; restore them)")
-        total = {"shards": len(self.shards)}
-        for name, report in reports.items():
-            for key, value in report.items():
-                if isinstance(value, list):
-                    total.setdefault(key, []).extend(f"{name}: {v}" for v in value)
-                else:
-                    total[key] = total.get(key, 0) + value
-        return total
+        return merge_verify(self.shards, reports)
 
     # -- internals ------------------------------------------------------------------------------
     def _call(self, method: str, *args, only: str | None = None, partial_ok: bool = False, **kwargs) -> dict:
@@ -499,7 +463,7 @@ class ShardedEngine(ModelSearch):
         return {name: r for name, r in answers.items() if name not in failed}
 
     def _shard_error(self, failed: dict) -> ShardError:
-        parts = "; ".join(f"{name}: {_why(e)}" for name, e in sorted(failed.items()))
+        parts = "; ".join(f"{name}: {why(e)}" for name, e in sorted(failed.items()))
         return ShardError(f"{self.path}: {len(failed)} of {len(self.shards)} shards unavailable ({parts}) "
                           "(hint: restore them, or open with allow_partial=True to use the others)",
                           cli_hint="restore them (each is an ordinary index folder)")
@@ -525,37 +489,3 @@ class ShardedEngine(ModelSearch):
             eng.close()
             self._backend.opened[name] = Engine.open(shard_path, model=encoder, threads=threads)
         self._model_shared = True
-
-
-def _why(e: BaseException) -> str:
-    """A shard's failure in a few words: "missing", or its error without its own hint."""
-    if isinstance(e, (NotAnIndexError, FileNotFoundError)):
-        return "missing"
-    text = e.message if isinstance(e, JevsearchError) else str(e)
-    return " ".join(text.split()) or type(e).__name__
-
-
-def _merge_reports(report, reports, order: dict):
-    """Per-shard IngestReports folded into ``report``: lists joined (in discovery order), numbers summed."""
-    for part in reports:
-        for f in dataclasses.fields(part):
-            mine, theirs = getattr(report, f.name), getattr(part, f.name)
-            if isinstance(theirs, list):
-                mine.extend(theirs)
-            elif isinstance(theirs, dict):
-                for key, value in theirs.items():
-                    mine[key] = mine.get(key, 0) + value
-            elif isinstance(theirs, (int, float)):
-                setattr(report, f.name, mine + theirs)
-
-    def key(entry):  # an entry is a path, or a tuple that names one; discovery failures stay first
-        for item in (entry,) if isinstance(entry, str) else entry if isinstance(entry, tuple) else ():
-            if isinstance(item, str) and item in order:
-                return order[item]
-        return -1
-
-    for f in dataclasses.fields(report):
-        value = getattr(report, f.name)
-        if isinstance(value, list):
-            value.sort(key=key)
-    return report

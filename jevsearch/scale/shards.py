@@ -14,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 
-from jevsearch.errors import JevsearchError, ShardError
+from jevsearch.errors import IndexLockedError, JevsearchError, ModelMismatchError, ShardError
 from jevsearch.search.threads import torch_threads
 
 
@@ -174,3 +174,40 @@ class RayShards:
             self.ray.kill(actor)
         self.actors = {}
         self._session.close()
+
+
+def open_local(paths: dict, *, readonly: bool, model, threads: int, device, dtype, repair: bool):
+    """Open every shard of ``paths`` ({name: directory}) as an Engine here -> (LocalShards, {name:
+    exception} of those missing, damaged or unreadable). Another writer's lock or the wrong model
+    raises: neither is one shard's damage."""
+    from jevsearch.engine import Engine
+
+    opened, missing = {}, {}
+    try:
+        for name, shard_path in paths.items():
+            try:
+                opened[name] = Engine.open(shard_path, readonly=readonly, model=model, threads=threads,
+                                           device=device, dtype=dtype, repair=repair)
+            except (IndexLockedError, ModelMismatchError):
+                raise  # not a shard's damage: another writer, or the caller's model
+            except (JevsearchError, OSError) as e:  # missing, damaged, unreadable: this shard only
+                missing[name] = e
+    except BaseException:
+        for eng in opened.values():
+            eng.close()
+        raise
+    return LocalShards(opened), missing
+
+
+def open_ray(address, paths: dict, threads: int, nodes: dict | None, timeout: float | None):
+    """Start one read-only :class:`ShardServer` actor per shard on the Ray cluster at ``address`` ->
+    (RayShards, {name: exception} of the shards that could not be opened)."""
+    from jevsearch.scale.cluster import Session
+
+    session = Session(address)
+    try:
+        backend = RayShards(session, paths, threads, nodes)
+        return backend, backend.start(timeout)
+    except BaseException:
+        session.close()
+        raise

@@ -35,7 +35,7 @@ def _require() -> None:
 def create_app(index_path, *, model=None, limits=None, warm_up: bool = True, host: str = "127.0.0.1",
                port: int | None = None, allowed_hosts=()):
     """The ASGI app serving the index at ``index_path`` (opened read-only; ``model``: the recorded
-    model's snapshot if it moved). ``limits``: :class:`jevsearch.serve.state.Limits`. ``warm_up``:
+    model's snapshot if it moved). ``limits``: :class:`jevsearch.limits.Limits`. ``warm_up``:
     load the model in the background at start, so the first search does not wait for it.
 
     ``host``/``port``: where it will be served; requests must name it (or a loopback name, or one of

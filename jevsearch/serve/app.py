@@ -44,11 +44,12 @@ from jevsearch.errors import (
     NotAnIndexError,
     PageNotFoundError,
 )
+from jevsearch.limits import Limits, UploadError
 from jevsearch.serve import pages
 from jevsearch.serve.routes import api, assets, html
 from jevsearch.serve.routes.common import HttpError
 from jevsearch.serve.security import Guard, HostCheck, scrub_paths
-from jevsearch.serve.state import AppState, Limits, UploadError
+from jevsearch.serve.state import AppState
 
 log = logging.getLogger(__name__)
 

@@ -225,7 +225,7 @@ def _chips(ex, base: str, link_query: dict, token: int | None, heat: str | None)
 
 def _range(ex, token: int | None) -> str:
     """The colour key's numbers for a map: where tinting starts and the best patch."""
-    from jevsearch.search.explain import THRESHOLD
+    from jevsearch.engine import THRESHOLD
 
     lo, hi = ex.scale(token)
     return f"{lo + THRESHOLD * (hi - lo):.3f} {hi:.3f}"

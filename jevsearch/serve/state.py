@@ -24,37 +24,15 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import io
 import logging
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from jevsearch.errors import InvalidInputError, JevsearchError
+from jevsearch.limits import Limits, UploadError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what a request may ask for (each refused with a 4xx and a message saying the limit)."""
-
-    max_query_chars: int = 1000
-    max_k: int = 100
-    default_k: int = 12
-    max_upload_bytes: int = 10 << 20
-    max_upload_pixels: int = 40_000_000
-    #: Formats accepted for image queries (Pillow format names).
-    image_formats: tuple = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
-
-
-class UploadError(InvalidInputError):
-    """An uploaded image is too large or not an image (HTTP 413 / 400)."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 class _Lru:
@@ -161,54 +139,15 @@ class AppState:
                 self._eng = None
 
     # -- requests ---------------------------------------------------------------------------------
+    # The bounds of jevsearch.limits, on this app's limits.
     def check_query(self, q) -> str:
-        if q is None or not str(q).strip():
-            raise InvalidInputError("query: empty (hint: type some words, or upload an image)")
-        q = str(q)
-        if len(q) > self.limits.max_query_chars:
-            raise InvalidInputError(f"query: {len(q)} characters, more than the limit of {self.limits.max_query_chars} "
-                                    "(hint: a shorter query)")
-        return q
+        return self.limits.check_query(q)
 
     def check_k(self, k) -> int:
-        if k is None or k == "":
-            return self.limits.default_k
-        try:
-            value = int(k)
-        except (TypeError, ValueError):
-            value = None
-        if value is None or not 1 <= value <= self.limits.max_k:
-            raise InvalidInputError(f"k: {k!r} is out of range (hint: a whole number from 1 to {self.limits.max_k})")
-        return value
+        return self.limits.check_k(k)
 
     def read_image(self, data: bytes):
-        """An uploaded image checked against the limits (bytes, pixels, format), decoded to RGB."""
-        from PIL import Image
-
-        lim = self.limits
-        if len(data) > lim.max_upload_bytes:
-            raise UploadError(f"image: more than {lim.max_upload_bytes} bytes (hint: a smaller image)", 413)
-        if not data:
-            raise UploadError("image: empty upload (hint: choose an image file)")
-        try:
-            img = Image.open(io.BytesIO(data))  # reads the header only
-        except Image.DecompressionBombError as e:
-            raise UploadError(f"image: refused, too many pixels: {e}", 413) from None
-        except Image.UnidentifiedImageError:  # its message names a BytesIO object: say what was sent instead
-            raise UploadError(f"image: not a readable image (a format this does not read; the upload starts "
-                              f"with {data[:8]!r}) (hint: PNG, JPEG or WebP)") from None
-        except (OSError, ValueError) as e:
-            raise UploadError(f"image: not a readable image ({e}) (hint: PNG, JPEG or WebP)") from None
-        if img.format not in lim.image_formats:
-            raise UploadError(f"image: format {img.format} not accepted (hint: one of {', '.join(lim.image_formats)})")
-        if img.width * img.height > lim.max_upload_pixels:
-            raise UploadError(f"image: {img.width}x{img.height} pixels, more than the limit of {lim.max_upload_pixels} "
-                              "(hint: scale it down)", 413)
-        try:
-            img.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise UploadError(f"image: cannot decode: {e}") from None
-        return img
+        return self.limits.read_image(data)
 
     def remember_query_image(self, eng, img) -> tuple[str, object]:
         """(id, the image as the model sees it): kept for later heat-map requests of this query."""

@@ -19,7 +19,8 @@ import numpy as np
 from jevsearch.errors import CorruptIndexError
 from jevsearch.store.graphview import GraphView
 from jevsearch.store.hnsw import HnswGraph
-from jevsearch.store.lmdbstore import FDE, PageStore, page_key
+from jevsearch.store.lmdbstore import PageStore
+from jevsearch.store.schema import FDE, page_key
 
 log = logging.getLogger(__name__)
 

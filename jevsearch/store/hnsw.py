@@ -39,7 +39,7 @@ import numpy as np
 import xxhash
 
 from jevsearch.errors import CorruptIndexError
-from jevsearch.store.lmdbstore import write_atomic
+from jevsearch.store.lmdbenv import write_atomic
 
 log = logging.getLogger(__name__)
 

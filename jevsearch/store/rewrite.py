@@ -49,17 +49,10 @@ from dataclasses import dataclass, field
 import lmdb
 
 from jevsearch.store import checksum
-from jevsearch.store.lmdbstore import (
-    MANIFEST_COPY,
-    MAP_SIZE,
-    MAX_DBS,
-    UNSEALED,
-    PageStore,
-    dump_json,
-    lmdb_error,
-    load_json,
-)
+from jevsearch.store.lmdbenv import MAP_SIZE, MAX_DBS, lmdb_error
+from jevsearch.store.lmdbstore import PageStore
 from jevsearch.store.manifest import upgraded
+from jevsearch.store.schema import MANIFEST_COPY, UNSEALED, dump_json, load_json
 
 # Bytes written per commit of the (still private) new store: bounds LMDB's dirty pages in memory.
 BATCH_BYTES = 256 << 20

@@ -21,16 +21,9 @@ import torch
 from jevsearch.errors import ChecksumError, CorruptIndexError
 from jevsearch.store import checksum, visual
 from jevsearch.store.hnsw import HnswGraph, truncate_normalize
-from jevsearch.store.lmdbstore import (
-    PAGE_KEY,
-    PAGE_VALUE_TABLES,
-    PageStore,
-    doc_key,
-    load_json,
-    page_key,
-    page_numbers,
-)
+from jevsearch.store.lmdbstore import PageStore
 from jevsearch.store.manifest import stored_single_dim
+from jevsearch.store.schema import PAGE_KEY, PAGE_VALUE_TABLES, doc_key, load_json, page_key, page_numbers
 from jevsearch.store.validate import NORM_TOLERANCE
 
 PAGE_TABLES = PAGE_VALUE_TABLES

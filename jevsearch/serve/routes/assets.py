@@ -10,11 +10,8 @@ from urllib.parse import quote
 from fastapi import APIRouter
 from fastapi.responses import Response, StreamingResponse
 
-from jevsearch import visuals
+from jevsearch.engine import ALPHA, THUMBNAIL_WIDTH, heatmap_legend, image_mime_type
 from jevsearch.errors import InvalidInputError
-from jevsearch.ingest import thumbnail as thumbs
-from jevsearch.search import explain as explain_maps
-from jevsearch.search.explain import ALPHA
 from jevsearch.serve import pages
 from jevsearch.serve.routes.common import (
     HttpError,
@@ -36,7 +33,7 @@ def query_image(state: State, name: str):
 @router.get("/legend.png")
 def legend(alpha: float = ALPHA):
     _check_alpha(alpha)
-    return png(explain_maps.legend(alpha), cache="max-age=86400")
+    return png(heatmap_legend(alpha), cache="max-age=86400")
 
 
 @router.get("/heatmap/{name}")
@@ -57,7 +54,7 @@ def heatmap(state: State, name: str, q: str | None = None, qi: str | None = None
 def page_image(state: State, name: str):
     pid = parse_page_id(name.removesuffix(".png"))
     with state.work("rendering the page") as eng:
-        image, _ = visuals.display_image(eng, eng.page_hit(pid))
+        image, _ = eng.display_image(eng.page_hit(pid))
     return png(image)
 
 
@@ -69,8 +66,8 @@ def thumbnail(state: State, page_id: str, w: int | None = None):
         view = eng.page_data(hit, vectors=False)[1]
         if w is None and view is not None and view.thumbnail:
             data = view.thumbnail  # as stored: no re-encoding
-            return Response(data, media_type=thumbs.mime_type(data), headers={"Cache-Control": "max-age=3600"})
-        image = eng.thumbnail(hit, width=w if w is not None else thumbs.WIDTH)
+            return Response(data, media_type=image_mime_type(data), headers={"Cache-Control": "max-age=3600"})
+        image = eng.thumbnail(hit, width=w if w is not None else THUMBNAIL_WIDTH)
     return png(image)
 
 
@@ -79,7 +76,7 @@ def document(state: State, page_id: str):
     pid = parse_page_id(page_id)
     with state.work("opening the document") as eng:
         hit = eng.page_hit(pid)
-    f = visuals.open_source(hit)  # checked: the very file indexed (same SHA-256), else DocumentError
+    f = eng.open_source(hit)  # outside the engine lock (hashing a file); checked: the very file indexed (same SHA-256), else DocumentError
     name = os.path.basename(hit.path)
     kind = hit.metadata.get("kind")
     media = "application/pdf" if kind == "pdf" else mimetypes.guess_type(name)[0] or "application/octet-stream"

@@ -18,11 +18,11 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from jevsearch import visuals
+from jevsearch.engine import is_passage, to_json
 from jevsearch.errors import InvalidInputError, JevsearchError, PageNotFoundError
-from jevsearch.index.results import to_json
+from jevsearch.limits import UploadError
 from jevsearch.serve import pages
-from jevsearch.serve.state import AppState, UploadError
+from jevsearch.serve.state import AppState
 
 #: Multipart framing around an uploaded image, allowed on top of Limits.max_upload_bytes.
 FORM_OVERHEAD = 64 << 10
@@ -61,7 +61,7 @@ def search(state: AppState, query, k: int, qid: str | None = None, marks: bool =
     with state.work("searching" if isinstance(query, str) else "searching with the image") as eng:
         hits = eng.search(query, k=k, mode=mode or None)
         passage_marks = {h.page_id: pages.passage_marks(state.explanation(eng, h.page_id, query, key(query, qid)))
-                         for h in hits if marks and visuals.is_passage(h)}
+                         for h in hits if marks and is_passage(h)}
     link = {"q": query} if qid is None else {"qi": qid}
     rows = [dict(row, thumbnail=f"/thumb/{row['page_id']}", page_url=f"/page/{row['page_id']}?" + urlencode(link),
                  document_url=f"/doc/{row['page_id']}#page={row['page']}") for row in to_json(hits)]

@@ -8,8 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
-from jevsearch import visuals
-from jevsearch.search.explain import ALPHA
+from jevsearch.engine import ALPHA
 from jevsearch.serve import pages
 from jevsearch.serve.routes.common import (
     State,
@@ -60,6 +59,6 @@ def page(state: State, page_id: str, q: str | None = None, qi: str | None = None
         ex = state.explanation(eng, pid, query, key) if query is not None else None
     chosen = token_of(ex, token) if ex is not None else None
     body = pages.page_view(hit, ex, dict(link, **({"k": kept_k} if kept_k else {})), chosen,
-                           visuals.source_problem(hit), ALPHA)
+                           eng.source_problem(hit), ALPHA)
     return pages.layout(f"{os.path.basename(hit.path)} p. {hit.page}", body, info(state), q=q or "", k=kept_k,
                         max_k=state.limits.max_k)

@@ -1,0 +1,164 @@
+"""Weights from the safetensors files into parameters: read once, in the target dtype, part by part.
+
+:class:`LazyWeights` holds a module built with empty (meta) parameters and the plan of where each
+parameter is in the files (:func:`jevsearch.model.checkpoint.plan_strict`); :meth:`LazyWeights.load`
+reads one part (the language side with the model, the vision tower at the first image).
+
+Weights already in the target dtype are not read at all: the parameters are the files' pages,
+memory-mapped (:func:`read_tensors`). Others are converted through one reused bounded buffer.
+
+>>> from jevsearch.model import checkpoint
+>>> snap = checkpoint.resolve_snapshot("tests/fixtures/jina-v4-tiny/ckpt")
+>>> module, config, weights = checkpoint.load_module(snap, "cpu", torch.bfloat16, vision=False)
+>>> weights.vision_loaded
+False
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from jevsearch.errors import CheckpointError
+
+#: Parameter-name prefix of the vision tower: loaded only when an image is encoded.
+VISION = "model.visual."
+#: Parameters that weight-only int8 quantises: the language model's linear layers (LoRA-wrapped or not).
+_INT8 = re.compile(r"^model\.language_model\.layers\.\d+\.\w+\.\w+_proj\.(base_layer\.)?weight$")
+_STAGE = 1 << 25  # bytes staged per read when a tensor changes dtype: bounds the loader's extra memory
+REDOWNLOAD = "download the model snapshot again, e.g. `hf download jinaai/jina-embeddings-v4 --local-dir DIR`"
+
+
+def _nbytes(shape: tuple, dtype: torch.dtype) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n * dtype.itemsize
+
+
+def read_tensors(plan: dict, dtype: torch.dtype, device="cpu", scratch: bool = False) -> Iterator:
+    """Yield (name, tensor in ``dtype`` on ``device``) for every entry of ``plan``, file by file.
+
+    A tensor stored in ``dtype`` is the file's own bytes, memory-mapped copy-on-write (on the CPU no
+    copy at all: the page cache holds the weights once, for every process that maps them); any other
+    is read into its own memory, through one reused staging buffer when the dtype changes.
+    ``scratch``: each tensor is only valid until the next one (one reused buffer, for callers that
+    convert and drop it).
+    """
+    cpu = torch.device(device).type == "cpu"
+    reused = None
+    if scratch:
+        reused = torch.empty(max((_nbytes(e[3], dtype) for e in plan.values()), default=0), dtype=torch.uint8)
+    stage = None
+    by_file: dict[Path, list] = {}
+    for name, entry in plan.items():
+        by_file.setdefault(entry[0], []).append((name, entry))
+    for path, items in by_file.items():
+        with open(path, "rb", buffering=0) as f:
+            mapped = None if scratch else _map(f)
+            for name, (_, key, src, shape, begin, stop) in sorted(items, key=lambda it: it[1][4]):
+                if stop > _size(f):
+                    raise CheckpointError(f"{path}: {key} cut short (hint: {REDOWNLOAD})")
+                if mapped is not None and src == dtype and begin % dtype.itemsize == 0:
+                    view = mapped[begin:stop].view(dtype).view(shape)
+                    yield name, view if cpu else view.to(device)
+                    continue
+                out = (reused[:_nbytes(shape, dtype)].view(dtype).view(shape) if reused is not None
+                       else torch.empty(shape, dtype=dtype))
+                f.seek(begin)
+                if src == dtype:
+                    if (f.readinto(out.view(-1).view(torch.uint8).numpy()) if out.numel() else 0) != stop - begin:
+                        raise CheckpointError(f"{path}: {key} cut short (hint: {REDOWNLOAD})")
+                else:
+                    if stage is None or stage.dtype != src:
+                        stage = torch.empty(_STAGE // src.itemsize, dtype=src)
+                    _read_converted(f, out.view(-1), stage, stop - begin, path, key)
+                yield name, out if cpu else out.to(device)
+
+
+def _map(f) -> torch.Tensor | None:
+    """The whole file as a copy-on-write byte tensor (None where it cannot be mapped, e.g. empty)."""
+    try:
+        return torch.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY), dtype=torch.uint8)
+    except (OSError, ValueError):
+        return None
+
+
+def _size(f) -> int:
+    return os.fstat(f.fileno()).st_size
+
+
+def _read_converted(f, out: torch.Tensor, stage: torch.Tensor, nbytes: int, path: Path, key: str) -> None:
+    item, done = stage.element_size(), 0
+    if nbytes != out.numel() * item:
+        raise CheckpointError(f"{path}: {key} has {nbytes} bytes for {out.numel()} values (hint: {REDOWNLOAD})")
+    while done < out.numel():
+        n = min(stage.numel(), out.numel() - done)
+        view = stage[:n]
+        if f.readinto(view.view(torch.uint8).numpy()) != n * item:
+            raise CheckpointError(f"{path}: {key} cut short (hint: {REDOWNLOAD})")
+        out[done:done + n].copy_(view)
+        done += n
+
+
+def assign(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Make ``tensor`` the parameter ``name`` of ``module`` (no copy; replaces a meta placeholder)."""
+    owner, _, attr = name.rpartition(".")
+    setattr(module.get_submodule(owner), attr, nn.Parameter(tensor, requires_grad=False))
+
+
+class LazyWeights:
+    """A module built with empty (meta) parameters and the plan of where each one is in the files.
+
+    :meth:`load` reads a part's tensors straight into new parameters (one copy, in the target dtype);
+    the language side loads with the model, the vision tower on the first image (:meth:`load_vision`).
+    ``int8``: the language model's linear layers become :class:`~jevsearch.model.quant.Int8Linear`.
+    """
+
+    def __init__(self, module: nn.Module, plan: dict, device, dtype: torch.dtype, int8: bool):
+        self.module, self.device, self.dtype, self.int8 = module, torch.device(device), dtype, int8
+        self._pending = dict(plan)  # real parameter name -> where it is
+        self._lock = threading.Lock()
+
+    @property
+    def vision_loaded(self) -> bool:
+        return not any(n.startswith(VISION) for n in self._pending)
+
+    def load_vision(self) -> None:
+        """Load the vision tower if it is not yet (thread-safe; a no-op after the first call)."""
+        self.load(lambda n: n.startswith(VISION))
+
+    def load(self, part: Callable[[str], bool]) -> int:
+        """Load every pending parameter whose name satisfies ``part``; returns how many."""
+        with self._lock:
+            names = [n for n in self._pending if part(n)]
+            if not names:
+                return 0
+            quantised = {n for n in names if self.int8 and _INT8.match(n)}
+            plain = {n: self._pending[n] for n in names if n not in quantised}
+            with torch.no_grad():
+                for name, tensor in read_tensors(plain, self.dtype, self.device):
+                    assign(self.module, name, tensor)
+                self._quantise({n: self._pending[n] for n in names if n in quantised})
+            for n in names:
+                del self._pending[n]
+            return len(names)
+
+    def _quantise(self, plan: dict) -> None:
+        from jevsearch.model.cpu import int8_input_dtype
+        from jevsearch.model.quant import Int8Linear
+
+        for name, weight in read_tensors(plan, torch.float32, scratch=True):  # biases are loaded by now
+            owner_name = name.rpartition(".")[0]
+            owner = self.module.get_submodule(owner_name)
+            parent_name, _, attr = owner_name.rpartition(".")
+            bias = owner.bias if owner.bias is not None and owner.bias.device.type != "meta" else None
+            layer = Int8Linear.from_float(weight, bias, int8_input_dtype())
+            setattr(self.module.get_submodule(parent_name), attr, layer)
