@@ -7,9 +7,17 @@ another's).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.ingest_corpus import tiny_encoder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Caches the library writes (the int8 weights) go to a temporary folder, never the user's ~/.cache."""
+    os.environ["JEVSEARCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")
