@@ -2,7 +2,7 @@
 
     jevsearch make-tiny-model models/full --full-size        # RANDOM weights, real shapes (~7.5 GB)
     python benchmarks/model.py --model models/full            # every dtype this machine runs
-    python benchmarks/model.py --model models/full --dtypes int8 bfloat16 --pages 1 --cold
+    python benchmarks/model.py --model models/full --dtypes int8 int8-cached --pages 1 --cold
     python benchmarks/model.py --kernels                      # small-M matmul kernels only
 
 Each dtype runs in its own child process (its peak RSS is its own): warm load (and cold with
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -153,11 +154,26 @@ def kernels(rows=(1, 12, 32)) -> None:
                [f"M={m}" for m in rows], out)
 
 
+#: Columns that are not a dtype name: what they load as. "int8" runs with an empty int8 cache (it
+#: quantises and writes it), "int8-cached" after it (maps the cache); "float32-mkl" is float32 with
+#: every linear on F.linear, the path before the measured kernel choice.
+VARIANTS = {"int8-cached": "int8", "float32-mkl": "float32"}
+
+
+def _load(model: Path, name: str):
+    from jevsearch.model import JinaV4Encoder
+
+    if name == "int8":  # every "int8" load quantises: its cache starts empty
+        shutil.rmtree(os.environ.get("JEVSEARCH_CACHE_DIR", "/nonexistent"), ignore_errors=True)
+    return JinaV4Encoder.from_pretrained(model, device="cpu", dtype=VARIANTS.get(name, name))
+
+
 def child(args) -> dict:
     """Measure one dtype in this process; prints one JSON line."""
     import numpy as np
+    import torch
 
-    from jevsearch.model import JinaV4Encoder, cpu
+    from jevsearch.model import cpu
 
     model = Path(args.model)
     files = _weight_files(model)
@@ -170,13 +186,19 @@ def child(args) -> dict:
     if args.cold:
         _drop_cache(files)
         t = time.perf_counter()
-        JinaV4Encoder.from_pretrained(model, device="cpu", dtype=args.child)
+        _load(model, args.child)
         out["load_cold_s"] = time.perf_counter() - t
     out["read_s"] = min(_read_files(files), _read_files(files))
     before = _status("VmRSS:")
     t = time.perf_counter()
-    enc = JinaV4Encoder.from_pretrained(model, device="cpu", dtype=args.child)
+    enc = _load(model, args.child)
     out["load_warm_s"] = time.perf_counter() - t
+    if args.child == "float32-mkl":  # the path before the kernel choice: every linear on F.linear
+        from jevsearch.model.kernels import OneDnnLinear
+
+        for m in enc.module.modules():
+            if type(m) is OneDnnLinear:
+                m.__class__ = torch.nn.Linear
     out["kernels"] = cpu.kernel_report()
     out["stream_s"], out["lm_weight_bytes"] = _stream_floor(enc.module)
     for tokens in (8, 12, 32):
@@ -207,7 +229,8 @@ def child(args) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="snapshot directory (make-tiny-model DIR --full-size)")
-    p.add_argument("--dtypes", nargs="+", default=None, help="default: int8, bfloat16, float32")
+    p.add_argument("--dtypes", nargs="+", default=None,
+                   help="default: int8 int8-cached bfloat16 float32 float32-mkl (see VARIANTS)")
     p.add_argument("--reps", type=int, default=5, help="timed queries per length (default 5)")
     p.add_argument("--pages", type=int, default=0, help="A4 pages to encode per dtype (0: none; slow on CPU)")
     p.add_argument("--cold", action="store_true", help="also a cold load (weight files dropped from the page cache)")
@@ -223,9 +246,10 @@ def main() -> int:
         return 0
     if not args.model:
         p.error("--model DIR is needed (or --kernels)")
-    dtypes = args.dtypes or ["int8", "bfloat16", "float32"]
+    dtypes = args.dtypes or ["int8", "int8-cached", "bfloat16", "float32", "float32-mkl"]
     results, saved = {}, {}
     tmp = tempfile.mkdtemp(prefix="jevsearch-model-bench-")
+    os.environ["JEVSEARCH_CACHE_DIR"] = os.path.join(tmp, "cache")  # int8 starts with no cached layers
     for dtype in dtypes:
         saved[dtype] = os.path.join(tmp, f"{dtype}.npz")
         cmd = [sys.executable, __file__, "--model", args.model, "--child", dtype, "--save", saved[dtype],

@@ -62,6 +62,11 @@ class ModelSearch:
         return self._encoder
 
     @property
+    def model_dtype(self) -> str | None:
+        """What the loaded model computes in ("float32", "bfloat16", "int8"); None until it is loaded."""
+        return None if self._encoder is None else self._encoder.dtype_name
+
+    @property
     def page_geometry(self):
         """How pages are rendered for this index's model (pixel budget, 28 px token grid)."""
         return modelinfo.page_geometry(self.encoder, self._manifest["model"])

@@ -178,3 +178,26 @@ def kill_after_documents(cmd: list[str], index, env: dict, cwd: str, total: int,
     proc.wait()
     assert at_least <= seen < total, f"killed after {seen} of {total} documents: {proc.stderr.read().decode()[-800:]}"
     return seen
+
+
+EXAMPLES_QUERY = "quarterly revenue by region"
+EXAMPLES_MAX_PIXELS = 128 * 28 * 28
+
+
+def build_examples(root):
+    """``root``/docs: the example PDFs and a chart image; ``root``/idx: their index (tiny model) with
+    report.pdf team=finance year=2024, manual.pdf and chart.png team=ops year=2023. Returns ``root``."""
+    import shutil
+
+    from jevsearch import Engine
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    docs = root / "docs"
+    docs.mkdir(parents=True)
+    for name in ("report.pdf", "manual.pdf"):
+        shutil.copy(os.path.join(repo, "examples", name), docs / name)
+    picture(320, 240, seed=4).save(docs / "chart.png")
+    with Engine.create(root / "idx", model=tiny_encoder(), max_pixels=EXAMPLES_MAX_PIXELS) as eng:
+        eng.add([docs / "report.pdf"], metadata={"team": "finance", "year": 2024})
+        eng.add([docs / "manual.pdf", docs / "chart.png"], metadata={"team": "ops", "year": 2023})
+    return root

@@ -514,13 +514,20 @@ def test_command_indexes_an_empty_index_then_reuses_it(tmp_path, capsys):
                                                             "two-stage c=4", "exhaustive"]
     assert out.rstrip().endswith("quality_vs_latency.png") and "wrote " in out
     assert sorted(os.listdir(tmp_path / "rep")) == ["quality_vs_latency.png", "report.json"]
-    assert json.loads((tmp_path / "rep" / "report.json").read_text())["index"]["pages"] == 6
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    from jevsearch.model.cpu import default_cpu_dtype
+
+    default = str(default_cpu_dtype()).removeprefix("torch.")  # measured: float32 or bfloat16
+    assert report["index"]["pages"] == 6 and report["index"]["model_dtype"] == default
+    assert f"model in {default}" in out
 
     # The index is no longer empty: the second run only reads it (it works while a writer holds it).
     with Engine.open(tmp_path / "idx"):
-        code = main(["eval", str(root), "--index", str(tmp_path / "idx"), "--out", str(tmp_path / "rep2"), "-q"])
+        code = main(["eval", str(root), "--index", str(tmp_path / "idx"), "--out", str(tmp_path / "rep2"), "-q",
+                     "--dtype", "int8"])
     out = capsys.readouterr().out
-    assert code == 0 and out.startswith("setting") and "wrote" not in out
-    assert json.loads((tmp_path / "rep2" / "report.json").read_text())["index"]["pages"] == 6
+    assert code == 0 and out.startswith("setting") and "wrote" not in out and "model in int8" in out
+    report = json.loads((tmp_path / "rep2" / "report.json").read_text())
+    assert report["index"]["pages"] == 6 and report["index"]["model_dtype"] == "int8"
     assert main(["eval", str(tmp_path / "nowhere"), "--index", str(tmp_path / "idx")]) == 1
     assert "nowhere: no such folder" in capsys.readouterr().err

@@ -5,6 +5,7 @@ indexes made before layouts were recorded.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 
@@ -12,9 +13,10 @@ import lmdb
 import numpy as np
 import pymupdf
 import pytest
+from _store_child import unit
 from PIL import Image
 
-from jevsearch import Engine, Hit, Index
+from jevsearch import Engine, Hit, Index, ShardedEngine
 from jevsearch.errors import DocumentError, InvalidInputError, PageNotFoundError
 from jevsearch.ingest import thumbnail as thumbs
 from jevsearch.ingest.pages import open_document
@@ -28,18 +30,13 @@ from tests.ingest_corpus import make_truncated_pdf, tiny_encoder
 MAX_PIXELS = 128 * 28 * 28
 
 
-def _unit(rng, *shape):
-    x = rng.standard_normal(shape).astype(np.float32)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 # ----- pure math ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("rows, cols, cell", [(3, 5, (2, 1)), (5, 3, (1, 2)), (4, 4, (0, 3))])
 def test_hottest_cell_is_the_patch_equal_to_the_query_token(rows, cols, cell):
     rng = np.random.default_rng(rows * 10 + cols)
     first, tail = 4, 7
-    page = _unit(rng, first + rows * cols + tail, 128)
-    query = _unit(rng, 3, 128)
+    page = unit(rng, first + rows * cols + tail, 128)
+    query = unit(rng, 3, 128)
     page[first + cell[0] * cols + cell[1]] = query[1]  # patch (r, c) is query token 1
     maps, scores = patch_maps(query, page, first, rows, cols)
     assert maps.shape == (3, rows, cols) and maps.dtype == np.float32
@@ -112,14 +109,14 @@ def test_token_labels_align_with_query_vectors():
 # ----- stored views at the index level -----------------------------------------------------------
 def test_page_views_are_stored_validated_and_deleted_with_their_pages(tmp_path):
     rng = np.random.default_rng(1)
-    multis = [_unit(rng, 2 + 6 + 1, 32), _unit(rng, 5, 32)]
+    multis = [unit(rng, 2 + 6 + 1, 32), unit(rng, 5, 32)]
     with Index.create(tmp_path / "i", single_dim=8, multi_dim=32) as idx:
         with pytest.raises(InvalidInputError, match="does not fit"):
-            idx.add_embeddings("a", _unit(rng, 2, 8), multis, page_views=[PageView(2, 4, 2, 9), None])
+            idx.add_embeddings("a", unit(rng, 2, 8), multis, page_views=[PageView(2, 4, 2, 9), None])
         with pytest.raises(InvalidInputError, match="page_views"):
-            idx.add_embeddings("a", _unit(rng, 2, 8), multis, page_views=[PageView(2, 3, 2, 9)])
+            idx.add_embeddings("a", unit(rng, 2, 8), multis, page_views=[PageView(2, 3, 2, 9)])
         views = [PageView(2, 3, 2, 9, b"thumb"), None]
-        idx.add_embeddings("a", _unit(rng, 2, 8), multis, page_views=views, metadata={"v": 1})
+        idx.add_embeddings("a", unit(rng, 2, 8), multis, page_views=views, metadata={"v": 1})
         hits = idx.search_embeddings(None, multis[0][3:5], k=2, exhaustive=True)
         first = next(h for h in hits if h.page == 1)
         multi, view = idx.page_data(first)
@@ -128,7 +125,7 @@ def test_page_views_are_stored_validated_and_deleted_with_their_pages(tmp_path):
         assert idx.page_data(next(h for h in hits if h.page == 2))[1] is None
         assert idx.page_hit(first.page_id).page == 1
         assert idx.stats()["bytes"]["visual"] > 0
-        idx.add_embeddings("a", _unit(rng, 1, 8), [_unit(rng, 4, 32)], metadata={"v": 2})  # replaced
+        idx.add_embeddings("a", unit(rng, 1, 8), [unit(rng, 4, 32)], metadata={"v": 2})  # replaced
         with pytest.raises(PageNotFoundError, match="search again"):
             idx.page_data(first)
         with pytest.raises(PageNotFoundError):
@@ -153,15 +150,15 @@ def _drop_visual_table(path):
 def test_an_index_without_the_visual_table_opens_and_gets_it_back(tmp_path):
     rng = np.random.default_rng(2)
     with Index.create(tmp_path / "i", single_dim=8, multi_dim=32) as idx:
-        idx.add_embeddings("a", _unit(rng, 1, 8), [_unit(rng, 5, 32)])
+        idx.add_embeddings("a", unit(rng, 1, 8), [unit(rng, 5, 32)])
     _drop_visual_table(tmp_path / "i")
     with Index.open(tmp_path / "i", readonly=True) as idx:
-        hit = idx.search_embeddings(None, _unit(rng, 2, 32), k=1, exhaustive=True)[0]
+        hit = idx.search_embeddings(None, unit(rng, 2, 32), k=1, exhaustive=True)[0]
         assert idx.page_data(hit)[1] is None and "visual" not in idx.stats()["bytes"]
         idx.verify()
     with Index.open(tmp_path / "i") as idx:  # a writer adds the table
-        idx.add_embeddings("b", _unit(rng, 1, 8), [_unit(rng, 5, 32)], page_views=[PageView(1, 3, 1, 5)])
-        hit = idx.search_embeddings(None, _unit(rng, 2, 32), k=2, exhaustive=True)
+        idx.add_embeddings("b", unit(rng, 1, 8), [unit(rng, 5, 32)], page_views=[PageView(1, 3, 1, 5)])
+        hit = idx.search_embeddings(None, unit(rng, 2, 32), k=2, exhaustive=True)
         assert sorted(idx.page_data(h)[1] is None for h in hit) == [False, True]
         idx.compact()
         idx.verify()
@@ -194,13 +191,15 @@ def _square_cell(path, geometry):
     return raster, (int(ys.mean()) // geometry.factor, int(xs.mean()) // geometry.factor)
 
 
-@pytest.fixture(scope="module")
-def engine_pages(tmp_path_factory):
-    """One index of: a landscape page and a /Rotate 90 page (shown landscape), each with a square."""
+@pytest.fixture(scope="module", params=("one", "sharded"))
+def engine_pages(tmp_path_factory, request):
+    """A landscape page and a /Rotate 90 page (shown landscape), each with a square, in one index or in
+    a sharded one: explain answers the same on both."""
     root = tmp_path_factory.mktemp("explain")
     _pdf_with_square(root / "wide.pdf", rotate=0, square=True)
     _pdf_with_square(root / "turned.pdf", rotate=90, square=True, size=(420, 700))
-    eng = Engine.create(root / "idx", model=tiny_encoder(), max_pixels=MAX_PIXELS)
+    create = Engine.create if request.param == "one" else functools.partial(ShardedEngine.create, shards=2)
+    eng = create(root / "idx", model=tiny_encoder(), max_pixels=MAX_PIXELS)
     eng.add([root / "wide.pdf", root / "turned.pdf"])
     yield root, eng
     eng.close()

@@ -308,14 +308,15 @@ def _metas(eng):
     return {d: eng.document(d) for d in eng.documents()}
 
 
-def test_filters_follow_update_metadata_and_delete(tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_filters_follow_update_metadata_and_delete(tmp_path, kind):
     rng = np.random.default_rng(1)
     corpus = {f"d{i}": make_doc(i, 3, tokens=(8, 16)) for i in range(8)}
     (qs, qm), = queries(corpus, 1)
-    with Index.create(tmp_path / "i", single_dim=DIM) as eng:
+    with create(kind, tmp_path / "i", single_dim=DIM) as eng:
         for i, (name, (s, m)) in enumerate(corpus.items()):
             eng.add_embeddings(name, s, m, metadata={"team": "fin" if i < 4 else "ops", "n": i})
-        reader = Index.open(tmp_path / "i", readonly=True)
+        reader = jevsearch.open(tmp_path / "i", read_only=True)
         try:
             fin = {"team": "fin"}
             assert {h.doc_id for h in reader.search_embeddings(qs, qm, k=50, where=fin)} == {"d0", "d1", "d2", "d3"}
@@ -448,23 +449,32 @@ def test_filter_parse_is_strict_about_types():
         parse({"a": b"x"})
 
 
-def test_filters_follow_rename_and_copy(tmp_path):
-    corpus = {f"/d/{n}.pdf": make_doc(i, 2, tokens=(8, 16)) for i, n in enumerate("abc")}
+@pytest.mark.parametrize("kind", KINDS)
+def test_filters_follow_rename_and_copy(tmp_path, kind):
+    # /d35/: each old id and its new one route to the same one of 3 shards (a sharded index renames and
+    # copies within a shard), and a.pdf and b.pdf to different ones.
+    corpus = {f"/d35/{n}.pdf": make_doc(i, 2, tokens=(8, 16)) for i, n in enumerate("abc")}
     (qs, qm), = queries(corpus, 1)
-    with Index.create(tmp_path / "i", single_dim=DIM) as eng, Index.open(tmp_path / "i", readonly=True) as reader:
+    with create(kind, tmp_path / "i", single_dim=DIM) as eng, jevsearch.open(tmp_path / "i", read_only=True) as reader:
         for name, (s, m) in corpus.items():
             eng.add_embeddings(name, s, m, metadata={"team": "fin"})
         reader.search_embeddings(qs, qm, k=1)  # the reader's view is loaded before the changes
-        eng.rename_document("/d/a.pdf", "/d/2024/z.pdf", metadata={"team": "ops"})
-        eng.copy_document("/d/b.pdf", "/d/2024/b2.pdf")
+        eng.rename_document("/d35/a.pdf", "/d35/2024/z.pdf", metadata={"team": "ops"})
+        assert eng.copy_document("/d35/b.pdf", "/d35/2024/b2.pdf") == 2
         for who in (eng, reader):
             assert {h.doc_id for h in who.search_embeddings(qs, qm, k=20, where={"path": {"$glob": "2024/*"}})} \
-                == {"/d/2024/z.pdf", "/d/2024/b2.pdf"}
+                == {"/d35/2024/z.pdf", "/d35/2024/b2.pdf"}
             assert {h.doc_id for h in who.search_embeddings(qs, qm, k=20, where={"team": "fin"})} == \
-                {"/d/b.pdf", "/d/c.pdf", "/d/2024/b2.pdf"}
+                {"/d35/b.pdf", "/d35/c.pdf", "/d35/2024/b2.pdf"}
             assert [h.doc_id for h in who.search_embeddings(qs, qm, k=20, where={"name": "z.pdf"})] == \
-                ["/d/2024/z.pdf"] * 2
+                ["/d35/2024/z.pdf"] * 2
         assert eng.verify()["documents"] == 4
+        if kind == "sharded":  # across shards: refused, and nothing changed
+            for call, dst in ((eng.rename_document, "/d35/2024/b2.pdf"), (eng.copy_document, "/d35/2024/c.pdf")):
+                assert route("/d35/c.pdf", SHARDS) != route(dst, SHARDS)
+                with pytest.raises(InvalidInputError, match="route to different shards.*hint: delete the document"):
+                    call("/d35/c.pdf", dst)
+            assert sorted(eng.documents()) == sorted(reader.documents()) and len(list(eng.documents())) == 4
 
 
 def test_verify_finds_and_repairs_a_wrong_field_record(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from PIL import Image
 from jevsearch import Engine
 from jevsearch.errors import InvalidInputError, JevsearchError, NotAnIndexError
 from jevsearch.integrations import require
-from tests.integrations_corpus import QUERY, REPO, build
+from tests.ingest_corpus import EXAMPLES_QUERY as QUERY
 
 pytest.importorskip("langchain_core")
 pytest.importorskip("llama_index.core")
@@ -29,9 +30,13 @@ WORDS = ["revenue", "circuit", "warehouse", "enzyme", "region", "voltage", "basa
 QUERIES = [f"{a} {b}" for a, b in zip(WORDS, WORDS[3:] + WORDS[:3])]  # 16 different queries
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("integrations"))
+def corpus(example_corpus):
+    """The example corpus and its index (tests/conftest.py), shared with the web app's tests: read only."""
+    return example_corpus
 
 
 @pytest.fixture(scope="module")

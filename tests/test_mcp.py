@@ -16,7 +16,7 @@ import time
 import pytest
 from PIL import Image
 
-from tests.integrations_corpus import QUERY, REPO, build
+from tests.ingest_corpus import EXAMPLES_QUERY as QUERY
 
 pytest.importorskip("mcp")
 from mcp import Client, StdioServerParameters
@@ -25,9 +25,13 @@ from mcp.types import ImageContent, TextContent
 TOOLS = {"search", "get_page", "list_documents", "explain"}
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("mcp"))
+def corpus(example_corpus):
+    """The example corpus and its index (tests/conftest.py): read only."""
+    return example_corpus
 
 
 def _server(index, *extra) -> StdioServerParameters:

@@ -136,6 +136,31 @@ def test_int8_language_model_stays_close_to_float32(enc32):
     assert _worst_cos(a.single, b.single) >= 0.99
 
 
+def _mapped_from(path: Path) -> list[tuple[int, int]]:
+    return [tuple(int(x, 16) for x in line.split()[0].split("-")) for line in open("/proc/self/maps")
+            if line.rstrip().endswith(str(path))]
+
+
+def test_int8_layers_are_quantised_once_then_mapped_from_the_cache(enc32, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("JEVSEARCH_CACHE_DIR", str(tmp_path))
+    first = JinaV4Encoder.from_pretrained(CKPT, device="cpu", dtype="int8")
+    (cached,) = (tmp_path / "int8").glob("*.safetensors")
+    again = JinaV4Encoder.from_pretrained(CKPT, device="cpu", dtype="int8")
+    spans = _mapped_from(cached)
+    layers = [m for m in again.module.modules() if isinstance(m, Int8Linear)]
+    assert layers and all(any(a <= m.weight_int8.data_ptr() < b for a, b in spans) for m in layers)
+    np.testing.assert_array_equal(first.encode_texts(_texts()).single, again.encode_texts(_texts()).single)
+    data = bytearray(cached.read_bytes())  # one flipped byte: named in the log, quantised again, same vectors
+    data[-5] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        healed = JinaV4Encoder.from_pretrained(CKPT, device="cpu", dtype="int8")
+    assert "checksum mismatch" in caplog.text
+    np.testing.assert_array_equal(first.encode_texts(_texts()).single, healed.encode_texts(_texts()).single)
+    assert JinaV4Encoder.from_pretrained(CKPT, device="cpu", dtype="int8").module is not None
+    assert not list((tmp_path / "int8").glob(".tmp-*"))
+
+
 # ----- query cache -------------------------------------------------------------------------------
 def test_cache_hits_misses_and_lru_eviction_by_entries_and_bytes():
     cache = QueryCache(max_entries=2, max_bytes=10_000)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from _store_child import make_doc, query_for, unit
 
+import jevsearch
 from jevsearch import Engine
 from jevsearch.search import maxsim as maxsim_module
 from jevsearch.search.maxsim import maxsim, pad_queries, top_with_ties
@@ -79,17 +80,12 @@ def test_top_with_ties():
     assert sorted(top_with_ties(s, 9)) == [0, 1, 2, 3, 4]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("search") / "idx")
-    eng = Engine.create(path, single_dim=64, hnsw_m=8, ef_construction=40, ef_search=16)
-    docs = {}
-    for i in range(12):
-        singles, multis = make_doc(i, pages=1 + i % 4)
-        eng.add_embeddings(f"doc{i:02d}", singles, multis, metadata={"i": i})
-        docs[f"doc{i:02d}"] = (singles, multis)
-    yield eng, docs
-    eng.close()
+@pytest.fixture
+def corpus(small_index):
+    """(the small index of tests/conftest.py opened read-only: one index, then a sharded one; its embeddings)."""
+    path, docs = small_index
+    with jevsearch.open(path, read_only=True) as eng:
+        yield eng, docs
 
 
 def _key(hits):
@@ -121,6 +117,7 @@ def test_exhaustive_is_independent_of_chunking(corpus, monkeypatch):
     assert _key(eng.search_embeddings(None, qm, k=7, exhaustive=True)) == _key(whole)
 
 
+@pytest.mark.parametrize("small_index", ["one"], indirect=True)  # Engine.threads: one index's own setting
 def test_search_with_two_threads_equals_one(corpus, monkeypatch):
     eng, docs = corpus
     monkeypatch.setattr(maxsim_module, "CPU_BLOCK_TOKENS", 64)  # many blocks, so both workers score

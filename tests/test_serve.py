@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -23,9 +22,9 @@ from fastapi.testclient import TestClient
 
 from jevsearch import Engine
 from jevsearch.cli import main as cli_main
+from jevsearch.limits import Limits
 from jevsearch.serve import create_app
-from jevsearch.serve.state import Limits
-from tests.ingest_corpus import picture, tiny_encoder
+from tests.ingest_corpus import build_examples, tiny_encoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_PIXELS = 128 * 28 * 28
@@ -33,21 +32,10 @@ QUERY = "quarterly revenue by region"
 LOCAL = "http://127.0.0.1"  # TestClient's default Host, "testserver", is refused like any foreign name
 
 
-def _build(root):
-    """``root``/docs: the example PDFs and a chart image; ``root``/idx: their index (tiny model)."""
-    docs = root / "docs"
-    docs.mkdir(parents=True)
-    for name in ("report.pdf", "manual.pdf"):
-        shutil.copy(os.path.join(REPO, "examples", name), docs / name)
-    picture(320, 240, seed=4).save(docs / "chart.png")
-    with Engine.create(root / "idx", model=tiny_encoder(), max_pixels=MAX_PIXELS) as eng:
-        eng.add([docs])
-    return root
-
-
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return _build(tmp_path_factory.mktemp("serve"))
+def corpus(example_corpus):
+    """The example corpus and its index (tests/conftest.py), shared with the integration tests: read only."""
+    return example_corpus
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +183,7 @@ def test_documents_are_served_by_page_id_only(client, corpus, tmp_path):
 
 
 def test_a_changed_moved_or_symlinked_source_is_refused(tmp_path):
-    root = _build(tmp_path / "c")  # its own index: this test changes the files under it
+    root = build_examples(tmp_path / "c")  # its own index: this test changes the files under it
     with TestClient(create_app(root / "idx"), raise_server_exceptions=False, base_url=LOCAL) as client:
         report = next(h for h in _hits(client, k=10) if h["path"].endswith("report.pdf"))
         pid, path = report["page_id"], root / "docs" / "report.pdf"
@@ -224,7 +212,7 @@ def test_a_changed_moved_or_symlinked_source_is_refused(tmp_path):
 
 
 def test_index_opened_read_only_and_pages_that_left_it(tmp_path):
-    root = _build(tmp_path / "c")
+    root = build_examples(tmp_path / "c")
     with TestClient(create_app(root / "idx"), raise_server_exceptions=False, base_url=LOCAL) as client:
         h = _hits(client, k=1)[0]
         assert client.app.state.jev._eng.readonly

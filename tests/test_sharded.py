@@ -13,6 +13,7 @@ import shutil
 
 import numpy as np
 import pytest
+from _store_child import unit
 
 import jevsearch
 from jevsearch import (
@@ -34,19 +35,14 @@ from tests.ingest_corpus import make_pdf, picture
 MAX_PIXELS = 128 * 28 * 28
 
 
-def _unit(rng, *shape):
-    x = rng.standard_normal(shape).astype(np.float32)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 def _corpus(n=120, seed=0):
     """n documents of 1-4 pages, 6-20 tokens per page: (doc_id, singles [P, 64], multis, metadata, texts)."""
     rng = np.random.default_rng(seed)
     docs = []
     for i in range(n):
         pages = 1 + i % 4
-        docs.append((f"/corpus/part{i % 3}/doc{i:03d}.pdf", _unit(rng, pages, 64),
-                     [_unit(rng, int(rng.integers(6, 21)), 32) for _ in range(pages)], {"n": i},
+        docs.append((f"/corpus/part{i % 3}/doc{i:03d}.pdf", unit(rng, pages, 64),
+                     [unit(rng, int(rng.integers(6, 21)), 32) for _ in range(pages)], {"n": i},
                      [f"page {p + 1} of doc {i}" for p in range(pages)]))
     return docs
 
@@ -89,6 +85,21 @@ def test_documents_land_in_their_shard_and_each_shard_opens_alone(built):
         assert sh.verify()["shards"] == 4
 
 
+def test_update_metadata_goes_to_the_documents_shard_and_takes_a_relative_path(built, monkeypatch):
+    sh_path, _, docs = built
+    doc_id = docs[7][0]
+    monkeypatch.chdir("/")  # the corpus ids are absolute paths under /corpus
+    with ShardedEngine.open(sh_path) as sh:
+        assert sh.update_metadata(doc_id.lstrip("/"), {"status": "final"}) == {"n": 7, "status": "final"}
+        assert sh.update_metadata(doc_id, {"n": 70}, merge=False) == {"n": 70}
+        with pytest.raises(InvalidInputError, match="not in the index"):
+            sh.update_metadata("/corpus/nope.pdf", {"a": 1})
+    with Engine.open(sh_path / sh.route(doc_id), readonly=True) as shard:  # stored in its shard
+        assert shard.document(doc_id)["metadata"] == {"n": 70}
+    with ShardedEngine.open(sh_path, readonly=True) as sh, pytest.raises(ReadOnlyIndexError):
+        sh.update_metadata(doc_id, {"n": 1})
+
+
 def test_open_returns_the_engine_for_the_folder(built, tmp_path):
     sh_path, one_path, docs = built
     with jevsearch.open(sh_path, read_only=True) as sh, jevsearch.open(one_path) as one:
@@ -103,8 +114,8 @@ def test_open_returns_the_engine_for_the_folder(built, tmp_path):
 def test_search_equals_one_index_when_candidates_cover_each_shard(built):
     sh_path, one_path, docs = built
     rng = np.random.default_rng(1)
-    q_multi = [_unit(rng, 7, 32) for _ in range(4)]
-    q_single = _unit(rng, 4, 64)
+    q_multi = [unit(rng, 7, 32) for _ in range(4)]
+    q_single = unit(rng, 4, 64)
     most = max(sum(len(d[2]) for d in docs if route(d[0], 4) == i) for i in range(4))
     with ShardedEngine.open(sh_path, readonly=True, threads=1) as sh, Index.open(one_path, readonly=True) as one:
         exact = one.search_embeddings(None, q_multi, k=10, exhaustive=True)
@@ -132,7 +143,7 @@ def test_missing_shard_is_an_error_unless_partial_is_allowed(built):
     with pytest.raises(ShardError, match="1 of 4 shards unavailable.*shard-002: missing.*allow_partial"):
         ShardedEngine.open(sh_path, readonly=True)
     rng = np.random.default_rng(2)
-    q = _unit(rng, 5, 32)
+    q = unit(rng, 5, 32)
     with ShardedEngine.open(sh_path, readonly=True, allow_partial=True) as sh:
         assert sh.missing == ["shard-002"]
         hits = sh.search_embeddings(None, q, k=500, exhaustive=True)

@@ -11,7 +11,7 @@ def cmd_eval(args) -> int:
     from jevsearch.eval.command import run
 
     return run(args.dataset, args.index, model=args.model, out=args.out, k=args.k, candidates=args.candidates,
-               default_model=DEFAULT_MODEL, quiet=args.quiet)
+               default_model=DEFAULT_MODEL, quiet=args.quiet, dtype=args.dtype)
 
 
 def cmd_serve(args) -> int:

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-k", type=_positive_int, default=10, help="cutoff of nDCG@k, recall@k, MRR@k (default 10)")
     c.add_argument("--candidates", type=_int_list, metavar="N,N,...", help="two-stage candidates to compare "
                    "(default 20,50,100,200)")
+    c.add_argument("--dtype", choices=("float32", "bfloat16", "int8"), help="what the model computes in (default: "
+                   "measured for this CPU; int8: weight-only, check its quality here before relying on it)")
     c.set_defaults(run=apps.cmd_eval)
 
     c = sub.add_parser("explain", parents=[common, index_opt], help="draw where a query matched on a result page",

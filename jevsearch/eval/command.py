@@ -13,7 +13,7 @@ from jevsearch.eval.runner import DEFAULT_SETTINGS
 
 
 def run(dataset: str, index: str, *, model: str | None, out: str, k: int, candidates: list[int] | None,
-        default_model: str, quiet: bool) -> int:
+        default_model: str, quiet: bool, dtype: str | None = None) -> int:
     """The command's body; returns its exit status (3: some corpus documents could not be indexed)."""
     import jevsearch
     from jevsearch.engine import Engine
@@ -28,9 +28,9 @@ def run(dataset: str, index: str, *, model: str | None, out: str, k: int, candid
     except NotAnIndexError:
         empty = None
     if empty is None:
-        eng = Engine.create(index, model=model or default_model)
+        eng = Engine.create(index, model=model or default_model, dtype=dtype)
     else:  # a reader unless there is indexing to do: another process may hold the writer; the recorded model
-        eng = jevsearch.open(index, read_only=not empty, model=model)
+        eng = jevsearch.open(index, read_only=not empty, model=model, dtype=dtype)
     failed = []
     with eng:
         if empty is not False:

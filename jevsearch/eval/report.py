@@ -50,6 +50,8 @@ class EvalReport:
             note += f" ({self.skipped_queries} without a relevant document skipped)"
         if self.index.get("pages") is not None:
             note += f", {self.index['pages']} pages indexed"
+        if self.index.get("model_dtype"):
+            note += f", model in {self.index['model_dtype']}"
         note += "; search latency only (query encoding "
         note += (f"p50 {self.encode_ms['p50']:.1f} ms, not included)" if self.encode_ms else "not included)")
         return "\n".join(lines) + "\n\n" + note

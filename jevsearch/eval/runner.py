@@ -94,7 +94,7 @@ def evaluate(eng, ds: Dataset, k: int = 10, settings: Sequence[Mapping] | None =
     stats, m = eng.stats(), eng.manifest
     index = {"path": eng.path, "documents": stats["documents"], "pages": stats["pages"],
              "single_dim": m["single_dim"], "single_full_dim": m["single_full_dim"],
-             "model": (m.get("model") or {}).get("source")}
+             "model": (m.get("model") or {}).get("source"), "model_dtype": getattr(eng, "model_dtype", None)}
     return EvalReport(rows=rows, metric_names=metrics.names(k), k=k, depth=depth, queries=len(ds.queries),
                       skipped_queries=ds.skipped, encode_ms=_spread(encode_ms) if encode_ms else None,
                       dataset=ds.name, index=index)

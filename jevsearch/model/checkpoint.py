@@ -353,7 +353,12 @@ def load_module(snapshot: Path, device, dtype: torch.dtype, *, int8: bool = Fals
                        "base weights", weight_map)
     lora = plan_strict({n: tuple(p.shape) for n, p in named.items() if ".lora_" in n}, [adapter_file],
                        adapter_key_to_param, str(adapter_file))
-    weights = LazyWeights(module, {**{real[f]: e for f, e in base.items()}, **lora}, device, dtype, int8)
+    cache = None
+    if int8:
+        from jevsearch.model.int8cache import cache_file
+
+        cache = cache_file(fingerprint(snapshot))
+    weights = LazyWeights(module, {**{real[f]: e for f, e in base.items()}, **lora}, device, dtype, int8, cache)
     weights.load(lambda n: vision or not n.startswith(VISION))
     log.info("loaded %s: %d base and %d adapter tensors", snapshot, len(base), len(lora))
     module.eval()

@@ -13,10 +13,11 @@ torch.float32
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 
 import torch
+
+from jevsearch.model.kernels import _best, onednn_faster
 
 #: /proc/cpuinfo flags of native bf16 arithmetic.
 NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
@@ -79,16 +80,7 @@ def kernel_report() -> dict:
         "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
         "avx512_vnni": "avx512_vnni" in flags, "avx2": "avx2" in flags,
         "default_dtype": str(default_cpu_dtype()).removeprefix("torch."),
+        "onednn_linear": onednn_faster(default_cpu_dtype()),
         "int8_input_dtype": str(int8_input_dtype()).removeprefix("torch."),
         "threads": torch.get_num_threads(),
     }
-
-
-def _best(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best

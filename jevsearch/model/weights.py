@@ -119,11 +119,14 @@ class LazyWeights:
 
     :meth:`load` reads a part's tensors straight into new parameters (one copy, in the target dtype);
     the language side loads with the model, the vision tower on the first image (:meth:`load_vision`).
-    ``int8``: the language model's linear layers become :class:`~jevsearch.model.quant.Int8Linear`.
+    ``int8``: the language model's linear layers become :class:`~jevsearch.model.quant.Int8Linear`,
+    quantised once and then mapped from ``int8_cache``.
     """
 
-    def __init__(self, module: nn.Module, plan: dict, device, dtype: torch.dtype, int8: bool):
+    def __init__(self, module: nn.Module, plan: dict, device, dtype: torch.dtype, int8: bool,
+                 int8_cache: Path | None = None):
         self.module, self.device, self.dtype, self.int8 = module, torch.device(device), dtype, int8
+        self.int8_cache = int8_cache  # where the quantised layers are kept (jevsearch.model.int8cache)
         self._pending = dict(plan)  # real parameter name -> where it is
         self._lock = threading.Lock()
 
@@ -152,13 +155,21 @@ class LazyWeights:
             return len(names)
 
     def _quantise(self, plan: dict) -> None:
+        from jevsearch.model import int8cache
         from jevsearch.model.cpu import int8_input_dtype
-        from jevsearch.model.quant import Int8Linear
+        from jevsearch.model.quant import Int8Linear, quantize_rows
 
-        for name, weight in read_tensors(plan, torch.float32, scratch=True):  # biases are loaded by now
+        if not plan:
+            return
+        path = self.int8_cache
+        layers = int8cache.load(path, {n: e[3] for n, e in plan.items()}) if path else None
+        if layers is None:
+            layers = {name: quantize_rows(w) for name, w in read_tensors(plan, torch.float32, scratch=True)}
+            if path:
+                int8cache.save(path, layers)
+        for name, (q, scales) in layers.items():  # biases are loaded by now
             owner_name = name.rpartition(".")[0]
             owner = self.module.get_submodule(owner_name)
             parent_name, _, attr = owner_name.rpartition(".")
             bias = owner.bias if owner.bias is not None and owner.bias.device.type != "meta" else None
-            layer = Int8Linear.from_float(weight, bias, int8_input_dtype())
-            setattr(self.module.get_submodule(parent_name), attr, layer)
+            setattr(self.module.get_submodule(parent_name), attr, Int8Linear(q, scales, bias, int8_input_dtype()))
