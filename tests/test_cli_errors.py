@@ -185,8 +185,8 @@ def test_index_folders_follow_the_umask_and_keep_a_users_folder(tmp_path):
     Index.create(mine, single_dim=16).close()
     after = os.stat(mine)
     assert stat.S_IMODE(after.st_mode) == 0o710 and after.st_ino == before.st_ino
-    assert sorted(n for n in os.listdir(mine) if not n.startswith("store-")) == ["CURRENT", "hnsw.bin", "text-1",
-                                                                                 "text.json", "writer.lock"]
+    assert sorted(n for n in os.listdir(mine) if not n.startswith("store-")) == ["CURRENT", "fde.bin", "hnsw.bin",
+                                                                                 "text-1", "text.json", "writer.lock"]
 
 
 def test_no_progress_bars_off_a_terminal(tmp_path, capsys):
