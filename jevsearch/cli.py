@@ -283,12 +283,11 @@ def _cmd_search(args) -> int:
         filters["group_by"] = "document"
     if args.mode is not None:
         filters["mode"] = args.mode
-    with _reader(args.index, model=args.model) as eng:
+    with _searcher(args) as eng:
         hits = eng.search(args.query, k=args.k, **filters)
-    if args.json:
-        from jevsearch.index.results import to_json
-
-        print(json.dumps(to_json(hits), ensure_ascii=False, indent=2))
+    if args.json:  # index.results.to_json's rows, without importing the engine when a server answered
+        print(json.dumps([{"rank": rank, **h.to_dict()} for rank, h in enumerate(hits, 1)], ensure_ascii=False,
+                         indent=2))
         return 0
     if args.documents:
         hits = [h.pages[0] for h in hits]
@@ -406,6 +405,13 @@ def _reader(path: str, model=None):
     return jevsearch.open(path, read_only=True, model=model)
 
 
+def _searcher(args):
+    """The running `jevsearch serve` of ``args.index`` (no model load here) unless ``--local``, else the index."""
+    from jevsearch.serve.client import find_server
+
+    return (None if args.local else find_server(args.index, model=args.model)) or _reader(args.index, model=args.model)
+
+
 def _problems(message: str) -> list[str]:
     """The problems of a verify message: "<index>: [N problems: ]p1; p2; ..."."""
     body = re.sub(r"^\d+ problems?: ", "", message.split(": ", 1)[-1])
@@ -420,7 +426,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_explain(args) -> int:
-    with _reader(args.index, model=args.model) as eng:
+    with _searcher(args) as eng:
         hits = eng.search(args.query, k=args.hit)
         if len(hits) < args.hit:
             raise InvalidInputError(f"--hit {args.hit}: the index has only {len(hits)} pages")
@@ -567,6 +573,10 @@ def _storage_options(c, what: str) -> None:
                    help=f"{what}pool each page's tokens to about 1/N of them (default 1: no pooling)")
 
 
+_LOCAL_HELP = ("load the model in this process even when a `jevsearch serve` of this index is running (by default "
+               "the command asks that server: same output, no model load)")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries; errors only")
@@ -621,6 +631,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", choices=("hybrid", "lexical", "visual"), help="rank by words and look together "
                    "(hybrid: the default when the index has a text index), words only, or look only")
     c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
+    c.add_argument("--local", action="store_true", help=_LOCAL_HELP)
     c.set_defaults(run=_cmd_search)
 
     c = sub.add_parser("list", parents=[common, index_opt],
@@ -674,6 +685,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--token", help="one query token's map (its text, e.g. revenue) instead of all words")
     c.add_argument("--alpha", type=float, default=0.7, help="opacity of the hottest cells, 0..1 (default 0.7)")
     c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
+    c.add_argument("--local", action="store_true", help=_LOCAL_HELP)
     c.set_defaults(run=_cmd_explain)
 
     c = sub.add_parser("serve", parents=[common, index_opt], help="search the index in a web browser",
