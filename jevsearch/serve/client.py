@@ -52,8 +52,9 @@ def find_server(index, model=None) -> RemoteIndex | None:
         remote.close()
         return None
     if hello.get("identity") is None or hello.get("identity") != discovery.index_identity(index):
-        log.info("not using the server at %s: it holds %s (searching here)", url,
-                 "no open index yet" if hello.get("identity") is None else "an index since replaced at that path")
+        log.info("not using the server at %s: %s (searching here)", url, "it has not opened the index yet"
+                 if hello.get("identity") is None else "it holds another index folder (one removed and made again "
+                 "at that path since it started?)")
         remote.close()
         return None
     log.info("asking the jevsearch serve at %s (pid %s; --local searches here)", url, record["pid"])
