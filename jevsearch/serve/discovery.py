@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 AUTH_HEADER = "X-Jevsearch-Auth"
 #: Response header: HMAC(token, "server:" + the request's nonce).
 PROOF_HEADER = "X-Jevsearch-Proof"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a record is a file, never a link planted to point elsewhere
 
 
 def runtime_dir() -> str:
@@ -138,7 +139,7 @@ def _write(path: str, record: dict) -> None:
     if not _private(os.stat(folder)):
         raise OSError(f"{folder} is writable by other users")
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(record, f)
     os.replace(tmp, path)
@@ -149,7 +150,7 @@ def _read(path: str) -> dict | None:
     try:
         if not _private(os.stat(os.path.dirname(path))):
             return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     except OSError:
         return None
     with os.fdopen(fd) as f:
@@ -166,6 +167,8 @@ def _read(path: str) -> dict | None:
 
 def _private(st: os.stat_result, group_read: bool = True) -> bool:
     """Owned by this user, writable by no one else (nor readable, unless ``group_read``)."""
+    if not hasattr(os, "getuid"):  # no POSIX owners and modes (Windows): nothing here is known to be private
+        return False
     others = stat.S_IWGRP | stat.S_IWOTH | (0 if group_read else stat.S_IRGRP | stat.S_IROTH)
     return st.st_uid == os.getuid() and not st.st_mode & others
 
