@@ -51,9 +51,27 @@ def create_app(index_path, *, model=None, limits=None, warm_up: bool = True, hos
 
 def run(index_path, *, host: str = "127.0.0.1", port: int = 8000, model=None, log_level: str = "warning",
         allowed_hosts=()) -> None:
-    """Serve the index until interrupted (uvicorn); ``allowed_hosts``: as in :func:`create_app`."""
+    """Serve the index until interrupted (uvicorn); ``allowed_hosts``: as in :func:`create_app`.
+
+    While it runs, ``jevsearch search``/``explain`` of the same index ask it instead of loading the
+    model: it is recorded for them (:mod:`jevsearch.serve.discovery`) once its port is bound (port 0:
+    one the system picks) and the record is removed when it stops."""
     _require()
+    import socket
+
     import uvicorn
 
+    from jevsearch.serve.discovery import announce
+
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    try:  # bound before it is announced, so a CLI that finds the record can connect
+        sock = socket.create_server((host.strip("[]"), port), family=family)
+    except OSError as e:
+        raise JevsearchError(f"cannot listen on {host}:{port}: {e.strerror or e} (hint: another --port, or stop "
+                             "what uses it)") from None
+    port = sock.getsockname()[1]
     app = create_app(index_path, model=model, host=host, port=port, allowed_hosts=allowed_hosts)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    with sock, announce(index_path, host, port, model) as token:
+        app.state.jev.cli_token = token
+        server.run(sockets=[sock])

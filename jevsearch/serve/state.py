@@ -31,6 +31,7 @@ from contextlib import contextmanager
 
 from jevsearch.errors import InvalidInputError, JevsearchError
 from jevsearch.limits import Limits, UploadError
+from jevsearch.serve.discovery import index_identity
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ class AppState:
         self._eng = None
         self._status = {"model": "not loaded", "busy": None, "since": None}
         self._queries = _Lru(16)  # query image id -> prepared PIL image
+        #: What authenticates the CLI's requests (set by jevsearch.serve.run; None: routes/cli.py is off).
+        self.cli_token: str | None = None
+        #: The index folder's identity (jevsearch.serve.discovery.index_identity) when the engine opened it.
+        self.opened_identity: str | None = None
         self._explained = _Lru(8)  # (page id, query key) -> Explanation
 
     # -- the engine -------------------------------------------------------------------------------
@@ -74,6 +79,7 @@ class AppState:
 
             try:  # one index or a sharded one: the same surface
                 self._eng = jevsearch.open(self.index_path, read_only=True, model=self.model)
+                self.opened_identity = index_identity(self.index_path)
             except NotAnIndexError as e:
                 raise NotAnIndexError(f"no index at {self.index_path}: {e}",
                                       cli_hint=f"jevsearch index PDFS --index {self.index_path}") from None
