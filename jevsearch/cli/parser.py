@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a host name browsers use to reach the app, besides localhost and --host (repeat for "
                    "several; needed with --host 0.0.0.0). Requests naming any other host are refused (421)")
     c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
+    c.add_argument("--dtype", choices=("float32", "bfloat16", "int8"), help="what the model computes in (default: "
+                   "measured for this CPU; int8: weight-only, smaller and often faster, check its quality first)")
     c.set_defaults(run=apps.cmd_serve)
 
     c = sub.add_parser("mcp", parents=[common, index_opt], help="serve the index to agents (Model Context Protocol)",

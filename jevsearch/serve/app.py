@@ -56,9 +56,9 @@ log = logging.getLogger(__name__)
 
 
 def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: bool = True,
-              hosts: HostCheck | None = None) -> FastAPI:
+              hosts: HostCheck | None = None, dtype=None) -> FastAPI:
     """See :func:`jevsearch.serve.create_app`."""
-    state = AppState(index_path, model=model, limits=limits)
+    state = AppState(index_path, model=model, limits=limits, dtype=dtype)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -56,9 +56,9 @@ class _Lru:
 class AppState:
     """The engine and caches of one app (see the module docstring)."""
 
-    def __init__(self, index_path, model=None, limits: Limits | None = None):
+    def __init__(self, index_path, model=None, limits: Limits | None = None, dtype=None):
         self.index_path = str(index_path)
-        self.model = model
+        self.model, self.dtype = model, dtype
         self.limits = limits or Limits()
         self._lock = threading.Lock()
         self._eng = None
@@ -78,7 +78,7 @@ class AppState:
             from jevsearch.errors import NotAnIndexError
 
             try:  # one index or a sharded one: the same surface
-                self._eng = jevsearch.open(self.index_path, read_only=True, model=self.model)
+                self._eng = jevsearch.open(self.index_path, read_only=True, model=self.model, dtype=self.dtype)
                 self.opened_identity = index_identity(self.index_path)
             except NotAnIndexError as e:
                 raise NotAnIndexError(f"no index at {self.index_path}: {e}",
@@ -111,6 +111,7 @@ class AppState:
                     self._status["model"] = "none (the index holds embeddings added by the caller)"
                     return
                 _ = eng.encoder  # loads the model (a property)
+                self._status["dtype"] = eng.model_dtype
                 self._rehearse(eng)
             self._status["model"] = "ready"
         except JevsearchError as e:
