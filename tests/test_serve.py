@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from jevsearch import Engine
 from jevsearch.cli import main as cli_main
 from jevsearch.limits import Limits
+from jevsearch.model.cpu import default_cpu_dtype
 from jevsearch.serve import create_app
 from tests.ingest_corpus import build_examples, tiny_encoder
 
@@ -245,12 +246,22 @@ def test_status_info_and_unknown_routes(client):
     while (status := client.get("/api/status").json())["model"] == "loading" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert status["model"] == "ready" and status["busy"] is None
+    assert status["dtype"] == str(default_cpu_dtype()).removeprefix("torch.")  # measured: float32 or bfloat16
     info = client.get("/api/info").json()
     assert info["documents"] == 3 and info["pages"] == 6
     r = client.get("/api/nothing")
     assert r.status_code == 404 and "error" in r.json()
     r = client.get("/nothing")
     assert r.status_code == 404 and 'class="error"' in r.text
+
+
+def test_the_app_runs_the_model_in_the_dtype_asked(corpus):
+    with TestClient(create_app(corpus / "idx", dtype="int8"), raise_server_exceptions=False, base_url=LOCAL) as c:
+        deadline = time.monotonic() + 120
+        while (status := c.get("/api/status").json())["model"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status["model"] == "ready" and status["dtype"] == "int8"
+        assert len(_hits(c, k=2)) == 2
 
 
 def test_serve_without_the_extra_says_how_to_install(tmp_path):

@@ -22,14 +22,14 @@ def cli_hint(e: JevsearchError) -> str | None:
     >>> cli_hint(CorruptIndexError("idx: 1 problem", hint="re-add a.pdf", path="idx", redo_documents=["a.pdf"]))
     'a repair cannot restore damaged pages of a.pdf: `jevsearch delete DOC --index idx`, then `jevsearch index DOC --index idx` for each'
     """
-    from jevsearch.store.verify import some
-
     if e.cli_hint:
         return e.cli_hint
     path = getattr(e, "path", None)
     if isinstance(e, ChecksumError) and path:
         return f"jevsearch verify --deep --index {path} names the documents it affects"
     if isinstance(e, CorruptIndexError) and path and (e.repairable or e.redo_documents):
+        from jevsearch.store.verify import some  # lazily: the store imports torch
+
         advice = [f"jevsearch verify --repair --index {path} repairs what LMDB can rebuild"] if e.repairable else []
         if e.redo_documents:
             advice.append(f"a repair cannot restore damaged pages of {some(list(e.redo_documents))}: "

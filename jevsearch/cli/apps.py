@@ -24,7 +24,7 @@ def cmd_serve(args) -> int:
               "index and read its documents", file=sys.stderr)
     if not args.quiet:
         print(f"serving {args.index} on http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
-    run(args.index, host=args.host, port=args.port, model=args.model,
+    run(args.index, host=args.host, port=args.port, model=args.model, dtype=args.dtype,
         log_level="warning" if not args.verbose else "info", allowed_hosts=args.allowed_host or ())
     return 0
 

@@ -24,6 +24,13 @@ def reader(path: str, model=None):
     return jevsearch.open(path, read_only=True, model=model)
 
 
+def searcher(args):
+    """The running `jevsearch serve` of ``args.index`` (no model load here) unless ``--local``, else the index."""
+    from jevsearch.serve.client import find_server
+
+    return (None if args.local else find_server(args.index, model=args.model)) or reader(args.index, model=args.model)
+
+
 def problems(message: str) -> list[str]:
     """The problems of a verify message: "<index>: [N problems: ]p1; p2; ..."."""
     body = re.sub(r"^\d+ problems?: ", "", message.split(": ", 1)[-1])

@@ -9,6 +9,9 @@ from jevsearch import __version__
 from jevsearch.cli import apps, read, write
 from jevsearch.cli.common import DEFAULT_MODEL
 
+_LOCAL_HELP = ("load the model in this process even when a `jevsearch serve` of this index is running (by default "
+               "the command asks that server: same output, no model load)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", choices=("hybrid", "lexical", "visual"), help="rank by words and look together "
                    "(hybrid: the default when the index has a text index), words only, or look only")
     c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
+    c.add_argument("--local", action="store_true", help=_LOCAL_HELP)
     c.set_defaults(run=read.cmd_search)
 
     c = sub.add_parser("list", parents=[common, index_opt],
@@ -119,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--token", help="one query token's map (its text, e.g. revenue) instead of all words")
     c.add_argument("--alpha", type=float, default=0.7, help="opacity of the hottest cells, 0..1 (default 0.7)")
     c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
+    c.add_argument("--local", action="store_true", help=_LOCAL_HELP)
     c.set_defaults(run=read.cmd_explain)
 
     c = sub.add_parser("serve", parents=[common, index_opt], help="search the index in a web browser",
@@ -130,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a host name browsers use to reach the app, besides localhost and --host (repeat for "
                    "several; needed with --host 0.0.0.0). Requests naming any other host are refused (421)")
     c.add_argument("--model", metavar="M", help="local snapshot of the recorded model, if it moved")
+    c.add_argument("--dtype", choices=("float32", "bfloat16", "int8"), help="what the model computes in (default: "
+                   "measured for this CPU; int8: weight-only, smaller and often faster, check its quality first)")
     c.set_defaults(run=apps.cmd_serve)
 
     c = sub.add_parser("mcp", parents=[common, index_opt], help="serve the index to agents (Model Context Protocol)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import jevsearch
-from jevsearch.cli.common import info_summary, problems, reader, save_image, short_path, table
+from jevsearch.cli.common import info_summary, problems, reader, save_image, searcher, short_path, table
 from jevsearch.errors import (
     CorruptIndexError,
     InvalidInputError,
@@ -19,12 +19,11 @@ def cmd_search(args) -> int:
         filters["group_by"] = "document"
     if args.mode is not None:
         filters["mode"] = args.mode
-    with reader(args.index, model=args.model) as eng:
+    with searcher(args) as eng:
         hits = eng.search(args.query, k=args.k, **filters)
-    if args.json:
-        from jevsearch.index.results import to_json
-
-        print(json.dumps(to_json(hits), ensure_ascii=False, indent=2))
+    if args.json:  # index.results.to_json's rows, without importing the engine when a server answered
+        print(json.dumps([{"rank": rank, **h.to_dict()} for rank, h in enumerate(hits, 1)], ensure_ascii=False,
+                         indent=2))
         return 0
     if args.documents:
         hits = [h.pages[0] for h in hits]
@@ -111,7 +110,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    with reader(args.index, model=args.model) as eng:
+    with searcher(args) as eng:
         hits = eng.search(args.query, k=args.hit)
         if len(hits) < args.hit:
             raise InvalidInputError(f"--hit {args.hit}: the index has only {len(hits)} pages")

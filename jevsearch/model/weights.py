@@ -5,7 +5,7 @@ parameter is in the files (:func:`jevsearch.model.checkpoint.plan_strict`); :met
 reads one part (the language side with the model, the vision tower at the first image).
 
 Weights already in the target dtype are not read at all: the parameters are the files' pages,
-memory-mapped (:func:`read_tensors`). Others are converted through one reused bounded buffer.
+memory-mapped (:func:`read_tensors`). Others are converted straight from the mapped pages.
 
 >>> from jevsearch.model import checkpoint
 >>> snap = checkpoint.resolve_snapshot("tests/fixtures/jina-v4-tiny/ckpt")
@@ -46,9 +46,10 @@ def _nbytes(shape: tuple, dtype: torch.dtype) -> int:
 def read_tensors(plan: dict, dtype: torch.dtype, device="cpu", scratch: bool = False) -> Iterator:
     """Yield (name, tensor in ``dtype`` on ``device``) for every entry of ``plan``, file by file.
 
-    A tensor stored in ``dtype`` is the file's own bytes, memory-mapped copy-on-write (on the CPU no
-    copy at all: the page cache holds the weights once, for every process that maps them); any other
-    is read into its own memory, through one reused staging buffer when the dtype changes.
+    The files are memory-mapped copy-on-write. A tensor stored in ``dtype`` is the file's own bytes
+    (on the CPU no copy at all: the page cache holds the weights once, for every process that maps
+    them); any other is converted from the mapping into its own memory, a bounded chunk at a time,
+    each chunk's file pages let go of once converted (so they never add up in the process's memory).
     ``scratch``: each tensor is only valid until the next one (one reused buffer, for callers that
     convert and drop it).
     """
@@ -62,43 +63,55 @@ def read_tensors(plan: dict, dtype: torch.dtype, device="cpu", scratch: bool = F
         by_file.setdefault(entry[0], []).append((name, entry))
     for path, items in by_file.items():
         with open(path, "rb", buffering=0) as f:
-            mapped = None if scratch else _map(f)
+            mm, data = _map(f)
             for name, (_, key, src, shape, begin, stop) in sorted(items, key=lambda it: it[1][4]):
-                if stop > _size(f):
+                if stop > _size(f) or stop - begin != _nbytes(shape, src):
                     raise CheckpointError(f"{path}: {key} cut short (hint: {REDOWNLOAD})")
-                if mapped is not None and src == dtype and begin % dtype.itemsize == 0:
-                    view = mapped[begin:stop].view(dtype).view(shape)
+                aligned = data is not None and begin % src.itemsize == 0
+                if aligned and src == dtype and not scratch:
+                    view = data[begin:stop].view(dtype).view(shape)
                     yield name, view if cpu else view.to(device)
                     continue
                 out = (reused[:_nbytes(shape, dtype)].view(dtype).view(shape) if reused is not None
                        else torch.empty(shape, dtype=dtype))
-                f.seek(begin)
-                if src == dtype:
-                    if (f.readinto(out.view(-1).view(torch.uint8).numpy()) if out.numel() else 0) != stop - begin:
-                        raise CheckpointError(f"{path}: {key} cut short (hint: {REDOWNLOAD})")
-                else:
+                if aligned:
+                    _convert_mapped(mm, data, out.view(-1), src, begin)
+                else:  # not mappable (or misaligned): read through a staging buffer
                     if stage is None or stage.dtype != src:
                         stage = torch.empty(_STAGE // src.itemsize, dtype=src)
-                    _read_converted(f, out.view(-1), stage, stop - begin, path, key)
+                    f.seek(begin)
+                    _read_converted(f, out.view(-1), stage, path, key)
                 yield name, out if cpu else out.to(device)
 
 
-def _map(f) -> torch.Tensor | None:
-    """The whole file as a copy-on-write byte tensor (None where it cannot be mapped, e.g. empty)."""
+def _map(f) -> tuple[mmap.mmap | None, torch.Tensor | None]:
+    """The whole file mapped copy-on-write, and as a byte tensor ((None, None) if it cannot be, e.g. empty)."""
     try:
-        return torch.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY), dtype=torch.uint8)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     except (OSError, ValueError):
-        return None
+        return None, None
+    return mm, torch.frombuffer(mm, dtype=torch.uint8)
 
 
 def _size(f) -> int:
     return os.fstat(f.fileno()).st_size
 
 
-def _read_converted(f, out: torch.Tensor, stage: torch.Tensor, nbytes: int, path: Path, key: str) -> None:
+def _convert_mapped(mm: mmap.mmap, data: torch.Tensor, out: torch.Tensor, src: torch.dtype, begin: int) -> None:
+    """``out`` (flat) := the ``src`` values at ``begin`` of the mapping, a chunk at a time; each chunk's
+    whole pages are dropped from this process's mapping after (the page cache keeps them)."""
+    step = _STAGE // src.itemsize
+    for i in range(0, out.numel(), step):
+        n = min(step, out.numel() - i)
+        lo, hi = begin + i * src.itemsize, begin + (i + n) * src.itemsize
+        out[i:i + n].copy_(data[lo:hi].view(src))
+        lo, hi = -(-lo // mmap.PAGESIZE) * mmap.PAGESIZE, hi // mmap.PAGESIZE * mmap.PAGESIZE
+        if hi > lo and hasattr(mmap, "MADV_DONTNEED"):  # only pages wholly inside: neighbours may be parameters
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+def _read_converted(f, out: torch.Tensor, stage: torch.Tensor, path: Path, key: str) -> None:
     item, done = stage.element_size(), 0
-    if nbytes != out.numel() * item:
-        raise CheckpointError(f"{path}: {key} has {nbytes} bytes for {out.numel()} values (hint: {REDOWNLOAD})")
     while done < out.numel():
         n = min(stage.numel(), out.numel() - done)
         view = stage[:n]

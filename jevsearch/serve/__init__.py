@@ -33,9 +33,9 @@ def _require() -> None:
 
 
 def create_app(index_path, *, model=None, limits=None, warm_up: bool = True, host: str = "127.0.0.1",
-               port: int | None = None, allowed_hosts=()):
+               port: int | None = None, allowed_hosts=(), dtype=None):
     """The ASGI app serving the index at ``index_path`` (opened read-only; ``model``: the recorded
-    model's snapshot if it moved). ``limits``: :class:`jevsearch.limits.Limits`. ``warm_up``:
+    model's snapshot if it moved; ``dtype``: what it computes in, as ``Engine.open`` takes it). ``limits``: :class:`jevsearch.limits.Limits`. ``warm_up``:
     load the model in the background at start, so the first search does not wait for it.
 
     ``host``/``port``: where it will be served; requests must name it (or a loopback name, or one of
@@ -46,14 +46,32 @@ def create_app(index_path, *, model=None, limits=None, warm_up: bool = True, hos
     from jevsearch.serve.security import HostCheck
 
     hosts = HostCheck.for_bind(host, port, allowed_hosts)
-    return build_app(index_path, model=model, limits=limits, warm_up=warm_up, hosts=hosts)
+    return build_app(index_path, model=model, limits=limits, warm_up=warm_up, hosts=hosts, dtype=dtype)
 
 
 def run(index_path, *, host: str = "127.0.0.1", port: int = 8000, model=None, log_level: str = "warning",
-        allowed_hosts=()) -> None:
-    """Serve the index until interrupted (uvicorn); ``allowed_hosts``: as in :func:`create_app`."""
+        allowed_hosts=(), dtype=None) -> None:
+    """Serve the index until interrupted (uvicorn); ``allowed_hosts``: as in :func:`create_app`.
+
+    While it runs, ``jevsearch search``/``explain`` of the same index ask it instead of loading the
+    model: it is recorded for them (:mod:`jevsearch.serve.discovery`) once its port is bound (port 0:
+    one the system picks) and the record is removed when it stops."""
     _require()
+    import socket
+
     import uvicorn
 
-    app = create_app(index_path, model=model, host=host, port=port, allowed_hosts=allowed_hosts)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    from jevsearch.serve.discovery import announce
+
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    try:  # bound before it is announced, so a CLI that finds the record can connect
+        sock = socket.create_server((host.strip("[]"), port), family=family)
+    except OSError as e:
+        raise JevsearchError(f"cannot listen on {host}:{port}: {e.strerror or e} (hint: another --port, or stop "
+                             "what uses it)") from None
+    port = sock.getsockname()[1]
+    app = create_app(index_path, model=model, host=host, port=port, allowed_hosts=allowed_hosts, dtype=dtype)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    with sock, announce(index_path, host, port, model) as token:
+        app.state.jev.cli_token = token
+        server.run(sockets=[sock])

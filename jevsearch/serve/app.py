@@ -17,6 +17,7 @@ Routes (``{page_id}``: ``Hit.page_id``, the only way a request names anything in
     GET  /api/explain/{page_id}?q=|qi=   JSON: tokens, meaningful, token_scores, maps, grid, source, note
     GET  /api/status             JSON: model loading/ready, what runs now (pages poll it to show progress)
     GET  /api/info               JSON: the index's counts and model
+    /api/cli/...                 what `jevsearch search`/`explain` ask (this run's token only: routes/cli.py)
 
 Errors are a message on the page (HTML) or ``{"error": message}`` (API and pictures) with a 4xx
 status: 400 bad input, 404 no such page / no index, 410 source file gone or changed, 413 upload too
@@ -46,7 +47,7 @@ from jevsearch.errors import (
 )
 from jevsearch.limits import Limits, UploadError
 from jevsearch.serve import pages
-from jevsearch.serve.routes import api, assets, html
+from jevsearch.serve.routes import api, assets, cli, html
 from jevsearch.serve.routes.common import HttpError
 from jevsearch.serve.security import Guard, HostCheck, scrub_paths
 from jevsearch.serve.state import AppState
@@ -55,9 +56,9 @@ log = logging.getLogger(__name__)
 
 
 def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: bool = True,
-              hosts: HostCheck | None = None) -> FastAPI:
+              hosts: HostCheck | None = None, dtype=None) -> FastAPI:
     """See :func:`jevsearch.serve.create_app`."""
-    state = AppState(index_path, model=model, limits=limits)
+    state = AppState(index_path, model=model, limits=limits, dtype=dtype)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -70,7 +71,7 @@ def build_app(index_path, *, model=None, limits: Limits | None = None, warm_up: 
     app.state.jev = state
     _answer_errors(app, state)
     app.add_middleware(Guard, hosts=hosts or HostCheck.for_bind())  # last: outermost, its headers on every answer
-    for router in (html.router, api.router, assets.router):
+    for router in (html.router, api.router, cli.router, assets.router):
         app.include_router(router)
     return app
 

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 
 from jevsearch.errors import InvalidInputError, JevsearchError
 from jevsearch.limits import Limits, UploadError
+from jevsearch.serve.discovery import index_identity
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,18 @@ class _Lru:
 class AppState:
     """The engine and caches of one app (see the module docstring)."""
 
-    def __init__(self, index_path, model=None, limits: Limits | None = None):
+    def __init__(self, index_path, model=None, limits: Limits | None = None, dtype=None):
         self.index_path = str(index_path)
-        self.model = model
+        self.model, self.dtype = model, dtype
         self.limits = limits or Limits()
         self._lock = threading.Lock()
         self._eng = None
         self._status = {"model": "not loaded", "busy": None, "since": None}
         self._queries = _Lru(16)  # query image id -> prepared PIL image
+        #: What authenticates the CLI's requests (set by jevsearch.serve.run; None: routes/cli.py is off).
+        self.cli_token: str | None = None
+        #: The index folder's identity (jevsearch.serve.discovery.index_identity) when the engine opened it.
+        self.opened_identity: str | None = None
         self._explained = _Lru(8)  # (page id, query key) -> Explanation
 
     # -- the engine -------------------------------------------------------------------------------
@@ -73,7 +78,8 @@ class AppState:
             from jevsearch.errors import NotAnIndexError
 
             try:  # one index or a sharded one: the same surface
-                self._eng = jevsearch.open(self.index_path, read_only=True, model=self.model)
+                self._eng = jevsearch.open(self.index_path, read_only=True, model=self.model, dtype=self.dtype)
+                self.opened_identity = index_identity(self.index_path)
             except NotAnIndexError as e:
                 raise NotAnIndexError(f"no index at {self.index_path}: {e}",
                                       cli_hint=f"jevsearch index PDFS --index {self.index_path}") from None
@@ -105,6 +111,7 @@ class AppState:
                     self._status["model"] = "none (the index holds embeddings added by the caller)"
                     return
                 _ = eng.encoder  # loads the model (a property)
+                self._status["dtype"] = eng.model_dtype
                 self._rehearse(eng)
             self._status["model"] = "ready"
         except JevsearchError as e:
