@@ -32,6 +32,8 @@ from jevsearch.errors import CheckpointError
 VISION = "model.visual."
 #: Parameters that weight-only int8 quantises: the language model's linear layers (LoRA-wrapped or not).
 _INT8 = re.compile(r"^model\.language_model\.layers\.\d+\.\w+\.\w+_proj\.(base_layer\.)?weight$")
+#: The token embedding table: only a query's rows are read, so it stays in the files' dtype (mapped).
+EMBED = "model.language_model.embed_tokens.weight"
 _STAGE = 1 << 25  # bytes staged per read when a tensor changes dtype: bounds the loader's extra memory
 REDOWNLOAD = "download the model snapshot again, e.g. `hf download jinaai/jina-embeddings-v4 --local-dir DIR`"
 
@@ -158,14 +160,23 @@ class LazyWeights:
             if not names:
                 return 0
             quantised = {n for n in names if self.int8 and _INT8.match(n)}
-            plain = {n: self._pending[n] for n in names if n not in quantised}
+            mapped = {n for n in names if n == EMBED and self._upcast(self._pending[n][2])}
+            plain = {n: self._pending[n] for n in names if n not in quantised | mapped}
             with torch.no_grad():
                 for name, tensor in read_tensors(plain, self.dtype, self.device):
                     assign(self.module, name, tensor)
+                for name in mapped:  # rows converted as they are looked up: exact, and no float32 copy
+                    ((_, tensor),) = read_tensors({name: self._pending[name]}, self._pending[name][2])
+                    assign(self.module, name, tensor)
+                    CastEmbedding.wrap(self.module.get_submodule(name.rpartition(".")[0]), self.dtype)
                 self._quantise({n: self._pending[n] for n in names if n in quantised})
             for n in names:
                 del self._pending[n]
             return len(names)
+
+    def _upcast(self, src: torch.dtype) -> bool:
+        """Whether ``src`` values become this load's dtype exactly, and bigger (bf16 -> float32, CPU)."""
+        return self.device.type == "cpu" and self.dtype == torch.float32 and src in (torch.bfloat16, torch.float16)
 
     def _quantise(self, plan: dict) -> None:
         from jevsearch.model import int8cache
@@ -186,3 +197,17 @@ class LazyWeights:
             parent_name, _, attr = owner_name.rpartition(".")
             bias = owner.bias if owner.bias is not None and owner.bias.device.type != "meta" else None
             setattr(self.module.get_submodule(parent_name), attr, Int8Linear(q, scales, bias, int8_input_dtype()))
+
+
+class CastEmbedding(nn.Embedding):
+    """``nn.Embedding`` whose table stays in the files' dtype; looked-up rows come out in ``out_dtype``."""
+
+    out_dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def wrap(cls, emb: nn.Embedding, out_dtype: torch.dtype) -> CastEmbedding:
+        emb.__class__, emb.out_dtype = cls, out_dtype
+        return emb
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids).to(self.out_dtype)
