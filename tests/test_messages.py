@@ -70,7 +70,7 @@ def test_store_already_open_in_this_process_is_not_called_damaged(tmp_path):
 
 def test_non_image_upload_says_what_was_sent(tmp_path):
     with pytest.raises(UploadError) as e:
-        AppState(tmp_path / "none").read_image(b"%PDF-1.7 a pdf, not an image")
+        AppState(tmp_path / "none").limits.read_image(b"%PDF-1.7 a pdf, not an image")
     assert "BytesIO" not in str(e.value) and "%PDF-1.7" in str(e.value) and "hint: PNG" in str(e.value)
 
 

@@ -79,16 +79,6 @@ class IndexHandle:
         self.limits = limits or Limits()
         self._lock = threading.Lock()
 
-    # The web app's checks (jevsearch.limits): the same bounds and messages here.
-    def check_query(self, q) -> str:
-        return self.limits.check_query(q)
-
-    def check_k(self, k) -> int:
-        return self.limits.check_k(k)
-
-    def read_image(self, data: bytes):
-        return self.limits.read_image(data)
-
     def check_width(self, width) -> int:
         if isinstance(width, bool) or not isinstance(width, int) or not MIN_IMAGE_WIDTH <= width <= MAX_IMAGE_WIDTH:
             raise InvalidInputError(f"width: {width!r} (hint: a whole number from {MIN_IMAGE_WIDTH} to "
@@ -98,8 +88,8 @@ class IndexHandle:
     def search(self, query, k, where: dict | None = None, group_by: str | None = None):
         """Engine.search with a text (bounded as in the web app) or a PIL image; ``k`` from 1 to max_k."""
         if isinstance(query, str) or query is None:
-            query = self.check_query(query)
-        k = self.check_k(k)
+            query = self.limits.check_query(query)
+        k = self.limits.check_k(k)
         options = {"where": where} if where else {}
         if group_by:
             options["group_by"] = group_by
@@ -115,7 +105,7 @@ class IndexHandle:
             raw = base64.b64decode(data, validate=True)
         except ValueError:
             raise InvalidInputError("image: not base64 (hint: the image file's bytes, base64-encoded)") from None
-        return self.read_image(raw)
+        return self.limits.read_image(raw)
 
     def page(self, page_id):
         """The page ``page_id`` as a Hit; PageNotFoundError when the index has no such page."""
@@ -131,7 +121,7 @@ class IndexHandle:
 
     def explain(self, hit, query: str):
         """Engine.explain of the page for a text query."""
-        query = self.check_query(query)
+        query = self.limits.check_query(query)
         with self._lock:
             return self.engine.explain(hit, query)
 

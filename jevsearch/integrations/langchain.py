@@ -52,7 +52,7 @@ class JevsearchRetriever(BaseRetriever):
         super().__init__(**fields)  # pydantic checks the fields' types (ValidationError) ...
         handle = IndexHandle(self.index, model=self.model)  # ... and jevsearch their values
         try:
-            handle.check_k(self.k)
+            handle.limits.check_k(self.k)
             if self.include_image:
                 handle.check_width(self.image_width)
         except BaseException:

@@ -54,7 +54,7 @@ class JevsearchRetriever(BaseRetriever):
                  callback_manager: CallbackManager | None = None, verbose: bool = False):
         handle = IndexHandle(index, model=model)
         try:
-            self.k = handle.check_k(k)
+            self.k = handle.limits.check_k(k)
             self.image_width = handle.check_width(image_width) if include_image else image_width
         except BaseException:
             handle.close()

@@ -12,9 +12,9 @@ No web framework here (plain Python), so the rules are testable on their own.
   switching tokens does not recompute.
 
 >>> state = AppState("indexes/papers", limits=Limits(max_k=50))   # nothing is opened yet
->>> state.check_k("5"), state.check_k(None), state.check_query("revenue by region")
+>>> state.limits.check_k("5"), state.limits.check_k(None), state.limits.check_query("revenue by region")
 (5, 12, 'revenue by region')
->>> state.check_k("500")
+>>> state.limits.check_k("500")
 Traceback (most recent call last):
 ...
 jevsearch.errors.InvalidInputError: k: '500' is out of range (hint: a whole number from 1 to 50)
@@ -146,16 +146,6 @@ class AppState:
                 self._eng = None
 
     # -- requests ---------------------------------------------------------------------------------
-    # The bounds of jevsearch.limits, on this app's limits.
-    def check_query(self, q) -> str:
-        return self.limits.check_query(q)
-
-    def check_k(self, k) -> int:
-        return self.limits.check_k(k)
-
-    def read_image(self, data: bytes):
-        return self.limits.read_image(data)
-
     def remember_query_image(self, eng, img) -> tuple[str, object]:
         """(id, the image as the model sees it): kept for later heat-map requests of this query."""
         try:

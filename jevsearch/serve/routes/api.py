@@ -19,7 +19,7 @@ router = APIRouter(prefix="/api")
 
 @router.get("/search")
 def api_search(state: State, q: str | None = None, k: str | None = None, mode: str | None = None):
-    return search(state, state.check_query(q), state.check_k(k), mode=mode)
+    return search(state, state.limits.check_query(q), state.limits.check_k(k), mode=mode)
 
 
 @router.post("/search")

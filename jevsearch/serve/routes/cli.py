@@ -99,8 +99,7 @@ async def cli_search(state: State, nonce: Nonce, ask: SearchAsk):
 @router.post("/explain")
 async def cli_explain(state: State, nonce: Nonce, ask: ExplainAsk):
     def work():
-        with state.work("explaining the page (CLI)") as eng:
-            ex = state.explanation(eng, ask.page_id, ask.query, ("text", ask.query))
+        ex = _explanation(state, ask, "explaining the page (CLI)")
         out = {"kind": ex.kind, "summary": ex.summary(), "note": ex.note, "meaningful": [bool(m) for m in ex.meaningful],
                "labels": [ex.label(i) for i in range(len(ex.tokens))]}
         if ex.kind == "text":
@@ -114,13 +113,18 @@ async def cli_explain(state: State, nonce: Nonce, ask: ExplainAsk):
 @router.post("/overlay")
 async def cli_overlay(state: State, nonce: Nonce, ask: OverlayAsk):
     def work():
-        with state.work("drawing the heat-map (CLI)") as eng:
-            ex = state.explanation(eng, ask.page_id, ask.query, ("text", ask.query))
+        ex = _explanation(state, ask, "drawing the heat-map (CLI)")
         buf = io.BytesIO()
         ex.overlay(token=ask.token, alpha=ask.alpha).save(buf, format="PNG", compress_level=1)  # lossless: the CLI re-encodes
         return buf.getvalue()
 
     return await _answer(state, nonce, ask, work)
+
+
+def _explanation(state, ask, what: str):
+    """The (cached) explanation of ``ask.page_id`` for the text ``ask.query``, with ``what`` as the app's status."""
+    with state.work(what) as eng:
+        return state.explanation(eng, ask.page_id, ask.query, ("text", ask.query))
 
 
 async def _answer(state, nonce: str, ask: _Ask, work) -> Response:

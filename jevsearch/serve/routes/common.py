@@ -89,10 +89,10 @@ async def image_search(state: AppState, request: Request, k, marks: bool = False
     data = await read_upload(state, request)
 
     def work():
-        img = state.read_image(data)
+        img = state.limits.read_image(data)
         with state.work("reading the query image") as eng:
             qid, prepared = state.remember_query_image(eng, img)
-        return search(state, prepared, state.check_k(k), qid, marks)
+        return search(state, prepared, state.limits.check_k(k), qid, marks)
 
     return await run_in_threadpool(work)
 
@@ -102,7 +102,7 @@ def query_of(state: AppState, q: str | None, qi: str | None):
     if q is not None and qi is not None:
         raise InvalidInputError("query: give q or qi, not both")
     if q is not None:
-        q = state.check_query(q)
+        q = state.limits.check_query(q)
         return q, ("text", q), {"q": q}
     if qi is not None:
         return state.query_image(qi), ("image", qi), {"qi": qi}

@@ -37,7 +37,7 @@ def home(state: State, q: str | None = None, k: str | None = None, qi: str | Non
     if q is None and qi is None:
         return pages.layout("Search", "", info(state), max_k=state.limits.max_k)
     query, _, link = query_of(state, q, qi)  # ?qi=: the results of an uploaded image again (the page's way back)
-    result = search(state, query, state.check_k(k), qi, marks=True, mode=mode)
+    result = search(state, query, state.limits.check_k(k), qi, marks=True, mode=mode)
     return _results_page(state, result, link, q if q is not None else "Image search", q or "", mode)
 
 
@@ -53,7 +53,7 @@ def page(state: State, page_id: str, q: str | None = None, qi: str | None = None
          k: str | None = None):
     pid = parse_page_id(page_id)
     query, key, link = query_of(state, q, qi)
-    kept_k = state.check_k(k) if k else None
+    kept_k = state.limits.check_k(k) if k else None
     with state.work("explaining the page") as eng:
         hit = eng.page_hit(pid)
         ex = state.explanation(eng, pid, query, key) if query is not None else None
