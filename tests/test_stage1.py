@@ -8,6 +8,7 @@ conversion of an index made without FDEs; filters; damage in the fde table named
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 
@@ -263,10 +264,11 @@ def test_shards_search_each_shard_with_its_own_union_and_merge_exactly(tmp_path,
         shards = [Index.open(p, readonly=True) for p in shard_dirs]
         try:
             assert all(s.manifest.get("fde") for s in shards)
-            for qs, qm, _ in queries[:8]:
-                got = [(h.doc_id, h.page, h.score) for h in sh.search_embeddings(qs, qm, k=10, candidates=24)]
+            for (qs, qm, _), stage1 in itertools.product(queries[:8], (None, "single")):
+                got = [(h.doc_id, h.page, h.score) for h in sh.search_embeddings(qs, qm, k=10, candidates=24,
+                                                                               stage1=stage1)]
                 each = [(h.doc_id, h.page, h.score) for s in shards
-                        for h in s.search_embeddings(qs, qm, k=10, candidates=24)]
+                        for h in s.search_embeddings(qs, qm, k=10, candidates=24, stage1=stage1)]
                 assert got == sorted(each, key=lambda x: (-x[2], x[0], x[1]))[:10]
         finally:
             for s in shards:

@@ -336,14 +336,14 @@ class ShardedEngine(ModelSearch):
 
     def search_embeddings(self, q_single, q_multi, k: int = 10, candidates: int | None = None,
                           rescore: int | None = None, exhaustive: bool = False, *, where: dict | None = None,
-                          group_by: str | None = None, pages_per_document: int = 3):
-        """As :meth:`Index.search_embeddings` (one query or a batch; ``where``, ``group_by``), over every
-        shard, merged exactly (:mod:`jevsearch.search.merge`): a filter applies in each shard before its
-        stage 1, and a document lives in one shard, so its pages group there. ``candidates`` and
-        ``rescore`` (default: the shards' codec's) per shard. Returns :class:`Hits` (``.missing``)."""
+                          group_by: str | None = None, pages_per_document: int = 3, stage1: str | None = None):
+        """As :meth:`Index.search_embeddings` (one query or a batch; ``where``, ``group_by``, ``stage1``),
+        over every shard, merged exactly (:mod:`jevsearch.search.merge`): a filter applies in each shard
+        before its stage 1, and a document lives in one shard, so its pages group there. ``candidates``
+        and ``rescore`` (default: the shards' codec's) per shard. Returns :class:`Hits` (``.missing``)."""
         answers = self._call("search_embeddings", q_single, q_multi, k=k, candidates=candidates, rescore=rescore,
                              exhaustive=exhaustive, where=where, group_by=group_by,
-                             pages_per_document=pages_per_document, partial_ok=True)
+                             pages_per_document=pages_per_document, stage1=stage1, partial_ok=True)
         missing = set(self._missing) | (set(self.shards) - set(answers) - set(self._missing))
         for name, found in answers.items():
             self._globalise(name, found, batch=isinstance(q_multi, (list, tuple)))
