@@ -114,10 +114,15 @@ def delete(st: IndexState, doc_id: str) -> bool:
         return True
 
 
+def _checked_move(src, dst, metadata) -> tuple[str, str, dict | None]:
+    """The arguments of a rename or copy, checked: two document ids and optional new metadata."""
+    return validate.check_doc_id(src), validate.check_doc_id(dst), \
+        None if metadata is None else validate.check_metadata(metadata)
+
+
 def rename_document(st: IndexState, old: str, new: str, *, metadata: dict | None = None) -> None:
     """Index.rename_document."""
-    old, new = validate.check_doc_id(old), validate.check_doc_id(new)
-    metadata = None if metadata is None else validate.check_metadata(metadata)
+    old, new, metadata = _checked_move(old, new, metadata)
     with st.mutex:
         st.check_writable()
         with st.store.write() as txn:
@@ -136,8 +141,7 @@ def rename_document(st: IndexState, old: str, new: str, *, metadata: dict | None
 
 def copy_document(st: IndexState, src: str, dst: str, *, metadata: dict | None = None) -> int:
     """Index.copy_document: the stored values copied as they are."""
-    src, dst = validate.check_doc_id(src), validate.check_doc_id(dst)
-    metadata = None if metadata is None else validate.check_metadata(metadata)
+    src, dst, metadata = _checked_move(src, dst, metadata)
     with st.mutex:
         st.check_writable()
         with st.store.read() as txn:
